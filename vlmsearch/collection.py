@@ -1,0 +1,454 @@
+"""The Python API: :class:`Collection` opens, indexes, searches and classifies.
+
+>>> from vlmsearch import Collection
+>>> coll = Collection.index("~/Pictures")                       # doctest: +SKIP
+>>> coll.search("a dog on a beach", k=10, where="width >= 1024")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vlmsearch.errors import CollectionError, ModelError, QueryError
+from vlmsearch.indexes import faiss_store, metadata
+from vlmsearch.indexes.ingest import (
+    IngestOptions,
+    IngestReport,
+    ProgressFn,
+    check_encoder_matches,
+    ingest,
+)
+from vlmsearch.indexes.layout import Layout, default_collection_for, find_collection
+from vlmsearch.indexes.store import CollectionWriter
+from vlmsearch.indexes.vectors import VectorTable
+from vlmsearch.retrieval.encoders import DEFAULT_KIND, encoder_from_spec, load_encoder
+from vlmsearch.retrieval.encoders.base import Encoder
+from vlmsearch.retrieval.encoders.openclip import DEFAULT_MODEL
+from vlmsearch.retrieval.query import build_terms, query_vector
+from vlmsearch.retrieval.zeroshot import class_weights, load_templates, parse_labels, probabilities
+from vlmsearch.runtime import state_dir
+
+# Below this many allowed rows a filtered query scans the allowed vectors exactly:
+# cheaper than an ANN walk that skips most nodes, and it always fills k.
+EXACT_SUBSET_MAX = 50_000
+MAX_K = 10_000
+
+
+@dataclass
+class Hit:
+    rank: int
+    score: float
+    id: int
+    path: str  # absolute path of the image
+    relpath: str  # path relative to the collection root
+    width: int | None = None
+    height: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        extra = d.pop("extra")
+        d.update(extra)
+        return d
+
+
+@dataclass
+class Prediction:
+    id: int | None
+    path: str
+    label: str | None
+    score: float | None
+    top: list[tuple[str, float]]
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "path": self.path,
+            "label": self.label,
+            "score": self.score,
+            "top": [{"label": lab, "score": s} for lab, s in self.top],
+            "error": self.error,
+        }
+
+
+def _remember(path: Path) -> None:
+    try:
+        d = state_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "last-collection").write_text(str(path), encoding="utf-8")
+    except OSError:
+        pass
+
+
+def resolve_collection_path(path: str | Path | None) -> Path:
+    """--collection, else $VLMSEARCH_COLLECTION, else .vlmsearch at or above the cwd,
+    else the collection indexed last."""
+    if path:
+        return Path(path).expanduser()
+    env = os.environ.get("VLMSEARCH_COLLECTION")
+    if env:
+        return Path(env).expanduser()
+    found = find_collection()
+    if found is not None:
+        return found
+    last = state_dir() / "last-collection"
+    if last.is_file():
+        p = Path(last.read_text(encoding="utf-8").strip())
+        if (p / "manifest.json").is_file():
+            return p
+    raise CollectionError(
+        "no collection given: pass --collection PATH, set VLMSEARCH_COLLECTION, "
+        "or run `vlmsearch index DIR` first"
+    )
+
+
+class Collection:
+    """An indexed image folder: manifest, metadata, vectors and a FAISS index."""
+
+    def __init__(self, layout: Layout, device: str | None = None) -> None:
+        self.layout = layout
+        self.device = device
+        self.manifest = layout.read_manifest()
+        name = self.manifest.get("metadata_file")
+        self.table: pa.Table = (
+            metadata.read_table(layout.file(name)) if name else metadata.empty_table()
+        )
+        self._encoder: Encoder | None = None
+        self._vectors: VectorTable | None = None
+        self._index: Any = None
+        self.index_is_stale = False
+        self.last_report: IngestReport | None = None
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path | None = None, device: str | None = None) -> Collection:
+        """Open an existing collection (see :func:`resolve_collection_path` for the default)."""
+        return cls(Layout(resolve_collection_path(path)), device=device)
+
+    @classmethod
+    def index(
+        cls,
+        root: str | Path,
+        collection: str | Path | None = None,
+        model: str | None = None,
+        encoder: Encoder | None = None,
+        encoder_kind: str = DEFAULT_KIND,
+        options: IngestOptions | None = None,
+        progress: ProgressFn | None = None,
+        device: str | None = None,
+    ) -> Collection:
+        """Index (or update) the images under ``root``; returns the opened collection.
+
+        Without ``model``, an existing collection keeps its own model and a new one
+        uses :data:`DEFAULT_MODEL`. The run's report is in ``.last_report``.
+        """
+        root_path = Path(root).expanduser()
+        if not root_path.is_dir():
+            raise CollectionError(f"not a directory: {root_path}")
+        layout = Layout(collection or default_collection_for(root_path))
+        opts = options or IngestOptions()
+        if encoder is None:
+            if model is None and layout.exists() and not opts.rebuild:
+                encoder = encoder_from_spec(layout.read_manifest()["encoder"], device=device)
+            else:
+                encoder = load_encoder(model or DEFAULT_MODEL, kind=encoder_kind, device=device)
+        report = ingest(layout, root_path, encoder, opts, progress)
+        _remember(layout.path)
+        coll = cls(layout, device=device)
+        coll._encoder = encoder
+        coll.last_report = report
+        return coll
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return self.layout.path
+
+    @property
+    def root(self) -> Path:
+        return Path(self.manifest["root"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def encoder(self) -> Encoder:
+        """The collection's own encoder, loaded on first use."""
+        if self._encoder is None:
+            self._encoder = encoder_from_spec(self.manifest["encoder"], device=self.device)
+        return self._encoder
+
+    def use_encoder(self, encoder: Encoder) -> None:
+        """Use an already-loaded encoder; refused unless it matches the collection's."""
+        check_encoder_matches(self.manifest, encoder, "the query")
+        self._encoder = encoder
+
+    def check_model(self, model: str, kind: str = DEFAULT_KIND) -> None:
+        """Refuse a query model that differs from the collection's (without loading it)."""
+        from vlmsearch.retrieval.encoders.openclip import parse_model_name
+
+        spec = self.manifest["encoder"]
+        if kind == "open_clip" and spec.get("kind") == "open_clip":
+            arch, tag, ckpt = parse_model_name(model)
+            # cheap check before loading anything; checkpoints are compared by sha256 below
+            if arch != spec.get("arch") or (ckpt is None and tag != spec.get("pretrained")):
+                raise_mismatch(self.manifest, model)
+        self.use_encoder(load_encoder(model, kind=kind, device=self.device))
+
+    # -- storage ------------------------------------------------------------------------------
+    def live_ids(self) -> np.ndarray:
+        return metadata.filter_ids(self.table, None)
+
+    @property
+    def vectors(self) -> VectorTable:
+        if self._vectors is None:
+            self._vectors = VectorTable.load(
+                self.layout.vectors_dir, self.manifest.get("shards", []), self.dim, self.live_ids()
+            )
+        return self._vectors
+
+    @property
+    def faiss_index(self) -> Any:
+        """The stored index; an in-memory exact index when the stored one is behind the data
+        (an interrupted run that had not reached its index step)."""
+        if self._index is None:
+            info = self.manifest.get("index") or {}
+            current = info.get("file") and int(info.get("generation", -1)) >= int(
+                self.manifest.get("data_generation", 0)
+            )
+            if current and self.layout.file(info["file"]).is_file():
+                self._index = faiss_store.read_index(self.layout.file(info["file"]))
+            else:
+                self.index_is_stale = True
+                plan = faiss_store.plan_index("flat", len(self.vectors), self.dim)
+                vt = self.vectors
+                self._index = faiss_store.build_index(
+                    plan, self.dim, vt.ids, vt.vectors.astype(np.float32)
+                )
+        return self._index
+
+    def __len__(self) -> int:
+        return int(self.manifest.get("counts", {}).get("ok", 0))
+
+    # -- search -------------------------------------------------------------------------------
+    def search(
+        self,
+        text: str | Sequence[str] | None = None,
+        *,
+        k: int = 10,
+        where: str | None = None,
+        image: str | Path | Any | Sequence[Any] | None = None,
+        negative: str | Sequence[str] | None = None,
+        negative_image: str | Path | Sequence[Any] | None = None,
+        params: dict[str, int] | None = None,
+    ) -> list[Hit]:
+        """Text, image or combined search. Terms take rclip-style weights (``"2:a dog"``)."""
+        terms = build_terms(
+            _as_list(text), _as_list(image), _as_list(negative), _as_list(negative_image)
+        )
+        self._require_vectors()
+        return self.search_vector(query_vector(self.encoder, terms), k=k, where=where, params=params)
+
+    def search_vector(
+        self,
+        vector: np.ndarray,
+        k: int = 10,
+        where: str | None = None,
+        params: dict[str, int] | None = None,
+    ) -> list[Hit]:
+        """Nearest stored images to an embedding in this collection's space."""
+        if k < 1:
+            raise QueryError(f"k must be at least 1 (got {k})")
+        n = self._require_vectors()
+        q = np.asarray(vector, np.float32).reshape(1, -1)
+        if q.shape[1] != self.dim:
+            raise QueryError(f"query vector has dim {q.shape[1]}, collection has {self.dim}")
+        params = {**(self.manifest.get("index") or {}).get("search_params", {}), **(params or {})}
+        allowed = None
+        if where and where.strip():
+            allowed = np.intersect1d(metadata.filter_ids(self.table, where), self.vectors.ids)
+            if len(allowed) == 0:
+                return []
+        k = min(k, MAX_K, n if allowed is None else len(allowed))
+        if allowed is not None and len(allowed) <= EXACT_SUBSET_MAX:
+            scores, ids = self._exact(q[0], k, allowed)
+        else:
+            d, i = faiss_store.search(self.faiss_index, q, k, params, allowed)
+            scores, ids = d[0], i[0]
+            keep = ids >= 0
+            if allowed is not None and keep.sum() < k:
+                scores, ids = self._exact(q[0], k, allowed)  # ANN under-filled the filter
+            else:
+                scores, ids = scores[keep], ids[keep]
+        return self._hits(ids, scores)
+
+    def _exact(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = self.vectors.get(allowed) @ q
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return scores[top], allowed[top]
+
+    def _require_vectors(self) -> int:
+        n = len(self)
+        if n == 0:
+            raise CollectionError(
+                f"collection {self.path} is empty: no image was indexed successfully "
+                "(see `vlmsearch info`)"
+            )
+        return n
+
+    def rows(self, ids: Sequence[int] | np.ndarray) -> dict[int, dict[str, Any]]:
+        ids = np.asarray(ids, np.int64)
+        if len(ids) == 0:
+            return {}
+        import pyarrow.compute as pc
+
+        sub = self.table.filter(pc.is_in(self.table["id"], value_set=pa.array(ids)))
+        return {r["id"]: r for r in sub.to_pylist()}
+
+    def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[Hit]:
+        rows = self.rows(ids)
+        extra_cols = [c for c in self.table.column_names if c not in metadata.BASE_COLUMNS]
+        hits = []
+        for rank, (i, s) in enumerate(zip(ids.tolist(), scores.tolist(), strict=True), start=1):
+            r = rows.get(i)
+            if r is None:
+                continue
+            hits.append(
+                Hit(
+                    rank=rank,
+                    score=float(s),
+                    id=int(i),
+                    path=str(self.root / r["path"]),
+                    relpath=r["path"],
+                    width=r["width"],
+                    height=r["height"],
+                    extra={c: r[c] for c in extra_cols},
+                )
+            )
+        return hits
+
+    # -- zero-shot classification ---------------------------------------------------------------
+    def classify(
+        self,
+        labels: str | Sequence[str],
+        *,
+        templates: str = "openai",
+        top_k: int = 1,
+        where: str | None = None,
+        write_column: str | None = None,
+    ) -> list[Prediction]:
+        """Classify the stored vectors (no image is re-encoded); optionally store the labels
+        as a metadata column so that ``where="COLUMN = 'label'"`` filters on them."""
+        label_list = parse_labels(labels)
+        weights = class_weights(self.encoder, label_list, load_templates(templates))
+        ids = self.vectors.ids
+        if where and where.strip():
+            ids = np.intersect1d(metadata.filter_ids(self.table, where), ids)
+        probs = probabilities(self.vectors.get(ids), weights) if len(ids) else np.zeros((0, 0))
+        preds = predictions(ids, probs, label_list, top_k, self.rows(ids), self.root)
+        if write_column:
+            self.write_labels(write_column, ids, probs, label_list, templates)
+        return preds
+
+    def write_labels(
+        self, column: str, ids: np.ndarray, probs: np.ndarray, labels: list[str], templates: str
+    ) -> None:
+        best = probs.argmax(axis=1) if len(ids) else np.zeros(0, int)
+        label_arr = pa.array([labels[j] for j in best], pa.string())
+        score_arr = pa.array(probs[np.arange(len(ids)), best] if len(ids) else [], pa.float32())
+        with self.layout.lock():
+            manifest = self.layout.read_manifest()
+            table = metadata.read_table(self.layout.file(manifest["metadata_file"]))
+            table = metadata.set_column(table, column, ids, label_arr)
+            table = metadata.set_column(table, f"{column}_score", ids, score_arr)
+            writer = CollectionWriter(self.layout, manifest, table)
+            writer.previous = manifest
+            columns = dict(manifest.get("columns") or {})
+            columns[column] = {
+                "kind": "zero-shot label",
+                "labels": labels,
+                "templates": templates,
+                "encoder": manifest["encoder"].get("name"),
+            }
+            writer.manifest["columns"] = columns
+            writer.commit(data_changed=False)
+            self.manifest, self.table = writer.manifest, writer.table
+
+    # -- info -----------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        sizes: dict[str, int] = {}
+        total = 0
+        for p in self.layout.path.rglob("*"):
+            if p.is_file() and not p.name.startswith("."):
+                kind = p.name.split("-")[0] if "-" in p.name else p.name
+                sizes[kind] = sizes.get(kind, 0) + p.stat().st_size
+                total += p.stat().st_size
+        m = self.manifest
+        idx = m.get("index") or {}
+        return {
+            "collection": str(self.path),
+            "root": m.get("root"),
+            "format_version": m.get("format_version"),
+            "vlmsearch_version": m.get("vlmsearch_version"),
+            "encoder": m.get("encoder"),
+            "dim": m.get("dim"),
+            "metric": m.get("metric"),
+            "preprocessing": m.get("preprocessing"),
+            "counts": m.get("counts"),
+            "index": {
+                k: idx.get(k) for k in ("requested", "factory", "search_params", "ntotal", "reason")
+            },
+            "index_current": bool(idx)
+            and int(idx.get("generation", -1)) >= int(m.get("data_generation", 0)),
+            "columns": [c for c in self.table.column_names if c not in metadata.BASE_COLUMNS],
+            "generation": m.get("generation"),
+            "created_at": m.get("created_at"),
+            "updated_at": m.get("updated_at"),
+            "bytes_on_disk": {"total": total, **sizes},
+        }
+
+
+def raise_mismatch(manifest: dict[str, Any], model: str) -> None:
+    raise ModelError(
+        f"model mismatch: the collection was built with "
+        f"{manifest['encoder'].get('name')}, but the query asks for {model}; their embeddings "
+        "are not comparable (drop --model, or re-index with --rebuild --model ...)"
+    )
+
+
+def predictions(
+    ids: np.ndarray,
+    probs: np.ndarray,
+    labels: list[str],
+    top_k: int,
+    rows: dict[int, dict[str, Any]],
+    root: Path,
+) -> list[Prediction]:
+    out = []
+    k = max(1, min(top_k, len(labels)))
+    for n, i in enumerate(ids.tolist()):
+        order = np.argsort(-probs[n])[:k]
+        top = [(labels[j], float(probs[n, j])) for j in order]
+        r = rows.get(i, {})
+        out.append(
+            Prediction(i, str(root / r.get("path", "")), top[0][0], top[0][1], top)
+        )
+    return out
+
+
+def _as_list(x: Any) -> list[Any]:
+    if x is None:
+        return []
+    if isinstance(x, str | Path) or not isinstance(x, Sequence):
+        return [x]
+    return list(x)

@@ -1,0 +1,1 @@
+"""Storage: scanning, decoding, vector shards, Parquet metadata, FAISS indexes, layout."""

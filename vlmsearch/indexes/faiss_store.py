@@ -1,0 +1,353 @@
+"""FAISS indexes: choosing a type, building, updating, searching, saving.
+
+All indexes use inner product over L2-normalised vectors (cosine similarity).
+Flat and HNSW indexes are wrapped in ``IndexIDMap2`` so they answer with metadata
+ids; IVF indexes store ids natively. Search parameters (nprobe, efSearch) and the
+id selector travel with each call, never as attributes of a shared index.
+
+The ``auto`` rule (sizes in vectors, ``budget`` = memory budget in bytes):
+
+- n < 20,000: ``Flat``. Exact, and a scan of at most 20k x 512 floats (40 MB) per
+  query batch is a few milliseconds.
+- n < 200,000 and (4d + 8M) n fits the budget: ``HNSW32`` (efConstruction 80,
+  efSearch 128 per query). Memory per vector is from the FAISS notes (4d + 8M).
+- 4dn fits the budget: ``IVF{nlist},Flat`` with nlist = 4 sqrt(n) rounded to a power of
+  two (autofaiss's rule below 1M vectors) and nprobe = nlist / 32 per query.
+- otherwise ``IVF{nlist},PQ{d/8}x8`` (d/8 bytes a vector, autofaiss's compressed family).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlmsearch.errors import QueryError
+from vlmsearch.indexes.atomic import atomic_write
+
+FLAT_MAX = 20_000
+HNSW_MAX = 200_000
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+GPU_MAX_K = 2048  # faiss-gpu's limit on k (FAISS notes)
+NAMED_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+
+
+@dataclass
+class IndexPlan:
+    requested: str
+    factory: str
+    search_params: dict[str, int] = field(default_factory=dict)
+    reason: str = ""
+
+    @property
+    def wrapped(self) -> bool:
+        """Flat/HNSW codes carry no ids of their own and need an IDMap2 wrapper."""
+        return not self.factory.startswith(("IVF", "OPQ", "PCA"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requested": self.requested,
+            "factory": self.factory,
+            "search_params": dict(self.search_params),
+            "reason": self.reason,
+        }
+
+
+def default_memory_budget() -> int:
+    """Half of physical memory."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _pow2(x: float) -> int:
+    return max(1, 2 ** round(math.log2(max(x, 1.0))))
+
+
+def _nlist(n: int) -> int:
+    # autofaiss: 4 sqrt(n) rounded to a power of two; FAISS wants >= 39 training points a list.
+    nlist = _pow2(4 * math.sqrt(max(n, 1)))
+    while nlist > 1 and n < 39 * nlist:
+        nlist //= 2
+    return nlist
+
+
+def _pq_m(d: int) -> int:
+    m = max(1, d // 8)
+    while d % m:
+        m -= 1
+    return m
+
+
+def plan_index(requested: str, n: int, d: int, memory_budget: int | None = None) -> IndexPlan:
+    """Turn ``--index`` into a FAISS factory string and per-query search defaults."""
+    budget = memory_budget or default_memory_budget()
+    req = (requested or "auto").strip()
+    kind = req.lower()
+    if kind == "auto":
+        if n < FLAT_MAX:
+            return IndexPlan(req, "Flat", {}, f"{n} vectors < {FLAT_MAX}: exact search")
+        if n < HNSW_MAX and (4 * d + 8 * HNSW_M) * n <= budget:
+            return _named("hnsw", req, n, d, f"{n} vectors < {HNSW_MAX}: HNSW graph")
+        if 4 * d * n <= budget:
+            return _named("ivf", req, n, d, "fp32 vectors fit the memory budget: IVF")
+        return _named("ivfpq", req, n, d, "fp32 vectors exceed the memory budget: IVF-PQ")
+    if kind in NAMED_KINDS:
+        return _named(kind, req, n, d, f"--index {kind}")
+    return IndexPlan(req, req, _default_params_for(req, n), "custom FAISS factory string")
+
+
+def _named(kind: str, req: str, n: int, d: int, reason: str) -> IndexPlan:
+    if kind == "flat":
+        return IndexPlan(req, "Flat", {}, reason)
+    if kind == "hnsw":
+        return IndexPlan(req, f"HNSW{HNSW_M}", {"efSearch": HNSW_EF_SEARCH}, reason)
+    nlist = _nlist(n)
+    nprobe = max(1, min(nlist, nlist // 32 or 1))
+    if kind == "ivf":
+        return IndexPlan(req, f"IVF{nlist},Flat", {"nprobe": max(nprobe, 8)}, reason)
+    return IndexPlan(req, f"IVF{nlist},PQ{_pq_m(d)}x8", {"nprobe": max(nprobe, 16)}, reason)
+
+
+def _default_params_for(factory: str, n: int) -> dict[str, int]:
+    if "HNSW" in factory and not factory.startswith("IVF"):
+        return {"efSearch": HNSW_EF_SEARCH}
+    if factory.startswith(("IVF", "OPQ", "PCA")):
+        return {"nprobe": 16}
+    return {}
+
+
+def build_index(
+    plan: IndexPlan, dim: int, ids: np.ndarray, vectors: np.ndarray, use_gpu: bool | None = None
+) -> Any:
+    """Build a CPU index over ``vectors`` (float32, normalised) labelled with ``ids``."""
+    import faiss
+
+    try:
+        base = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise QueryError(f"invalid FAISS index spec {plan.factory!r}: {_faiss_msg(e)}") from None
+    hnsw = _hnsw_of(base)
+    if hnsw is not None:
+        hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    index = faiss.IndexIDMap2(base) if plan.wrapped else base
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not base.is_trained:
+        if len(vectors) == 0:
+            return index  # trained on the first add
+        _train(base, vectors, use_gpu)
+    if len(vectors):
+        index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+    return index
+
+
+def _train(base: Any, vectors: np.ndarray, use_gpu: bool | None) -> None:
+    import faiss
+
+    ivf = _ivf_of(base)
+    nlist = ivf.nlist if ivf is not None else 1
+    # k-means uses at most 256 points per centroid; sampling more only costs time.
+    n_train = min(len(vectors), 256 * nlist)
+    rng = np.random.default_rng(0)
+    sample = vectors[np.sort(rng.choice(len(vectors), n_train, replace=False))]
+    if ivf is not None and len(sample) < ivf.nlist:
+        raise QueryError(
+            f"IVF with nlist={ivf.nlist} needs at least {ivf.nlist} vectors, have {len(sample)}; "
+            "use --index flat or a smaller nlist"
+        )
+    if ivf is not None and _gpu_enabled(use_gpu):
+        # Train the coarse quantizer on the GPU, then keep the CPU structure.
+        clus = faiss.Clustering(ivf.d, ivf.nlist)
+        gpu_quant = faiss.index_cpu_to_gpu(gpu_resources(), 0, faiss.IndexFlatIP(ivf.d))
+        clus.train(sample, gpu_quant)
+        centroids = faiss.vector_float_to_array(clus.centroids).reshape(ivf.nlist, ivf.d)
+        ivf.quantizer.add(centroids)
+        ivf.is_trained = ivf.quantizer.is_trained
+        if not base.is_trained:
+            base.train(sample)  # PQ codebooks, if any
+    else:
+        base.train(sample)
+
+
+def add_vectors(index: Any, ids: np.ndarray, vectors: np.ndarray) -> None:
+    if len(ids):
+        index.add_with_ids(
+            np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, np.int64)
+        )
+
+
+def supports_remove(index: Any) -> bool:
+    return _hnsw_of(_base_of(index)) is None
+
+
+def remove_ids(index: Any, ids: np.ndarray) -> None:
+    import faiss
+
+    if len(ids):
+        index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
+
+
+def search(
+    index: Any,
+    queries: np.ndarray,
+    k: int,
+    params: dict[str, int] | None = None,
+    allowed_ids: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k search; ``allowed_ids`` restricts it (pre-filtering with an id selector).
+
+    Returns (scores, ids) of shape (nq, k); missing results have id -1.
+    """
+    import faiss
+
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if k <= 0:
+        raise QueryError("k must be at least 1")
+    params = params or {}
+    sel = None
+    if allowed_ids is not None:
+        sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+    base = _base_of(index)
+    if sel is None and _gpu_enabled(None) and k <= GPU_MAX_K:
+        gpu = _gpu_copy(index)
+        if gpu is not None:
+            return gpu(queries, k, params)
+    sp = _search_params(base, params, sel)
+    scores, labels = index.search(queries, k, params=sp)
+    return scores, labels
+
+
+def _search_params(base: Any, params: dict[str, int], sel: Any) -> Any:
+    import faiss
+
+    kwargs: dict[str, Any] = {}
+    if sel is not None:
+        kwargs["sel"] = sel
+    if _hnsw_of(base) is not None:
+        return faiss.SearchParametersHNSW(efSearch=int(params.get("efSearch", 128)), **kwargs)
+    if _ivf_of(base) is not None:
+        ivf = _ivf_of(base)
+        nprobe = int(params.get("nprobe", 16))
+        return faiss.SearchParametersIVF(nprobe=max(1, min(nprobe, ivf.nlist)), **kwargs)
+    return faiss.SearchParameters(**kwargs) if kwargs else None
+
+
+def write_index(index: Any, path: Path) -> None:
+    import faiss
+
+    atomic_write(path, lambda p: faiss.write_index(index, str(p)))
+
+
+def read_index(path: Path) -> Any:
+    import faiss
+
+    return faiss.read_index(str(path))
+
+
+def describe(index: Any) -> dict[str, Any]:
+    base = _base_of(index)
+    return {"class": type(base).__name__, "ntotal": int(index.ntotal), "dim": int(index.d)}
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _base_of(index: Any) -> Any:
+    import faiss
+
+    if isinstance(index, faiss.IndexIDMap2 | faiss.IndexIDMap):
+        return faiss.downcast_index(index.index)
+    return index
+
+
+def _hnsw_of(base: Any) -> Any:
+    import faiss
+
+    base = faiss.downcast_index(base)
+    return base if isinstance(base, faiss.IndexHNSW) else None
+
+
+def _ivf_of(base: Any) -> Any:
+    import faiss
+
+    try:
+        return faiss.extract_index_ivf(base)
+    except RuntimeError:
+        return None
+
+
+def _faiss_msg(e: Exception) -> str:
+    text = str(e)
+    marker = "Error: '"
+    if marker in text:
+        text = text.split(marker, 1)[1].rstrip("'")
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+# -- GPU (faiss-gpu wheel and a visible GPU; CPU otherwise) ---------------------------------------
+_tls = threading.local()
+_gpu_cache: dict[int, Any] = {}
+_gpu_lock = threading.Lock()
+
+
+def gpu_available() -> bool:
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _gpu_enabled(use_gpu: bool | None) -> bool:
+    if use_gpu is False or os.environ.get("VLMSEARCH_NO_GPU"):
+        return False
+    return gpu_available()
+
+
+def gpu_resources() -> Any:
+    """One StandardGpuResources per thread: GPU indexes are not thread-safe (FAISS notes)."""
+    import faiss
+
+    res = getattr(_tls, "res", None)
+    if res is None:
+        res = _tls.res = faiss.StandardGpuResources()
+    return res
+
+
+def _gpu_copy(index: Any) -> Any:
+    """A per-thread GPU searcher for flat/IVF codes, translating positions to ids."""
+    import faiss
+
+    base = _base_of(index)
+    if _hnsw_of(base) is not None:
+        return None
+    key = (id(index), threading.get_ident())
+    with _gpu_lock:
+        fn = _gpu_cache.get(key)
+    if fn is not None:
+        return fn
+    co = faiss.GpuClonerOptions()
+    co.useFloat16 = True
+    try:
+        gpu_index = faiss.index_cpu_to_gpu(gpu_resources(), 0, base, co)
+    except RuntimeError:
+        return None
+    id_map = faiss.vector_to_array(index.id_map) if base is not index else None
+
+    def run(queries: np.ndarray, k: int, params: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        if _ivf_of(base) is not None:
+            sp = faiss.SearchParametersIVF(nprobe=int(params.get("nprobe", 16)))
+            scores, labels = gpu_index.search(queries, k, params=sp)
+        else:
+            scores, labels = gpu_index.search(queries, k)
+        if id_map is not None:
+            labels = np.where(labels >= 0, id_map[np.clip(labels, 0, None)], -1)
+        return scores, labels
+
+    with _gpu_lock:
+        _gpu_cache[key] = run
+    return run

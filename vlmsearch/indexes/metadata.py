@@ -1,0 +1,172 @@
+"""Per-file metadata as a Parquet table, filtered with DuckDB SQL.
+
+One row per scanned file. The base columns are fixed; later features (labels,
+captions) add columns, which are carried through incremental updates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from vlmsearch.errors import QueryError
+from vlmsearch.indexes.atomic import atomic_write
+
+BASE_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("path", pa.string()),
+        ("size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("content_hash", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("format", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("indexed_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+BASE_COLUMNS = tuple(BASE_SCHEMA.names)
+TABLE_NAME = "metadata"
+
+
+def empty_table() -> pa.Table:
+    return BASE_SCHEMA.empty_table()
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=BASE_SCHEMA)
+
+
+def read_table(path: Path) -> pa.Table:
+    return pq.read_table(path)
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    atomic_write(path, lambda p: pq.write_table(table, p, compression="zstd"))
+
+
+def drop_ids(table: pa.Table, ids: np.ndarray | list[int]) -> pa.Table:
+    if len(ids) == 0 or table.num_rows == 0:
+        return table
+    mask = pc.is_in(table["id"], value_set=pa.array(np.asarray(ids, np.int64)))
+    return table.filter(pc.invert(mask))
+
+
+def upsert(table: pa.Table, new_rows: pa.Table) -> pa.Table:
+    """Replace rows with the same ids and append the rest (extra columns become null)."""
+    if new_rows.num_rows == 0:
+        return table
+    kept = drop_ids(table, new_rows["id"].to_numpy())
+    merged = pa.concat_tables([kept, new_rows], promote_options="default")
+    return merged.sort_by("id")
+
+
+def set_column(table: pa.Table, name: str, ids: np.ndarray, values: pa.Array) -> pa.Table:
+    """Set column ``name`` for the rows with ``ids`` (others keep their value, or null)."""
+    if name in BASE_COLUMNS:
+        raise QueryError(f"column {name!r} is built in; choose another name")
+    if not name.isidentifier():
+        raise QueryError(f"column name {name!r} must be a plain identifier (letters, digits, _)")
+    all_ids = table["id"].to_numpy()
+    order = np.argsort(ids)
+    sorted_ids = np.asarray(ids)[order]
+    pos = np.searchsorted(sorted_ids, all_ids)
+    pos_clipped = np.clip(pos, 0, max(len(sorted_ids) - 1, 0))
+    hit = (pos < len(sorted_ids)) & (sorted_ids[pos_clipped] == all_ids) if len(ids) else (
+        np.zeros(len(all_ids), bool)
+    )
+    taken = values.take(pa.array(order[pos_clipped])) if len(ids) else pa.nulls(len(all_ids))
+    if name in table.column_names:
+        old = table[name].combine_chunks()
+        if old.type != values.type:
+            old = pa.nulls(len(old), values.type)
+        column = pc.if_else(pa.array(hit), taken.cast(values.type), old)
+        return table.set_column(table.column_names.index(name), name, column)
+    column = pc.if_else(pa.array(hit), taken.cast(values.type), pa.nulls(len(all_ids), values.type))
+    return table.append_column(name, column)
+
+
+def filter_ids(table: pa.Table, where: str | None, only_ok: bool = True) -> np.ndarray:
+    """Ids of the rows satisfying ``where`` (a SQL boolean over the metadata columns).
+
+    Runs in a private in-memory DuckDB connection with external access disabled, so a
+    filter can read nothing but this table.
+    """
+    import duckdb
+
+    if where and where.strip():
+        validate_where(where)
+    clauses = []
+    if only_ok:
+        clauses.append("status = 'ok'")
+    if where and where.strip():
+        clauses.append(f"({where})")
+    sql = f"SELECT id FROM {TABLE_NAME}" + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
+    con = duckdb.connect(":memory:")
+    try:
+        con.register(TABLE_NAME, table)
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        try:
+            result = con.sql(sql).to_arrow_table()
+        except duckdb.BinderException as e:
+            raise QueryError(
+                f"invalid --where filter {where!r}: {_first_line(e)} "
+                f"(columns: {', '.join(table.column_names)})"
+            ) from None
+        except duckdb.Error as e:
+            raise QueryError(f"invalid --where filter {where!r}: {_first_line(e)}") from None
+    finally:
+        con.close()
+    if result.num_columns != 1 or not pa.types.is_integer(result.schema.field(0).type):
+        raise QueryError(f"invalid --where filter {where!r}")
+    ids = np.asarray(result.column(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    return np.unique(ids)
+
+
+# Keywords that would turn a filter into more than a boolean expression over the table.
+_FORBIDDEN_KEYWORDS = frozenset(
+    ["select", "union", "intersect", "except", "from", "with", "pragma", "attach", "detach", "copy", "install", "load", "set", "reset", "create", "drop", "alter", "insert", "update", "delete", "call", "export", "import", "vacuum", "checkpoint", "describe", "show", "summarize", "use", "begin", "commit", "rollback"]
+)
+
+
+def validate_where(where: str) -> None:
+    """Accept only a single boolean expression: no statements, subqueries or comments."""
+    import duckdb
+
+    try:
+        tokens = duckdb.tokenize(where)
+    except duckdb.Error as e:
+        raise QueryError(f"invalid --where filter {where!r}: {_first_line(e)}") from None
+    depth = 0
+    for i, (pos, kind) in enumerate(tokens):
+        end = tokens[i + 1][0] if i + 1 < len(tokens) else len(where)
+        text = where[pos:end].strip()
+        if kind == duckdb.token_type.comment:
+            raise QueryError(f"invalid --where filter {where!r}: comments are not allowed")
+        if kind == duckdb.token_type.keyword and text.lower() in _FORBIDDEN_KEYWORDS:
+            raise QueryError(
+                f"invalid --where filter {where!r}: {text.upper()} is not allowed; "
+                "write one boolean expression over the metadata columns"
+            )
+        if kind == duckdb.token_type.operator:
+            if ";" in text:
+                raise QueryError(f"invalid --where filter {where!r}: ';' is not allowed")
+            depth += text.count("(") - text.count(")")
+            if depth < 0:
+                raise QueryError(f"invalid --where filter {where!r}: unbalanced parentheses")
+    if depth != 0:
+        raise QueryError(f"invalid --where filter {where!r}: unbalanced parentheses")
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    msg = lines[0] if lines else type(e).__name__
+    return msg[:300]

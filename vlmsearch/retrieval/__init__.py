@@ -1,0 +1,1 @@
+"""Retrieval: encoders (registry), query building and zero-shot classification."""

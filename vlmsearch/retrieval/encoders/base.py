@@ -1,0 +1,74 @@
+"""The encoder interface every registry entry implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+
+class Encoder(ABC):
+    """Maps images and texts into one L2-normalised embedding space.
+
+    Subclasses register themselves with :func:`vlmsearch.retrieval.encoders.register`
+    and are recreated from the ``spec`` dict recorded in a collection's manifest.
+    """
+
+    kind: ClassVar[str]
+    """Registry key, stored in the manifest as ``encoder.kind``."""
+
+    @classmethod
+    @abstractmethod
+    def from_name(cls, name: str, device: str | None = None, **options: Any) -> Encoder:
+        """Build from a user-facing model string (e.g. ``ViT-B-32/laion2b_s34b_b79k``)."""
+
+    @classmethod
+    @abstractmethod
+    def from_spec(cls, spec: dict[str, Any], device: str | None = None) -> Encoder:
+        """Rebuild from a manifest spec; must refuse weights that differ from the spec."""
+
+    @property
+    @abstractmethod
+    def spec(self) -> dict[str, Any]:
+        """JSON-able description recorded in the manifest (includes ``kind`` and ``dim``)."""
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Embedding dimension."""
+
+    @property
+    def display_name(self) -> str:
+        return str(self.spec.get("name", self.kind))
+
+    @abstractmethod
+    def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """A picklable PIL -> tensor transform, run in the decoding workers."""
+
+    @abstractmethod
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """Embed a batch of transformed images; returns float32 (n, dim), L2-normalised."""
+
+    @abstractmethod
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts; returns float32 (n, dim), L2-normalised."""
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Embed already-decoded RGB images (convenience for queries)."""
+        import torch
+
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        transform = self.image_transform()
+        return self.encode_pixels(torch.stack([transform(im) for im in images]))
+
+    @staticmethod
+    def identity(spec: dict[str, Any]) -> dict[str, Any]:
+        """The part of a spec that must match for embeddings to be comparable."""
+        return {k: v for k, v in spec.items() if k in ("kind", "arch", "pretrained", "sha256")}

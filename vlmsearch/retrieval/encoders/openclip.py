@@ -1,0 +1,259 @@
+"""Contrastive dual encoder over open_clip (kind ``open_clip``).
+
+Model strings:
+- ``ARCH/PRETRAINED``: an open_clip architecture and pretrained tag, e.g.
+  ``ViT-B-32/laion2b_s34b_b79k`` (fetched once into the Hugging Face cache);
+- ``ARCH:/path/to/checkpoint.pt``: local weights, identified by their sha256;
+- ``ARCH``: random initialisation, for tests and speed measurements only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vlmsearch.errors import ModelError
+from vlmsearch.retrieval.encoders import register
+from vlmsearch.retrieval.encoders.base import Encoder
+from vlmsearch.runtime import autocast, file_sha256, resolve_device
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+DEFAULT_MODEL = "ViT-B-32/laion2b_s34b_b79k"
+TEXT_BATCH = 256
+
+
+def parse_model_name(name: str) -> tuple[str, str | None, str | None]:
+    """Split a model string into (arch, pretrained tag, checkpoint path)."""
+    name = name.strip()
+    if ":" in name and not name.startswith(("hf-hub:", "local-dir:")):
+        arch, ckpt = name.split(":", 1)
+        return arch, None, ckpt
+    if "/" in name and not name.startswith(("hf-hub:", "local-dir:")):
+        arch, tag = name.split("/", 1)
+        return arch, tag, None
+    return name, None, None
+
+
+_registered_config_dirs: set[str] = set()
+
+
+def register_user_configs() -> None:
+    """Register extra open_clip model configs (JSON files) from $VLMSEARCH_MODEL_CONFIGS,
+    an os.pathsep-separated list of files or directories."""
+    import open_clip
+
+    for entry in filter(None, os.environ.get("VLMSEARCH_MODEL_CONFIGS", "").split(os.pathsep)):
+        if entry not in _registered_config_dirs and Path(entry).exists():
+            open_clip.add_model_config(entry)
+            _registered_config_dirs.add(entry)
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _offline_paragraph(arch: str, tag: str, cause: str) -> str:
+    return (
+        f"Cannot load the weights for open_clip model '{arch}/{tag}' ({cause}). "
+        "vlmsearch downloads pretrained tags from the Hugging Face hub on first use; "
+        "that failed and the weights are not in the local cache. "
+        f"Copy a checkpoint here and name it as '{arch}:/path/to/open_clip_pytorch_model.bin' "
+        "(any file open_clip can load: .pt, .bin or .safetensors), or run once with network "
+        "access so the weights are cached."
+    )
+
+
+@register
+class OpenClipEncoder(Encoder):
+    kind = "open_clip"
+
+    def __init__(
+        self,
+        model: Any,
+        preprocess: Callable[..., Any],
+        tokenizer: Callable[..., Any],
+        spec: dict[str, Any],
+        device: str,
+        precision: str = "auto",
+    ) -> None:
+        self.model = model
+        self._preprocess = preprocess
+        self._tokenizer = tokenizer
+        self._spec = spec
+        self.device = device
+        self.precision = precision
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_name(
+        cls, name: str, device: str | None = None, precision: str = "auto", **_: Any
+    ) -> OpenClipEncoder:
+        arch, tag, ckpt = parse_model_name(name)
+        return cls._create(arch, tag, ckpt, device, precision)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], device: str | None = None) -> OpenClipEncoder:
+        enc = cls._create(spec["arch"], spec.get("pretrained"), spec.get("checkpoint"), device)
+        if spec.get("sha256") and enc.spec.get("sha256") != spec["sha256"]:
+            raise ModelError(
+                f"checkpoint {spec.get('checkpoint')} has changed since the collection was built "
+                f"(sha256 {enc.spec.get('sha256', '?')[:12]}… != {spec['sha256'][:12]}…); "
+                "point at the original file or re-index with --rebuild"
+            )
+        return enc
+
+    @classmethod
+    def _create(
+        cls,
+        arch: str,
+        tag: str | None,
+        ckpt: str | None,
+        device: str | None,
+        precision: str = "auto",
+    ) -> OpenClipEncoder:
+        import open_clip
+        import torch
+
+        register_user_configs()
+        if arch not in open_clip.list_models() and not arch.startswith(("hf-hub:", "local-dir:")):
+            raise ModelError(
+                f"unknown open_clip architecture {arch!r} "
+                "(see `python -c 'import open_clip; print(open_clip.list_models())'`)"
+            )
+        device = resolve_device(device)
+        spec: dict[str, Any] = {"kind": cls.kind, "arch": arch}
+        kwargs: dict[str, Any] = {"device": device}
+        if tag == "openai" and not arch.endswith("quickgelu"):
+            # OpenAI weights were trained with QuickGELU; open_clip only warns otherwise.
+            kwargs["force_quick_gelu"] = True
+        if ckpt is not None:
+            path = Path(ckpt).expanduser()
+            if not path.is_file():
+                raise ModelError(f"checkpoint not found: {path}")
+            path = path.resolve()
+            spec.update(checkpoint=str(path), sha256=file_sha256(path), name=f"{arch}:{path}")
+            kwargs["pretrained"] = str(path)
+        elif tag is not None:
+            spec.update(pretrained=tag, name=f"{arch}/{tag}")
+            kwargs["pretrained"] = tag
+        else:
+            spec.update(pretrained=None, name=f"{arch} (random init, testing only)")
+        offline = tag is not None and not _hub_reachable()
+        try:
+            # Without the offline switch huggingface_hub retries for about a minute;
+            # open_clip also logs its own errors on the root logger, which we report instead.
+            with _quiet_root_logger(), (_hf_offline() if offline else contextlib.nullcontext()):
+                model, _, preprocess = open_clip.create_model_and_transforms(arch, **kwargs)
+        except RuntimeError as e:
+            if tag is not None:
+                cause = "not in the local cache" if offline else str(e).split(". ")[0]
+                raise ModelError(_offline_paragraph(arch, tag, cause)) from None
+            raise ModelError(f"cannot load open_clip model {spec['name']}: {e}") from None
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelError(f"cannot load open_clip model {spec['name']}: {e}") from None
+        model.eval()
+        spec["dim"] = _embed_dim(model, torch)
+        pcfg = getattr(getattr(model, "visual", None), "preprocess_cfg", None) or {}
+        spec["preprocess"] = {k: _jsonable(v) for k, v in dict(pcfg).items()}
+        spec["context_length"] = int(getattr(model, "context_length", 77) or 77)
+        tokenizer = open_clip.get_tokenizer(arch, context_length=spec["context_length"])
+        return cls(model, preprocess, tokenizer, spec, device, precision)
+
+    # -- interface ----------------------------------------------------------------------------
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(self._spec)
+
+    @property
+    def dim(self) -> int:
+        return int(self._spec["dim"])
+
+    def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        return self._preprocess
+
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            x = pixels.to(self.device, non_blocking=True)
+            feats = self.model.encode_image(x, normalize=True)
+        return feats.float().cpu().numpy()
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        out = []
+        for i in range(0, len(texts), TEXT_BATCH):
+            tokens = self._tokenizer(list(texts[i : i + TEXT_BATCH])).to(self.device)
+            with torch.inference_mode(), autocast(self.device, self.precision):
+                out.append(self.model.encode_text(tokens, normalize=True).float().cpu().numpy())
+        if not out:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(out)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Any:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+class _hf_offline:
+    """Temporarily put huggingface_hub in offline mode so cached weights load at once."""
+
+    def __enter__(self) -> None:
+        import os
+
+        from huggingface_hub import constants
+
+        self._env = os.environ.get("HF_HUB_OFFLINE")
+        self._const = constants.HF_HUB_OFFLINE
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        constants.HF_HUB_OFFLINE = True
+
+    def __exit__(self, *exc: object) -> None:
+        import os
+
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = self._const
+        if self._env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = self._env
+
+
+def _embed_dim(model: Any, torch: Any) -> int:
+    proj = getattr(model, "text_projection", None)
+    if isinstance(proj, torch.Tensor):
+        return int(proj.shape[-1])
+    if isinstance(proj, torch.nn.Linear):
+        return int(proj.out_features)
+    return int(getattr(getattr(model, "visual", None), "output_dim", 0))
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple | list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, int | float | str | bool) or v is None:
+        return v
+    return str(v)

@@ -1,0 +1,86 @@
+"""Query building: weighted texts and images, minus weighted negatives, into one vector.
+
+A term may carry a weight prefix in rclip's style, ``"2:golden retriever"`` or
+``"0.5:./beach.jpg"``; a prefix that is not a number is part of the text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlmsearch.errors import QueryError
+from vlmsearch.retrieval.encoders.base import Encoder
+
+
+@dataclass(frozen=True)
+class Term:
+    kind: str  # "text" or "image"
+    value: Any  # str for text; a path or a PIL image for images
+    weight: float = 1.0
+
+
+def parse_weight(term: str) -> tuple[float, str]:
+    head, sep, rest = term.partition(":")
+    if sep and rest:
+        try:
+            return float(head), rest
+        except ValueError:
+            pass
+    return 1.0, term
+
+
+def build_terms(
+    texts: Sequence[str] = (),
+    images: Sequence[Any] = (),
+    negatives: Sequence[str] = (),
+    negative_images: Sequence[Any] = (),
+) -> list[Term]:
+    terms: list[Term] = []
+    for t in texts:
+        w, v = parse_weight(t)
+        terms.append(Term("text", v, w))
+    for im in images:
+        w, v = parse_weight(im) if isinstance(im, str) else (1.0, im)
+        terms.append(Term("image", v, w))
+    for t in negatives:
+        w, v = parse_weight(t)
+        terms.append(Term("text", v, -w))
+    for im in negative_images:
+        w, v = parse_weight(im) if isinstance(im, str) else (1.0, im)
+        terms.append(Term("image", v, -w))
+    if not any(t.weight > 0 for t in terms):
+        raise QueryError("empty query: give a text, --image, or both (negatives alone rank nothing)")
+    return terms
+
+
+def query_vector(encoder: Encoder, terms: Sequence[Term]) -> np.ndarray:
+    """sum(w_i * e_i) over L2-normalised term embeddings, L2-normalised again."""
+    from vlmsearch.indexes.decode import ImageDecodeError, load_image
+
+    texts = [t for t in terms if t.kind == "text"]
+    images = [t for t in terms if t.kind == "image"]
+    vec = np.zeros(encoder.dim, np.float32)
+    if texts:
+        emb = encoder.encode_texts([t.value for t in texts])
+        vec += np.asarray([t.weight for t in texts], np.float32) @ emb
+    if images:
+        pil = []
+        for t in images:
+            if isinstance(t.value, str | Path):
+                try:
+                    pil.append(load_image(t.value))
+                except ImageDecodeError as e:
+                    raise QueryError(f"query image: {e}") from None
+            else:
+                pil.append(t.value)
+        emb = encoder.encode_images(pil)
+        vec += np.asarray([t.weight for t in images], np.float32) @ emb
+    norm = float(np.linalg.norm(vec))
+    if norm == 0.0 or not np.isfinite(norm):
+        raise QueryError("the query terms cancel out; adjust the weights")
+    return vec / norm
