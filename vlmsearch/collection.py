@@ -256,7 +256,9 @@ class Collection:
             _as_list(text), _as_list(image), _as_list(negative), _as_list(negative_image)
         )
         self._require_vectors()
-        return self.search_vector(query_vector(self.encoder, terms), k=k, where=where, params=params)
+        return self.search_vector(
+            query_vector(self.encoder, terms), k=k, where=where, params=params
+        )
 
     def search_vector(
         self,
@@ -440,9 +442,56 @@ def predictions(
         order = np.argsort(-probs[n])[:k]
         top = [(labels[j], float(probs[n, j])) for j in order]
         r = rows.get(i, {})
-        out.append(
-            Prediction(i, str(root / r.get("path", "")), top[0][0], top[0][1], top)
-        )
+        out.append(Prediction(i, str(root / r.get("path", "")), top[0][0], top[0][1], top))
+    return out
+
+
+def classify_files(
+    paths: Sequence[str | Path],
+    labels: Sequence[str],
+    *,
+    model: str | None = None,
+    encoder: Encoder | None = None,
+    templates: str = "openai",
+    top_k: int = 1,
+    batch_size: int = 64,
+    workers: int | None = None,
+    device: str | None = None,
+) -> list[Prediction]:
+    """Zero-shot classify image files (and folders, recursively), encoding them now."""
+    from vlmsearch.indexes.decode import DecodeTask, iter_decoded
+    from vlmsearch.indexes.scan import scan
+
+    files: list[Path] = []
+    for p in map(lambda x: Path(x).expanduser(), paths):
+        if p.is_dir():
+            files += [p / f.path for f in scan(p)]
+        elif p.exists():
+            files.append(p)
+        else:
+            raise CollectionError(f"no such file or directory: {p}")
+    if not files:
+        raise CollectionError("no image files found in the given paths")
+    label_list = parse_labels(list(labels))
+    enc = encoder or load_encoder(model or DEFAULT_MODEL, device=device)
+    weights = class_weights(enc, label_list, load_templates(templates))
+    tasks = [DecodeTask(i, str(f)) for i, f in enumerate(files)]
+    n_workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    out: list[Prediction] = []
+    for records, pixels in iter_decoded(tasks, enc.image_transform(), batch_size, n_workers):
+        probs = probabilities(enc.encode_pixels(pixels), weights) if pixels is not None else None
+        row = 0
+        for rec in records:
+            if rec.error is not None:
+                out.append(Prediction(None, str(files[rec.index]), None, None, [], rec.error))
+                continue
+            assert probs is not None
+            pred = predictions(
+                np.asarray([-1]), probs[row : row + 1], label_list, top_k, {}, Path("/")
+            )[0]
+            pred.id, pred.path = None, str(files[rec.index])
+            out.append(pred)
+            row += 1
     return out
 
 

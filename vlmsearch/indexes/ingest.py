@@ -187,12 +187,11 @@ def _run(
     table = writer.table
     old_rows = {
         r["path"]: r
-        for r in table.select(["id", "path", "size", "mtime_ns", "content_hash", "status"])
-        .to_pylist()
+        for r in table.select(
+            ["id", "path", "size", "mtime_ns", "content_hash", "status"]
+        ).to_pylist()
     }
-    scanned = list(
-        scan(root, opts.extensions, opts.include_hidden, exclude=[writer.layout.path])
-    )
+    scanned = list(scan(root, opts.extensions, opts.include_hidden, exclude=[writer.layout.path]))
     report.scanned = len(scanned)
     if progress:
         progress("scan", len(scanned), len(scanned))
@@ -268,10 +267,17 @@ def _run(
                 continue
             dirty.add(fid)
             row = {
-                "id": fid, "path": f.path, "size": f.size, "mtime_ns": f.mtime_ns,
-                "content_hash": rec.content_hash, "width": rec.width, "height": rec.height,
-                "format": rec.format, "status": "ok" if rec.error is None else "error",
-                "error": rec.error, "indexed_at": now,
+                "id": fid,
+                "path": f.path,
+                "size": f.size,
+                "mtime_ns": f.mtime_ns,
+                "content_hash": rec.content_hash,
+                "width": rec.width,
+                "height": rec.height,
+                "format": rec.format,
+                "status": "ok" if rec.error is None else "error",
+                "error": rec.error,
+                "indexed_at": now,
             }
             pending_rows.append(row)
             if rec.error is None:

@@ -79,8 +79,10 @@ def set_column(table: pa.Table, name: str, ids: np.ndarray, values: pa.Array) ->
     sorted_ids = np.asarray(ids)[order]
     pos = np.searchsorted(sorted_ids, all_ids)
     pos_clipped = np.clip(pos, 0, max(len(sorted_ids) - 1, 0))
-    hit = (pos < len(sorted_ids)) & (sorted_ids[pos_clipped] == all_ids) if len(ids) else (
-        np.zeros(len(all_ids), bool)
+    hit = (
+        (pos < len(sorted_ids)) & (sorted_ids[pos_clipped] == all_ids)
+        if len(ids)
+        else (np.zeros(len(all_ids), bool))
     )
     taken = values.take(pa.array(order[pos_clipped])) if len(ids) else pa.nulls(len(all_ids))
     if name in table.column_names:
@@ -133,7 +135,11 @@ def filter_ids(table: pa.Table, where: str | None, only_ok: bool = True) -> np.n
 
 # Keywords that would turn a filter into more than a boolean expression over the table.
 _FORBIDDEN_KEYWORDS = frozenset(
-    ["select", "union", "intersect", "except", "from", "with", "pragma", "attach", "detach", "copy", "install", "load", "set", "reset", "create", "drop", "alter", "insert", "update", "delete", "call", "export", "import", "vacuum", "checkpoint", "describe", "show", "summarize", "use", "begin", "commit", "rollback"]
+    (
+        "select union intersect except from with pragma attach detach copy install load set "
+        "reset create drop alter insert update delete call export import vacuum checkpoint "
+        "describe show summarize use begin commit rollback"
+    ).split()  # noqa: SIM905 - one readable string
 )
 
 

@@ -8,7 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_EXTENSIONS = (
-    ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".ppm",
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".webp",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".jfif",
+    ".ppm",
 )
 
 

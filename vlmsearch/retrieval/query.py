@@ -54,7 +54,9 @@ def build_terms(
         w, v = parse_weight(im) if isinstance(im, str) else (1.0, im)
         terms.append(Term("image", v, -w))
     if not any(t.weight > 0 for t in terms):
-        raise QueryError("empty query: give a text, --image, or both (negatives alone rank nothing)")
+        raise QueryError(
+            "empty query: give a text, --image, or both (negatives alone rank nothing)"
+        )
     return terms
 
 

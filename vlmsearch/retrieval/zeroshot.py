@@ -56,7 +56,9 @@ def parse_labels(labels: str | Sequence[str] | None, labels_file: str | None = N
     return out
 
 
-def class_weights(encoder: Encoder, labels: Sequence[str], templates: Sequence[Template]) -> np.ndarray:
+def class_weights(
+    encoder: Encoder, labels: Sequence[str], templates: Sequence[Template]
+) -> np.ndarray:
     prompts = [t(label) for label in labels for t in templates]
     emb = encoder.encode_texts(prompts).reshape(len(labels), len(templates), -1)
     mean = emb.mean(axis=1)

@@ -1,0 +1,311 @@
+"""``vlmsearch`` console script. Heavy imports happen inside commands so --help is fast."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from vlmsearch._version import __version__
+from vlmsearch.cli import output
+from vlmsearch.errors import VlmsearchError
+
+app = typer.Typer(
+    name="vlmsearch",
+    help="Search, classify and inspect image folders with vision-language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEFAULT_MODEL = "ViT-B-32/laion2b_s34b_b79k"  # same as retrieval.encoders.openclip
+
+CollectionOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--collection",
+        "-c",
+        help="Collection directory. Default: $VLMSEARCH_COLLECTION, a .vlmsearch folder at "
+        "or above the current directory, else the last one indexed.",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
+CsvOpt = Annotated[bool, typer.Option("--csv", help="Print CSV.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """User errors become one line on stderr and exit status 1, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except VlmsearchError as e:
+            output.err.print(f"[bold red]error:[/bold red] {e}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            output.err.print("interrupted: committed work is kept; run the command again to resume")
+            raise typer.Exit(130) from None
+        except BrokenPipeError:
+            sys.stderr.close()
+            raise typer.Exit(0) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _fmt(json_: bool, csv_: bool = False) -> str:
+    if json_ and csv_:
+        raise VlmsearchError("choose one of --json and --csv")
+    return "json" if json_ else "csv" if csv_ else "table"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vlmsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    """vlmsearch: vision-language retrieval over local image folders."""
+
+
+@app.command()
+@user_errors
+def index(
+    directory: Annotated[Path, typer.Argument(help="Folder of images to index (recursively).")],
+    collection: CollectionOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help=f"ARCH/PRETRAINED or ARCH:/path/to/checkpoint.pt. Default: the collection's "
+            f"model, or {DEFAULT_MODEL} for a new collection.",
+        ),
+    ] = None,
+    encoder: Annotated[str, typer.Option(help="Encoder kind from the registry.")] = "open_clip",
+    index_type: Annotated[
+        str,
+        typer.Option("--index", help="auto, flat, hnsw, ivf, ivfpq or a FAISS factory string."),
+    ] = "auto",
+    rebuild: Annotated[bool, typer.Option(help="Start over: re-encode every file.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    workers: Annotated[int | None, typer.Option(min=0, help="Decoding processes.")] = None,
+    ext: Annotated[
+        str | None, typer.Option(help="Comma-separated extensions, e.g. jpg,png.")
+    ] = None,
+    hidden: Annotated[bool, typer.Option(help="Also index hidden files and folders.")] = False,
+    commit_every: Annotated[int, typer.Option(min=1, help="Checkpoint every N images.")] = 1024,
+    device: DeviceOpt = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Embed every image under DIRECTORY, incrementally (new, changed and deleted files)."""
+    from vlmsearch.cli.progress import ingest_progress
+    from vlmsearch.collection import Collection
+    from vlmsearch.indexes.ingest import IngestOptions
+
+    opts = IngestOptions(
+        index=index_type,
+        rebuild=rebuild,
+        batch_size=batch_size,
+        workers=workers,
+        extensions=tuple(ext.split(",")) if ext else None,
+        include_hidden=hidden,
+        commit_every=commit_every,
+    )
+    with ingest_progress(quiet or json_) as progress:
+        coll = Collection.index(
+            directory,
+            collection,
+            model=model,
+            encoder_kind=encoder,
+            options=opts,
+            progress=progress,
+            device=device,
+        )
+    rep = coll.last_report
+    assert rep is not None
+    if json_:
+        output.emit_json(rep.to_dict())
+        return
+    if not quiet:
+        name = coll.manifest["encoder"].get("name")
+        output.err.print(
+            f"[bold]{coll.path}[/bold]: {rep.scanned} files scanned, {rep.new} new, "
+            f"{rep.changed} changed, {rep.deleted} deleted, {rep.unchanged} unchanged; "
+            f"{rep.encoded} encoded ({rep.images_per_second:.1f} img/s), {rep.errors} errors; "
+            f"index {rep.index_factory}; model {name}; {rep.seconds:.1f}s"
+        )
+        for path, msg in rep.error_samples[:10]:
+            output.err.print(f"  [red]error[/red] {path}: {msg}")
+        if rep.errors > 10:
+            output.err.print(f"  ... {rep.errors - 10} more (see metadata column 'error')")
+
+
+@app.command()
+@user_errors
+def search(
+    query: Annotated[
+        list[str] | None,
+        typer.Argument(help="Text query; several are summed. Weight with a prefix: '2:a dog'."),
+    ] = None,
+    image: Annotated[
+        list[str] | None, typer.Option("--image", "-i", help="Query image path (repeatable).")
+    ] = None,
+    negative: Annotated[
+        list[str] | None, typer.Option("--negative", "-n", help="Text to move away from.")
+    ] = None,
+    negative_image: Annotated[
+        list[str] | None, typer.Option("--negative-image", help="Image to move away from.")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--top", help="Number of results.")] = 10,
+    where: Annotated[
+        str | None,
+        typer.Option(help='SQL boolean over metadata columns, e.g. "width >= 1024".'),
+    ] = None,
+    collection: CollectionOpt = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Must match the collection's model.")
+    ] = None,
+    nprobe: Annotated[int | None, typer.Option(help="IVF lists to visit (per query).")] = None,
+    ef_search: Annotated[int | None, typer.Option(help="HNSW efSearch (per query).")] = None,
+    device: DeviceOpt = "auto",
+    json_: JsonOpt = False,
+    csv_: CsvOpt = False,
+) -> None:
+    """Search a collection by text, image, or a weighted mix with negatives."""
+    from vlmsearch.collection import Collection
+
+    fmt = _fmt(json_, csv_)
+    if k < 1:
+        raise VlmsearchError(f"-k must be at least 1 (got {k})")
+    coll = Collection.open(collection, device=device)
+    if model:
+        coll.check_model(model)
+    params = {}
+    if nprobe:
+        params["nprobe"] = nprobe
+    if ef_search:
+        params["efSearch"] = ef_search
+    hits = coll.search(
+        query or None,
+        k=k,
+        where=where,
+        image=image,
+        negative=negative,
+        negative_image=negative_image,
+        params=params,
+    )
+    if coll.index_is_stale and fmt == "table":
+        output.err.print(
+            "[yellow]note:[/yellow] the stored index is behind the data (an interrupted index "
+            "run?); searched exactly in memory. Run `vlmsearch index` to finish it."
+        )
+    output.hits(hits, fmt)
+
+
+@app.command()
+@user_errors
+def classify(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Images or folders to classify (encoded now).")
+    ] = None,
+    labels: Annotated[str | None, typer.Option(help="Comma-separated labels.")] = None,
+    labels_file: Annotated[Path | None, typer.Option(help="One label per line.")] = None,
+    templates: Annotated[
+        str, typer.Option(help="openai (CLIP's 80), simple (7), or a file of lines with {}.")
+    ] = "openai",
+    top_k: Annotated[int, typer.Option(min=1, help="Labels to report per image.")] = 1,
+    collection: CollectionOpt = None,
+    where: Annotated[str | None, typer.Option(help="With --collection: SQL filter.")] = None,
+    write_column: Annotated[
+        str | None,
+        typer.Option(help="Store label and score as metadata columns NAME and NAME_score."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help=f"For PATHS. Default {DEFAULT_MODEL}.")
+    ] = None,
+    parquet: Annotated[Path | None, typer.Option(help="Also write results as Parquet.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    device: DeviceOpt = "auto",
+    json_: JsonOpt = False,
+    csv_: CsvOpt = False,
+) -> None:
+    """Zero-shot classification from label text, of PATHS or of a collection's stored vectors."""
+    from vlmsearch.collection import Collection, classify_files
+    from vlmsearch.retrieval.zeroshot import parse_labels
+
+    fmt = _fmt(json_, csv_)
+    label_list = parse_labels(labels, str(labels_file) if labels_file else None)
+    if paths and (collection or write_column or where):
+        raise VlmsearchError("give PATHS or --collection (with --where/--write-column), not both")
+    if paths:
+        preds = classify_files(
+            paths,
+            label_list,
+            model=model,
+            templates=templates,
+            top_k=top_k,
+            batch_size=batch_size,
+            device=device,
+        )
+    else:
+        coll = Collection.open(collection, device=device)
+        if model:
+            coll.check_model(model)
+        preds = coll.classify(
+            label_list, templates=templates, top_k=top_k, where=where, write_column=write_column
+        )
+        if write_column and fmt == "table":
+            output.err.print(
+                f"wrote columns {write_column!r} and {write_column + '_score'!r}; filter with "
+                f"--where \"{write_column} = '{label_list[0]}'\""
+            )
+    if parquet:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = [{**p.to_dict(), "top": [t["label"] for t in p.to_dict()["top"]]} for p in preds]
+        pq.write_table(pa.Table.from_pylist(rows), parquet)
+    output.predictions(preds, fmt)
+
+
+@app.command()
+@user_errors
+def info(collection: CollectionOpt = None, json_: JsonOpt = False) -> None:
+    """Describe a collection: model, counts, index type, sizes on disk."""
+    from vlmsearch.collection import Collection
+
+    data = Collection.open(collection).info()
+    if json_:
+        output.emit_json(data)
+        return
+    enc = data.pop("encoder") or {}
+    data["model"] = enc.get("name")
+    if enc.get("sha256"):
+        data["checkpoint sha256"] = enc["sha256"]
+    data.pop("preprocessing", None)
+    output.mapping(data)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

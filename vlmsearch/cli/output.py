@@ -1,0 +1,79 @@
+"""Presenting results: rich tables for people, JSON and CSV for scripts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def emit_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    w = csv.DictWriter(sys.stdout, fieldnames=list(columns), extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+
+
+def hits(items: Sequence[Any], fmt: str) -> None:
+    rows = [h.to_dict() for h in items]
+    if fmt == "json":
+        emit_json(rows)
+    elif fmt == "csv":
+        emit_csv(rows, list(rows[0]) if rows else ["rank", "score", "id", "path"])
+    else:
+        if not rows:
+            err.print("no results")
+            return
+        t = Table(show_edge=False, pad_edge=False, box=None)
+        t.add_column("rank", justify="right")
+        t.add_column("score", justify="right")
+        t.add_column("path", overflow="fold")
+        for r in rows:
+            t.add_row(str(r["rank"]), f"{r['score']:.4f}", r["path"])
+        out.print(t)
+
+
+def predictions(items: Sequence[Any], fmt: str) -> None:
+    rows = [p.to_dict() for p in items]
+    if fmt == "json":
+        emit_json(rows)
+        return
+    if fmt == "csv":
+        flat = [{**r, "top": json.dumps(r["top"])} for r in rows]
+        emit_csv(flat, ["id", "path", "label", "score", "top", "error"])
+        return
+    t = Table(show_edge=False, pad_edge=False, box=None)
+    t.add_column("label")
+    t.add_column("score", justify="right")
+    t.add_column("path", overflow="fold")
+    for r in rows:
+        if r["error"]:
+            t.add_row("[red]error[/red]", "", f"{r['path']}  ({r['error']})")
+        else:
+            t.add_row(r["label"], f"{r['score']:.3f}", r["path"])
+    out.print(t)
+
+
+def mapping(data: dict[str, Any], title: str = "") -> None:
+    t = Table(show_header=False, box=None, title=title or None, title_justify="left")
+    t.add_column("key", style="bold")
+    t.add_column("value", overflow="fold")
+    for k, v in data.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a}={b}" for a, b in v.items() if not isinstance(b, dict | list))
+        elif isinstance(v, list):
+            v = ", ".join(map(str, v)) or "-"
+        t.add_row(str(k), str(v))
+    out.print(t)
