@@ -139,7 +139,7 @@ _FORBIDDEN_KEYWORDS = frozenset(
         "select union intersect except from with pragma attach detach copy install load set "
         "reset create drop alter insert update delete call export import vacuum checkpoint "
         "describe show summarize use begin commit rollback"
-    ).split()  # noqa: SIM905 - one readable string
+    ).split()
 )
 
 
