@@ -156,7 +156,14 @@ class OpenClipEncoder(Encoder):
         try:
             # Without the offline switch huggingface_hub retries for about a minute;
             # open_clip also logs its own errors on the root logger, which we report instead.
-            with _quiet_root_logger(), _hf_offline() if offline else contextlib.nullcontext():
+            with (
+                _quiet_root_logger(),
+                _hf_offline() if offline else contextlib.nullcontext(),
+                torch.random.fork_rng(devices=[]),
+            ):
+                # Random-init models must be identical in every process (a collection is
+                # reopened by later commands), so their initialisation is seeded.
+                torch.manual_seed(0)
                 model, _, preprocess = open_clip.create_model_and_transforms(arch, **kwargs)
         except RuntimeError as e:
             if tag is not None:

@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny random-init open_clip model and images drawn with Pillow.
+
+The tiny config lives in tests/model_configs and is registered through
+VLMSEARCH_MODEL_CONFIGS, so subprocesses (the console script) see it too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+os.environ["VLMSEARCH_MODEL_CONFIGS"] = str(CONFIG_DIR)
+TINY = "vlms-tiny"
+
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 200, 40),
+    "blue": (30, 40, 220),
+    "yellow": (240, 220, 20),
+    "purple": (140, 30, 160),
+    "white": (250, 250, 250),
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Keep the 'last collection' and hash caches out of the user's home."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    monkeypatch.delenv("VLMSEARCH_COLLECTION", raising=False)
+
+
+def draw_image(path: Path, colour: tuple[int, int, int], size=(48, 40), seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGB", size, colour)
+    d = ImageDraw.Draw(im)
+    for _ in range(3):
+        x, y = rng.integers(0, size[0] - 8), rng.integers(0, size[1] - 8)
+        d.rectangle((x, y, x + 8, y + 8), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+    return path
+
+
+def make_images(root: Path, n: int, prefix: str = "img", sizes=None) -> list[Path]:
+    names = list(COLOURS)
+    out = []
+    for i in range(n):
+        colour = COLOURS[names[i % len(names)]]
+        size = sizes[i % len(sizes)] if sizes else (40 + i % 7, 32 + i % 5)
+        out.append(draw_image(root / f"{prefix}{i:04d}.png", colour, size, seed=i))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder():
+    from vlmsearch.retrieval.encoders import load_encoder
+
+    return load_encoder(TINY, device="cpu")
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "photos"
+    make_images(root, 12)
+    make_images(root / "nested" / "deeper", 3, prefix="deep")
+    return root

@@ -1,0 +1,98 @@
+"""FAISS store: exactness, ANN recall, filtered search, the auto rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vlmsearch.errors import QueryError
+from vlmsearch.indexes import faiss_store as fs
+
+
+def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
+    """Random vectors around random centres (embedding-like structure), normalised."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(n // 100, 1), d))
+    x = centres[rng.integers(0, len(centres), n)] + 0.6 * rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    x = _clustered(20_000, 64)
+    ids = np.arange(len(x), dtype=np.int64) * 7 + 3  # ids are not positions
+    rng = np.random.default_rng(1)
+    q = x[rng.choice(len(x), 100, replace=False)] + 0.05 * rng.standard_normal((100, 64))
+    q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    exact = ids[np.argsort(-(q @ x.T), axis=1)[:, :10]]
+    return x, ids, q, exact
+
+
+def _recall(found: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, exact)]))
+
+
+def test_flat_equals_numpy_brute_force(data):
+    x, ids, q, _ = data
+    plan = fs.plan_index("flat", len(x), 64)
+    index = fs.build_index(plan, 64, ids, x)
+    scores, labels = fs.search(index, q, 10, plan.search_params)
+    ref = q @ x.T
+    order = np.argsort(-ref, axis=1)[:, :10]
+    np.testing.assert_allclose(scores, np.take_along_axis(ref, order, 1), atol=1e-5)
+    np.testing.assert_array_equal(labels, ids[order])
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_ann_recall_at_10(data, kind):
+    x, ids, q, exact = data
+    plan = fs.plan_index(kind, len(x), 64)
+    index = fs.build_index(plan, 64, ids, x)
+    _, labels = fs.search(index, q, 10, plan.search_params)
+    assert _recall(labels, exact) >= 0.95
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_selector_restricts_results(data, kind):
+    x, ids, q, _ = data
+    plan = fs.plan_index(kind, len(x), 64)
+    index = fs.build_index(plan, 64, ids, x)
+    allowed = ids[::3]
+    _, labels = fs.search(index, q[:5], 10, plan.search_params, allowed_ids=allowed)
+    found = labels[labels >= 0]
+    assert len(found) > 0 and np.isin(found, allowed).all()
+
+
+def test_search_params_are_per_call(data):
+    x, ids, q, _ = data
+    plan = fs.plan_index("ivf", len(x), 64)
+    index = fs.build_index(plan, 64, ids, x)
+    ivf = fs._ivf_of(index)
+    before = ivf.nprobe
+    fs.search(index, q[:2], 10, {"nprobe": 64})
+    assert ivf.nprobe == before  # nothing was set on the shared index
+
+
+def test_remove_and_add_keep_ids(data):
+    x, ids, _, _ = data
+    plan = fs.plan_index("flat", 100, 64)
+    index = fs.build_index(plan, 64, ids[:100], x[:100])
+    fs.remove_ids(index, ids[:10])
+    assert index.ntotal == 90
+    fs.add_vectors(index, ids[:10], x[:10])
+    _, labels = fs.search(index, x[:1], 1)
+    assert labels[0, 0] == ids[0]
+
+
+def test_auto_rule_and_bad_factory():
+    assert fs.plan_index("auto", 1_000, 512).factory == "Flat"
+    assert fs.plan_index("auto", 50_000, 512).factory.startswith("HNSW")
+    big = fs.plan_index("auto", 1_000_000, 512, memory_budget=8 << 30)
+    assert big.factory.startswith("IVF") and big.factory.endswith(",Flat")
+    tiny_budget = fs.plan_index("auto", 1_000_000, 512, memory_budget=1 << 28)
+    assert "PQ" in tiny_budget.factory
+    with pytest.raises(QueryError, match="invalid FAISS index spec"):
+        fs.build_index(fs.plan_index("NotAFactory", 10, 8), 8, np.arange(2), np.ones((2, 8)))
+    with pytest.raises(QueryError):
+        fs.search(fs.build_index(fs.plan_index("flat", 2, 8), 8, np.arange(2), np.ones((2, 8))),
+                  np.ones((1, 8)), 0)
