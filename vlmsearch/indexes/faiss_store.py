@@ -220,19 +220,21 @@ def search(
         gpu = _gpu_copy(index)
         if gpu is not None:
             return gpu(queries, k, params)
-    sp = _search_params(base, params, sel)
+    sp = _search_params(base, params, sel, k)
     scores, labels = index.search(queries, k, params=sp)
     return scores, labels
 
 
-def _search_params(base: Any, params: dict[str, int], sel: Any) -> Any:
+def _search_params(base: Any, params: dict[str, int], sel: Any, k: int) -> Any:
     import faiss
 
     kwargs: dict[str, Any] = {}
     if sel is not None:
         kwargs["sel"] = sel
     if _hnsw_of(base) is not None:
-        return faiss.SearchParametersHNSW(efSearch=int(params.get("efSearch", 128)), **kwargs)
+        # the candidate list must hold k results, or HNSW returns fewer than k
+        ef = max(int(params.get("efSearch", HNSW_EF_SEARCH)), k)
+        return faiss.SearchParametersHNSW(efSearch=ef, **kwargs)
     if _ivf_of(base) is not None:
         ivf = _ivf_of(base)
         nprobe = int(params.get("nprobe", 16))
