@@ -21,14 +21,18 @@ def test_registry_lists_open_clip():
 
 def test_parse_model_name():
     assert oc.parse_model_name("ViT-B-32/laion2b_s34b_b79k") == (
-        "ViT-B-32", "laion2b_s34b_b79k", None
+        "ViT-B-32",
+        "laion2b_s34b_b79k",
+        None,
     )
     assert oc.parse_model_name("ViT-B-32:/x/ckpt.pt") == ("ViT-B-32", None, "/x/ckpt.pt")
     assert oc.parse_model_name("ViT-B-32") == ("ViT-B-32", None, None)
 
 
 def test_embeddings_equal_open_clip_reference(tiny_encoder, tmp_path):
-    paths = [draw_image(tmp_path / f"{i}.png", (i * 40, 100, 200 - i * 30), seed=i) for i in range(4)]
+    paths = [
+        draw_image(tmp_path / f"{i}.png", (i * 40, 100, 200 - i * 30), seed=i) for i in range(4)
+    ]
     images = [Image.open(p).convert("RGB") for p in paths]
     ours = tiny_encoder.encode_images(images)
     model = tiny_encoder.model

@@ -94,5 +94,8 @@ def test_auto_rule_and_bad_factory():
     with pytest.raises(QueryError, match="invalid FAISS index spec"):
         fs.build_index(fs.plan_index("NotAFactory", 10, 8), 8, np.arange(2), np.ones((2, 8)))
     with pytest.raises(QueryError):
-        fs.search(fs.build_index(fs.plan_index("flat", 2, 8), 8, np.arange(2), np.ones((2, 8))),
-                  np.ones((1, 8)), 0)
+        fs.search(
+            fs.build_index(fs.plan_index("flat", 2, 8), 8, np.arange(2), np.ones((2, 8))),
+            np.ones((1, 8)),
+            0,
+        )

@@ -31,8 +31,18 @@ def test_first_index_layout_and_manifest(image_dir):
     assert rep.scanned == rep.new == rep.encoded == 15 and rep.errors == 0
     assert coll.path == image_dir / ".vlmsearch"
     m = coll.manifest
-    for key in ("format_version", "encoder", "dim", "metric", "preprocessing", "index",
-                "counts", "created_at", "updated_at", "vlmsearch_version"):
+    for key in (
+        "format_version",
+        "encoder",
+        "dim",
+        "metric",
+        "preprocessing",
+        "index",
+        "counts",
+        "created_at",
+        "updated_at",
+        "vlmsearch_version",
+    ):
         assert key in m
     assert m["encoder"]["arch"] == TINY and m["counts"] == {"files": 15, "ok": 15, "error": 0}
     assert (coll.path / m["metadata_file"]).is_file()
@@ -165,8 +175,8 @@ def test_exif_orientation_and_modes(tmp_path, tiny_encoder):
     assert decoded.size == (30, 60) and fmt == "JPEG"
     for mode in ("L", "P", "RGBA", "CMYK", "I;16", "LA"):
         path = tmp_path / f"m_{mode.replace(';', '')}.{'jpg' if mode == 'CMYK' else 'png'}"
-        Image.new(mode, (10, 10)).save(path) if mode != "I;16" else Image.new(
-            mode, (10, 10)
-        ).save(path)
+        Image.new(mode, (10, 10)).save(path) if mode != "I;16" else Image.new(mode, (10, 10)).save(
+            path
+        )
         out, _ = decode_image(path.read_bytes())
         assert out.mode == "RGB", mode

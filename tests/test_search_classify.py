@@ -68,9 +68,12 @@ def test_where_prefilter_returns_k_hits(coll, monkeypatch):
 
 
 def test_bad_filters_and_k(coll):
-    for bad, msg in [("widht > 3", "not found"), ("width >", "invalid"),
-                     ("1=1; DROP TABLE metadata", "not allowed"),
-                     ("id IN (SELECT 1)", "SELECT is not allowed")]:
+    for bad, msg in [
+        ("widht > 3", "not found"),
+        ("width >", "invalid"),
+        ("1=1; DROP TABLE metadata", "not allowed"),
+        ("id IN (SELECT 1)", "SELECT is not allowed"),
+    ]:
         with pytest.raises(QueryError, match=msg):
             coll.search("x", where=bad)
     with pytest.raises(QueryError, match="at least 1"):
@@ -122,8 +125,9 @@ def test_classify_uses_stored_vectors_and_writes_column(coll, monkeypatch):
     assert "colour" in reopened.table.column_names
     label = preds[0].label
     n = sum(p.label == label for p in preds)
-    hits = reopened.search_vector(np.ones(coll.dim, np.float32) / np.sqrt(coll.dim), k=500,
-                                  where=f"colour = '{label}'")
+    hits = reopened.search_vector(
+        np.ones(coll.dim, np.float32) / np.sqrt(coll.dim), k=500, where=f"colour = '{label}'"
+    )
     assert len(hits) == n and all(h.extra["colour"] == label for h in hits)
     # labels survive an incremental run that changes nothing
     again = Collection.index(coll.root, options=IngestOptions(workers=0))
