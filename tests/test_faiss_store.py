@@ -29,7 +29,9 @@ def data():
 
 
 def _recall(found: np.ndarray, exact: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, exact)]))
+    return float(
+        np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, exact, strict=False)])
+    )
 
 
 def test_flat_equals_numpy_brute_force(data):

@@ -62,7 +62,9 @@ def test_vectors_match_encoder(image_dir, tiny_encoder):
 
 def test_incremental_add_change_delete(image_dir):
     coll = _index(image_dir)
-    ids_before = dict(zip(coll.table["path"].to_pylist(), coll.table["id"].to_pylist()))
+    ids_before = dict(
+        zip(coll.table["path"].to_pylist(), coll.table["id"].to_pylist(), strict=False)
+    )
     # add two, change one's content, delete one, touch one without changing bytes
     make_images(image_dir / "new", 2, prefix="fresh")
     draw_image(image_dir / "img0001.png", (0, 0, 0), (50, 50), seed=99)
@@ -74,7 +76,9 @@ def test_incremental_add_change_delete(image_dir):
     assert (rep.new, rep.changed, rep.deleted) == (2, 2, 1)
     assert rep.encoded == 3  # the touched file's hash matched: not re-encoded
     assert len(coll2.table) == 16 and "img0002.png" not in _paths(coll2)
-    ids_after = dict(zip(coll2.table["path"].to_pylist(), coll2.table["id"].to_pylist()))
+    ids_after = dict(
+        zip(coll2.table["path"].to_pylist(), coll2.table["id"].to_pylist(), strict=False)
+    )
     assert ids_after["img0001.png"] == ids_before["img0001.png"]  # stable id
     assert len(set(ids_after.values())) == len(ids_after)
     assert coll2.faiss_index.ntotal == 16
