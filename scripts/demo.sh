@@ -9,6 +9,7 @@
 #                           ViT-B-32/laion2b_s34b_b79k                   (downloads once; needs network)
 #                           ViT-B-32:/path/to/open_clip_pytorch_model.bin (local checkpoint, offline)
 #   VENV                  virtual environment to use or create (default: .venv in the repo root)
+#                         Relative paths, here and in the model string, are taken from the repo root.
 #   PYTHON                interpreter that creates the venv (default: python3, 3.10 or newer)
 #   VLMSEARCH_DEMO_INSTALL=1  run `pip install -e .` even if the venv already looks complete
 set -euo pipefail
@@ -80,7 +81,7 @@ from pathlib import Path
 import duckdb, faiss, open_clip, pyarrow, torch  # noqa: F401
 import vlmsearch
 
-sys.exit(Path(vlmsearch.__file__).resolve().parent != Path(sys.argv[1]) / "vlmsearch")
+sys.exit(Path(vlmsearch.__file__).resolve().parent != Path(sys.argv[1]).resolve() / "vlmsearch")
 EOF
 }
 
