@@ -423,13 +423,18 @@ def print_report(res: dict[str, Any]) -> None:
         table(
             [
                 ("date", m["date"]),
-                ("cpu", f"{m['cpu_model']} - {m['cpu_count']} logical cores "
-                 f"(affinity {m['cpu_affinity']}), {m['memory_gb']} GB RAM"),
+                (
+                    "cpu",
+                    f"{m['cpu_model']} - {m['cpu_count']} logical cores "
+                    f"(affinity {m['cpu_affinity']}), {m['memory_gb']} GB RAM",
+                ),
                 ("gpu", f"torch cuda {m['cuda_available']}, faiss gpus {m['faiss_gpus']}"),
                 ("threads", f"torch {m['torch_threads']}, faiss omp {m['faiss_omp_threads']}"),
                 ("versions", ", ".join(f"{a} {b}" for a, b in m["versions"].items())),
-                ("load average", f"{m['loadavg_start']} at start, {res.get('loadavg_end')} "
-                 "at end (1/5/15 min)"),
+                (
+                    "load average",
+                    f"{m['loadavg_start']} at start, {res.get('loadavg_end')} at end (1/5/15 min)",
+                ),
                 ("command", res["command"]),
             ]
         )
@@ -447,55 +452,87 @@ def print_report(res: dict[str, Any]) -> None:
         print(
             table(
                 [
-                    ("images", f"{im['images']} from {im['source']}"
-                     + (f" (first {im['limit']})" if im["limit"] else "")),
+                    (
+                        "images",
+                        f"{im['images']} from {im['source']}"
+                        + (f" (first {im['limit']})" if im["limit"] else ""),
+                    ),
                     ("model / device", f"{im['encoder']} on {im['device']}"),
                     ("batch size / workers", f"{im['batch_size']} / {im['workers']}"),
                     ("model load", f"{im['model_load_s']:.2f} s (not in the figures below)"),
                     ("encoded / errors", f"{rep['encoded']} / {rep['errors']}"),
-                    ("encode phase", f"{rep['encode_seconds']:.2f} s -> "
-                     f"{im['encode_images_per_s']:.2f} images/s (decode+preprocess+model+store)"),
-                    ("whole ingest", f"{rep['seconds']:.2f} s -> {im['ingest_images_per_s']:.2f}"
-                     f" images/s (scan+encode+index {rep['index_factory']}+commit)"),
-                    ("model-only forward", f"{mo['images_per_s']:.2f} images/s "
-                     f"(encode_pixels on random {tuple(mo['input'])}, {mo['batches']} batches)"),
-                    ("end-to-end / model-only", f"{im['ratio_encode_to_model_only']:.3f} "
-                     f"(encode phase), {im['ratio_ingest_to_model_only']:.3f} (whole ingest)"),
+                    (
+                        "encode phase",
+                        f"{rep['encode_seconds']:.2f} s -> "
+                        f"{im['encode_images_per_s']:.2f} images/s (decode+preprocess+model+store)",
+                    ),
+                    (
+                        "whole ingest",
+                        f"{rep['seconds']:.2f} s -> {im['ingest_images_per_s']:.2f}"
+                        f" images/s (scan+encode+index {rep['index_factory']}+commit)",
+                    ),
+                    (
+                        "model-only forward",
+                        f"{mo['images_per_s']:.2f} images/s "
+                        f"(encode_pixels on random {tuple(mo['input'])}, {mo['batches']} batches)",
+                    ),
+                    (
+                        "end-to-end / model-only",
+                        f"{im['ratio_encode_to_model_only']:.3f} "
+                        f"(encode phase), {im['ratio_ingest_to_model_only']:.3f} (whole ingest)",
+                    ),
                 ]
             )
         )
         sec = im.get("section") or {}
         if sec:
-            print(f"  section: {sec['wall_s']} s wall, {sec['cpu_s']} s CPU of this process "
-                  f"({sec['cores_used']} cores on average); other processes "
-                  f"{sec['other_processes_cores']} cores")
-        print(f"\n2. Search latency (collection of {im['collection_size']}, "
-              f"index {im['faiss_index']}, k={im['k']})")
+            print(
+                f"  section: {sec['wall_s']} s wall, {sec['cpu_s']} s CPU of this process "
+                f"({sec['cores_used']} cores on average); other processes "
+                f"{sec['other_processes_cores']} cores"
+            )
+        print(
+            f"\n2. Search latency (collection of {im['collection_size']}, "
+            f"index {im['faiss_index']}, k={im['k']})"
+        )
         print("  search_vector: precomputed query vectors, text encoding excluded")
 
         def lat(d: dict[str, Any]) -> str:
-            return (f"p50 {d['p50_ms']:.3f} ms  p99 {d['p99_ms']:.3f} ms  "
-                    f"(mean {d['mean_ms']:.3f}, max {d['max_ms']:.3f}, n={d['n']})")
+            return (
+                f"p50 {d['p50_ms']:.3f} ms  p99 {d['p99_ms']:.3f} ms  "
+                f"(mean {d['mean_ms']:.3f}, max {d['max_ms']:.3f}, n={d['n']})"
+            )
 
         rows = [("search_vector", lat(im["search_vector_unfiltered"]))]
         if im.get("search_vector_where"):
             rows.append(
-                (f"search_vector where \"{im['where']}\" ({im['where_matches']} match)",
-                 lat(im["search_vector_where"]))
+                (
+                    f'search_vector where "{im["where"]}" ({im["where_matches"]} match)',
+                    lat(im["search_vector_where"]),
+                )
             )
-        rows.append(("one text search (warm)", f"{im['text_search_one_s'] * 1000:.1f} ms "
-                     "(Collection.search, text encoding included)"))
+        rows.append(
+            (
+                "one text search (warm)",
+                f"{im['text_search_one_s'] * 1000:.1f} ms "
+                "(Collection.search, text encoding included)",
+            )
+        )
         rows.append(("text search", lat(im["text_search"])))
         if im.get("text_search_where"):
             rows.append(("text search + where", lat(im["text_search_where"])))
         print(table(rows))
     sy = res.get("synthetic")
     if sy:
-        print(f"\n3. Synthetic FAISS via faiss_store (n={sy['n']}, d={sy['dim']}, k={sy['k']}, "
-              f"{sy['queries']} single queries)")
+        print(
+            f"\n3. Synthetic FAISS via faiss_store (n={sy['n']}, d={sy['dim']}, k={sy['k']}, "
+            f"{sy['queries']} single queries)"
+        )
         print(f"  data: {sy['data']}")
-        hdr = f"  {'kind':6} {'factory':14} {'params':18} {'build s':>9} {'p50 ms':>9} " \
-              f"{'p99 ms':>9} {'recall@' + str(sy['k']):>10} {'batch q/s':>10}"
+        hdr = (
+            f"  {'kind':6} {'factory':14} {'params':18} {'build s':>9} {'p50 ms':>9} "
+            f"{'p99 ms':>9} {'recall@' + str(sy['k']):>10} {'batch q/s':>10}"
+        )
         print(hdr)
         for kind, e in sy["kinds"].items():
             params = ",".join(f"{a}={b}" for a, b in e["search_params"].items()) or "-"
@@ -510,9 +547,11 @@ def print_report(res: dict[str, Any]) -> None:
         print("  recall is against the exact flat result on the same vectors")
         sec = sy.get("section") or {}
         if sec:
-            print(f"  section: {sec['wall_s']} s wall, {sec['cpu_s']} s CPU of this process "
-                  f"({sec['cores_used']} cores on average); other processes "
-                  f"{sec['other_processes_cores']} cores")
+            print(
+                f"  section: {sec['wall_s']} s wall, {sec['cpu_s']} s CPU of this process "
+                f"({sec['cores_used']} cores on average); other processes "
+                f"{sec['other_processes_cores']} cores"
+            )
     print("=" * 78)
 
 
@@ -542,10 +581,12 @@ def busy_warning(res: dict[str, Any]) -> str | None:
         for name in ("images", "synthetic")
         if (sec := (res.get(name) or {}).get("section"))
         and (sec.get("other_processes_cores") or 0) > OTHERS_MAX
+        and sec["wall_s"] >= 5  # /proc/stat ticks are too coarse for shorter sections
     ]
     if flagged:
         return (
-            "WARNING: other processes used CPU during the run (" + "; ".join(flagged)
+            "WARNING: other processes used CPU during the run ("
+            + "; ".join(flagged)
             + " on average): figures are pessimistic; rerun on an idle machine"
         )
     return None
