@@ -86,7 +86,10 @@ def _main(
 @user_errors
 def index(
     directory: Annotated[Path, typer.Argument(help="Folder of images to index (recursively).")],
-    collection: CollectionOpt = None,
+    collection: Annotated[
+        Path | None,
+        typer.Option("--collection", "-c", help="Collection directory. Default: DIR/.vlmsearch."),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
