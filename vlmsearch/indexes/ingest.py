@@ -24,9 +24,11 @@ from vlmsearch.errors import CollectionError, ModelError
 from vlmsearch.indexes import faiss_store, metadata
 from vlmsearch.indexes.decode import DEFAULT_MAX_PIXELS, DecodeTask, iter_decoded
 from vlmsearch.indexes.layout import FORMAT_VERSION, Layout, now_iso
+from vlmsearch.indexes.postings import FACTORY as POSTINGS
+from vlmsearch.indexes.postings import PostingIndex
 from vlmsearch.indexes.scan import normalise_extensions, scan
 from vlmsearch.indexes.store import CollectionWriter
-from vlmsearch.indexes.vectors import VectorTable, shard_rows
+from vlmsearch.indexes.vectors import VectorTable, shard_rows, stack, to_storage
 from vlmsearch.retrieval.encoders.base import Encoder
 
 ProgressFn = Callable[[str, int, int], None]
@@ -45,6 +47,7 @@ class IngestOptions:
     commit_seconds: float = 60.0
     max_pixels: int = DEFAULT_MAX_PIXELS
     memory_budget: int | None = None
+    encoder_choice: dict[str, Any] | None = None  # why this encoder (recorded in the manifest)
 
 
 @dataclass
@@ -64,6 +67,7 @@ class IngestReport:
     index_factory: str = ""
     index_rebuilt: bool = False
     generation: int = 0
+    notices: list[str] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -86,6 +90,7 @@ def new_manifest(root: Path, encoder: Encoder, opts: IngestOptions) -> dict[str,
         "encoder": spec,
         "dim": encoder.dim,
         "metric": "inner_product (cosine on L2-normalised vectors)",
+        "vectors": "sparse" if encoder.sparse_output else "dense",
         "preprocessing": {
             "model": spec.get("preprocess", {}),
             "decode": {
@@ -105,6 +110,8 @@ def new_manifest(root: Path, encoder: Encoder, opts: IngestOptions) -> dict[str,
             "include_hidden": opts.include_hidden,
         },
         "columns": {},
+        "encoder_choice": opts.encoder_choice
+        or {"requested": spec.get("name"), "used": spec.get("name"), "rule": "as requested"},
     }
 
 
@@ -244,7 +251,7 @@ def _run(
             writer.table = _touch(writer.table, touched)
         shard = None
         if pending_ids:
-            shard = (np.concatenate(pending_ids), np.concatenate(pending_vecs))
+            shard = (np.concatenate(pending_ids), stack(pending_vecs))
         writer.commit(shard=shard)
         pending_rows.clear()
         touched.clear()
@@ -288,7 +295,7 @@ def _run(
                     report.error_samples.append((f.path, rec.error))
         if vecs is not None:
             pending_ids.append(np.asarray(ok_ids, np.int64))
-            pending_vecs.append(vecs.astype(np.float16))
+            pending_vecs.append(to_storage(vecs, encoder.sparse_output))
             report.encoded += len(ok_ids)
         since_commit += len(records)
         if progress:
@@ -327,7 +334,11 @@ def _finish_index(
     m = writer.manifest
     dim = int(m["dim"])
     ok_ids = metadata.filter_ids(writer.table, None)
-    live = VectorTable.load(writer.layout.vectors_dir, m.get("shards", []), dim, ok_ids)
+    sparse = m.get("vectors") == "sparse"
+    live = VectorTable.load(writer.layout.vectors_dir, m.get("shards", []), dim, ok_ids, sparse)
+    if sparse:
+        _finish_postings(writer, opts, report, start_data_generation, live, progress)
+        return
     requested = (m.get("index") or {}).get("requested") if opts.index == "auto" else opts.index
     requested = requested or "auto"
     plan = faiss_store.plan_index(requested, len(live), dim, opts.memory_budget)
@@ -359,11 +370,55 @@ def _finish_index(
         index = faiss_store.build_index(plan, dim, live.ids, live.vectors.astype(np.float32))
     if progress:
         progress("index", len(live), len(live))
+    info = {**plan.to_json(), "ntotal": int(index.ntotal), "dim": dim}
+    _commit_index(writer, live, index, info)
+
+
+def _commit_index(
+    writer: CollectionWriter, live: VectorTable, index: Any, info: dict[str, Any]
+) -> None:
     # Compact shards once dead rows (replaced or deleted vectors) outweigh live ones.
+    m = writer.manifest
     stored = sum(shard_rows(writer.layout.vectors_dir, s) for s in m.get("shards", []))
     compact = stored > 2 * len(live) + 1024
     shard = (live.ids, live.vectors) if compact else None
-    info = {**plan.to_json(), "ntotal": int(index.ntotal), "dim": dim}
     writer.commit(
         shard=shard, index=index, index_info=info, replace_shards=compact, data_changed=False
     )
+
+
+def _finish_postings(
+    writer: CollectionWriter,
+    opts: IngestOptions,
+    report: IngestReport,
+    start_data_generation: int,
+    live: VectorTable,
+    progress: ProgressFn | None,
+) -> None:
+    """Sparse collections: rebuild the posting lists (a transpose, seconds at 100k)."""
+    m = writer.manifest
+    old = m.get("index") or {}
+    report.index_factory = POSTINGS
+    if (
+        not opts.rebuild
+        and int(m.get("data_generation", 0)) == start_data_generation
+        and int(old.get("generation", -1)) >= start_data_generation
+        and old.get("file")
+        and writer.layout.file(old["file"]).is_file()
+    ):
+        return
+    report.index_rebuilt = True
+    if progress:
+        progress("index", 0, len(live))
+    index = PostingIndex.build(live.ids, live.vectors)
+    if progress:
+        progress("index", len(live), len(live))
+    info = {
+        "requested": "postings",
+        "factory": POSTINGS,
+        "search_params": {},
+        "reason": "sparse vectors: exact search over per-anchor posting lists",
+        "ntotal": index.ntotal,
+        "dim": int(m["dim"]),
+    }
+    _commit_index(writer, live, index, info)

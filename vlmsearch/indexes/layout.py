@@ -35,8 +35,10 @@ from vlmsearch.indexes.atomic import atomic_write_text, fsync_dir
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DEFAULT_DIRNAME = ".vlmsearch"
-_DATA_FILE = re.compile(r"^(metadata-\d+\.parquet|index-\d+\.faiss|textvec-\d+\.npy)$")
-_SHARD_FILE = re.compile(r"^(shard-\d+)\.(ids|f16)\.npy$")
+_DATA_FILE = re.compile(
+    r"^(metadata-\d+\.parquet|index-\d+\.(faiss|postings\.npz)|textvec-\d+\.npy)$"
+)
+_SHARD_FILE = re.compile(r"^(shard-\d+)\.(ids\.npy|f16\.npy|sparse\.npz)$")
 
 
 def now_iso() -> str:

@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 
 from vlmsearch.indexes import faiss_store, metadata
 from vlmsearch.indexes.layout import Layout
+from vlmsearch.indexes.postings import PostingIndex
 from vlmsearch.indexes.vectors import write_shard
 
 
@@ -45,8 +46,12 @@ class CollectionWriter:
         metadata.write_table(self.layout.file(meta_name), self.table)
         m["metadata_file"] = meta_name
         if index is not None and index_info is not None:
-            index_name = f"index-{gen:06d}.faiss"
-            faiss_store.write_index(index, self.layout.file(index_name))
+            if isinstance(index, PostingIndex):
+                index_name = f"index-{gen:06d}.postings.npz"
+                index.write(self.layout.file(index_name))
+            else:
+                index_name = f"index-{gen:06d}.faiss"
+                faiss_store.write_index(index, self.layout.file(index_name))
             m["index"] = {**index_info, "file": index_name, "generation": gen}
         status = self.table["status"]
         ok = int(pc.sum(pc.equal(status, "ok")).as_py() or 0) if self.table.num_rows else 0

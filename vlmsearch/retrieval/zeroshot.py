@@ -1,14 +1,19 @@
-"""Zero-shot classification from label text (CLIP, Radford et al. 2021).
+"""Zero-shot classification from label text.
 
-Class weight = mean of the L2-normalised embeddings of every template filled with the
-label, normalised again; logits = 100 * cosine (CLIP's trained logit scale is about
-100); probabilities by softmax.
+Two rules combine a label's prompts (every template filled with the label):
+
+- ``mean`` (CLIP, Radford et al. 2021): class weight = mean of the L2-normalised prompt
+  embeddings, normalised again; score = cosine with the image.
+- ``best`` (the official ASIF code): score = the best single prompt's cosine.
+
+logits = 100 * score (CLIP's trained logit scale is about 100); probabilities by softmax.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,10 +64,51 @@ def parse_labels(labels: str | Sequence[str] | None, labels_file: str | None = N
 def class_weights(
     encoder: Encoder, labels: Sequence[str], templates: Sequence[Template]
 ) -> np.ndarray:
-    prompts = [t(label) for label in labels for t in templates]
-    emb = encoder.encode_texts(prompts).reshape(len(labels), len(templates), -1)
-    mean = emb.mean(axis=1)
+    per = max(1, PROMPT_CHUNK // max(1, len(templates)))
+    parts = []
+    for lo in range(0, len(labels), per):
+        chunk = labels[lo : lo + per]
+        emb = encoder.encode_texts([t(label) for label in chunk for t in templates])
+        parts.append(emb.reshape(len(chunk), len(templates), -1).mean(axis=1))
+    mean = np.concatenate(parts)
     return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
+
+
+RULES = ("mean", "best")
+PROMPT_CHUNK = 20_000  # prompts embedded at once (bounds memory for wide ASIF vectors)
+
+
+def class_scores(
+    encoder: Encoder,
+    image_vectors: Any,
+    labels: Sequence[str],
+    templates: Sequence[Template],
+    rule: str = "mean",
+) -> np.ndarray:
+    """(n_images, n_labels) scores; ``image_vectors`` may be a dense array or scipy sparse."""
+    if rule not in RULES:
+        raise QueryError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+    if rule == "mean":
+        return _matmul(image_vectors, class_weights(encoder, labels, templates))
+    per = max(1, PROMPT_CHUNK // max(1, len(templates)))
+    out = np.zeros((image_vectors.shape[0], len(labels)), np.float32)
+    for lo in range(0, len(labels), per):
+        chunk = labels[lo : lo + per]
+        emb = encoder.encode_texts([t(label) for label in chunk for t in templates])
+        s = _matmul(image_vectors, emb).reshape(-1, len(chunk), len(templates))
+        out[:, lo : lo + len(chunk)] = s.max(axis=2)
+    return out
+
+
+def _matmul(image_vectors: Any, weights: np.ndarray) -> np.ndarray:
+    return np.asarray(image_vectors.astype(np.float32) @ weights.T, np.float32)
+
+
+def softmax_scores(scores: np.ndarray) -> np.ndarray:
+    logits = LOGIT_SCALE * scores.astype(np.float32)
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
 
 
 def probabilities(image_vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -22,6 +22,9 @@ class Encoder(ABC):
 
     kind: ClassVar[str]
     """Registry key, stored in the manifest as ``encoder.kind``."""
+    sparse_output: ClassVar[bool] = False
+    """True when vectors are mostly zeros (ASIF): stored as sparse shards and searched
+    with posting lists instead of FAISS."""
 
     @classmethod
     @abstractmethod

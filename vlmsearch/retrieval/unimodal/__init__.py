@@ -1,0 +1,101 @@
+"""Registry of single-modality encoders (image or text), used by ASIF.
+
+Each kind is one module in this package that decorates its class with :func:`register`;
+other packages add kinds through the ``vlmsearch.unimodal`` entry-point group. Users
+name an encoder ``KIND`` or ``KIND:ARGUMENT``, e.g. ``efficientnet-lite0``,
+``timm:resnet50.a1_in1k``, ``minilm``, ``sentence-transformers:/path/to/model``,
+``open_clip:ViT-B-32/laion2b_s34b_b79k``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from importlib.metadata import entry_points
+from typing import Any
+
+from vlmsearch.errors import ModelError
+from vlmsearch.retrieval.unimodal.base import (
+    Classifier,
+    ImageEncoder,
+    TextEncoder,
+    UnimodalEncoder,
+)
+
+__all__ = [
+    "Classifier",
+    "ImageEncoder",
+    "TextEncoder",
+    "UnimodalEncoder",
+    "register",
+    "available",
+    "load_image_encoder",
+    "load_text_encoder",
+    "unimodal_from_spec",
+]
+
+# (modality, kind) -> class
+_REGISTRY: dict[tuple[str, str], type[UnimodalEncoder]] = {}
+_discovered = False
+
+
+def register(cls: type[UnimodalEncoder]) -> type[UnimodalEncoder]:
+    """Class decorator adding an image or text encoder kind to the registry."""
+    _REGISTRY[(cls.modality, cls.kind)] = cls
+    return cls
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
+    for ep in entry_points(group="vlmsearch.unimodal"):
+        ep.load()
+
+
+def available(modality: str) -> list[str]:
+    _discover()
+    return sorted(k for m, k in _REGISTRY if m == modality)
+
+
+def _lookup(modality: str, kind: str) -> type[UnimodalEncoder]:
+    _discover()
+    try:
+        return _REGISTRY[(modality, kind)]
+    except KeyError:
+        raise ModelError(
+            f"unknown {modality} encoder {kind!r}; available: {', '.join(available(modality))}"
+        ) from None
+
+
+def parse_name(name: str) -> tuple[str, str | None]:
+    """``KIND:ARG`` -> (KIND, ARG); a bare ``KIND`` -> (KIND, None)."""
+    kind, sep, arg = name.strip().partition(":")
+    return kind, (arg if sep else None)
+
+
+def _load(modality: str, name: str, device: str | None) -> UnimodalEncoder:
+    kind, arg = parse_name(name)
+    return _lookup(modality, kind).from_name(arg, device=device)
+
+
+def load_image_encoder(name: str, device: str | None = None) -> ImageEncoder:
+    enc = _load("image", name, device)
+    assert isinstance(enc, ImageEncoder)
+    return enc
+
+
+def load_text_encoder(name: str, device: str | None = None) -> TextEncoder:
+    enc = _load("text", name, device)
+    assert isinstance(enc, TextEncoder)
+    return enc
+
+
+def unimodal_from_spec(
+    modality: str, spec: dict[str, Any], device: str | None = None
+) -> UnimodalEncoder:
+    return _lookup(modality, spec["kind"]).from_spec(spec, device=device)
