@@ -459,6 +459,7 @@ class Collection:
             "format_version": m.get("format_version"),
             "vlmsearch_version": m.get("vlmsearch_version"),
             "encoder": m.get("encoder"),
+            "encoder_choice": m.get("encoder_choice"),
             "dim": m.get("dim"),
             "metric": m.get("metric"),
             "preprocessing": m.get("preprocessing"),

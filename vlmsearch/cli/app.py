@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from vlmsearch._version import __version__
 from vlmsearch.cli import output
+from vlmsearch.cli.errors import user_errors
 from vlmsearch.errors import VlmsearchError
 
 app = typer.Typer(
@@ -36,29 +34,6 @@ CollectionOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 CsvOpt = Annotated[bool, typer.Option("--csv", help="Print CSV.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(fn: F) -> F:
-    """User errors become one line on stderr and exit status 1, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except VlmsearchError as e:
-            output.err.print(f"[bold red]error:[/bold red] {e}", soft_wrap=True)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            output.err.print("interrupted: committed work is kept; run the command again to resume")
-            raise typer.Exit(130) from None
-        except BrokenPipeError:
-            sys.stderr.close()
-            raise typer.Exit(0) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _fmt(json_: bool, csv_: bool = False) -> str:
@@ -99,7 +74,32 @@ def index(
             f"model, or {DEFAULT_MODEL} for a new collection.",
         ),
     ] = None,
-    encoder: Annotated[str, typer.Option(help="Encoder kind from the registry.")] = "open_clip",
+    encoder: Annotated[
+        str | None,
+        typer.Option(
+            help="Encoder kind: open_clip or asif. Default: the collection's, else open_clip "
+            "(or the offline ASIF default when the CLIP weights cannot be loaded)."
+        ),
+    ] = None,
+    anchors: Annotated[
+        str | None,
+        typer.Option(
+            help="ASIF anchor set (implies --encoder asif); 'default' = prototype anchors "
+            "of EfficientNet-Lite0 + MiniLM."
+        ),
+    ] = None,
+    image_encoder: Annotated[
+        str | None, typer.Option(help="ASIF image encoder. Default: the anchor set's.")
+    ] = None,
+    text_encoder: Annotated[
+        str | None, typer.Option(help="ASIF text encoder. Default: the anchor set's.")
+    ] = None,
+    asif_k: Annotated[
+        int | None, typer.Option(min=1, help="ASIF: anchors kept per input (default 800).")
+    ] = None,
+    asif_p: Annotated[
+        float | None, typer.Option(min=0.0, help="ASIF: power on similarities (default 8).")
+    ] = None,
     index_type: Annotated[
         str,
         typer.Option("--index", help="auto, flat, hnsw, ivf, ivfpq or a FAISS factory string."),
@@ -130,6 +130,25 @@ def index(
         include_hidden=hidden,
         commit_every=commit_every,
     )
+    enc_opts: dict[str, Any] = {
+        k: v
+        for k, v in (
+            ("k", asif_k),
+            ("p", asif_p),
+            ("image_encoder", image_encoder),
+            ("text_encoder", text_encoder),
+        )
+        if v is not None
+    }
+    if anchors is not None or enc_opts:
+        if encoder not in (None, "asif"):
+            raise VlmsearchError(
+                "--anchors, --image-encoder, --text-encoder, --asif-k and "
+                "--asif-p are ASIF options; they need --encoder asif"
+            )
+        if anchors is not None and model is not None:
+            raise VlmsearchError("give the anchor set with --anchors or --model, not both")
+        encoder, model = "asif", anchors if anchors is not None else model
     with ingest_progress(quiet or json_) as progress:
         coll = Collection.index(
             directory,
@@ -139,9 +158,12 @@ def index(
             options=opts,
             progress=progress,
             device=device,
+            encoder_options=enc_opts,
         )
     rep = coll.last_report
     assert rep is not None
+    for notice in rep.notices:
+        output.err.print(f"[bold yellow]note:[/bold yellow] {notice}", soft_wrap=True)
     if json_:
         output.emit_json(rep.to_dict())
         return
@@ -233,6 +255,13 @@ def classify(
         str, typer.Option(help="openai (CLIP's 80), simple (7), or a file of lines with {}.")
     ] = "openai",
     top_k: Annotated[int, typer.Option(min=1, help="Labels to report per image.")] = 1,
+    rule: Annotated[
+        str,
+        typer.Option(
+            help="How prompts combine: mean (CLIP: averaged prompt embeddings) or best "
+            "(ASIF paper: the best single prompt)."
+        ),
+    ] = "mean",
     collection: CollectionOpt = None,
     where: Annotated[str | None, typer.Option(help="With --collection: SQL filter.")] = None,
     write_column: Annotated[
@@ -263,6 +292,7 @@ def classify(
             model=model,
             templates=templates,
             top_k=top_k,
+            rule=rule,
             batch_size=batch_size,
             device=device,
         )
@@ -271,7 +301,12 @@ def classify(
         if model:
             coll.check_model(model)
         preds = coll.classify(
-            label_list, templates=templates, top_k=top_k, where=where, write_column=write_column
+            label_list,
+            templates=templates,
+            top_k=top_k,
+            where=where,
+            write_column=write_column,
+            rule=rule,
         )
         if write_column and fmt == "table":
             output.err.print(
@@ -289,20 +324,54 @@ def classify(
 
 @app.command()
 @user_errors
-def info(collection: CollectionOpt = None, json_: JsonOpt = False) -> None:
-    """Describe a collection: model, counts, index type, sizes on disk."""
+def info(
+    path: Annotated[
+        Path | None, typer.Argument(help="A collection or an ASIF anchor set (else -c).")
+    ] = None,
+    collection: CollectionOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Describe a collection (model, counts, index, sizes on disk) or an ASIF anchor set."""
+    from vlmsearch.indexes.anchors import AnchorSet, is_anchor_set
+
+    target = path or collection
+    if target is not None and is_anchor_set(target):
+        data = AnchorSet.open(target).info()
+        if json_:
+            output.emit_json(data)
+        else:
+            output.mapping(data)
+        return
     from vlmsearch.collection import Collection
 
-    data = Collection.open(collection).info()
+    if (
+        path is not None
+        and not (path / "manifest.json").is_file()
+        and (path / ".vlmsearch" / "manifest.json").is_file()
+    ):
+        path = path / ".vlmsearch"
+    data = Collection.open(target if path is None else path).info()
     if json_:
         output.emit_json(data)
         return
     enc = data.pop("encoder") or {}
     data["model"] = enc.get("name")
+    if enc.get("kind") == "asif":
+        data["anchors"] = (enc.get("anchors") or {}).get("path")
     if enc.get("sha256"):
-        data["checkpoint sha256"] = enc["sha256"]
+        data["model sha256"] = enc["sha256"]
+    choice = data.pop("encoder_choice", None) or {}
+    if choice.get("requested") != choice.get("used"):
+        data["model choice"] = f"{choice.get('used')} instead of {choice.get('requested')}: " + str(
+            choice.get("reason")
+        )
     data.pop("preprocessing", None)
     output.mapping(data)
+
+
+from vlmsearch.cli.asif import asif_app  # noqa: E402  (sub-command group)
+
+app.add_typer(asif_app, name="asif")
 
 
 def main() -> None:
