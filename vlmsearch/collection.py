@@ -25,7 +25,12 @@ from vlmsearch.indexes.ingest import (
     check_encoder_matches,
     ingest,
 )
-from vlmsearch.indexes.layout import Layout, default_collection_for, find_collection
+from vlmsearch.indexes.layout import (
+    DEFAULT_DIRNAME,
+    Layout,
+    default_collection_for,
+    find_collection,
+)
 from vlmsearch.indexes.postings import PostingIndex
 from vlmsearch.indexes.store import CollectionWriter
 from vlmsearch.indexes.vectors import VectorTable
@@ -100,7 +105,14 @@ def resolve_collection_path(path: str | Path | None) -> Path:
     """--collection, else $VLMSEARCH_COLLECTION, else .vlmsearch at or above the cwd,
     else the collection indexed last."""
     if path:
-        return Path(path).expanduser()
+        p = Path(path).expanduser()
+        # an indexed folder stands for the collection inside it
+        if (
+            not (p / "manifest.json").is_file()
+            and (p / DEFAULT_DIRNAME / "manifest.json").is_file()
+        ):
+            return p / DEFAULT_DIRNAME
+        return p
     env = os.environ.get("VLMSEARCH_COLLECTION")
     if env:
         return Path(env).expanduser()
@@ -177,6 +189,15 @@ class Collection:
                 and not encoder_options
                 and encoder_kind in (None, existing.get("kind"))
             )
+            if (
+                existing is not None
+                and not keep
+                and existing.get("kind") == "asif"
+                and encoder_kind in (None, "asif")
+            ):
+                # ASIF options on an ASIF collection change only what they name
+                model, encoder_options = asif_defaults_from(existing, model, encoder_options)
+                encoder_kind = "asif"
             if keep:
                 assert existing is not None
                 encoder = encoder_from_spec(existing, device=device)
@@ -475,6 +496,24 @@ class Collection:
             "updated_at": m.get("updated_at"),
             "bytes_on_disk": {"total": total, **sizes},
         }
+
+
+def asif_defaults_from(
+    spec: dict[str, Any], model: str | None, options: dict[str, Any] | None
+) -> tuple[str, dict[str, Any]]:
+    """Fill unspecified ASIF settings (anchors, encoders, k, p) from an existing spec."""
+    from vlmsearch.retrieval.encoders.asif import DEFAULT_ANCHORS
+
+    anchors = spec.get("anchors") or {}
+    if model is None:
+        model = DEFAULT_ANCHORS if anchors.get("default") else anchors.get("path")
+    opts = dict(options or {})
+    opts.setdefault("k", spec.get("k"))
+    opts.setdefault("p", spec.get("p"))
+    if model == (DEFAULT_ANCHORS if anchors.get("default") else anchors.get("path")):
+        opts.setdefault("image_encoder", (spec.get("image_encoder") or {}).get("name"))
+        opts.setdefault("text_encoder", (spec.get("text_encoder") or {}).get("name"))
+    return str(model), {k: v for k, v in opts.items() if v is not None}
 
 
 def choose_encoder(

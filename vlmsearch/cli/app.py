@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from vlmsearch._version import __version__
 from vlmsearch.cli import output
@@ -98,7 +99,7 @@ def index(
         int | None, typer.Option(min=1, help="ASIF: anchors kept per input (default 800).")
     ] = None,
     asif_p: Annotated[
-        float | None, typer.Option(min=0.0, help="ASIF: power on similarities (default 8).")
+        float | None, typer.Option(min=0.0, help="ASIF: power on similarities (default 4).")
     ] = None,
     index_type: Annotated[
         str,
@@ -163,20 +164,20 @@ def index(
     rep = coll.last_report
     assert rep is not None
     for notice in rep.notices:
-        output.err.print(f"[bold yellow]note:[/bold yellow] {notice}", soft_wrap=True)
+        output.err.print(f"[bold yellow]note:[/bold yellow] {escape(notice)}", soft_wrap=True)
     if json_:
         output.emit_json(rep.to_dict())
         return
     if not quiet:
         name = coll.manifest["encoder"].get("name")
         output.err.print(
-            f"[bold]{coll.path}[/bold]: {rep.scanned} files scanned, {rep.new} new, "
+            f"[bold]{escape(str(coll.path))}[/bold]: {rep.scanned} files scanned, {rep.new} new, "
             f"{rep.changed} changed, {rep.deleted} deleted, {rep.unchanged} unchanged; "
             f"{rep.encoded} encoded ({rep.images_per_second:.1f} img/s), {rep.errors} errors; "
-            f"index {rep.index_factory}; model {name}; {rep.seconds:.1f}s"
+            f"index {rep.index_factory}; model {escape(str(name))}; {rep.seconds:.1f}s"
         )
         for path, msg in rep.error_samples[:10]:
-            output.err.print(f"  [red]error[/red] {path}: {msg}")
+            output.err.print(f"  [red]error[/red] {escape(path)}: {escape(msg)}")
         if rep.errors > 10:
             output.err.print(f"  ... {rep.errors - 10} more (see metadata column 'error')")
 
@@ -310,8 +311,10 @@ def classify(
         )
         if write_column and fmt == "table":
             output.err.print(
-                f"wrote columns {write_column!r} and {write_column + '_score'!r}; filter with "
-                f"--where \"{write_column} = '{label_list[0]}'\""
+                escape(
+                    f"wrote columns {write_column!r} and {write_column + '_score'!r}; filter "
+                    f"with --where \"{write_column} = '{label_list[0]}'\""
+                )
             )
     if parquet:
         import pyarrow as pa

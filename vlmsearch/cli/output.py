@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 out = Console(highlight=False, soft_wrap=True)
@@ -41,7 +42,7 @@ def hits(items: Sequence[Any], fmt: str) -> None:
         t.add_column("score", justify="right")
         t.add_column("path", overflow="fold")
         for r in rows:
-            t.add_row(str(r["rank"]), f"{r['score']:.4f}", r["path"])
+            t.add_row(str(r["rank"]), f"{r['score']:.4f}", escape(r["path"]))
         out.print(t)
 
 
@@ -60,9 +61,9 @@ def predictions(items: Sequence[Any], fmt: str) -> None:
     t.add_column("path", overflow="fold")
     for r in rows:
         if r["error"]:
-            t.add_row("[red]error[/red]", "", f"{r['path']}  ({r['error']})")
+            t.add_row("[red]error[/red]", "", escape(f"{r['path']}  ({r['error']})"))
         else:
-            t.add_row(r["label"], f"{r['score']:.3f}", r["path"])
+            t.add_row(escape(r["label"]), f"{r['score']:.3f}", escape(r["path"]))
     out.print(t)
 
 
@@ -75,5 +76,5 @@ def mapping(data: dict[str, Any], title: str = "") -> None:
             v = ", ".join(f"{a}={b}" for a, b in v.items() if not isinstance(b, dict | list))
         elif isinstance(v, list):
             v = ", ".join(map(str, v)) or "-"
-        t.add_row(str(k), str(v))
+        t.add_row(escape(str(k)), escape(str(v)))
     out.print(t)
