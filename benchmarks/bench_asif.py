@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from vlmsearch.retrieval.asif import DEFAULT_K, DEFAULT_P
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO.parent / "shared" / "data" / "imagenet-sample"
 CACHE = REPO / "benchmarks" / ".cache"
@@ -119,7 +121,7 @@ def main() -> None:
     ap.add_argument("--only-scale", action="store_true", help="run section 5 only")
     args = ap.parse_args()
     if args.only_scale:
-        out = scale(args.scale_n, args.scale_anchors, 800, 8.0, not args.skip_dense)
+        out = scale(args.scale_n, args.scale_anchors, DEFAULT_K, DEFAULT_P, not args.skip_dense)
         out["date"] = dt.date.today().isoformat()
         out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
         text = json.dumps({"scale": out}, indent=2)
@@ -189,7 +191,7 @@ def main() -> None:
         return np.einsum("nd,ctd->nct", img_rel, rel).max(axis=2)
 
     # 1. prototype zero-shot, default k/p
-    K, P = 800, 8.0
+    K, P = DEFAULT_K, 8.0  # the official p; the grid below compares p values
     img_rel = proto.relative("image", raw, K, P)
     z1: dict[str, Any] = {}
     for label, templates, rule in (
@@ -273,7 +275,9 @@ def main() -> None:
     res["grid"] = grid
 
     if not args.skip_scale:
-        res["scale"] = scale(args.scale_n, args.scale_anchors, 800, 8.0, not args.skip_dense)
+        res["scale"] = scale(
+            args.scale_n, args.scale_anchors, DEFAULT_K, DEFAULT_P, not args.skip_dense
+        )
     text = json.dumps(res, indent=2)
     if args.out:
         args.out.write_text(text)

