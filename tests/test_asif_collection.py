@@ -672,3 +672,61 @@ def test_no_offline_extra_gives_one_line_error(
     # the bracketed extra must survive rich's markup (it used to be swallowed)
     one_line_error(res, "offline extra", "pip install 'vlmsearch[offline]'", DEFAULT_MODEL)
     assert not (root / ".vlmsearch" / "manifest.json").exists()
+
+
+def test_anchor_sources_tsv_and_jsonl_with_other_column_names(tmp_path: Path) -> None:
+    """Common caption-file shapes: TSV and JSON lines, columns named file_name/comment."""
+    import json as _json
+
+    from vlmsearch.retrieval.anchor_sources import read_captioned_source
+
+    imgs = photos(tmp_path / "pics", 3, seed=5, prefix="t")
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text(
+        "file_name\tcomment\n"
+        + "".join(f"pics/{p.name}\ta caption, with a comma {i}\n" for i, p in enumerate(imgs)),
+        encoding="utf-8",
+    )
+    paths, caps, desc = read_captioned_source(tsv)
+    assert paths == [str(p.resolve()) for p in imgs]
+    assert caps[1] == "a caption, with a comma 1"
+    assert desc["image_column"] == "file_name" and desc["caption_column"] == "comment"
+    jl = tmp_path / "pairs.jsonl"
+    jl.write_text(
+        "".join(
+            _json.dumps({"img": f"pics/{p.name}", "captions": [f"x{i}", f"y{i}"]}) + "\n"
+            for i, p in enumerate(imgs)
+        ),
+        encoding="utf-8",
+    )
+    paths, caps, _ = read_captioned_source(jl)
+    assert len(paths) == 6 and caps[:2] == ["x0", "y0"] and paths[0] == paths[1]
+
+
+def test_index_auto_resets_a_saved_index_choice(tmp_path: Path) -> None:
+    root = tmp_path / "pics"
+    photos(root, 4, seed=6)
+    ok(run("index", root, "--model", TINY, "--index", "hnsw", "--workers", "0", "-q"))
+    manifest = lambda: json.loads((root / ".vlmsearch" / "manifest.json").read_text())  # noqa: E731
+    assert manifest()["index"]["requested"] == "hnsw"
+    photos(root, 5, seed=7, prefix="q")
+    ok(run("index", root, "--workers", "0", "-q"))  # no --index: the saved choice stays
+    assert manifest()["index"]["requested"] == "hnsw"
+    ok(run("index", root, "--index", "auto", "--workers", "0", "-q"))
+    assert manifest()["index"]["requested"] == "auto"
+    assert manifest()["index"]["factory"] == "Flat"  # auto at this size
+
+
+def test_classify_table_lists_runners_up(
+    asif_coll: AsifColl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # one table row per line
+    res = run("classify", "-c", asif_coll.path, "--labels", "red,green,blue", "--top-k", "3")
+    ok(res)
+    res_json = run(
+        "classify", "-c", asif_coll.path, "--labels", "red,green,blue", "--top-k", "3", "--json"
+    )
+    first = json.loads(res_json.stdout)[0]
+    second = first["top"][1]["label"]
+    line = next(ln for ln in res.stdout.splitlines() if Path(first["path"]).name in ln)
+    assert f"{second} {first['top'][1]['score']:.3f}" in line

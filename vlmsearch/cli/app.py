@@ -102,9 +102,13 @@ def index(
         float | None, typer.Option(min=0.0, help="ASIF: power on similarities (default 4).")
     ] = None,
     index_type: Annotated[
-        str,
-        typer.Option("--index", help="auto, flat, hnsw, ivf, ivfpq or a FAISS factory string."),
-    ] = "auto",
+        str | None,
+        typer.Option(
+            "--index",
+            help="auto, flat, hnsw, ivf, ivfpq or a FAISS factory string. Default: the "
+            "collection's saved choice (auto for a new one); auto resets it.",
+        ),
+    ] = None,
     rebuild: Annotated[bool, typer.Option(help="Start over: re-encode every file.")] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     workers: Annotated[int | None, typer.Option(min=0, help="Decoding processes.")] = None,

@@ -63,7 +63,11 @@ def predictions(items: Sequence[Any], fmt: str) -> None:
         if r["error"]:
             t.add_row("[red]error[/red]", "", escape(f"{r['path']}  ({r['error']})"))
         else:
-            t.add_row(escape(r["label"]), f"{r['score']:.3f}", escape(r["path"]))
+            label = r["label"]
+            if len(r["top"]) > 1:  # --top-k: the runners-up follow the best label
+                rest = ", ".join(f"{t['label']} {t['score']:.3f}" for t in r["top"][1:])
+                label = f"{label}  ({rest})"
+            t.add_row(escape(label), f"{r['score']:.3f}", escape(r["path"]))
     out.print(t)
 
 

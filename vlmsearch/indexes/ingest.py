@@ -37,7 +37,7 @@ ProgressFn = Callable[[str, int, int], None]
 
 @dataclass
 class IngestOptions:
-    index: str = "auto"
+    index: str | None = None  # None: keep the collection's choice (auto for a new one)
     rebuild: bool = False
     batch_size: int = 64
     workers: int | None = None
@@ -339,7 +339,7 @@ def _finish_index(
     if sparse:
         _finish_postings(writer, opts, report, start_data_generation, live, progress)
         return
-    requested = (m.get("index") or {}).get("requested") if opts.index == "auto" else opts.index
+    requested = (m.get("index") or {}).get("requested") if opts.index is None else opts.index
     requested = requested or "auto"
     plan = faiss_store.plan_index(requested, len(live), dim, opts.memory_budget)
     old = m.get("index") or {}

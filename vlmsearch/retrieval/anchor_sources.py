@@ -25,8 +25,11 @@ from vlmsearch.retrieval.unimodal import ImageEncoder, TextEncoder
 ProgressFn = Callable[[str, int, int], None]
 
 PROTOTYPE_TEMPLATE = "a photo of a {}."  # the ASIF prototype caption, "a photo of a {class}"
-IMAGE_COLUMNS = ("image", "path", "file", "filepath", "image_path", "filename")
-CAPTION_COLUMNS = ("caption", "text", "captions", "sentence")
+IMAGE_COLUMNS = (
+    "image", "path", "file", "filepath", "image_path", "filename", "file_name", "image_file",
+    "image_name", "img", "img_path",
+)  # fmt: skip
+CAPTION_COLUMNS = ("caption", "text", "captions", "sentence", "comment", "description", "raw")
 
 
 def prompt_embeddings(
@@ -111,16 +114,23 @@ def read_captioned_source(
         raise CollectionError(f"no such file or collection: {src}")
     suffix = src.suffix.lower()
     try:
-        if suffix == ".csv":
+        if suffix in (".csv", ".tsv"):
             import pyarrow.csv as pacsv
 
-            table = pacsv.read_csv(src)
+            parse = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
+            table = pacsv.read_csv(src, parse_options=parse)
+        elif suffix in (".jsonl", ".json"):
+            import pyarrow.json as pajson
+
+            table = pajson.read_json(src)
         elif suffix in (".parquet", ".pq"):
             import pyarrow.parquet as pq
 
             table = pq.read_table(src)
         else:
-            raise QueryError(f"{src}: expected a .csv or .parquet file of (image, caption) rows")
+            raise QueryError(
+                f"{src}: expected a .csv, .tsv, .jsonl or .parquet file of (image, caption) rows"
+            )
     except (pa.ArrowInvalid, OSError) as e:
         raise QueryError(f"cannot read {src}: {str(e).splitlines()[0]}") from None
     img_col = image_column or _pick(table.column_names, IMAGE_COLUMNS, src, "image")
