@@ -730,3 +730,39 @@ def test_classify_table_lists_runners_up(
     second = first["top"][1]["label"]
     line = next(ln for ln in res.stdout.splitlines() if Path(first["path"]).name in ln)
     assert f"{second} {first['top'][1]['score']:.3f}" in line
+
+
+def test_per_side_powers_from_the_anchor_set_and_overrides(tmp_path: Path) -> None:
+    """Anchor sets carry recommended powers per side; p overrides both, p_image/p_text one."""
+    import pyarrow as pa
+
+    from vlmsearch.indexes.anchors import write_anchor_set
+    from vlmsearch.retrieval.encoders.asif import AsifEncoder
+    from vlmsearch.retrieval.unimodal import load_image_encoder, load_text_encoder
+
+    img = load_image_encoder(f"open_clip:{TINY}", device="cpu")
+    txt = load_text_encoder(f"open_clip:{TINY}", device="cpu")
+    pics = photos(tmp_path / "pics", 12, seed=9)
+    caps = [f"picture number {i}" for i in range(12)]
+    aset = write_anchor_set(
+        tmp_path / "anchors", anchor_kind="data", image_encoder=img.spec,
+        text_encoder=txt.spec, image_vectors=img.encode_images([rgb(p) for p in pics]),
+        text_vectors=txt.encode_texts(caps),
+        pairs=pa.table({"anchor": list(range(12)), "image": [str(p) for p in pics],
+                        "caption": caps}),
+        powers={"image": 2.0, "text": 16.0},
+    )  # fmt: skip
+    enc = AsifEncoder.from_name(str(aset.path), device="cpu", k=6)
+    assert (enc.p_image, enc.p_text) == (2.0, 16.0) and enc.spec["p"] is None
+    assert "p=2 image/16 text" in enc.spec["name"]
+    q = ["a picture", "number 3"]
+    np.testing.assert_allclose(
+        enc.encode_texts(q), aset.relative("text", txt.encode_texts(q), 6, 16.0), atol=1e-6
+    )
+    both = AsifEncoder.from_name(str(aset.path), device="cpu", k=6, p=3)
+    assert (both.p_image, both.p_text, both.spec["p"]) == (3.0, 3.0, 3.0)
+    one = AsifEncoder.from_name(str(aset.path), device="cpu", k=6, p_text=5)
+    assert (one.p_image, one.p_text) == (2.0, 5.0)
+    assert len({e.spec["sha256"] for e in (enc, both, one)}) == 3  # powers are identity
+    again = AsifEncoder.from_spec(one.spec, device="cpu")
+    assert (again.p_image, again.p_text) == (2.0, 5.0)

@@ -509,7 +509,9 @@ def asif_defaults_from(
         model = DEFAULT_ANCHORS if anchors.get("default") else anchors.get("path")
     opts = dict(options or {})
     opts.setdefault("k", spec.get("k"))
-    opts.setdefault("p", spec.get("p"))
+    if "p" not in opts:
+        opts.setdefault("p_image", spec.get("p_image", spec.get("p")))
+        opts.setdefault("p_text", spec.get("p_text", spec.get("p")))
     if model == (DEFAULT_ANCHORS if anchors.get("default") else anchors.get("path")):
         opts.setdefault("image_encoder", (spec.get("image_encoder") or {}).get("name"))
         opts.setdefault("text_encoder", (spec.get("text_encoder") or {}).get("name"))

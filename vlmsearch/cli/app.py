@@ -99,7 +99,18 @@ def index(
         int | None, typer.Option(min=1, help="ASIF: anchors kept per input (default 800).")
     ] = None,
     asif_p: Annotated[
-        float | None, typer.Option(min=0.0, help="ASIF: power on similarities (default 4).")
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="ASIF: power on similarities, both sides. Default: the anchor set's "
+            "(prototype 2 image / 16 text, data 4).",
+        ),
+    ] = None,
+    asif_p_image: Annotated[
+        float | None, typer.Option(min=0.0, help="ASIF: power on the image side only.")
+    ] = None,
+    asif_p_text: Annotated[
+        float | None, typer.Option(min=0.0, help="ASIF: power on the text side only.")
     ] = None,
     index_type: Annotated[
         str | None,
@@ -140,6 +151,8 @@ def index(
         for k, v in (
             ("k", asif_k),
             ("p", asif_p),
+            ("p_image", asif_p_image),
+            ("p_text", asif_p_text),
             ("image_encoder", image_encoder),
             ("text_encoder", text_encoder),
         )
@@ -148,8 +161,8 @@ def index(
     if anchors is not None or enc_opts:
         if encoder not in (None, "asif"):
             raise VlmsearchError(
-                "--anchors, --image-encoder, --text-encoder, --asif-k and "
-                "--asif-p are ASIF options; they need --encoder asif"
+                "--anchors, --image-encoder, --text-encoder and the --asif-* options are for "
+                "ASIF; they need --encoder asif"
             )
         if anchors is not None and model is not None:
             raise VlmsearchError("give the anchor set with --anchors or --model, not both")

@@ -32,7 +32,7 @@ from vlmsearch._version import __version__
 from vlmsearch.errors import CollectionError
 from vlmsearch.indexes import faiss_store
 from vlmsearch.indexes.layout import now_iso
-from vlmsearch.retrieval.asif import SIMILARITIES, relative_representations
+from vlmsearch.retrieval.asif import DEFAULT_P, SIMILARITIES, relative_representations
 
 ANCHORS_FORMAT = 1
 MANIFEST_TYPE = "vlmsearch-anchors"
@@ -90,6 +90,12 @@ class AnchorSet:
     def anchor_kind(self) -> str:
         return str(self.manifest["anchor_kind"])
 
+    @property
+    def powers(self) -> dict[str, float]:
+        """The power p recommended for each side (set at build time from measurements)."""
+        rec = self.manifest.get("powers") or {}
+        return {side: float(rec.get(side, DEFAULT_P)) for side in SIDES}
+
     def similarity(self, side: str) -> str:
         return str(self.manifest[side]["similarity"])
 
@@ -127,6 +133,7 @@ class AnchorSet:
             "text_encoder": m["text_encoder"].get("name"),
             "image_similarity": m["image"]["similarity"],
             "text_similarity": m["text"]["similarity"],
+            "recommended_p": self.powers,
             "source": m.get("source"),
             "fingerprint": m["fingerprint"],
             "created_at": m.get("created_at"),
@@ -148,6 +155,7 @@ def write_anchor_set(
     text_similarity: str = "cosine",
     source: dict[str, Any] | None = None,
     overwrite: bool = False,
+    powers: dict[str, float] | None = None,
 ) -> AnchorSet:
     """Store an anchor set; both vector arrays have one row per pair."""
     out = Path(out).expanduser().absolute()
@@ -196,6 +204,7 @@ def write_anchor_set(
             "text_encoder": text_encoder,
             **sides,
             "source": source or {},
+            "powers": powers or {"image": DEFAULT_P, "text": DEFAULT_P},
             "fingerprint": h.hexdigest(),
             "created_at": now_iso(),
             "vlmsearch_version": __version__,

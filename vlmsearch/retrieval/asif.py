@@ -5,11 +5,12 @@ top-k, clamp at 0 (an even power would turn negatives positive), raise to the po
 p, L2-normalise. An image and a text are then compared by the inner product of their
 descriptions, which is non-zero only where their top-k anchor sets overlap.
 
-Defaults: k=800 as in the official code (capped at the anchor count). p=4, not the
-official 8: measured with benchmarks/bench_asif.py on the ImageNet sample
+Defaults: k=800 as in the official code (capped at the anchor count). The power may
+differ per side; anchor sets record a recommendation. DEFAULT_P=4 (data anchors), not
+the official 8: measured with benchmarks/bench_asif.py on the ImageNet sample
 (benchmarks/RESULTS.md), p=4 beats p=8 for data anchors (text->image R@10 0.466 vs
-0.408) and ties for prototype anchors (0.704 vs 0.700; zero-shot top-1 87.9% vs 88.2%);
-the notes report the same direction on a held-out captioned photo set (0.64 vs 0.59).
+0.408), and the notes report the same direction on a held-out captioned photo set (0.64
+vs 0.59). Prototype anchors record 2 (image) / 16 (text); see anchor_sources.py.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import numpy as np
 
 from vlmsearch.errors import ModelError
 from vlmsearch.indexes.anchors import AnchorSet, is_anchor_set
-from vlmsearch.retrieval.asif import DEFAULT_K, DEFAULT_P
+from vlmsearch.retrieval.asif import DEFAULT_K
 from vlmsearch.retrieval.encoders import register
 from vlmsearch.retrieval.encoders.base import Encoder
 from vlmsearch.runtime import cache_dir
@@ -63,7 +63,7 @@ def ensure_default_anchors(
 ) -> AnchorSet:
     """Open the cached prototype anchor set for these encoders, building it when absent
     or when it was built from other weights."""
-    from vlmsearch.retrieval.anchor_sources import build_prototype_anchors
+    from vlmsearch.retrieval.anchor_sources import PROTOTYPE_POWERS, build_prototype_anchors
     from vlmsearch.retrieval.unimodal import UnimodalEncoder
 
     path = path or default_anchors_path(image_encoder.name, text_encoder.name)
@@ -75,7 +75,7 @@ def ensure_default_anchors(
         ) and UnimodalEncoder.identity(m["text_encoder"]) == UnimodalEncoder.identity(
             text_encoder.spec
         )
-        if same:
+        if same and m.get("powers") == PROTOTYPE_POWERS:  # built by this recipe
             return aset
     return build_prototype_anchors(path, image_encoder, text_encoder, overwrite=True)
 
@@ -91,8 +91,10 @@ class AsifEncoder(Encoder):
         image_encoder: ImageEncoder,
         text_encoder: TextEncoder,
         k: int = DEFAULT_K,
-        p: float = DEFAULT_P,
+        p_image: float | None = None,
+        p_text: float | None = None,
     ) -> None:
+        """Powers default to the anchor set's recommendation (measured per anchor kind)."""
         from vlmsearch.retrieval.unimodal import UnimodalEncoder
 
         for side, enc in (("image", image_encoder), ("text", text_encoder)):
@@ -102,13 +104,17 @@ class AsifEncoder(Encoder):
                     f"the anchor set {anchors.path} was built with {side} encoder "
                     f"{want.get('name')}, not {enc.name}; rebuild the anchors or use that encoder"
                 )
-        if k < 1 or p <= 0:
-            raise ModelError(f"ASIF needs k >= 1 and p > 0 (got k={k}, p={p})")
+        rec = anchors.powers
+        p_image = rec["image"] if p_image is None else p_image
+        p_text = rec["text"] if p_text is None else p_text
+        if k < 1 or p_image <= 0 or p_text <= 0:
+            raise ModelError(f"ASIF needs k >= 1 and p > 0 (got k={k}, p={p_image}/{p_text})")
         self.anchors = anchors
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.k = min(int(k), anchors.count)
-        self.p = float(p)
+        self.p_image = float(p_image)
+        self.p_text = float(p_text)
         self._spec = self._make_spec()
 
     # -- construction -------------------------------------------------------------------------
@@ -121,9 +127,12 @@ class AsifEncoder(Encoder):
         p: float | None = None,
         image_encoder: str | None = None,
         text_encoder: str | None = None,
+        p_image: float | None = None,
+        p_text: float | None = None,
         **_: Any,
     ) -> AsifEncoder:
-        """``name``: an anchor-set path, or ``default``/empty for the offline default."""
+        """``name``: an anchor-set path, or ``default``/empty for the offline default.
+        ``p`` sets both sides' power; ``p_image``/``p_text`` one side each."""
         from vlmsearch.retrieval.unimodal import (
             load_image_encoder,
             load_text_encoder,
@@ -131,11 +140,12 @@ class AsifEncoder(Encoder):
         )
 
         k = DEFAULT_K if k is None else k
-        p = DEFAULT_P if p is None else p
+        if p is not None:
+            p_image = p_text = p
         if not name or name == DEFAULT_ANCHORS:
             img = load_image_encoder(image_encoder or DEFAULT_IMAGE_ENCODER, device=device)
             txt = load_text_encoder(text_encoder or DEFAULT_TEXT_ENCODER, device=device)
-            return cls(ensure_default_anchors(img, txt), img, txt, k, p)
+            return cls(ensure_default_anchors(img, txt), img, txt, k, p_image, p_text)
         anchors = AnchorSet.open(name)
         m = anchors.manifest
         img = (
@@ -148,7 +158,7 @@ class AsifEncoder(Encoder):
             if text_encoder
             else unimodal_from_spec("text", m["text_encoder"], device=device)
         )
-        return cls(anchors, img, txt, k, p)  # type: ignore[arg-type]
+        return cls(anchors, img, txt, k, p_image, p_text)  # type: ignore[arg-type]
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], device: str | None = None) -> AsifEncoder:
@@ -170,7 +180,9 @@ class AsifEncoder(Encoder):
                 f"(fingerprint {anchors.fingerprint[:12]}… != {a['fingerprint'][:12]}…); "
                 "restore it or re-index with --rebuild"
             )
-        return cls(anchors, img, txt, spec["k"], spec["p"])  # type: ignore[arg-type]
+        p_image = spec.get("p_image", spec.get("p"))
+        p_text = spec.get("p_text", spec.get("p"))
+        return cls(anchors, img, txt, spec["k"], p_image, p_text)  # type: ignore[arg-type]
 
     def _make_spec(self) -> dict[str, Any]:
         a = self.anchors
@@ -187,25 +199,34 @@ class AsifEncoder(Encoder):
             "text": self.text_encoder.identity(self.text_encoder.spec),
             "anchors": a.fingerprint,
             "k": self.k,
-            "p": self.p,
+            "p_image": self.p_image,
+            "p_text": self.p_text,
         }
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
         name = (
             f"asif({self.image_encoder.name} + {self.text_encoder.name}, "
-            f"{a.anchor_kind} anchors x{a.count}, k={self.k}, p={self.p:g})"
+            f"{a.anchor_kind} anchors x{a.count}, k={self.k}, p={self._p_label})"
         )
         return {
             "kind": self.kind,
             "name": name,
             "dim": a.count,
             "k": self.k,
-            "p": self.p,
+            "p": self.p_image if self.p_image == self.p_text else None,
+            "p_image": self.p_image,
+            "p_text": self.p_text,
             "anchors": anchors,
             "image_encoder": self.image_encoder.spec,
             "text_encoder": self.text_encoder.spec,
             "sha256": digest,
             "preprocess": self.image_encoder.spec.get("preprocess", {}),
         }
+
+    @property
+    def _p_label(self) -> str:
+        if self.p_image == self.p_text:
+            return f"{self.p_image:g}"
+        return f"{self.p_image:g} image/{self.p_text:g} text"
 
     # -- interface ----------------------------------------------------------------------------
     @property
@@ -225,10 +246,10 @@ class AsifEncoder(Encoder):
         return self.image_encoder.encode_pixels(pixels, normalize=not raw)
 
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
-        return self.anchors.relative("image", self.image_features(pixels), self.k, self.p)
+        return self.anchors.relative("image", self.image_features(pixels), self.k, self.p_image)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dim), np.float32)
         feats = self.text_encoder.encode_texts(list(texts))
-        return self.anchors.relative("text", feats, self.k, self.p)
+        return self.anchors.relative("text", feats, self.k, self.p_text)
