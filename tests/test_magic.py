@@ -1,0 +1,108 @@
+"""MAGIC decoding reductions (notes/algorithms.md) on a tiny random GPT-2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vlmsearch.retrieval.magic import MagicSettings, generate, magic_scores
+
+WORDS = (
+    "<eos> a picture of the cat dog red blue sky car on in with and small big house tree "
+    "person street water two three"
+).split()
+
+
+@pytest.fixture(scope="module")
+def lm():
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    vocab["<unk>"] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", unk_token="<unk>")
+    cfg = GPT2Config(vocab_size=len(vocab), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                     eos_token_id=0, bos_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(cfg).eval()
+    return model, tok
+
+
+def words(tok, ids):
+    return [tok.convert_ids_to_tokens(i) for i in ids]
+
+
+def stub_scorer(rng_seed: int = 0):
+    rng = np.random.default_rng(rng_seed)
+    table = {w: float(rng.uniform(-0.2, 0.4)) for w in WORDS}
+
+    def score(texts):  # deterministic "cosine" from the last word of each text
+        return np.array([table.get(t.split()[-1] if t.split() else "", 0.0) for t in texts])
+
+    return score
+
+
+def test_k1_alpha_beta_zero_and_method_greedy_agree(lm) -> None:
+    model, tok = lm
+    sc = stub_scorer()
+    greedy = generate(model, tok, sc, MagicSettings(method="greedy", prompt="a picture of"))
+    k1 = generate(model, tok, sc, MagicSettings(k=1, prompt="a picture of"))
+    zero = generate(model, tok, sc, MagicSettings(alpha=0, beta=0, prompt="a picture of"))
+    assert greedy.token_ids == k1.token_ids == zero.token_ids
+    # greedy is the argmax of the LM at every step
+    assert all(s.chosen == s.candidates[0] for s in zero.steps)
+
+
+def test_beta_zero_is_contrastive_search(lm) -> None:
+    model, tok = lm
+    a = generate(model, tok, None, MagicSettings(method="contrastive", prompt="a picture of"))
+    b = generate(model, tok, stub_scorer(), MagicSettings(beta=0.0, prompt="a picture of"))
+    assert a.token_ids == b.token_ids
+    for s in a.steps:  # each choice maximises (1-a) p - a * penalty
+        score = 0.9 * np.array(s.lm_prob) - 0.1 * np.array(s.penalty)
+        assert s.chosen == s.candidates[int(np.argmax(score))]
+
+
+def test_magic_scores_sum_to_one(lm) -> None:
+    model, tok = lm
+    cap = generate(model, tok, stub_scorer(), MagicSettings(k=8, prompt="a picture of"))
+    for s in cap.steps:
+        assert abs(sum(s.magic) - 1.0) < 1e-9 and min(s.magic) >= 0
+    np.testing.assert_allclose(magic_scores(np.array([0.1, 0.3, 0.2])).sum(), 1.0)
+
+
+def test_strongly_favoured_token_is_chosen_whenever_a_candidate(lm) -> None:
+    model, tok = lm
+    cat = tok.convert_tokens_to_ids("cat")
+
+    def favour_cat(texts):  # each extra "cat" adds 0.2 cosine (so EOS, which adds no word, loses)
+        return np.array([0.2 * t.split().count("cat") for t in texts])
+
+    cap = generate(model, tok, favour_cat, MagicSettings(k=12, prompt="a picture of"))
+    seen = [s for s in cap.steps if cat in s.candidates]
+    assert seen, "the tiny LM never offered 'cat' among 12 candidates"
+    assert all(s.chosen == cat for s in seen)
+
+
+def test_cached_path_equals_recomputing(lm) -> None:
+    model, tok = lm
+    sc = stub_scorer(3)
+    st = MagicSettings(k=10, max_tokens=12, prompt="a picture of")
+    cached = generate(model, tok, sc, st, use_cache=True)
+    fresh = generate(model, tok, sc, st, use_cache=False)
+    assert cached.token_ids == fresh.token_ids
+    for a, b in zip(cached.steps, fresh.steps, strict=True):
+        np.testing.assert_allclose(a.penalty, b.penalty, atol=1e-4)
+        np.testing.assert_allclose(a.lm_prob, b.lm_prob, atol=1e-5)
+
+
+def test_caption_is_cut_at_first_eos_and_excludes_prompt(lm) -> None:
+    model, tok = lm
+    cap = generate(model, tok, None, MagicSettings(method="greedy", prompt="a picture of"))
+    ids = cap.token_ids
+    cut = ids[: ids.index(0)] if 0 in ids else ids
+    assert cap.text.split() == words(tok, cut)
+    assert len(ids) == 16  # every step runs
