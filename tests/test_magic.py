@@ -106,3 +106,73 @@ def test_caption_is_cut_at_first_eos_and_excludes_prompt(lm) -> None:
     cut = ids[: ids.index(0)] if 0 in ids else ids
     assert cap.text.split() == words(tok, cut)
     assert len(ids) == 16  # every step runs
+
+
+# -- captioning a collection (stored vectors, resumable column) and files ------------------------
+
+
+@pytest.fixture(scope="module")
+def lm_dir(lm, tmp_path_factory):
+    model, tok = lm
+    d = tmp_path_factory.mktemp("tiny-gpt2")
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_stored_vector_gives_the_same_caption_as_encoding(lm, image_dir, tiny_encoder) -> None:
+    from PIL import Image
+
+    from tests.conftest import TINY
+    from vlmsearch import Collection
+    from vlmsearch.indexes.ingest import IngestOptions
+    from vlmsearch.retrieval.captioner import Captioner
+
+    coll = Collection.index(image_dir, model=TINY, options=IngestOptions(workers=0))
+    cap = Captioner(coll.encoder, lm, MagicSettings(k=8, max_tokens=6, prompt="a picture of"))
+    row = coll.table.to_pylist()[0]
+    stored = cap.caption_vector(coll.vectors.dense(np.asarray([row["id"]]))[0])
+    with Image.open(image_dir / row["path"]) as im:
+        fresh = cap.caption_images([im.convert("RGB")])[0]
+    assert stored.token_ids == fresh.token_ids
+
+
+def test_caption_cli_writes_a_resumable_column(lm_dir, image_dir) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from tests.conftest import TINY
+    from vlmsearch import Collection
+    from vlmsearch.cli.app import app
+
+    run = CliRunner().invoke
+    res = run(app, ["index", str(image_dir), "--model", TINY, "--workers", "0", "-q"])
+    assert res.exit_code == 0, res.output
+    coll_path = str(image_dir / ".vlmsearch")
+    args = ["caption", "-c", coll_path, "--lm", str(lm_dir), "-k", "6", "--max-tokens", "5",
+            "--prompt", "a picture of", "--write-column", "caption", "--json"]  # fmt: skip
+    res = run(app, [*args, "--where", "path LIKE 'img000%'"])
+    assert res.exit_code == 0, res.output
+    first = json.loads(res.stdout)
+    assert len(first) == 10 and all(r["caption"] is not None for r in first)
+    coll = Collection.open(coll_path)
+    assert coll.manifest["columns"]["caption"]["kind"] == "caption"
+    assert coll.manifest["columns"]["caption"]["k"] == 6
+    captioned = {r["id"]: r["caption"] for r in coll.table.to_pylist() if r["caption"] is not None}
+    assert captioned == {r["id"]: r["caption"] for r in first}
+    # a second run resumes: only the rows without a caption are done
+    res = run(app, args)
+    second = json.loads(res.stdout)
+    assert {r["id"] for r in second}.isdisjoint(captioned) and len(second) == 5
+    assert not metadata_nulls(Collection.open(coll_path), "caption")
+    res = run(app, ["caption", "-c", coll_path, "--lm", str(tmp_missing(lm_dir))])
+    assert res.exit_code == 1 and "language model" in res.output and "Traceback" not in res.output
+
+
+def metadata_nulls(coll, column: str) -> list[int]:
+    return [r["id"] for r in coll.table.to_pylist() if r[column] is None]
+
+
+def tmp_missing(path):
+    return path.parent / "no-such-model"

@@ -463,6 +463,58 @@ class Collection:
             writer.commit(data_changed=False)
             self.manifest, self.table = writer.manifest, writer.table
 
+    # -- captions (MAGIC) ------------------------------------------------------------------------
+    def caption(
+        self,
+        captioner: Any,
+        *,
+        where: str | None = None,
+        write_column: str | None = None,
+        overwrite: bool = False,
+        commit_every: int = 16,
+        progress: ProgressFn | None = None,
+    ) -> list[tuple[int, str]]:
+        """Caption stored images from their stored vectors (nothing is re-encoded).
+
+        With ``write_column``, captions are committed every ``commit_every`` images, and rows
+        that already have a caption there are skipped unless ``overwrite``: an interrupted
+        run resumes where it stopped."""
+        ids = self.vectors.ids
+        if where and where.strip():
+            ids = np.intersect1d(metadata.filter_ids(self.table, where), ids)
+        if write_column and write_column in self.table.column_names and not overwrite:
+            done = metadata.filter_ids(self.table, f"{write_column} IS NOT NULL")
+            ids = np.setdiff1d(ids, done)
+        out: list[tuple[int, str]] = []
+        pending: dict[int, str] = {}
+        for i in ids.tolist():
+            cap = captioner.caption_vector(self.vectors.dense(np.asarray([i]))[0])
+            out.append((int(i), cap.text))
+            pending[int(i)] = cap.text
+            if write_column and len(pending) >= commit_every:
+                self._write_text_column(write_column, pending, captioner.describe())
+                pending.clear()
+            if progress:
+                progress("caption", 1, len(ids))
+        if write_column and pending:
+            self._write_text_column(write_column, pending, captioner.describe())
+        return out
+
+    def _write_text_column(self, column: str, values: dict[int, str], info: dict[str, Any]) -> None:
+        ids = np.fromiter(values, np.int64, len(values))
+        arr = pa.array([values[i] for i in ids.tolist()], pa.string())
+        with self.layout.lock():
+            manifest = self.layout.read_manifest()
+            table = metadata.read_table(self.layout.file(manifest["metadata_file"]))
+            table = metadata.set_column(table, column, ids, arr)
+            writer = CollectionWriter(self.layout, manifest, table)
+            writer.previous = manifest
+            columns = dict(manifest.get("columns") or {})
+            columns[column] = {"kind": "caption", **info}
+            writer.manifest["columns"] = columns
+            writer.commit(data_changed=False)
+            self.manifest, self.table = writer.manifest, writer.table
+
     # -- info -----------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         sizes: dict[str, int] = {}

@@ -390,8 +390,10 @@ def info(
 
 
 from vlmsearch.cli.asif import asif_app  # noqa: E402  (sub-command group)
+from vlmsearch.cli.caption import caption  # noqa: E402
 
 app.add_typer(asif_app, name="asif")
+app.command("caption")(caption)
 
 
 def main() -> None:
