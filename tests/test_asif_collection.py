@@ -489,7 +489,10 @@ def test_changed_anchor_set_is_refused(asif_coll: AsifColl, tmp_path: Path) -> N
 
     shutil.rmtree(asif_coll.anchors)
     one_line_error(
-        run("search", "x", "-c", asif_coll.path), "no anchor set", str(asif_coll.anchors)
+        run("search", "x", "-c", asif_coll.path),
+        "not there any more",
+        "move it back",
+        str(asif_coll.anchors),
     )
 
 

@@ -49,7 +49,7 @@ def build(
     templates: Annotated[
         str,
         typer.Option(
-            help="Prototype captions: a template with {} , or openai/simple (averaged sets)."
+            help="Prototype captions: a template with {}, or openai/simple (averaged sets)."
         ),
     ] = "a photo of a {}.",
     image_column: Annotated[str | None, typer.Option(help="Image path column.")] = None,

@@ -142,6 +142,19 @@ class AnchorSet:
         }
 
 
+def check_destination(out: str | Path, overwrite: bool = False) -> None:
+    """Refuse to write over anything but an anchor set given ``overwrite`` (checked before
+    any encoding starts, and again when writing)."""
+    out = Path(out).expanduser().absolute()
+    if not (out.exists() and (not out.is_dir() or any(out.iterdir()))):
+        return
+    if is_anchor_set(out):
+        if not overwrite:
+            raise CollectionError(f"{out} is an anchor set; choose another path or --overwrite")
+        return
+    raise CollectionError(f"{out} exists and is not an anchor set; choose another path")
+
+
 def write_anchor_set(
     out: str | Path,
     *,
@@ -167,9 +180,7 @@ def write_anchor_set(
     for sim in (image_similarity, text_similarity):
         if sim not in SIMILARITIES:
             raise ValueError(f"unknown similarity {sim!r}")
-    if out.exists() and any(out.iterdir()) and not (overwrite and is_anchor_set(out)):
-        what = "an anchor set" if is_anchor_set(out) else "a non-empty directory"
-        raise CollectionError(f"{out} is {what}; choose another path (or --overwrite)")
+    check_destination(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:

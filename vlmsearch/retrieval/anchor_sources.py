@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from vlmsearch.errors import CollectionError, ModelError, QueryError
-from vlmsearch.indexes.anchors import AnchorSet, write_anchor_set
+from vlmsearch.indexes.anchors import AnchorSet, check_destination, write_anchor_set
 from vlmsearch.retrieval.unimodal import ImageEncoder, TextEncoder
 
 ProgressFn = Callable[[str, int, int], None]
@@ -63,6 +63,7 @@ def build_prototype_anchors(
     templates: str = PROTOTYPE_TEMPLATE,
     overwrite: bool = False,
 ) -> AnchorSet:
+    check_destination(out, overwrite)
     clf = image_encoder.classifier()
     if clf is None:
         raise ModelError(
@@ -196,6 +197,7 @@ def build_data_anchors(
     not be decoded (their pairs are left out)."""
     from vlmsearch.indexes.decode import DecodeTask, iter_decoded
 
+    check_destination(out, overwrite)
     paths, captions, desc = read_captioned_source(source, image_column, caption_column)
     unique = list(dict.fromkeys(paths))
     tasks = [DecodeTask(i, p) for i, p in enumerate(unique)]

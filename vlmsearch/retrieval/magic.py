@@ -182,14 +182,22 @@ def _scored_text(tokenizer: Any, ids: list[int]) -> str:
 
 def load_language_model(name: str = "gpt2", device: str | None = None) -> tuple[Any, Any]:
     """A causal LM and its tokenizer, by hub name (cached) or local path."""
+    import contextlib
+    from pathlib import Path
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from vlmsearch.errors import ModelError
+    from vlmsearch.retrieval.encoders.openclip import _hf_offline, _hub_reachable
     from vlmsearch.runtime import resolve_device
 
+    # a hub name with no network: offline mode loads cached files at once instead of
+    # retrying for about a minute
+    offline = not Path(name).expanduser().exists() and not _hub_reachable()
     try:
-        tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name)
+        with _hf_offline() if offline else contextlib.nullcontext():
+            tok = AutoTokenizer.from_pretrained(name)
+            model = AutoModelForCausalLM.from_pretrained(name)
     except (OSError, ValueError) as e:
         raise ModelError(
             f"cannot load the language model {name!r} ({str(e).splitlines()[0]}); give a "

@@ -108,7 +108,7 @@ class AsifEncoder(Encoder):
         p_image = rec["image"] if p_image is None else p_image
         p_text = rec["text"] if p_text is None else p_text
         if k < 1 or p_image <= 0 or p_text <= 0:
-            raise ModelError(f"ASIF needs k >= 1 and p > 0 (got k={k}, p={p_image}/{p_text})")
+            raise ModelError(f"ASIF needs k >= 1 and p > 0 (got k={k}, p={p_image:g}/{p_text:g})")
         self.anchors = anchors
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
@@ -171,6 +171,11 @@ class AsifEncoder(Encoder):
             txt = unimodal_from_spec("text", spec["text_encoder"], device=device)
             anchors = ensure_default_anchors(img, txt, path)  # type: ignore[arg-type]
         else:
+            if not is_anchor_set(path):
+                raise ModelError(
+                    f"this collection was built with the anchor set at {path}, which is not "
+                    "there any more; move it back, or re-index with --rebuild --anchors NEW"
+                )
             anchors = AnchorSet.open(path)
             img = unimodal_from_spec("image", spec["image_encoder"], device=device)
             txt = unimodal_from_spec("text", spec["text_encoder"], device=device)
