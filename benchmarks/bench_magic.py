@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""MAGIC captioning speed: captions per second and how time splits between the language
+model's steps and the image-text scorer's text encoding.
+
+Language models are random-init GPT-2 configurations (speed does not depend on the
+weights): ``gpt2`` size (124M: 12 layers, 768 wide) and a tiny one. Scorers: open_clip
+ViT-B-32 (random init; the text tower costs the same as the real one) and the offline
+ASIF default (EfficientNet-Lite0 + MiniLM), when installed. Settings are MAGIC's
+defaults (k=45, 16 tokens). The image vector is a stored-style vector, so no image is
+encoded during the timed part.
+
+Run: ``python benchmarks/bench_magic.py [--captions 3] [--out results.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import time
+from typing import Any
+
+import numpy as np
+
+
+def tiny_tokenizer_and_models(vocab_size: int = 50257) -> dict[str, Any]:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return {
+        "gpt2-size (124M, random)": GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size)).eval(),
+        "tiny (2x64, random)": GPT2LMHeadModel(
+            GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=2)
+        ).eval(),
+    }
+
+
+def byte_tokenizer() -> Any:
+    """A GPT-2-sized vocabulary without network: bytes plus filler tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(50256)}
+    vocab["<|endoftext|>"] = 50256
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.WordPiece(prefix="##")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--captions", type=int, default=3, help="captions per configuration")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+
+    import torch
+
+    from vlmsearch.retrieval.captioner import Captioner
+    from vlmsearch.retrieval.encoders import load_encoder
+    from vlmsearch.retrieval.magic import MagicSettings
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    tok = byte_tokenizer()
+    scorers: dict[str, Any] = {
+        "open_clip ViT-B-32 (random)": load_encoder("ViT-B-32", device="cpu")
+    }
+    try:
+        scorers["ASIF default (EfficientNet-Lite0 + MiniLM)"] = load_encoder(
+            "default", kind="asif", device="cpu"
+        )
+    except Exception as e:  # the offline extra is optional
+        print(f"skipping the ASIF scorer: {e}")
+    res: dict[str, Any] = {
+        "date": dt.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
+        "settings": MagicSettings().to_dict(),
+        "runs": [],
+    }
+    rng = np.random.default_rng(0)
+    for lm_name, model in tiny_tokenizer_and_models().items():
+        # greedy and contrastive never call the scorer, so they run once per LM
+        first = next(iter(scorers))
+        plan = [("greedy", first), ("contrastive", first)] + [("magic", n) for n in scorers]
+        for method, sc_name in plan:
+            enc = scorers[sc_name]
+            cap = Captioner(enc, (model, tok), MagicSettings(method=method, prompt="w1 w2 w3"))
+            vec = rng.normal(size=enc.dim).astype(np.float32)
+            vec /= np.linalg.norm(vec)
+            cap.caption_vector(vec)  # warm-up
+            t0 = time.perf_counter()
+            lm_s = sc_s = 0.0
+            for _ in range(args.captions):
+                c = cap.caption_vector(vec)
+                lm_s += c.lm_seconds
+                sc_s += c.scorer_seconds
+            total = time.perf_counter() - t0
+            row = {
+                "lm": lm_name,
+                "scorer": sc_name if method == "magic" else "-",
+                "method": method,
+                "captions_per_s": round(args.captions / total, 3),
+                "seconds_per_caption": round(total / args.captions, 3),
+                "lm_share": round(lm_s / total, 3),
+                "scorer_share": round(sc_s / total, 3),
+            }
+            res["runs"].append(row)
+            print(json.dumps(row), flush=True)
+    text = json.dumps(res, indent=2)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
