@@ -337,6 +337,16 @@ def per_side(
             }
         ),
     )
+    # the unseen-class split of section 2: anchors "a photo of a {class}." of split A
+    a_prompts = [f"a photo of a {names[truth[i]]}." for i in a_idx]
+    data_split = write_anchor_set(
+        tmp / "split", anchor_kind="data", image_encoder=img_enc.spec,
+        text_encoder=txt_enc.spec, image_vectors=feats[a_idx],
+        text_vectors=txt_enc.encode_texts(a_prompts),
+        pairs=pa.table({"anchor": np.arange(500), "image": [str(files[i]) for i in a_idx],
+                        "caption": a_prompts}),
+    )  # fmt: skip
+    split_prompts = txt_enc.encode_texts([f"a photo of a {names[truth[i]]}." for i in b_idx])
     out: dict[str, Any] = {
         "date": dt.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
@@ -352,11 +362,18 @@ def per_side(
             "gloss_1000": recall(tr @ ir.T),
             "zero_shot": topk_acc(zs, truth),
         }
+        split = (
+            data_split.relative("image", feats[b_idx], 100, pi)
+            @ data_split.relative("text", split_prompts, 100, pt).T
+        )
+        out["data"][f"p_image={pi} p_text={pt}"] = {
+            "unseen_split_zero_shot_k100": topk_acc(split, np.arange(500))
+        }
         dr = recall(
             data.relative("text", cap[b_idx], 500, pt)
             @ data.relative("image", feats[b_idx], 500, pi).T
         )
-        out["data"][f"p_image={pi} p_text={pt}"] = {"gloss_B500": dr}
+        out["data"][f"p_image={pi} p_text={pt}"]["gloss_B500"] = dr
         log(pi, pt, out["prototype"][f"p_image={pi} p_text={pt}"], dr)
     return out
 

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vlmsearch.errors import ModelError
+
 
 def resolve_device(device: str | None) -> str:
     """``None``/``"auto"`` picks CUDA when torch sees a GPU, else CPU."""
@@ -65,3 +67,15 @@ def file_sha256(path: str | Path) -> str:
         tmp.write_text(json.dumps(known))
         os.replace(tmp, cache)
     return digest
+
+
+def check_same_weights(recorded: dict[str, Any], loaded: dict[str, Any], problem: str) -> None:
+    """Refuse weights whose sha256 differs from the recorded one (both are specs);
+    ``problem`` says what changed, e.g. "checkpoint X has changed since ..."."""
+    want = recorded.get("sha256")
+    if want and loaded.get("sha256") != want:
+        raise ModelError(
+            f"{problem} (sha256 "
+            f"{str(loaded.get('sha256', '?'))[:12]}… != {want[:12]}…); point at the "
+            "original weights or re-index with --rebuild"
+        )

@@ -121,7 +121,7 @@ def index(
         ),
     ] = None,
     rebuild: Annotated[bool, typer.Option(help="Start over: re-encode every file.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 64,
     workers: Annotated[int | None, typer.Option(min=0, help="Decoding processes.")] = None,
     ext: Annotated[
         str | None, typer.Option(help="Comma-separated extensions, e.g. jpg,png.")
@@ -290,7 +290,7 @@ def classify(
         str | None, typer.Option("--model", "-m", help=f"For PATHS. Default {DEFAULT_MODEL}.")
     ] = None,
     parquet: Annotated[Path | None, typer.Option(help="Also write results as Parquet.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 64,
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
     csv_: CsvOpt = False,

@@ -55,10 +55,10 @@ def build(
     image_column: Annotated[str | None, typer.Option(help="Image path column.")] = None,
     caption_column: Annotated[str | None, typer.Option(help="Caption column.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing anchor set.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 64,
     workers: Annotated[int | None, typer.Option(min=0, help="Decoding processes.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Build an anchor set (prototype or data anchors) for ASIF collections."""

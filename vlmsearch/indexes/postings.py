@@ -4,9 +4,9 @@ ASIF relative representations keep k of N anchor similarities (k=800 of up to te
 thousands). The index is the transposed matrix (one posting list of (image, value)
 per anchor, scipy CSC); a query touches only the lists of its own non-zero anchors,
 so the work is proportional to the overlap, not to N. Measured on this project's
-2-core machine (benchmarks/RESULTS.md): 100k images x 10k anchors, k=800 -> about
-16 ms per query, against 63 ms for a CSR mat-vec and about 4 GB for a dense FAISS
-flat index over the anchor space.
+2-core machine (benchmarks/bench_asif.py --only-scale, RESULTS.md): 100k images x 10k
+anchors, k=800 -> about 16 ms per query and 610 MB, against 260 ms and 3.8 GB for a
+dense FAISS flat index over the anchor space.
 """
 
 from __future__ import annotations

@@ -77,15 +77,3 @@ def relative_representations(
         return np.zeros((0, n_anchors), np.float32)
     scores, ids = faiss_store.search(index, q, k)
     return relative_from_topk(scores, ids, n_anchors, p, similarity)
-
-
-def bilinear_scores(
-    img: np.ndarray, txt: np.ndarray, img_anchors: np.ndarray, txt_anchors: np.ndarray
-) -> np.ndarray:
-    """k=N, p=1 reference: x^T A_img^T A_txt y / norms (all inputs L2-normalised).
-    Holds when every similarity is non-negative (no clamping)."""
-    a = img @ img_anchors.T
-    b = txt @ txt_anchors.T
-    a /= np.linalg.norm(a, axis=1, keepdims=True)
-    b /= np.linalg.norm(b, axis=1, keepdims=True)
-    return a @ b.T

@@ -7,12 +7,10 @@ entry-point group. Modules are only imported when a kind is looked up.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from importlib.metadata import entry_points
 from typing import Any
 
 from vlmsearch.errors import ModelError
+from vlmsearch.plugins import import_kinds
 from vlmsearch.retrieval.encoders.base import Encoder
 
 __all__ = ["Encoder", "register", "available_kinds", "load_encoder", "encoder_from_spec"]
@@ -33,11 +31,7 @@ def _discover() -> None:
     if _discovered:
         return
     _discovered = True
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "base":
-            importlib.import_module(f"{__name__}.{info.name}")
-    for ep in entry_points(group="vlmsearch.encoders"):
-        ep.load()
+    import_kinds(__name__, __path__, "vlmsearch.encoders")
 
 
 def available_kinds() -> list[str]:

@@ -22,7 +22,7 @@ import numpy as np
 from vlmsearch.errors import ModelError
 from vlmsearch.retrieval.encoders import register
 from vlmsearch.retrieval.encoders.base import Encoder
-from vlmsearch.runtime import autocast, file_sha256, resolve_device
+from vlmsearch.runtime import autocast, check_same_weights, file_sha256, resolve_device
 
 if TYPE_CHECKING:
     import torch
@@ -108,12 +108,11 @@ class OpenClipEncoder(Encoder):
     @classmethod
     def from_spec(cls, spec: dict[str, Any], device: str | None = None) -> OpenClipEncoder:
         enc = cls._create(spec["arch"], spec.get("pretrained"), spec.get("checkpoint"), device)
-        if spec.get("sha256") and enc.spec.get("sha256") != spec["sha256"]:
-            raise ModelError(
-                f"checkpoint {spec.get('checkpoint')} has changed since the collection was built "
-                f"(sha256 {enc.spec.get('sha256', '?')[:12]}… != {spec['sha256'][:12]}…); "
-                "point at the original file or re-index with --rebuild"
-            )
+        check_same_weights(
+            spec,
+            enc.spec,
+            f"checkpoint {spec.get('checkpoint')} has changed since the collection was built",
+        )
         return enc
 
     @classmethod

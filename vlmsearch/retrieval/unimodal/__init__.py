@@ -9,12 +9,10 @@ name an encoder ``KIND`` or ``KIND:ARGUMENT``, e.g. ``efficientnet-lite0``,
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from importlib.metadata import entry_points
 from typing import Any
 
 from vlmsearch.errors import ModelError
+from vlmsearch.plugins import import_kinds
 from vlmsearch.retrieval.unimodal.base import (
     Classifier,
     ImageEncoder,
@@ -50,11 +48,7 @@ def _discover() -> None:
     if _discovered:
         return
     _discovered = True
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "base":
-            importlib.import_module(f"{__name__}.{info.name}")
-    for ep in entry_points(group="vlmsearch.unimodal"):
-        ep.load()
+    import_kinds(__name__, __path__, "vlmsearch.unimodal")
 
 
 def available(modality: str) -> list[str]:

@@ -44,11 +44,16 @@ class UnimodalEncoder(ABC):
     def from_spec(cls, spec: dict[str, Any], device: str | None = None) -> UnimodalEncoder:
         """Rebuild from a recorded spec; must refuse weights that differ (sha256)."""
 
+    def __init__(self, model: Any, spec: dict[str, Any], device: str) -> None:
+        self.model = model
+        self._spec = spec
+        self.device = device
+
     @property
-    @abstractmethod
     def spec(self) -> dict[str, Any]:
         """JSON-able; includes ``kind``, ``name`` (the user string), ``dim`` and, where the
         weights are a local file, its ``sha256``."""
+        return dict(self._spec)
 
     @property
     def dim(self) -> int:

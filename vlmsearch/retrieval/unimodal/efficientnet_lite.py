@@ -17,7 +17,7 @@ import numpy as np
 from vlmsearch.errors import ModelError
 from vlmsearch.retrieval.unimodal import register
 from vlmsearch.retrieval.unimodal.base import Classifier, ImageEncoder
-from vlmsearch.runtime import autocast, file_sha256, resolve_device
+from vlmsearch.runtime import autocast, check_same_weights, file_sha256, resolve_device
 
 if TYPE_CHECKING:
     import torch
@@ -60,11 +60,6 @@ def packaged_weights() -> Path:
 class EfficientNetLite0(ImageEncoder):
     kind = KIND
 
-    def __init__(self, model: Any, spec: dict[str, Any], device: str) -> None:
-        self.model = model
-        self._spec = spec
-        self.device = device
-
     @classmethod
     def from_name(cls, arg: str | None, device: str | None = None) -> EfficientNetLite0:
         if arg:
@@ -80,12 +75,12 @@ class EfficientNetLite0(ImageEncoder):
         # rather than trusting the recorded path; the sha256 check below catches a change.
         arg = None if spec.get("name") == KIND else spec.get("weights")
         enc = cls.from_name(arg, device)
-        if spec.get("sha256") and enc.spec["sha256"] != spec["sha256"]:
-            raise ModelError(
-                f"{KIND} weights {enc.spec['weights']} differ from the ones the collection was "
-                f"built with (sha256 {enc.spec['sha256'][:12]}… != {spec['sha256'][:12]}…); "
-                "point at the original file or re-index with --rebuild"
-            )
+        check_same_weights(
+            spec,
+            enc.spec,
+            f"{KIND} weights {enc.spec['weights']} differ from the ones the collection "
+            "was built with",
+        )
         return enc
 
     @classmethod
@@ -119,10 +114,6 @@ class EfficientNetLite0(ImageEncoder):
             "num_classes": num_classes,
         }
         return cls(model, spec, device)
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return dict(self._spec)
 
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         from torchvision import transforms as T

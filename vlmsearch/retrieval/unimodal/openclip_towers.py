@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vlmsearch.errors import ModelError
 from vlmsearch.retrieval.encoders.openclip import (
     DEFAULT_MODEL,
     TEXT_BATCH,
@@ -25,7 +24,7 @@ from vlmsearch.retrieval.encoders.openclip import (
 )
 from vlmsearch.retrieval.unimodal import register
 from vlmsearch.retrieval.unimodal.base import ImageEncoder, TextEncoder, UnimodalEncoder
-from vlmsearch.runtime import autocast, resolve_device
+from vlmsearch.runtime import autocast, check_same_weights, resolve_device
 
 if TYPE_CHECKING:
     import torch
@@ -70,12 +69,11 @@ class _OpenClipTower(UnimodalEncoder):
     @classmethod
     def from_spec(cls, spec: dict[str, Any], device: str | None = None) -> _OpenClipTower:
         enc = cls._build(spec["arch"], spec.get("pretrained"), spec.get("checkpoint"), device)
-        if spec.get("sha256") and enc.spec.get("sha256") != spec["sha256"]:
-            raise ModelError(
-                f"checkpoint {spec.get('checkpoint')} has changed since the collection was built "
-                f"(sha256 {enc.spec.get('sha256', '?')[:12]}… != {spec['sha256'][:12]}…); "
-                "point at the original file or re-index with --rebuild"
-            )
+        check_same_weights(
+            spec,
+            enc.spec,
+            f"checkpoint {spec.get('checkpoint')} has changed since the collection was built",
+        )
         return enc
 
     @classmethod
@@ -92,10 +90,6 @@ class _OpenClipTower(UnimodalEncoder):
             name = f"{KIND}:{arch}"
         spec["name"] = name
         return cls(dual, spec)
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return dict(self._spec)
 
 
 @register

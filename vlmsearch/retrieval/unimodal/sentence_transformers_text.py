@@ -19,7 +19,7 @@ from vlmsearch.errors import ModelError
 from vlmsearch.retrieval.encoders.openclip import _hf_offline, _hub_reachable
 from vlmsearch.retrieval.unimodal import register
 from vlmsearch.retrieval.unimodal.base import TextEncoder
-from vlmsearch.runtime import file_sha256, resolve_device
+from vlmsearch.runtime import check_same_weights, file_sha256, resolve_device
 
 KIND = "sentence-transformers"
 BATCH = 64
@@ -65,11 +65,6 @@ def _no_progress_bars() -> Iterator[None]:
 class SentenceTransformersEncoder(TextEncoder):
     kind = KIND
 
-    def __init__(self, model: Any, spec: dict[str, Any], device: str) -> None:
-        self.model = model
-        self._spec = spec
-        self.device = device
-
     @classmethod
     def from_name(cls, arg: str | None, device: str | None = None) -> SentenceTransformersEncoder:
         if not arg:
@@ -90,12 +85,11 @@ class SentenceTransformersEncoder(TextEncoder):
         cls, spec: dict[str, Any], device: str | None = None
     ) -> SentenceTransformersEncoder:
         enc = cls._rebuild(spec, device)
-        if spec.get("sha256") and enc.spec.get("sha256") != spec["sha256"]:
-            raise ModelError(
-                f"the weights of text model {spec['name']} have changed since the collection "
-                f"was built (sha256 {str(enc.spec.get('sha256'))[:12]}… != "
-                f"{spec['sha256'][:12]}…); point at the original model or re-index with --rebuild"
-            )
+        check_same_weights(
+            spec,
+            enc.spec,
+            f"the weights of text model {spec['name']} have changed since the collection was built",
+        )
         return enc
 
     @classmethod
@@ -145,10 +139,6 @@ class SentenceTransformersEncoder(TextEncoder):
         if digest:
             spec["sha256"] = digest
         return cls(model, spec, device)
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return dict(self._spec)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch

@@ -19,7 +19,7 @@ from vlmsearch.retrieval.encoders.openclip import _hf_offline, _hub_reachable
 from vlmsearch.retrieval.unimodal import register
 from vlmsearch.retrieval.unimodal.base import Classifier, ImageEncoder
 from vlmsearch.retrieval.unimodal.efficientnet_lite import to_rgb
-from vlmsearch.runtime import autocast, file_sha256, resolve_device
+from vlmsearch.runtime import autocast, check_same_weights, file_sha256, resolve_device
 
 if TYPE_CHECKING:
     import torch
@@ -55,11 +55,6 @@ def _offline_paragraph(model: str, cause: str) -> str:
 class TimmImageEncoder(ImageEncoder):
     kind = KIND
 
-    def __init__(self, model: Any, spec: dict[str, Any], device: str) -> None:
-        self.model = model
-        self._spec = spec
-        self.device = device
-
     @classmethod
     def from_name(cls, arg: str | None, device: str | None = None) -> TimmImageEncoder:
         if not arg:
@@ -81,12 +76,9 @@ class TimmImageEncoder(ImageEncoder):
     def from_spec(cls, spec: dict[str, Any], device: str | None = None) -> TimmImageEncoder:
         ckpt = spec.get("checkpoint")
         enc = cls.from_name(f"{spec['model']}:{ckpt}" if ckpt else spec["model"], device)
-        if spec.get("sha256") and enc.spec.get("sha256") != spec["sha256"]:
-            raise ModelError(
-                f"weights file {ckpt} has changed since the collection was built "
-                f"(sha256 {enc.spec.get('sha256', '?')[:12]}… != {spec['sha256'][:12]}…); "
-                "point at the original file or re-index with --rebuild"
-            )
+        check_same_weights(
+            spec, enc.spec, f"weights file {ckpt} has changed since the collection was built"
+        )
         return enc
 
     # -- construction -------------------------------------------------------------------------
@@ -193,10 +185,6 @@ class TimmImageEncoder(ImageEncoder):
         return cls(model, spec, device)
 
     # -- interface ----------------------------------------------------------------------------
-    @property
-    def spec(self) -> dict[str, Any]:
-        return dict(self._spec)
-
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         from timm.data import create_transform
         from torchvision import transforms as T
