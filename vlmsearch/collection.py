@@ -33,6 +33,7 @@ from vlmsearch.indexes.layout import (
 )
 from vlmsearch.indexes.postings import PostingIndex
 from vlmsearch.indexes.store import CollectionWriter
+from vlmsearch.indexes.text_vectors import TextVectors, refresh
 from vlmsearch.indexes.vectors import VectorTable
 from vlmsearch.retrieval.encoders import DEFAULT_KIND, encoder_from_spec, load_encoder
 from vlmsearch.retrieval.encoders.base import Encoder
@@ -64,10 +65,14 @@ class Hit:
     width: int | None = None
     height: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # with --text-column: the parts of a fused score, e.g. {"image": 0.21, "caption": 0.74}
+    scores: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         extra = d.pop("extra")
+        if d["scores"] is None:
+            del d["scores"]
         d.update(extra)
         return d
 
@@ -146,6 +151,8 @@ class Collection:
         self._index: Any = None
         self.index_is_stale = False
         self.last_report: IngestReport | None = None
+        self._text_vectors: dict[str, TextVectors] = {}
+        self.notices: list[str] = []
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -312,15 +319,25 @@ class Collection:
         negative: str | Sequence[str] | None = None,
         negative_image: str | Path | Sequence[Any] | None = None,
         params: dict[str, int] | None = None,
+        text_column: str | None = None,
+        text_weight: float = 1.0,
     ) -> list[Hit]:
-        """Text, image or combined search. Terms take rclip-style weights (``"2:a dog"``)."""
+        """Text, image or combined search. Terms take rclip-style weights (``"2:a dog"``).
+
+        With ``text_column`` the query is also compared with that metadata column's text
+        (captions, embedded once and stored; see :meth:`text_vectors`). The score is then
+        ``text_weight * caption score + (1 - text_weight) * image score``: 1 (the default)
+        searches the captions alone, 0.5 weighs both equally."""
         terms = build_terms(
             _as_list(text), _as_list(image), _as_list(negative), _as_list(negative_image)
         )
         self._require_vectors()
-        return self.search_vector(
-            query_vector(self.encoder, terms), k=k, where=where, params=params
-        )
+        vector = query_vector(self.encoder, terms)
+        if text_column:
+            return self.search_fused(
+                vector, text_column, text_weight, k=k, where=where, params=params
+            )
+        return self.search_vector(vector, k=k, where=where, params=params)
 
     def search_vector(
         self,
@@ -330,12 +347,8 @@ class Collection:
         params: dict[str, int] | None = None,
     ) -> list[Hit]:
         """Nearest stored images to an embedding in this collection's space."""
-        if k < 1:
-            raise QueryError(f"k must be at least 1 (got {k})")
-        n = self._require_vectors()
-        q = np.asarray(vector, np.float32).reshape(1, -1)
-        if q.shape[1] != self.dim:
-            raise QueryError(f"query vector has dim {q.shape[1]}, collection has {self.dim}")
+        q = self._query_row(vector, k)
+        n = len(self)
         params = {**(self.manifest.get("index") or {}).get("search_params", {}), **(params or {})}
         allowed = None
         if where and where.strip():
@@ -356,6 +369,129 @@ class Collection:
             else:
                 scores, ids = scores[keep], ids[keep]
         return self._hits(ids, scores)
+
+    def _query_row(self, vector: np.ndarray, k: int) -> np.ndarray:
+        if k < 1:
+            raise QueryError(f"k must be at least 1 (got {k})")
+        self._require_vectors()
+        q = np.asarray(vector, np.float32).reshape(1, -1)
+        if q.shape[1] != self.dim:
+            raise QueryError(f"query vector has dim {q.shape[1]}, collection has {self.dim}")
+        return q
+
+    def search_fused(
+        self,
+        vector: np.ndarray,
+        text_column: str,
+        text_weight: float = 1.0,
+        k: int = 10,
+        where: str | None = None,
+        params: dict[str, int] | None = None,
+    ) -> list[Hit]:
+        """Search a text column's embeddings, optionally fused with the image vectors.
+
+        ``text_weight`` w in [0, 1] gives ``w * text score + (1 - w) * image score``; rows
+        without text score 0 on the text side. Candidates are every allowed row when at
+        most :data:`EXACT_SUBSET_MAX` (exact); otherwise the union of each side's top
+        ``max(4k, 256)``, each rescored exactly on both sides."""
+        if not 0.0 <= text_weight <= 1.0:
+            raise QueryError(f"the text weight must lie in [0, 1] (got {text_weight})")
+        q = self._query_row(vector, k)[0]
+        tv = self.text_vectors(text_column)
+        live = self.vectors.ids
+        if where and where.strip():
+            live = np.intersect1d(metadata.filter_ids(self.table, where), live)
+        text_ids, text_scores = tv.ids, tv.scores(q)
+        keep = np.isin(text_ids, live)
+        text_ids, text_scores = text_ids[keep], text_scores[keep]
+        if text_weight == 1.0:
+            cand = text_ids
+        elif len(live) <= EXACT_SUBSET_MAX:
+            cand = live
+        else:
+            depth = max(4 * k, 256)
+            top_text = text_ids[np.argsort(-text_scores, kind="stable")[:depth]]
+            top_image = [h.id for h in self.search_vector(q, depth, where, params)]
+            cand = np.union1d(top_text, np.asarray(top_image, np.int64))
+        if len(cand) == 0:
+            return []
+        caption = np.zeros(len(cand), np.float32)
+        pos = np.searchsorted(text_ids, cand)
+        pos = np.clip(pos, 0, max(len(text_ids) - 1, 0))
+        has = text_ids[pos] == cand if len(text_ids) else np.zeros(len(cand), bool)
+        caption[has] = text_scores[pos[has]]
+        image = np.zeros(len(cand), np.float32)
+        if text_weight < 1.0:
+            for lo in range(0, len(cand), 8192):  # bounded memory for the float32 copies
+                rows = self.vectors.get(cand[lo : lo + 8192])
+                image[lo : lo + 8192] = np.asarray(rows @ q).ravel()
+        fused = text_weight * caption + (1.0 - text_weight) * image
+        top = np.argsort(-fused, kind="stable")[: min(k, MAX_K)]
+        hits = self._hits(cand[top], fused[top])
+        parts = {
+            int(i): (float(caption[j]), float(image[j]))
+            for j, i in zip(top, cand[top], strict=True)
+        }
+        for h in hits:
+            c, m = parts[h.id]
+            h.scores = {text_column: c} if text_weight == 1.0 else {text_column: c, "image": m}
+        return hits
+
+    # -- text columns ---------------------------------------------------------------------------
+    def text_vectors(
+        self, column: str, progress: ProgressFn | None = None, save: bool = True
+    ) -> TextVectors:
+        """The embeddings of a text column's non-empty rows, brought up to date.
+
+        New or changed texts are embedded with the collection's encoder and, with ``save``,
+        committed to the collection so that later searches reuse them. When the collection
+        cannot be written (read-only, or another process is writing) they are kept in
+        memory for this process only, with a line in :attr:`notices`."""
+        self._check_text_column(column)
+        import pyarrow.compute as pc
+
+        rows = self.table.filter(
+            pc.and_(pc.equal(self.table["status"], "ok"), pc.is_valid(self.table[column]))
+        )
+        ids = rows["id"].to_numpy().astype(np.int64)
+        texts = [str(t) for t in rows[column].to_pylist()]
+        identity = Encoder.identity(self.manifest["encoder"])
+        cached = self._text_vectors.get(column)
+        if cached is None:
+            entry = (self.manifest.get("text_vectors") or {}).get(column) or {}
+            cached = TextVectors.empty(self.dim, self.sparse)
+            path = self.layout.file(entry["file"]) if entry.get("file") else None
+            if entry.get("encoder") == identity and path is not None and path.is_file():
+                cached = TextVectors.read(path)
+        tv, embedded = refresh(cached, ids, texts, self.encoder.encode_texts, self.sparse, progress)
+        self._text_vectors[column] = tv
+        if save and (embedded or len(tv) != len(cached)):
+            info = {"encoder": identity, "encoder_name": self.manifest["encoder"].get("name")}
+            try:
+                self._commit_text_vectors(column, tv, info)
+            except (CollectionError, OSError) as e:
+                self.notices.append(f"embeddings of column {column!r} not saved: {e}")
+        return tv
+
+    def _check_text_column(self, column: str) -> None:
+        text_cols = [
+            f.name
+            for f in self.table.schema
+            if f.name not in metadata.BASE_COLUMNS
+            and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+        ]
+        if column not in text_cols:
+            known = ", ".join(text_cols) or "none yet; `vlmsearch caption --write-column` adds one"
+            raise QueryError(f"no text column {column!r} in the metadata (text columns: {known})")
+
+    def _commit_text_vectors(self, column: str, tv: TextVectors, info: dict[str, Any]) -> None:
+        with self.layout.lock():
+            manifest = self.layout.read_manifest()
+            table = metadata.read_table(self.layout.file(manifest["metadata_file"]))
+            writer = CollectionWriter(self.layout, manifest, table)
+            writer.previous = manifest
+            writer.commit(data_changed=False, text_vectors={column: (tv, info)})
+            self.manifest, self.table = writer.manifest, writer.table
 
     def _exact(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores = np.asarray(self.vectors.get(allowed) @ q).ravel()
@@ -498,15 +634,22 @@ class Collection:
                 progress("caption", 1, len(ids))
         if write_column and pending:
             self._write_text_column(write_column, pending, captioner.describe())
+        if write_column and out:
+            self.text_vectors(write_column, progress)  # embedded now, so searches start warm
         return out
 
     def _write_text_column(self, column: str, values: dict[int, str], info: dict[str, Any]) -> None:
+        import json
+
         ids = np.fromiter(values, np.int64, len(values))
         arr = pa.array([values[i] for i in ids.tolist()], pa.string())
+        # the settings are kept per row too: a resumed run may have used other ones
+        settings = pa.array([json.dumps(info, sort_keys=True)] * len(ids), pa.string())
         with self.layout.lock():
             manifest = self.layout.read_manifest()
             table = metadata.read_table(self.layout.file(manifest["metadata_file"]))
             table = metadata.set_column(table, column, ids, arr)
+            table = metadata.set_column(table, f"{column}_settings", ids, settings)
             writer = CollectionWriter(self.layout, manifest, table)
             writer.previous = manifest
             columns = dict(manifest.get("columns") or {})

@@ -226,6 +226,17 @@ def search(
     ] = None,
     nprobe: Annotated[int | None, typer.Option(help="IVF lists to visit (per query).")] = None,
     ef_search: Annotated[int | None, typer.Option(help="HNSW efSearch (per query).")] = None,
+    text_column: Annotated[
+        str | None,
+        typer.Option(help="Search this text column (e.g. captions) by embedding."),
+    ] = None,
+    text_weight: Annotated[
+        float,
+        typer.Option(
+            help="With --text-column: weight w of the text score in "
+            "w*text + (1-w)*image; 1 searches the text alone."
+        ),
+    ] = 1.0,
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
     csv_: CsvOpt = False,
@@ -252,13 +263,17 @@ def search(
         negative=negative,
         negative_image=negative_image,
         params=params,
+        text_column=text_column,
+        text_weight=text_weight,
     )
+    for note in coll.notices:
+        output.err.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
     if coll.index_is_stale and fmt == "table":
         output.err.print(
             "[yellow]note:[/yellow] the stored index is behind the data (an interrupted index "
             "run?); searched exactly in memory. Run `vlmsearch index` to finish it."
         )
-    output.hits(hits, fmt)
+    output.hits(hits, fmt, text_column)
 
 
 @app.command()

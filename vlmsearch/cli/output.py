@@ -27,12 +27,17 @@ def emit_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
         w.writerow(r)
 
 
-def hits(items: Sequence[Any], fmt: str) -> None:
+def hits(items: Sequence[Any], fmt: str, text_column: str | None = None) -> None:
+    """Print search hits; ``text_column`` adds that column's text (and the score parts)."""
     rows = [h.to_dict() for h in items]
     if fmt == "json":
         emit_json(rows)
     elif fmt == "csv":
-        emit_csv(rows, list(rows[0]) if rows else ["rank", "score", "id", "path"])
+        flat = []
+        for r in rows:
+            parts = r.pop("scores", None) or {}
+            flat.append({**r, **{f"score_{name}": v for name, v in parts.items()}})
+        emit_csv(flat, list(flat[0]) if flat else ["rank", "score", "id", "path"])
     else:
         if not rows:
             err.print("no results")
@@ -40,9 +45,20 @@ def hits(items: Sequence[Any], fmt: str) -> None:
         t = Table(show_edge=False, pad_edge=False, box=None)
         t.add_column("rank", justify="right")
         t.add_column("score", justify="right")
+        parts = bool(rows[0].get("scores")) and len(rows[0]["scores"]) > 1
+        if parts:
+            t.add_column(" + ".join(rows[0]["scores"]), justify="right")
         t.add_column("path", overflow="fold")
+        if text_column:
+            t.add_column(text_column, overflow="fold")
         for r in rows:
-            t.add_row(str(r["rank"]), f"{r['score']:.4f}", escape(r["path"]))
+            cells = [str(r["rank"]), f"{r['score']:.4f}"]
+            if parts:
+                cells.append(" ".join(f"{v:.3f}" for v in r["scores"].values()))
+            cells.append(escape(r["path"]))
+            if text_column:
+                cells.append(escape(str(r.get(text_column) or "")))
+            t.add_row(*cells)
         out.print(t)
 
 

@@ -21,9 +21,18 @@ from vlmsearch.cli.output import err
 
 
 class _Rate(ProgressColumn):
+    """Items per second, or seconds per item when slower than one a second (captions)."""
+
+    UNITS = {"embed": "text"}  # every other phase counts images
+
     def render(self, task: Any) -> Text:
+        unit = self.UNITS.get(task.description.strip(), "img")
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:6.1f} img/s" if speed else "    -- img/s", style="cyan")
+        if not speed:
+            return Text(f"    -- {unit}/s", style="cyan")
+        if speed < 1:
+            return Text(f"{1 / speed:6.1f} s/{unit}", style="cyan")
+        return Text(f"{speed:6.1f} {unit}/s", style="cyan")
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ Layout::
       manifest.json
       metadata-000007.parquet
       index-000007.faiss
+      textvec-000008-1a2b3c4d.npz     (embedded text columns, see text_vectors.py)
       vectors/shard-000003.ids.npy, vectors/shard-000003.f16.npy, ...
       .lock
 """
@@ -36,7 +37,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DEFAULT_DIRNAME = ".vlmsearch"
 _DATA_FILE = re.compile(
-    r"^(metadata-\d+\.parquet|index-\d+\.(faiss|postings\.npz)|textvec-\d+\.npy)$"
+    r"^(metadata-\d+\.parquet|index-\d+\.(faiss|postings\.npz)|textvec-\d+-[0-9a-f]{8}\.npz)$"
 )
 _SHARD_FILE = re.compile(r"^(shard-\d+)\.(ids\.npy|f16\.npy|sparse\.npz)$")
 

@@ -11,6 +11,8 @@ import pyarrow.compute as pc
 from vlmsearch.indexes import faiss_store, metadata
 from vlmsearch.indexes.layout import Layout
 from vlmsearch.indexes.postings import PostingIndex
+from vlmsearch.indexes.text_vectors import TextVectors
+from vlmsearch.indexes.text_vectors import file_name as text_vectors_file
 from vlmsearch.indexes.vectors import write_shard
 
 
@@ -30,6 +32,7 @@ class CollectionWriter:
         index_info: dict[str, Any] | None = None,
         replace_shards: bool = False,
         data_changed: bool = True,
+        text_vectors: dict[str, tuple[TextVectors, dict[str, Any]]] | None = None,
     ) -> None:
         """Write the new files, then the manifest. ``data_changed`` marks commits that
         change which vectors are live (the index is current iff it is at least as new)."""
@@ -53,6 +56,13 @@ class CollectionWriter:
                 index_name = f"index-{gen:06d}.faiss"
                 faiss_store.write_index(index, self.layout.file(index_name))
             m["index"] = {**index_info, "file": index_name, "generation": gen}
+        if text_vectors:
+            entries = dict(m.get("text_vectors") or {})
+            for column, (tv, info) in text_vectors.items():
+                name = text_vectors_file(gen, column)
+                tv.write(self.layout.file(name))
+                entries[column] = {**info, "file": name, "rows": len(tv), "generation": gen}
+            m["text_vectors"] = entries
         status = self.table["status"]
         ok = int(pc.sum(pc.equal(status, "ok")).as_py() or 0) if self.table.num_rows else 0
         m["counts"] = {"files": self.table.num_rows, "ok": ok, "error": self.table.num_rows - ok}

@@ -206,10 +206,53 @@ class OpenClipEncoder(Encoder):
         for i in range(0, len(texts), TEXT_BATCH):
             tokens = self._tokenizer(list(texts[i : i + TEXT_BATCH])).to(self.device)
             with torch.inference_mode(), autocast(self.device, self.precision):
-                out.append(self.model.encode_text(tokens, normalize=True).float().cpu().numpy())
+                if _can_trim(self.model):
+                    feats = _encode_text_trimmed(self.model, tokens)
+                else:
+                    feats = self.model.encode_text(tokens, normalize=True)
+                out.append(feats.float().cpu().numpy())
         if not out:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(out)
+
+
+def _can_trim(model: Any) -> bool:
+    """Whether text tokens may be cut after the batch's longest text: true for open_clip's
+    ``CLIP`` class with a causal text mask pooled at the EOT token (the OpenAI-style towers),
+    where no position after a text's EOT can reach its pooled feature."""
+    import open_clip
+
+    return (
+        type(model) is open_clip.CLIP
+        and getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_pool_type", None) == "argmax"
+    )
+
+
+def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text(tokens, normalize=True)`` without the padding columns.
+
+    The tokenizer pads every text to the context length (77); short texts such as the
+    candidate captions scored by MAGIC are a fraction of that. Same steps as open_clip's
+    ``CLIP.encode_text``, with the positional embedding and causal mask cut to length.
+    """
+    import torch
+    import torch.nn.functional as F
+    from open_clip.transformer import text_global_pool
+
+    used = (tokens != 0).any(dim=0).nonzero()  # 0 pads open_clip's tokenizers
+    length = int(used.max()) + 1 if len(used) else 1
+    text = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(text).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, text, model.text_pool_type)
+    proj = model.text_projection
+    if proj is not None:
+        x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+    return F.normalize(x, dim=-1)
 
 
 @contextlib.contextmanager
