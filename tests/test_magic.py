@@ -165,7 +165,18 @@ def test_caption_cli_writes_a_resumable_column(lm_dir, image_dir) -> None:
     res = run(app, args)
     second = json.loads(res.stdout)
     assert {r["id"] for r in second}.isdisjoint(captioned) and len(second) == 5
-    assert not metadata_nulls(Collection.open(coll_path), "caption")
+    coll = Collection.open(coll_path)
+    assert not metadata_nulls(coll, "caption")
+    # the decoding settings are kept per row, and the captions are embedded for search
+    settings = json.loads(coll.table.to_pylist()[0]["caption_settings"])
+    assert settings["k"] == 6 and settings["max_tokens"] == 5 and settings["method"] == "magic"
+    assert coll.manifest["text_vectors"]["caption"]["rows"] == 15
+    some = second[0]
+    res = run(app, ["search", some["caption"], "-c", coll_path, "--text-column", "caption",
+                    "--json", "-k", "15"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    found = json.loads(res.stdout)
+    assert found[0]["caption"] == some["caption"] and len(found) == 15
     res = run(app, ["caption", "-c", coll_path, "--lm", str(tmp_missing(lm_dir))])
     assert res.exit_code == 1 and "language model" in res.output and "Traceback" not in res.output
 
@@ -176,3 +187,17 @@ def metadata_nulls(coll, column: str) -> list[int]:
 
 def tmp_missing(path):
     return path.parent / "no-such-model"
+
+
+def test_trimmed_text_tower_equals_the_padded_one(tiny_encoder) -> None:
+    """The scorer cuts the tokenizer's padding; the embeddings must not change."""
+    import torch
+
+    from vlmsearch.retrieval.encoders.openclip import _can_trim
+
+    assert _can_trim(tiny_encoder.model)
+    texts = ["a", "A picture of a dog on a red couch", "two cats " * 12, ""]
+    tokens = tiny_encoder._tokenizer(texts)
+    with torch.inference_mode():
+        padded = tiny_encoder.model.encode_text(tokens, normalize=True).numpy()
+    np.testing.assert_allclose(tiny_encoder.encode_texts(texts), padded, atol=1e-5)
