@@ -38,13 +38,27 @@ def tiny_tokenizer_and_models(vocab_size: int = 50257) -> dict[str, Any]:
     }
 
 
-def byte_tokenizer() -> Any:
-    """A GPT-2-sized vocabulary without network: bytes plus filler tokens."""
+def word_tokenizer() -> Any:
+    """A GPT-2-sized word-level vocabulary built without network.
+
+    Its words are the whole words of open_clip's BPE vocabulary, then pairs of them glued
+    together, so decoded captions look like text to the scorer: mostly one CLIP token
+    per word, two for the glued ones (as GPT-2's sub-words are).
+    """
+    from open_clip.tokenizer import SimpleTokenizer
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {f"w{i}": i for i in range(50256)}
-    vocab["<|endoftext|>"] = 50256
+    whole = sorted(
+        {w[:-4] for w in SimpleTokenizer().encoder if w.endswith("</w>") and w[:-4].isalpha()}
+    )
+    words = list(whole)
+    i = 0
+    while len(words) < 50256:
+        words.append(whole[i % len(whole)] + whole[(7 * i + 3) % len(whole)])
+        i += 1
+    vocab = {w: j for j, w in enumerate(dict.fromkeys(words[:50256]))}
+    vocab["<|endoftext|>"] = len(vocab)
     core = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.decoder = decoders.WordPiece(prefix="##")
@@ -62,13 +76,17 @@ def main() -> None:
     import torch
 
     from vlmsearch.retrieval.captioner import Captioner
-    from vlmsearch.retrieval.encoders import load_encoder
+    from vlmsearch.retrieval.encoders import load_encoder, openclip
     from vlmsearch.retrieval.magic import MagicSettings
 
     torch.set_num_threads(os.cpu_count() or 1)
-    tok = byte_tokenizer()
+    tok = word_tokenizer()
+    clip = load_encoder("ViT-B-32", device="cpu")
+    # side by side: the text tower on texts padded to 77 tokens (open_clip's default) and
+    # cut after the longest candidate (what vlmsearch does)
     scorers: dict[str, Any] = {
-        "open_clip ViT-B-32 (random)": load_encoder("ViT-B-32", device="cpu")
+        "open_clip ViT-B-32 (random), trimmed": clip,
+        "open_clip ViT-B-32 (random), padded to 77": clip,
     }
     try:
         scorers["ASIF default (EfficientNet-Lite0 + MiniLM)"] = load_encoder(
@@ -90,7 +108,9 @@ def main() -> None:
         plan = [("greedy", first), ("contrastive", first)] + [("magic", n) for n in scorers]
         for method, sc_name in plan:
             enc = scorers[sc_name]
-            cap = Captioner(enc, (model, tok), MagicSettings(method=method, prompt="w1 w2 w3"))
+            openclip.TRIM_TEXT = not sc_name.endswith("padded to 77")
+            settings = MagicSettings(method=method, prompt="a picture of")
+            cap = Captioner(enc, (model, tok), settings)
             vec = rng.normal(size=enc.dim).astype(np.float32)
             vec /= np.linalg.norm(vec)
             cap.caption_vector(vec)  # warm-up

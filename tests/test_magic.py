@@ -177,6 +177,11 @@ def test_caption_cli_writes_a_resumable_column(lm_dir, image_dir) -> None:
     assert res.exit_code == 0, res.output
     found = json.loads(res.stdout)
     assert found[0]["caption"] == some["caption"] and len(found) == 15
+    # the first-run form: the column does not exist yet when --where names it
+    res = run(app, ["caption", "-c", coll_path, "--lm", str(lm_dir), "-k", "3", "--max-tokens",
+                    "2", "--where", "alt IS NULL", "--write-column", "alt", "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)) == 15
     res = run(app, ["caption", "-c", coll_path, "--lm", str(tmp_missing(lm_dir))])
     assert res.exit_code == 1 and "language model" in res.output and "Traceback" not in res.output
 
@@ -201,3 +206,44 @@ def test_trimmed_text_tower_equals_the_padded_one(tiny_encoder) -> None:
     with torch.inference_mode():
         padded = tiny_encoder.model.encode_text(tokens, normalize=True).numpy()
     np.testing.assert_allclose(tiny_encoder.encode_texts(texts), padded, atol=1e-5)
+
+
+def test_caption_paths_use_the_stored_vector_of_an_indexed_unchanged_file(
+    lm_dir, image_dir, tmp_path
+) -> None:
+    import json
+    import os
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from tests.conftest import TINY
+    from vlmsearch.cli.app import app
+
+    run = CliRunner().invoke
+    res = run(app, ["index", str(image_dir), "--model", TINY, "--workers", "0", "-q"])
+    assert res.exit_code == 0, res.output
+    opts = ["--lm", str(lm_dir), "-k", "5", "--max-tokens", "4", "--prompt", "a picture of"]
+    img = image_dir / "img0003.png"
+    res = run(app, ["caption", str(img), *opts, "--json"])
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(res.stdout)
+    assert row["vector"].startswith("stored vector in")
+    res = run(app, ["caption", "-c", str(image_dir), *opts, "--where", "path = 'img0003.png'",
+                    "--json"])  # fmt: skip
+    assert json.loads(res.stdout)[0]["caption"] == row["caption"]
+    # once the file changes on disk its stored vector no longer stands for it
+    st = img.stat()
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    res = run(app, ["caption", str(img), *opts, "--json"])
+    (changed,) = json.loads(res.stdout)
+    assert changed["vector"].startswith("encoded now by the model of")
+    # outside any collection, --model encodes it now
+    outside = tmp_path / "elsewhere" / "one.png"
+    outside.parent.mkdir()
+    shutil.copy(image_dir / "img0004.png", outside)
+    res = run(app, ["caption", str(outside), *opts, "--model", TINY, "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)[0]["vector"] == "encoded now"
+    res = run(app, ["caption", str(tmp_path / "missing.png"), *opts])
+    assert res.exit_code == 1 and "no such file" in res.output

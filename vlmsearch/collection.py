@@ -517,6 +517,24 @@ class Collection:
         sub = self.table.filter(pc.is_in(self.table["id"], value_set=pa.array(ids)))
         return {r["id"]: r for r in sub.to_pylist()}
 
+    def lookup_file(self, path: str | Path) -> int | None:
+        """The id of the image at ``path`` if it is indexed and unchanged since (same size
+        and mtime), so that its stored vector stands for it; otherwise None."""
+        import pyarrow.compute as pc
+
+        p = Path(path).expanduser().resolve()
+        try:
+            rel = p.relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return None
+        rows = self.table.filter(pc.equal(self.table["path"], rel)).to_pylist()
+        if not rows or rows[0]["status"] != "ok":
+            return None
+        st = p.stat()
+        if st.st_size != rows[0]["size"] or st.st_mtime_ns != rows[0]["mtime_ns"]:
+            return None
+        return int(rows[0]["id"])
+
     def _hits(self, ids: np.ndarray, scores: np.ndarray) -> list[Hit]:
         rows = self.rows(ids)
         extra_cols = [c for c in self.table.column_names if c not in metadata.BASE_COLUMNS]
@@ -617,7 +635,11 @@ class Collection:
         run resumes where it stopped."""
         ids = self.vectors.ids
         if where and where.strip():
-            ids = np.intersect1d(metadata.filter_ids(self.table, where), ids)
+            table = self.table
+            if write_column and write_column not in table.column_names:
+                # the first run of `--where "caption IS NULL" --write-column caption`
+                table = table.append_column(write_column, pa.nulls(table.num_rows, pa.string()))
+            ids = np.intersect1d(metadata.filter_ids(table, where), ids)
         if write_column and write_column in self.table.column_names and not overwrite:
             done = metadata.filter_ids(self.table, f"{write_column} IS NOT NULL")
             ids = np.setdiff1d(ids, done)

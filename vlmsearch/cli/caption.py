@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -12,11 +12,18 @@ from vlmsearch.cli import output
 from vlmsearch.cli.errors import user_errors
 from vlmsearch.errors import VlmsearchError
 
+if TYPE_CHECKING:
+    from vlmsearch.retrieval.magic import MagicSettings
+
 
 @user_errors
 def caption(
     paths: Annotated[
-        list[Path] | None, typer.Argument(help="Images to caption (encoded now).")
+        list[Path] | None,
+        typer.Argument(
+            help="Images to caption. An image indexed (and unchanged) in the collection "
+            "found at or above its folder is captioned from its stored vector."
+        ),
     ] = None,
     collection: Annotated[
         Path | None,
@@ -40,7 +47,10 @@ def caption(
         str, typer.Option(help="Causal language model: hub name (cached) or local folder.")
     ] = "gpt2",
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="For PATHS: the image-text model.")
+        str | None,
+        typer.Option(
+            "--model", "-m", help="For PATHS: encode them now with this image-text model."
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -69,21 +79,60 @@ def caption(
         rr = coll.rows([i for i, _ in done])
         rows = [{"id": i, "path": str(coll.root / rr[i]["path"]), "caption": t} for i, t in done]
     else:
-        from vlmsearch.collection import choose_encoder
-        from vlmsearch.indexes.decode import load_image
-        from vlmsearch.indexes.ingest import IngestOptions
-
-        enc, notices = choose_encoder(model, None, device, {}, IngestOptions())
-        for n in notices:
-            output.err.print(f"[bold yellow]note:[/bold yellow] {escape(n)}", soft_wrap=True)
-        cap = Captioner(enc, lm, settings, device)
-        for p in paths or []:
-            if not p.is_file():
-                raise VlmsearchError(f"no such file: {p}")
-            c = cap.caption_images([load_image(p)])[0]
-            rows.append({"path": str(p), "caption": c.text})
+        rows = _caption_files(paths or [], lm, settings, model, device)
     if json_:
         output.emit_json(rows)
         return
     for r in rows:
         output.out.print(f"{escape(str(r['path']))}\t{escape(str(r['caption']))}")
+
+
+def _caption_files(
+    paths: list[Path], lm: str, settings: MagicSettings, model: str | None, device: str
+) -> list[dict[str, object]]:
+    """Caption files: from a collection's stored vectors where one holds them unchanged
+    (scored by that collection's encoder), else encoded now with --model or the default."""
+    import numpy as np
+
+    from vlmsearch.collection import Collection, choose_encoder
+    from vlmsearch.indexes.decode import load_image
+    from vlmsearch.indexes.ingest import IngestOptions
+    from vlmsearch.indexes.layout import find_collection
+    from vlmsearch.retrieval.captioner import Captioner
+    from vlmsearch.retrieval.magic import load_language_model
+
+    for p in paths:
+        if not p.is_file():
+            raise VlmsearchError(f"no such file: {p}")
+    language_model = load_language_model(lm, device)  # loaded once for every captioner
+    captioners: dict[object, Captioner] = {}
+    collections: dict[Path, Collection] = {}
+    rows: list[dict[str, object]] = []
+    for p in paths:
+        found = None if model else find_collection(p.expanduser().absolute().parent)
+        coll = None
+        if found is not None:
+            coll = collections.get(found) or collections.setdefault(
+                found, Collection.open(found, device=device)
+            )
+        stored = coll.lookup_file(p) if coll is not None else None
+        key: object = found if coll is not None else "default"
+        if key not in captioners:
+            if coll is not None:
+                enc = coll.encoder
+            else:
+                enc, notices = choose_encoder(model, None, device, {}, IngestOptions())
+                for n in notices:
+                    output.err.print(
+                        f"[bold yellow]note:[/bold yellow] {escape(n)}", soft_wrap=True
+                    )
+            captioners[key] = Captioner(enc, language_model, settings, device)
+        cap = captioners[key]
+        if coll is not None and stored is not None:
+            c = cap.caption_vector(coll.vectors.dense(np.asarray([stored]))[0])
+            source = f"stored vector in {coll.path}"
+        else:
+            c = cap.caption_images([load_image(p)])[0]
+            source = "encoded now" + (f" by the model of {coll.path}" if coll is not None else "")
+        rows.append({"path": str(p), "caption": c.text, "vector": source})
+    return rows

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "ViT-B-32/laion2b_s34b_b79k"
 TEXT_BATCH = 256
+TRIM_TEXT = True  # cut text padding where exact (see _can_trim); off only to benchmark it
 
 
 def parse_model_name(name: str) -> tuple[str, str | None, str | None]:
@@ -223,7 +224,8 @@ def _can_trim(model: Any) -> bool:
     import open_clip
 
     return (
-        type(model) is open_clip.CLIP
+        TRIM_TEXT
+        and type(model) is open_clip.CLIP
         and getattr(model, "attn_mask", None) is not None
         and getattr(model, "text_pool_type", None) == "argmax"
     )
