@@ -194,56 +194,41 @@ def tmp_missing(path):
     return path.parent / "no-such-model"
 
 
-def test_trimmed_text_tower_equals_the_padded_one(tiny_encoder) -> None:
-    """The scorer cuts the tokenizer's padding; the embeddings must not change."""
+def test_trimmed_text_tower_equals_the_padded_one(tiny_encoder, monkeypatch) -> None:
+    """The scorer cuts the tokenizer's padding and runs a prefix shared by every text only
+    once; neither may change the embeddings."""
     import torch
 
-    from vlmsearch.retrieval.encoders.openclip import _can_trim
+    from vlmsearch.retrieval.encoders import openclip
 
-    assert _can_trim(tiny_encoder.model)
-    texts = ["a", "A picture of a dog on a red couch", "two cats " * 12, ""]
-    tokens = tiny_encoder._tokenizer(texts)
+    assert openclip._can_trim(tiny_encoder.model)
+    assert openclip._can_share_prefix(tiny_encoder.model)
+    stem = "a picture of a brown dog sitting on the grass next to"
+    batches = {
+        "no shared prefix": ["a", "A picture of a dog on a red couch", "two cats " * 12, ""],
+        "shared prefix": [f"{stem} {w}" for w in ("a", "the red car", "it", "a tree . and")]
+        + [stem],
+        "one text": [stem],
+    }
+    calls = {"shared": 0}
+    real = openclip._encode_text_shared_prefix
+
+    def counting(model, tokens):
+        calls["shared"] += 1
+        return real(model, tokens)
+
+    monkeypatch.setattr(openclip, "_encode_text_shared_prefix", counting)
+    for name, texts in batches.items():
+        tokens = tiny_encoder._tokenizer(texts)
+        with torch.inference_mode():
+            padded = tiny_encoder.model.encode_text(tokens, normalize=True).numpy()
+        got = tiny_encoder.encode_texts(texts)
+        np.testing.assert_allclose(got, padded, atol=1e-5, err_msg=name)
+    assert calls["shared"] == 3
+    monkeypatch.setattr(openclip, "SHARE_PREFIX", False)
+    texts = batches["shared prefix"]
     with torch.inference_mode():
-        padded = tiny_encoder.model.encode_text(tokens, normalize=True).numpy()
-    np.testing.assert_allclose(tiny_encoder.encode_texts(texts), padded, atol=1e-5)
-
-
-def test_caption_paths_use_the_stored_vector_of_an_indexed_unchanged_file(
-    lm_dir, image_dir, tmp_path
-) -> None:
-    import json
-    import os
-    import shutil
-
-    from typer.testing import CliRunner
-
-    from tests.conftest import TINY
-    from vlmsearch.cli.app import app
-
-    run = CliRunner().invoke
-    res = run(app, ["index", str(image_dir), "--model", TINY, "--workers", "0", "-q"])
-    assert res.exit_code == 0, res.output
-    opts = ["--lm", str(lm_dir), "-k", "5", "--max-tokens", "4", "--prompt", "a picture of"]
-    img = image_dir / "img0003.png"
-    res = run(app, ["caption", str(img), *opts, "--json"])
-    assert res.exit_code == 0, res.output
-    (row,) = json.loads(res.stdout)
-    assert row["vector"].startswith("stored vector in")
-    res = run(app, ["caption", "-c", str(image_dir), *opts, "--where", "path = 'img0003.png'",
-                    "--json"])  # fmt: skip
-    assert json.loads(res.stdout)[0]["caption"] == row["caption"]
-    # once the file changes on disk its stored vector no longer stands for it
-    st = img.stat()
-    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    res = run(app, ["caption", str(img), *opts, "--json"])
-    (changed,) = json.loads(res.stdout)
-    assert changed["vector"].startswith("encoded now by the model of")
-    # outside any collection, --model encodes it now
-    outside = tmp_path / "elsewhere" / "one.png"
-    outside.parent.mkdir()
-    shutil.copy(image_dir / "img0004.png", outside)
-    res = run(app, ["caption", str(outside), *opts, "--model", TINY, "--json"])
-    assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)[0]["vector"] == "encoded now"
-    res = run(app, ["caption", str(tmp_path / "missing.png"), *opts])
-    assert res.exit_code == 1 and "no such file" in res.output
+        shared = openclip._encode_text_shared_prefix(
+            tiny_encoder.model, tiny_encoder._tokenizer(texts)
+        )
+    np.testing.assert_allclose(tiny_encoder.encode_texts(texts), shared.numpy(), atol=1e-5)

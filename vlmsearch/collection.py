@@ -708,6 +708,10 @@ class Collection:
             "index_current": bool(idx)
             and int(idx.get("generation", -1)) >= int(m.get("data_generation", 0)),
             "columns": [c for c in self.table.column_names if c not in metadata.BASE_COLUMNS],
+            "text_vectors": {
+                col: {"rows": e.get("rows"), "encoder": e.get("encoder_name")}
+                for col, e in (m.get("text_vectors") or {}).items()
+            },
             "generation": m.get("generation"),
             "created_at": m.get("created_at"),
             "updated_at": m.get("updated_at"),

@@ -401,6 +401,9 @@ def info(
             choice.get("reason")
         )
     data.pop("preprocessing", None)
+    tv = data.pop("text_vectors", None) or {}
+    if tv:
+        data["embedded text"] = ", ".join(f"{c} ({e['rows']} rows)" for c, e in tv.items())
     output.mapping(data)
 
 

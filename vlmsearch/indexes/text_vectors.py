@@ -22,6 +22,7 @@ from vlmsearch.indexes.atomic import atomic_write
 from vlmsearch.indexes.vectors import is_sparse, stack, to_storage
 
 EMBED_BATCH = 256
+SCORE_CHUNK = 65_536
 
 
 def text_digests(texts: Sequence[str]) -> np.ndarray:
@@ -60,7 +61,10 @@ class TextVectors:
         q = np.asarray(query, np.float32).ravel()
         if is_sparse(self.vectors):
             return np.asarray(self.vectors @ q, np.float32).ravel()
-        return (self.vectors.astype(np.float32) @ q).ravel()
+        out = np.empty(len(self.ids), np.float32)
+        for lo in range(0, len(out), SCORE_CHUNK):  # float32 copies of one chunk at a time
+            out[lo : lo + SCORE_CHUNK] = self.vectors[lo : lo + SCORE_CHUNK].astype(np.float32) @ q
+        return out
 
     def take(self, positions: np.ndarray) -> TextVectors:
         return TextVectors(self.ids[positions], self.digests[positions], self.vectors[positions])

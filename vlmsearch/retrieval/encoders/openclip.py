@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "ViT-B-32/laion2b_s34b_b79k"
 TEXT_BATCH = 256
-TRIM_TEXT = True  # cut text padding where exact (see _can_trim); off only to benchmark it
+# Exact speed-ups of the text tower (see _can_trim, _can_share_prefix); off only to benchmark
+TRIM_TEXT = True
+SHARE_PREFIX = True
 
 
 def parse_model_name(name: str) -> tuple[str, str | None, str | None]:
@@ -207,7 +209,9 @@ class OpenClipEncoder(Encoder):
         for i in range(0, len(texts), TEXT_BATCH):
             tokens = self._tokenizer(list(texts[i : i + TEXT_BATCH])).to(self.device)
             with torch.inference_mode(), autocast(self.device, self.precision):
-                if _can_trim(self.model):
+                if _can_share_prefix(self.model):
+                    feats = _encode_text_shared_prefix(self.model, tokens)
+                elif _can_trim(self.model):
                     feats = _encode_text_trimmed(self.model, tokens)
                 else:
                     feats = self.model.encode_text(tokens, normalize=True)
@@ -251,6 +255,83 @@ def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
     x = model.ln_final(x)
     x = text_global_pool(x, text, model.text_pool_type)
+    proj = model.text_projection
+    if proj is not None:
+        x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+    return F.normalize(x, dim=-1)
+
+
+def _can_share_prefix(model: Any) -> bool:
+    """Whether :func:`_encode_text_shared_prefix` applies: a trimmable tower whose blocks are
+    open_clip's plain ``ResidualAttentionBlock`` over ``nn.MultiheadAttention``."""
+    import torch
+    from open_clip.transformer import ResidualAttentionBlock
+
+    if not (SHARE_PREFIX and _can_trim(model) and model.transformer.batch_first):
+        return False
+    return all(
+        type(b) is ResidualAttentionBlock
+        and not hasattr(b, "ln_1_kv")
+        and isinstance(b.attn, torch.nn.MultiheadAttention)
+        and b.attn._qkv_same_embed_dim
+        for b in model.transformer.resblocks
+    )
+
+
+def _encode_text_shared_prefix(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """:func:`_encode_text_trimmed` that runs the tokens every text shares only once.
+
+    MAGIC scores k texts per step that differ only in their last word, and zero-shot
+    prompts share their template's start. The text tower is causal, so the shared
+    prefix's keys and values do not depend on what follows: they are computed for one
+    row, and each text's remaining tokens attend to them plus their own earlier tokens.
+    The result equals ``encode_text`` up to float rounding (tested).
+    """
+    import torch
+    import torch.nn.functional as F
+    from open_clip.transformer import text_global_pool
+
+    used = (tokens != 0).any(dim=0).nonzero()
+    length = int(used.max()) + 1 if len(used) else 1
+    text = tokens[:, :length]
+    eot = text.argmax(dim=-1)
+    differs = (text != text[:1]).any(dim=0).nonzero()
+    common = int(differs.min()) if len(differs) else length
+    common = min(common, int(eot.min()))  # every row keeps at least its EOT in the suffix
+    if common < 4 or len(text) < 2:
+        return _encode_text_trimmed(model, tokens)
+    cast_dtype = model.transformer.get_cast_dtype()
+    pos = model.positional_embedding.to(cast_dtype)
+    emb = model.token_embedding(text).to(cast_dtype)
+    xp = emb[:1, :common] + pos[:common]  # the shared prefix, one row
+    xs = emb[:, common:] + pos[common:length]  # each text's own tokens
+    n_s = length - common
+    # suffix position i sees the whole prefix and suffix positions <= i
+    allowed = torch.ones(n_s, length, dtype=torch.bool, device=text.device)
+    allowed[:, common:] = torch.ones(n_s, n_s, dtype=torch.bool, device=text.device).tril()
+    for block in model.transformer.resblocks:
+        attn = block.attn
+        heads, width = attn.num_heads, attn.embed_dim
+
+        def project(h: torch.Tensor, attn: Any = attn) -> torch.Tensor:
+            return F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+
+        def split(t: torch.Tensor, heads: int = heads, width: int = width) -> torch.Tensor:
+            return t.unflatten(-1, (heads, width // heads)).transpose(1, 2)
+
+        qp, kp, vp = project(block.ln_1(xp)).chunk(3, dim=-1)
+        qs, ks, vs = project(block.ln_1(xs)).chunk(3, dim=-1)
+        out_p = F.scaled_dot_product_attention(split(qp), split(kp), split(vp), is_causal=True)
+        b = xs.shape[0]
+        keys = torch.cat([split(kp).expand(b, -1, -1, -1), split(ks)], dim=2)
+        values = torch.cat([split(vp).expand(b, -1, -1, -1), split(vs)], dim=2)
+        out_s = F.scaled_dot_product_attention(split(qs), keys, values, attn_mask=allowed)
+        for x, out in ((xp, out_p), (xs, out_s)):
+            merged = attn.out_proj(out.transpose(1, 2).flatten(2))
+            x.add_(block.ls_1(merged))
+            x.add_(block.ls_2(block.mlp(block.ln_2(x))))
+    x = model.ln_final(xs)
+    x = text_global_pool(x, text[:, common:], model.text_pool_type)
     proj = model.text_projection
     if proj is not None:
         x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
