@@ -71,6 +71,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--captions", type=int, default=3, help="captions per configuration")
     ap.add_argument("--out")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     args = ap.parse_args()
 
     import torch
@@ -81,34 +82,41 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     tok = word_tokenizer()
-    clip = load_encoder("ViT-B-32", device="cpu")
-    # side by side: the text tower on texts padded to 77 tokens (open_clip's default) and
-    # cut after the longest candidate (what vlmsearch does)
-    scorers: dict[str, Any] = {
-        "open_clip ViT-B-32 (random), trimmed": clip,
-        "open_clip ViT-B-32 (random), padded to 77": clip,
+    from vlmsearch.runtime import resolve_device
+
+    device = resolve_device(args.device)
+    clip = load_encoder("ViT-B-32", device=device)
+    # side by side, the same text tower: texts padded to 77 tokens (open_clip's default),
+    # cut after the longest candidate, and cut with the shared prefix run once (the default)
+    variants = {
+        "padded to 77": (False, False),
+        "trimmed": (True, False),
+        "trimmed + shared prefix": (True, True),
     }
+    scorers: dict[str, Any] = {f"open_clip ViT-B-32 (random), {v}": clip for v in variants}
     try:
         scorers["ASIF default (EfficientNet-Lite0 + MiniLM)"] = load_encoder(
-            "default", kind="asif", device="cpu"
+            "default", kind="asif", device=device
         )
     except Exception as e:  # the offline extra is optional
         print(f"skipping the ASIF scorer: {e}")
     res: dict[str, Any] = {
         "date": dt.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-        f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
+        f"{device}" + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
         "settings": MagicSettings().to_dict(),
         "runs": [],
     }
     rng = np.random.default_rng(0)
     for lm_name, model in tiny_tokenizer_and_models().items():
+        model.to(device)
         # greedy and contrastive never call the scorer, so they run once per LM
-        first = next(iter(scorers))
+        first = "open_clip ViT-B-32 (random), trimmed + shared prefix"
         plan = [("greedy", first), ("contrastive", first)] + [("magic", n) for n in scorers]
         for method, sc_name in plan:
             enc = scorers[sc_name]
-            openclip.TRIM_TEXT = not sc_name.endswith("padded to 77")
+            variant = sc_name.rsplit(", ", 1)[-1]
+            openclip.TRIM_TEXT, openclip.SHARE_PREFIX = variants.get(variant, (True, True))
             settings = MagicSettings(method=method, prompt="a picture of")
             cap = Captioner(enc, (model, tok), settings)
             vec = rng.normal(size=enc.dim).astype(np.float32)
