@@ -35,7 +35,7 @@ class Captioner:
             self.lm_name = str(getattr(self.model, "name_or_path", "") or "custom")
         else:
             self.model, self.tokenizer = load_language_model(lm, device)
-            self.lm_name = lm
+            self.lm_name = str(self.model.name_or_path)  # a local folder's absolute path
 
     def caption_vector(self, image_vector: np.ndarray) -> Caption:
         """Caption the image whose embedding (in the encoder's space) is given."""

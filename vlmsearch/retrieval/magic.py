@@ -193,7 +193,14 @@ def load_language_model(name: str = "gpt2", device: str | None = None) -> tuple[
 
     # a hub name with no network: offline mode loads cached files at once instead of
     # retrying for about a minute
-    offline = not Path(name).expanduser().exists() and not _hub_reachable()
+    local = Path(name).expanduser()
+    if local.exists():
+        name = str(local.resolve())  # recorded with the captions, so it must stay meaningful
+    offline = not local.exists() and not _hub_reachable()
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # our own progress bar is the one that matters
     try:
         with _hf_offline() if offline else contextlib.nullcontext():
             tok = AutoTokenizer.from_pretrained(name)
@@ -204,4 +211,8 @@ def load_language_model(name: str = "gpt2", device: str | None = None) -> tuple[
             "local directory with a causal LM and its tokenizer, or run once with network "
             "access so it is cached"
         ) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    model.name_or_path = name
     return model.to(resolve_device(device)).eval(), tok
