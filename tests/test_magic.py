@@ -182,6 +182,22 @@ def test_caption_cli_writes_a_resumable_column(lm_dir, image_dir) -> None:
                     "2", "--where", "alt IS NULL", "--write-column", "alt", "--json"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert len(json.loads(res.stdout)) == 15
+    # bad settings and bad target columns fail at once, with one line and no lost column
+    res = run(app, ["classify", "-c", coll_path, "--labels", "a,b", "--write-column", "label"])
+    assert res.exit_code == 0, res.output
+    for extra, needle in [
+        (["--method", "foo"], "unknown method 'foo'"),
+        (["--alpha", "2"], "[0, 1]"),
+        (["--beta", "-1"], "beta"),
+        (["--write-column", "width"], "built in"),
+        (["--write-column", "bad name"], "plain identifier"),
+        (["--write-column", "label"], "already holds zero-shot label"),
+    ]:
+        res = run(app, ["caption", "-c", coll_path, "--lm", str(lm_dir), *extra])
+        assert res.exit_code == 1 and needle in res.output, (extra, res.output)
+        assert "Traceback" not in res.output
+    labels = [r["label"] for r in Collection.open(coll_path).table.to_pylist()]
+    assert set(labels) <= {"a", "b"} and None not in labels
     res = run(app, ["caption", "-c", coll_path, "--lm", str(tmp_missing(lm_dir))])
     assert res.exit_code == 1 and "language model" in res.output and "Traceback" not in res.output
 

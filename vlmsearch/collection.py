@@ -633,6 +633,14 @@ class Collection:
         With ``write_column``, captions are committed every ``commit_every`` images, and rows
         that already have a caption there are skipped unless ``overwrite``: an interrupted
         run resumes where it stopped."""
+        if write_column:  # before any work: a bad name must not cost a captioning run
+            metadata.check_column_name(write_column)
+            kind = ((self.manifest.get("columns") or {}).get(write_column) or {}).get("kind")
+            if write_column in self.table.column_names and kind != "caption":
+                raise QueryError(
+                    f"column {write_column!r} already holds {kind or 'other data'}, not "
+                    "captions; choose another --write-column"
+                )
         ids = self.vectors.ids
         if where and where.strip():
             table = self.table

@@ -64,6 +64,7 @@ def caption(
     if paths and (where or write_column):
         raise VlmsearchError("--where and --write-column need --collection")
     settings = MagicSettings(method, k, alpha, beta, max_tokens, prompt)
+    settings.effective()  # bad settings fail before any model is loaded
     rows: list[dict[str, object]] = []
     if collection is not None:
         from vlmsearch.cli.progress import ingest_progress

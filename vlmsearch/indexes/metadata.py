@@ -68,12 +68,17 @@ def upsert(table: pa.Table, new_rows: pa.Table) -> pa.Table:
     return merged.sort_by("id")
 
 
-def set_column(table: pa.Table, name: str, ids: np.ndarray, values: pa.Array) -> pa.Table:
-    """Set column ``name`` for the rows with ``ids`` (others keep their value, or null)."""
+def check_column_name(name: str) -> None:
+    """Refuse names that would replace a built-in column or need SQL quoting."""
     if name in BASE_COLUMNS:
         raise QueryError(f"column {name!r} is built in; choose another name")
     if not name.isidentifier():
         raise QueryError(f"column name {name!r} must be a plain identifier (letters, digits, _)")
+
+
+def set_column(table: pa.Table, name: str, ids: np.ndarray, values: pa.Array) -> pa.Table:
+    """Set column ``name`` for the rows with ``ids`` (others keep their value, or null)."""
+    check_column_name(name)
     all_ids = table["id"].to_numpy()
     order = np.argsort(ids)
     sorted_ids = np.asarray(ids)[order]

@@ -50,8 +50,18 @@ class MagicSettings:
 
     def effective(self) -> tuple[int, float, float]:
         """(k, alpha, beta) after the method: contrastive sets beta=0, greedy k=1."""
+        from vlmsearch.errors import QueryError
+
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
+            raise QueryError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.k < 1 or self.max_tokens < 1:
+            raise QueryError("k and max_tokens must be at least 1")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise QueryError(
+                f"alpha weighs the LM against the penalty; it must lie in [0, 1] (got {self.alpha})"
+            )
+        if self.beta < 0:
+            raise QueryError(f"beta must not be negative (got {self.beta})")
         if self.method == "greedy":
             return 1, 0.0, 0.0
         if self.method == "contrastive":
