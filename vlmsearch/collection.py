@@ -65,14 +65,19 @@ class Hit:
     width: int | None = None
     height: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    # with --text-column: the parts of a fused score, e.g. {"image": 0.21, "caption": 0.74}
+    # the parts of a fused score, e.g. {"caption": 0.74, "image": 0.21} or
+    # {"first": 0.31, "rerank": -12.5}
     scores: dict[str, float] | None = None
+    reranker: str | None = None  # the reranker that scored this hit
+    box: list[float] | None = None  # region rerankers: the best region, [x0, y0, x1, y1] pixels
+    error: str | None = None  # why the reranker could not score this hit
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         extra = d.pop("extra")
-        if d["scores"] is None:
-            del d["scores"]
+        for key in ("scores", "reranker", "box", "error"):
+            if d[key] is None:
+                del d[key]
         d.update(extra)
         return d
 
@@ -321,8 +326,17 @@ class Collection:
         params: dict[str, int] | None = None,
         text_column: str | None = None,
         text_weight: float = 1.0,
+        rerank: str | Any | None = None,
+        rerank_top: int = 50,
+        fusion: float | None = None,
+        rerank_options: dict[str, Any] | None = None,
+        progress: ProgressFn | None = None,
     ) -> list[Hit]:
         """Text, image or combined search. Terms take rclip-style weights (``"2:a dog"``).
+
+        ``rerank`` (a spec such as ``"region"`` or ``"coca:ARCH/TAG"``, or a loaded
+        :class:`~vlmsearch.retrieval.rerankers.Reranker`) rescores the first stage's top
+        ``rerank_top`` hits; see :meth:`rerank_hits` for ``fusion``.
 
         With ``text_column`` the query is also compared with that metadata column's text
         (captions, embedded once and stored; see :meth:`text_vectors`). The score is then
@@ -333,11 +347,77 @@ class Collection:
         )
         self._require_vectors()
         vector = query_vector(self.encoder, terms)
+        first_k = max(k, rerank_top) if rerank is not None else k
         if text_column:
-            return self.search_fused(
-                vector, text_column, text_weight, k=k, where=where, params=params
+            hits = self.search_fused(
+                vector, text_column, text_weight, k=first_k, where=where, params=params
             )
-        return self.search_vector(vector, k=k, where=where, params=params)
+        else:
+            hits = self.search_vector(vector, k=first_k, where=where, params=params)
+        if rerank is None:
+            return hits
+        from vlmsearch.retrieval.rerankers import load_reranker
+        from vlmsearch.retrieval.rerankers.base import RerankQuery
+
+        reranker = (
+            load_reranker(rerank, device=self.device, **(rerank_options or {}))
+            if isinstance(rerank, str)
+            else rerank
+        )
+        texts = [str(t.value) for t in terms if t.kind == "text" and t.weight > 0]
+        query = RerankQuery(" ".join(texts) or None, vector, self)
+        return self.rerank_hits(hits, reranker, query, rerank_top, fusion, progress)[:k]
+
+    def rerank_hits(
+        self,
+        hits: list[Hit],
+        reranker: Any,
+        query: Any,
+        top: int = 50,
+        fusion: float | None = None,
+        progress: ProgressFn | None = None,
+    ) -> list[Hit]:
+        """Rescore the first ``top`` hits with ``reranker`` and sort them by the result.
+
+        The final score is the reranker's own (``fusion`` None), or ``fusion * minmax(rerank)
+        + (1 - fusion) * minmax(first stage)`` over the reranked hits. ``hit.scores`` keeps
+        both parts. Hits below ``top`` follow, in first-stage order, unchanged."""
+        from vlmsearch.retrieval.rerankers.base import Candidate, fuse
+
+        if top < 1:
+            raise QueryError(f"--rerank-top must be at least 1 (got {top})")
+        if reranker.needs_text and not query.text:
+            raise QueryError(f"the {reranker.kind} reranker needs a text query")
+        head, tail = hits[:top], hits[top:]
+        if not head:
+            return hits
+        result = reranker.score(query, [Candidate(h.id, h.path, h.score) for h in head], progress)
+        first = np.asarray([h.score for h in head], np.float64)
+        final = fuse(first, result.scores, fusion)
+        order = np.argsort(-final, kind="stable")
+        out = []
+        for rank, j in enumerate(order.tolist(), start=1):
+            h = head[j]
+            h.scores = {"first": float(first[j]), "rerank": float(result.scores[j])}
+            h.score, h.rank, h.reranker = float(final[j]), rank, reranker.name
+            box = result.boxes[j] if result.boxes else None
+            h.box = [round(float(v), 1) for v in box] if box is not None else None
+            h.error = result.errors.get(j)
+            out.append(h)
+        for rank, h in enumerate(tail, start=len(out) + 1):
+            h.rank = rank
+            out.append(h)
+        return out
+
+    def save_region_student(self, student: Any, info: dict[str, Any]) -> None:
+        """Store a trained region student (see :mod:`vlmsearch.retrieval.region_student`)."""
+        with self.layout.lock():
+            manifest = self.layout.read_manifest()
+            table = metadata.read_table(self.layout.file(manifest["metadata_file"]))
+            writer = CollectionWriter(self.layout, manifest, table)
+            writer.previous = manifest
+            writer.commit(data_changed=False, student=(student, info))
+            self.manifest, self.table = writer.manifest, writer.table
 
     def search_vector(
         self,

@@ -9,9 +9,13 @@ from collections.abc import Iterable
 from importlib.metadata import entry_points
 
 
-def import_kinds(package: str, path: Iterable[str], group: str, skip: str = "base") -> None:
+def import_kinds(
+    package: str, path: Iterable[str], group: str, skip: str | tuple[str, ...] = "base"
+) -> None:
+    """Import the package's modules except ``skip`` (helpers), then the group's plugins."""
+    skipped = (skip,) if isinstance(skip, str) else skip
     for info in pkgutil.iter_modules(list(path)):
-        if info.name != skip:
+        if info.name not in skipped:
             importlib.import_module(f"{package}.{info.name}")
     for ep in entry_points(group=group):
         ep.load()

@@ -14,6 +14,7 @@ Layout::
       metadata-000007.parquet
       index-000007.faiss
       textvec-000008-1a2b3c4d.npz     (embedded text columns, see text_vectors.py)
+      student-000009.pt               (region reranking student, see region_student.py)
       vectors/shard-000003.ids.npy, vectors/shard-000003.f16.npy, ...
       .lock
 """
@@ -37,7 +38,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DEFAULT_DIRNAME = ".vlmsearch"
 _DATA_FILE = re.compile(
-    r"^(metadata-\d+\.parquet|index-\d+\.(faiss|postings\.npz)|textvec-\d+-[0-9a-f]{8}\.npz)$"
+    r"^(metadata-\d+\.parquet|index-\d+\.(faiss|postings\.npz)|textvec-\d+-[0-9a-f]{8}\.npz|student-\d+\.pt)$"
 )
 _SHARD_FILE = re.compile(r"^(shard-\d+)\.(ids\.npy|f16\.npy|sparse\.npz)$")
 
@@ -124,6 +125,7 @@ def referenced_files(manifest: dict[str, Any]) -> set[str]:
     names.add((manifest.get("index") or {}).get("file"))
     for col in (manifest.get("text_vectors") or {}).values():
         names.add(col.get("file"))
+    names.add((manifest.get("region_student") or {}).get("file"))
     return {n for n in names if n}
 
 

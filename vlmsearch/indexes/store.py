@@ -33,6 +33,7 @@ class CollectionWriter:
         replace_shards: bool = False,
         data_changed: bool = True,
         text_vectors: dict[str, tuple[TextVectors, dict[str, Any]]] | None = None,
+        student: tuple[Any, dict[str, Any]] | None = None,
     ) -> None:
         """Write the new files, then the manifest. ``data_changed`` marks commits that
         change which vectors are live (the index is current iff it is at least as new)."""
@@ -63,6 +64,10 @@ class CollectionWriter:
                 tv.write(self.layout.file(name))
                 entries[column] = {**info, "file": name, "rows": len(tv), "generation": gen}
             m["text_vectors"] = entries
+        if student is not None:  # a RegionStudent and its manifest entry
+            name = f"student-{gen:06d}.pt"
+            student[0].save(self.layout.file(name))
+            m["region_student"] = {**student[1], "file": name, "generation": gen}
         status = self.table["status"]
         ok = int(pc.sum(pc.equal(status, "ok")).as_py() or 0) if self.table.num_rows else 0
         m["counts"] = {"files": self.table.num_rows, "ok": ok, "error": self.table.num_rows - ok}

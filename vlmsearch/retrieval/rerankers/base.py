@@ -1,0 +1,99 @@
+"""The reranker interface, the candidates it scores, and score fusion."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the original image
+
+
+@dataclass
+class Candidate:
+    """One first-stage hit: its id, image path and first-stage score."""
+
+    id: int
+    path: str
+    score: float
+
+
+@dataclass
+class RerankScores:
+    """A score per candidate (higher is better; NaN where the image could not be read),
+    and for region rerankers the best box per candidate."""
+
+    scores: np.ndarray
+    boxes: list[Box | None] | None = None
+    errors: dict[int, str] = field(default_factory=dict)  # candidate position -> message
+
+
+@dataclass
+class RerankQuery:
+    """What a reranker may use of the query: the text terms, and the query vector in the
+    collection's space (image and negative terms included)."""
+
+    text: str | None
+    vector: np.ndarray | None = None
+    collection: Any = None  # the Collection being searched (encoder, vectors, student)
+
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+class Reranker(ABC):
+    kind: ClassVar[str]
+    needs_text: ClassVar[bool] = True
+    """False for rerankers that only need the query vector (region)."""
+
+    name: str = ""
+    """How hits name the reranker that scored them."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, arg: str | None, device: str | None = None, **options: Any) -> Reranker:
+        """Build from the spec's argument (a model name or path) and options."""
+
+    @abstractmethod
+    def score(
+        self,
+        query: RerankQuery,
+        candidates: Sequence[Candidate],
+        progress: ProgressFn | None = None,
+    ) -> RerankScores:
+        """Score every candidate; the order of candidates must not matter."""
+
+
+def minmax(x: np.ndarray) -> np.ndarray:
+    """Scale finite scores to [0, 1] over the candidates (constant scores give 1)."""
+    x = np.asarray(x, np.float64)
+    out = np.full_like(x, np.nan)
+    ok = np.isfinite(x)
+    if ok.any():
+        lo, hi = x[ok].min(), x[ok].max()
+        out[ok] = (x[ok] - lo) / (hi - lo) if hi > lo else 1.0
+    return out
+
+
+def fuse(first: np.ndarray, rerank: np.ndarray, weight: float | None) -> np.ndarray:
+    """The final score of reranked candidates.
+
+    ``weight`` None (the default): the reranker's own score. Otherwise
+    ``weight * minmax(rerank) + (1 - weight) * minmax(first)``, each min-max scaled over
+    the reranked candidates, because rerankers score on their own scales (log-probabilities,
+    probabilities, cosines). Candidates the reranker could not score (NaN) sort last.
+    """
+    rerank = np.asarray(rerank, np.float64)
+    if weight is None:
+        out = rerank.copy()
+    else:
+        if not 0.0 <= weight <= 1.0:
+            from vlmsearch.errors import QueryError
+
+            raise QueryError(f"the fusion weight must lie in [0, 1] (got {weight})")
+        out = weight * minmax(rerank) + (1.0 - weight) * minmax(first)
+    out[~np.isfinite(rerank)] = -np.inf
+    return out

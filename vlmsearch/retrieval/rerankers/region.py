@@ -1,0 +1,157 @@
+"""Region reranking, ViLD-style (kind ``region``): an image's score for a query is the cosine
+of its best-matching region, so a small object can carry a hit.
+
+Teacher: class-agnostic proposals (multi-scale windows, or a detector's boxes), each crop
+encoded by the collection's own image encoder at 1x and 1.5x context and the two
+embeddings averaged (ViLD's ensemble). Student: when ``vlmsearch distill`` has trained one
+for the collection, a RoIAlign head over one backbone pass per image gives every region's
+embedding at once (see :mod:`vlmsearch.retrieval.region_student`). Spec argument:
+``region`` (student when there is one, else teacher), ``region:teacher``, ``region:student``.
+Options: ``whole_weight`` mixes in the whole-image score, ``boxes`` a detector's boxes file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from vlmsearch.errors import QueryError
+from vlmsearch.retrieval.rerankers import register
+from vlmsearch.retrieval.rerankers.base import (
+    Box,
+    Candidate,
+    ProgressFn,
+    Reranker,
+    RerankQuery,
+    RerankScores,
+)
+from vlmsearch.retrieval.rerankers.proposals import (
+    CONTEXT,
+    DEFAULT_SCALES,
+    clip_box,
+    expand,
+    load_boxes_file,
+    window_boxes,
+)
+
+MODES = ("auto", "teacher", "student")
+
+
+def teacher_embeddings(
+    encoder: Any, image: Any, boxes: Sequence[Box], batch_size: int = 64
+) -> np.ndarray:
+    """L2-normalised mean of each box's crop embedding at 1x and 1.5x context."""
+    w, h = image.size
+    crops = [image.crop(tuple(round(v) for v in b)) for b in boxes]
+    crops += [image.crop(tuple(round(v) for v in expand(b, CONTEXT, w, h))) for b in boxes]
+    parts = [
+        encoder.encode_images(crops[i : i + batch_size]) for i in range(0, len(crops), batch_size)
+    ]
+    emb = np.concatenate(parts).astype(np.float32)
+    pair = emb[: len(boxes)] + emb[len(boxes) :]
+    return pair / np.maximum(np.linalg.norm(pair, axis=1, keepdims=True), 1e-12)
+
+
+def region_boxes(
+    image: Any,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    detector_boxes: Sequence[Sequence[float]] | None = None,
+) -> list[Box]:
+    """The whole image plus the detector's boxes when given, else the sliding windows."""
+    w, h = image.size
+    if detector_boxes:
+        clipped = [clip_box(b, w, h) for b in detector_boxes]
+        return [(0.0, 0.0, float(w), float(h))] + [b for b in clipped if b is not None]
+    return window_boxes(w, h, scales)
+
+
+@register
+class RegionReranker(Reranker):
+    kind = "region"
+    needs_text = False
+
+    def __init__(
+        self,
+        mode: str = "auto",
+        whole_weight: float = 0.0,
+        boxes: str | dict[str, list[Box]] | None = None,
+        scales: Sequence[float] = DEFAULT_SCALES,
+        batch_size: int = 64,
+        device: str | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise QueryError(f"unknown region mode {mode!r}; choose one of {', '.join(MODES)}")
+        if not 0.0 <= whole_weight <= 1.0:
+            raise QueryError(f"whole_weight must lie in [0, 1] (got {whole_weight})")
+        self.mode = mode
+        self.whole_weight = float(whole_weight)
+        self.boxes = load_boxes_file(boxes) if isinstance(boxes, str) else boxes
+        self.scales = tuple(scales)
+        self.batch_size = batch_size
+        self.device = device
+        self.name = "region"
+
+    @classmethod
+    def load(cls, arg: str | None, device: str | None = None, **options: Any) -> RegionReranker:
+        return cls(mode=arg or "auto", device=device, **options)
+
+    def _detector_boxes(self, cand: Candidate, collection: Any) -> list[Box] | None:
+        if not self.boxes:
+            return None
+        rel = None
+        if collection is not None:
+            row = collection.rows([cand.id]).get(cand.id)
+            rel = row["path"] if row else None
+        return self.boxes.get(rel or "") or self.boxes.get(cand.path)
+
+    def score(
+        self,
+        query: RerankQuery,
+        candidates: Sequence[Candidate],
+        progress: ProgressFn | None = None,
+    ) -> RerankScores:
+        from vlmsearch.indexes.decode import ImageDecodeError, load_image
+        from vlmsearch.retrieval.region_student import load_student
+
+        coll = query.collection
+        if coll is None or query.vector is None:
+            raise QueryError("the region reranker needs a collection and a query vector")
+        q = np.asarray(query.vector, np.float32).ravel()
+        student = None
+        if self.mode != "teacher":
+            student = load_student(coll, device=self.device)
+            if student is None and self.mode == "student":
+                raise QueryError(
+                    f"collection {coll.path} has no region student; train one with "
+                    "`vlmsearch distill`, or use --rerank region:teacher"
+                )
+        self.name = f"region:{'student' if student is not None else 'teacher'}"
+        scores = np.full(len(candidates), np.nan)
+        best: list[Box | None] = [None] * len(candidates)
+        errors: dict[int, str] = {}
+        whole = np.zeros(len(candidates))
+        if self.whole_weight > 0:
+            ids = np.asarray([c.id for c in candidates], np.int64)
+            whole = coll.vectors.dense(ids) @ q
+        for i, cand in enumerate(candidates):
+            try:
+                image = load_image(cand.path)
+            except ImageDecodeError as e:
+                errors[i] = str(e)
+                if progress:
+                    progress("rerank", 1, len(candidates))
+                continue
+            boxes = region_boxes(image, self.scales, self._detector_boxes(cand, coll))
+            if student is not None:
+                emb = student.embed(image, boxes)
+            else:
+                emb = teacher_embeddings(coll.encoder, image, boxes, self.batch_size)
+            sims = emb @ q
+            j = int(np.argmax(sims))
+            scores[i] = (1 - self.whole_weight) * float(sims[j]) + self.whole_weight * whole[i]
+            best[i] = boxes[j]
+            if progress:
+                progress("rerank", 1, len(candidates))
+        return RerankScores(scores, best, errors)
