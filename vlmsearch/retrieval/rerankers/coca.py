@@ -1,0 +1,116 @@
+"""Caption likelihood with an open_clip CoCa model (kind ``coca``): log p(query | image).
+
+The query is teacher-forced through CoCa's multimodal text decoder: the score is minus
+the summed cross-entropy of the decoder's logits against the next tokens, pad tokens (id
+0) ignored and the end-of-text token included (notes/algorithms.md). Scores are <= 0.
+Option ``normalize=True`` divides by the number of scored tokens (a per-token mean); the
+query is the same for every candidate, so this changes the scale, not the order, and only
+matters under ``--fusion``. The default is the plain log-probability.
+
+Spec: ``coca:ARCH/PRETRAINED`` (e.g. ``coca:coca_ViT-B-32/laion2b_s13b_b90k``),
+``coca:ARCH:/path/to/checkpoint``, or ``coca:ARCH`` (random weights: tests and speed).
+Note: the contrastive head of the MS-COCO fine-tuned CoCa is unusable (notes); the
+generative head used here is the one that matters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from vlmsearch.errors import ModelError
+from vlmsearch.retrieval.rerankers import register
+from vlmsearch.retrieval.rerankers.base import (
+    Candidate,
+    ProgressFn,
+    Reranker,
+    RerankQuery,
+    RerankScores,
+)
+
+BATCH = 16
+
+
+def caption_log_probs(model: Any, pixels: Any, tokens: Any, normalize: bool = False) -> Any:
+    """log p(tokens | image) per row: ``pixels`` (B, 3, H, W) and ``tokens`` (B, L)."""
+    import torch
+    import torch.nn.functional as F
+
+    used = (tokens != 0).any(dim=0).nonzero()
+    length = int(used.max()) + 1 if len(used) else 2
+    tokens = tokens[:, : max(length, 2)]  # padding after EOT changes nothing (causal decoder)
+    out = model(pixels, tokens)
+    logits, labels = out["logits"].float(), out["labels"]
+    nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=0, reduction="none")
+    logp = -nll.sum(dim=1)
+    if normalize:
+        logp = logp / (labels != 0).sum(dim=1).clamp(min=1)
+    return logp.to(torch.float64)
+
+
+@register
+class CocaReranker(Reranker):
+    kind = "coca"
+
+    def __init__(self, encoder: Any, normalize: bool = False, batch_size: int = BATCH) -> None:
+        self.encoder = encoder
+        self.normalize = bool(normalize)
+        self.batch_size = batch_size
+        self.name = f"coca:{encoder.spec.get('name')}" + (" (per token)" if normalize else "")
+
+    @classmethod
+    def load(cls, arg: str | None, device: str | None = None, **options: Any) -> CocaReranker:
+        from vlmsearch.retrieval.encoders.openclip import OpenClipEncoder
+
+        if not arg:
+            raise ModelError("coca needs a model: --rerank coca:ARCH/PRETRAINED or ARCH:/ckpt")
+        enc = OpenClipEncoder.from_name(arg, device=device)
+        if not hasattr(enc.model, "text_decoder"):
+            raise ModelError(f"{arg} is not a CoCa model (it has no text decoder)")
+        if enc.spec.get("pretrained") is None and enc.spec.get("checkpoint") is None:
+            # open_clip leaves a random CoCa's vocabulary projection at zero, so every caption
+            # would score log(1/vocab) whatever the image; tests and speed runs need a live one
+            import torch
+
+            proj = enc.model.text_decoder.text_projection
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                proj.normal_(std=proj.shape[0] ** -0.5)
+        return cls(enc, **options)
+
+    def score(
+        self,
+        query: RerankQuery,
+        candidates: Sequence[Candidate],
+        progress: ProgressFn | None = None,
+    ) -> RerankScores:
+        import torch
+
+        from vlmsearch.indexes.decode import ImageDecodeError, load_image
+        from vlmsearch.runtime import autocast
+
+        enc = self.encoder
+        transform = enc.image_transform()
+        tokens = enc._tokenizer([query.text or ""]).to(enc.device)
+        scores = np.full(len(candidates), np.nan)
+        errors: dict[int, str] = {}
+        for lo in range(0, len(candidates), self.batch_size):
+            batch, where = [], []
+            for j, cand in enumerate(candidates[lo : lo + self.batch_size], start=lo):
+                try:
+                    batch.append(transform(load_image(cand.path)))
+                    where.append(j)
+                except ImageDecodeError as e:
+                    errors[j] = str(e)
+            if batch:
+                pixels = torch.stack(batch).to(enc.device)
+                with torch.inference_mode(), autocast(enc.device, enc.precision):
+                    logp = caption_log_probs(
+                        enc.model, pixels, tokens.expand(len(batch), -1), self.normalize
+                    )
+                scores[where] = logp.cpu().numpy()
+            if progress:
+                progress("rerank", min(self.batch_size, len(candidates) - lo), len(candidates))
+        return RerankScores(scores, None, errors)
