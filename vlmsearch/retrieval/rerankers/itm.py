@@ -1,0 +1,129 @@
+"""Image-text matching heads through transformers (kind ``itm``): the match probability.
+
+Spec: ``itm:MODEL`` with a Hugging Face model id (already in the local cache) or a local
+folder holding the model and its processor. The architecture comes from its config:
+
+- ``vilt``: ``ViltForImageAndTextRetrieval``, one logit per pair; probability = sigmoid;
+- ``blip``: ``BlipForImageTextRetrieval`` with its ITM head; probability = softmax[:, 1];
+- ``flava``: ``FlavaForPreTraining``'s ITM logits; probability = softmax[:, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from vlmsearch.errors import ModelError
+from vlmsearch.retrieval.rerankers import register
+from vlmsearch.retrieval.rerankers.base import (
+    Candidate,
+    ProgressFn,
+    Reranker,
+    RerankQuery,
+    RerankScores,
+)
+
+BATCH = 16
+FAMILIES = {
+    "vilt": "ViltForImageAndTextRetrieval",
+    "blip": "BlipForImageTextRetrieval",
+    "flava": "FlavaForPreTraining",
+}
+
+
+def load_hf(name: str, what: str) -> tuple[Any, Any]:
+    """(config, processor) of a cached hub id or local folder, with one clear error."""
+    import contextlib
+    from pathlib import Path
+
+    from transformers import AutoConfig, AutoProcessor
+
+    from vlmsearch.retrieval.encoders.openclip import _hf_offline, _hub_reachable
+
+    offline = not Path(name).expanduser().exists() and not _hub_reachable()
+    try:
+        with _hf_offline() if offline else contextlib.nullcontext():
+            return AutoConfig.from_pretrained(name), AutoProcessor.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise ModelError(
+            f"cannot load the {what} model {name!r} ({str(e).splitlines()[0]}); give a local "
+            "folder with the model and its processor, or run once with network access"
+        ) from None
+
+
+def match_probabilities(model: Any, family: str, inputs: dict[str, Any]) -> Any:
+    """P(match) per image-text pair of a processed batch."""
+    import torch
+
+    if family == "vilt":
+        return torch.sigmoid(model(**inputs).logits[:, 0].float())
+    if family == "blip":
+        return model(**inputs, use_itm_head=True).itm_score.float().softmax(dim=-1)[:, 1]
+    out = model(**inputs, skip_unmasked_multimodal_encoder=False)
+    return out.itm_logits.float().softmax(dim=-1)[:, 1]
+
+
+@register
+class ItmReranker(Reranker):
+    kind = "itm"
+
+    def __init__(self, model: Any, processor: Any, family: str, name: str, device: str) -> None:
+        self.model = model
+        self.processor = processor
+        self.family = family
+        self.device = device
+        self.name = f"itm:{name}"
+        self.batch_size = BATCH
+
+    @classmethod
+    def load(cls, arg: str | None, device: str | None = None, **options: Any) -> ItmReranker:
+        import transformers
+
+        from vlmsearch.runtime import resolve_device
+
+        if not arg:
+            raise ModelError("itm needs a model: --rerank itm:<ViLT, BLIP or FLAVA id or folder>")
+        config, processor = load_hf(arg, "image-text matching")
+        family = config.model_type
+        if family not in FAMILIES:
+            raise ModelError(f"{arg} is a {family!r} model; itm supports {', '.join(FAMILIES)}")
+        dev = resolve_device(device)
+        model = getattr(transformers, FAMILIES[family]).from_pretrained(arg).to(dev).eval()
+        reranker = cls(model, processor, family, arg, dev)
+        reranker.batch_size = int(options.get("batch_size", BATCH))
+        return reranker
+
+    def score(
+        self,
+        query: RerankQuery,
+        candidates: Sequence[Candidate],
+        progress: ProgressFn | None = None,
+    ) -> RerankScores:
+        import torch
+
+        from vlmsearch.indexes.decode import ImageDecodeError, load_image
+
+        scores = np.full(len(candidates), np.nan)
+        errors: dict[int, str] = {}
+        for lo in range(0, len(candidates), self.batch_size):
+            images, where = [], []
+            for j, cand in enumerate(candidates[lo : lo + self.batch_size], start=lo):
+                try:
+                    images.append(load_image(cand.path))
+                    where.append(j)
+                except ImageDecodeError as e:
+                    errors[j] = str(e)
+            if images:
+                inputs = self.processor(
+                    images=images, text=[query.text or ""] * len(images),
+                    return_tensors="pt", padding=True, truncation=True,
+                )  # fmt: skip
+                inputs = {k: v.to(self.device) for k, v in inputs.items()}
+                with torch.inference_mode():
+                    probs = match_probabilities(self.model, self.family, inputs)
+                scores[where] = probs.cpu().numpy()
+            if progress:
+                progress("rerank", min(self.batch_size, len(candidates) - lo), len(candidates))
+        return RerankScores(scores, None, errors)

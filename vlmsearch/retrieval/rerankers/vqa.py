@@ -1,0 +1,119 @@
+"""VQAScore (Lin et al. 2024) with any transformers image-text-to-text model (kind ``vqa``).
+
+The model is asked "Does this figure show '{query}'? Please answer yes or no." through its
+own chat template, and the score is P("Yes") for the first answer token: the softmax over
+the whole vocabulary at the position after the prompt (notes/algorithms.md). Scores lie in
+[0, 1]. Works with the LLaVA family, Qwen-VL, IDEFICS, PaliGemma, SmolVLM, ... whatever
+``AutoModelForImageTextToText`` and ``AutoProcessor`` load.
+
+Spec: ``vqa:MODEL``, a Hugging Face id already in the local cache or a local folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from vlmsearch.errors import ModelError
+from vlmsearch.retrieval.rerankers import register
+from vlmsearch.retrieval.rerankers.base import (
+    Candidate,
+    ProgressFn,
+    Reranker,
+    RerankQuery,
+    RerankScores,
+)
+from vlmsearch.retrieval.rerankers.itm import load_hf
+
+QUESTION = "Does this figure show '{}'? Please answer yes or no."  # the VQAScore prompt
+ANSWER = "Yes"
+BATCH = 8
+
+
+def prompt_text(processor: Any, query: str) -> str:
+    """The question in the model's own chat template, ready for the answer's first token."""
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": QUESTION.format(query)}],
+        }
+    ]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def answer_token(tokenizer: Any, answer: str = ANSWER) -> int:
+    ids = tokenizer.encode(answer, add_special_tokens=False)
+    if not ids:
+        raise ModelError(f"the tokenizer has no token for {answer!r}")
+    return int(ids[0])
+
+
+@register
+class VqaReranker(Reranker):
+    kind = "vqa"
+
+    def __init__(self, model: Any, processor: Any, name: str, device: str) -> None:
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self.name = f"vqa:{name}"
+        self.batch_size = BATCH
+        tokenizer = getattr(processor, "tokenizer", processor)
+        tokenizer.padding_side = "left"  # the answer position is the last one of every row
+        self.yes = answer_token(tokenizer)
+
+    @classmethod
+    def load(cls, arg: str | None, device: str | None = None, **options: Any) -> VqaReranker:
+        from transformers import AutoModelForImageTextToText
+
+        from vlmsearch.runtime import resolve_device
+
+        if not arg:
+            raise ModelError("vqa needs a model: --rerank vqa:<hf-model-id-or-path>")
+        _, processor = load_hf(arg, "VQA")
+        if getattr(processor, "chat_template", None) is None:
+            raise ModelError(f"{arg}'s processor has no chat template; VQAScore needs one")
+        dev = resolve_device(device)
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(arg).to(dev).eval()
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{arg} is not an image-text-to-text model ({e})") from None
+        reranker = cls(model, processor, arg, dev)
+        reranker.batch_size = int(options.get("batch_size", BATCH))
+        return reranker
+
+    def score(
+        self,
+        query: RerankQuery,
+        candidates: Sequence[Candidate],
+        progress: ProgressFn | None = None,
+    ) -> RerankScores:
+        import torch
+
+        from vlmsearch.indexes.decode import ImageDecodeError, load_image
+
+        text = prompt_text(self.processor, query.text or "")
+        scores = np.full(len(candidates), np.nan)
+        errors: dict[int, str] = {}
+        for lo in range(0, len(candidates), self.batch_size):
+            images, where = [], []
+            for j, cand in enumerate(candidates[lo : lo + self.batch_size], start=lo):
+                try:
+                    images.append(load_image(cand.path))
+                    where.append(j)
+                except ImageDecodeError as e:
+                    errors[j] = str(e)
+            if images:
+                inputs = self.processor(
+                    images=[[im] for im in images], text=[text] * len(images),
+                    return_tensors="pt", padding=True,
+                )  # fmt: skip
+                inputs = {k: v.to(self.device) for k, v in inputs.items()}
+                with torch.inference_mode():
+                    logits = self.model(**inputs).logits[:, -1].float()
+                scores[where] = logits.softmax(dim=-1)[:, self.yes].cpu().numpy()
+            if progress:
+                progress("rerank", min(self.batch_size, len(candidates) - lo), len(candidates))
+        return RerankScores(scores, None, errors)
