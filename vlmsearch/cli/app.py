@@ -43,6 +43,27 @@ def _fmt(json_: bool, csv_: bool = False) -> str:
     return "json" if json_ else "csv" if csv_ else "table"
 
 
+def _options(pairs: list[str] | None) -> dict[str, object]:
+    """``KEY=VALUE`` strings to keyword options: numbers and true/false are converted."""
+    out: dict[str, object] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise VlmsearchError(f"reranker options are KEY=VALUE (got {pair!r})")
+        value: object = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            for cast in (int, float):
+                try:
+                    value = cast(raw)
+                    break
+                except ValueError:
+                    pass
+        out[key.strip()] = value
+    return out
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"vlmsearch {__version__}")
@@ -237,6 +258,27 @@ def search(
             "w*text + (1-w)*image; 1 searches the text alone."
         ),
     ] = 1.0,
+    rerank: Annotated[
+        str | None,
+        typer.Option(
+            help="Rescore the top hits: region[:teacher|student], coca:MODEL, vqa:MODEL, itm:MODEL."
+        ),
+    ] = None,
+    rerank_top: Annotated[int, typer.Option(help="How many first-stage hits to rerank.")] = 50,
+    fusion: Annotated[
+        float | None,
+        typer.Option(
+            help="Final score = w*rerank + (1-w)*first stage, both min-max scaled over the "
+            "reranked hits. Default: the reranker's score alone."
+        ),
+    ] = None,
+    rerank_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE for the reranker (repeatable), e.g. whole_weight=0.3, "
+            "boxes=detections.json, normalize=true, batch_size=8."
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
     csv_: CsvOpt = False,
@@ -255,17 +297,27 @@ def search(
         params["nprobe"] = nprobe
     if ef_search:
         params["efSearch"] = ef_search
-    hits = coll.search(
-        query or None,
-        k=k,
-        where=where,
-        image=image,
-        negative=negative,
-        negative_image=negative_image,
-        params=params,
-        text_column=text_column,
-        text_weight=text_weight,
-    )
+    from vlmsearch.cli.progress import ingest_progress
+
+    # a bar only when reranking many hits: a plain search prints nothing but its results
+    quiet = fmt != "table" or rerank is None or rerank_top < 20
+    with ingest_progress(quiet) as progress:
+        hits = coll.search(
+            query or None,
+            k=k,
+            where=where,
+            image=image,
+            negative=negative,
+            negative_image=negative_image,
+            params=params,
+            text_column=text_column,
+            text_weight=text_weight,
+            rerank=rerank,
+            rerank_top=rerank_top,
+            fusion=fusion,
+            rerank_options=_options(rerank_option),
+            progress=progress,
+        )
     for note in coll.notices:
         output.err.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
     if coll.index_is_stale and fmt == "table":
@@ -409,9 +461,11 @@ def info(
 
 from vlmsearch.cli.asif import asif_app  # noqa: E402  (sub-command group)
 from vlmsearch.cli.caption import caption  # noqa: E402
+from vlmsearch.cli.distill import distill  # noqa: E402
 
 app.add_typer(asif_app, name="asif")
 app.command("caption")(caption)
+app.command("distill")(distill)
 
 
 def main() -> None:

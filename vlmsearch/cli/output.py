@@ -51,6 +51,9 @@ def hits(items: Sequence[Any], fmt: str, text_column: str | None = None) -> None
         t.add_column("path", overflow="fold")
         if text_column:
             t.add_column(text_column, overflow="fold")
+        boxes = any("box" in r or "error" in r for r in rows)
+        if boxes:
+            t.add_column("region / note", overflow="fold")
         for r in rows:
             cells = [str(r["rank"]), f"{r['score']:.4f}"]
             if parts:
@@ -58,6 +61,10 @@ def hits(items: Sequence[Any], fmt: str, text_column: str | None = None) -> None
             cells.append(escape(r["path"]))
             if text_column:
                 cells.append(escape(str(r.get(text_column) or "")))
+            if boxes:
+                box = r.get("box")
+                note = " ".join(f"{v:.0f}" for v in box) if box else ""
+                cells.append(escape(r.get("error") or note))
             t.add_row(*cells)
         out.print(t)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlmsearch.errors import ModelError
+from vlmsearch.errors import ModelError, QueryError
 from vlmsearch.plugins import import_kinds
 from vlmsearch.retrieval.rerankers.base import Candidate, Reranker, RerankScores, fuse
 
@@ -55,5 +55,11 @@ def load_reranker(spec: str, device: str | None = None, **options: Any) -> Reran
         raise ModelError(f"unknown reranker {kind!r}; available: {', '.join(available())}")
     key = (spec, device, repr(sorted(options.items())))
     if key not in _LOADED:
-        _LOADED[key] = _REGISTRY[kind].load(arg, device=device, **options)
+        try:
+            _LOADED[key] = _REGISTRY[kind].load(arg, device=device, **options)
+        except TypeError as e:
+            if "unexpected keyword" not in str(e):
+                raise
+            bad = str(e).rsplit(" ", 1)[-1].strip("'")
+            raise QueryError(f"the {kind} reranker has no option {bad}") from None
     return _LOADED[key]

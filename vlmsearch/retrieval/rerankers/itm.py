@@ -10,7 +10,8 @@ folder holding the model and its processor. The architecture comes from its conf
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,23 @@ FAMILIES = {
 }
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No weight-loading bars or advisory warnings from transformers while we run it
+    (our own progress bar and one-line errors are what the user reads)."""
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_hf(name: str, what: str) -> tuple[Any, Any]:
     """(config, processor) of a cached hub id or local folder, with one clear error."""
     import contextlib
@@ -44,7 +62,7 @@ def load_hf(name: str, what: str) -> tuple[Any, Any]:
 
     offline = not Path(name).expanduser().exists() and not _hub_reachable()
     try:
-        with _hf_offline() if offline else contextlib.nullcontext():
+        with _hf_offline() if offline else contextlib.nullcontext(), quiet_transformers():
             return AutoConfig.from_pretrained(name), AutoProcessor.from_pretrained(name)
     except (OSError, ValueError) as e:
         raise ModelError(
@@ -61,7 +79,7 @@ def match_probabilities(model: Any, family: str, inputs: dict[str, Any]) -> Any:
         return torch.sigmoid(model(**inputs).logits[:, 0].float())
     if family == "blip":
         return model(**inputs, use_itm_head=True).itm_score.float().softmax(dim=-1)[:, 1]
-    out = model(**inputs, skip_unmasked_multimodal_encoder=False)
+    out = model(**inputs, skip_unmasked_multimodal_encoder=False, return_loss=False)
     return out.itm_logits.float().softmax(dim=-1)[:, 1]
 
 
@@ -90,7 +108,8 @@ class ItmReranker(Reranker):
         if family not in FAMILIES:
             raise ModelError(f"{arg} is a {family!r} model; itm supports {', '.join(FAMILIES)}")
         dev = resolve_device(device)
-        model = getattr(transformers, FAMILIES[family]).from_pretrained(arg).to(dev).eval()
+        with quiet_transformers():
+            model = getattr(transformers, FAMILIES[family]).from_pretrained(arg).to(dev).eval()
         reranker = cls(model, processor, family, arg, dev)
         reranker.batch_size = int(options.get("batch_size", BATCH))
         return reranker
@@ -121,7 +140,7 @@ class ItmReranker(Reranker):
                     return_tensors="pt", padding=True, truncation=True,
                 )  # fmt: skip
                 inputs = {k: v.to(self.device) for k, v in inputs.items()}
-                with torch.inference_mode():
+                with torch.inference_mode(), quiet_transformers():
                     probs = match_probabilities(self.model, self.family, inputs)
                 scores[where] = probs.cpu().numpy()
             if progress:

@@ -25,7 +25,7 @@ from vlmsearch.retrieval.rerankers.base import (
     RerankQuery,
     RerankScores,
 )
-from vlmsearch.retrieval.rerankers.itm import load_hf
+from vlmsearch.retrieval.rerankers.itm import load_hf, quiet_transformers
 
 QUESTION = "Does this figure show '{}'? Please answer yes or no."  # the VQAScore prompt
 ANSWER = "Yes"
@@ -77,7 +77,8 @@ class VqaReranker(Reranker):
             raise ModelError(f"{arg}'s processor has no chat template; VQAScore needs one")
         dev = resolve_device(device)
         try:
-            model = AutoModelForImageTextToText.from_pretrained(arg).to(dev).eval()
+            with quiet_transformers():
+                model = AutoModelForImageTextToText.from_pretrained(arg).to(dev).eval()
         except (OSError, ValueError) as e:
             raise ModelError(f"{arg} is not an image-text-to-text model ({e})") from None
         reranker = cls(model, processor, arg, dev)
@@ -111,7 +112,7 @@ class VqaReranker(Reranker):
                     return_tensors="pt", padding=True,
                 )  # fmt: skip
                 inputs = {k: v.to(self.device) for k, v in inputs.items()}
-                with torch.inference_mode():
+                with torch.inference_mode(), quiet_transformers():
                     logits = self.model(**inputs).logits[:, -1].float()
                 scores[where] = logits.softmax(dim=-1)[:, self.yes].cpu().numpy()
             if progress:
