@@ -1,0 +1,411 @@
+"""Rerankers: the interface and fusion, region teacher and student (ViLD-style), CoCa
+caption likelihood, VQAScore and image-text matching heads -- all with tiny random models
+built here, no network."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from tests.conftest import TINY, make_images
+from vlmsearch import Collection
+from vlmsearch.cli.app import app
+from vlmsearch.errors import ModelError, QueryError
+from vlmsearch.indexes.ingest import IngestOptions
+from vlmsearch.retrieval.encoders.base import Encoder
+from vlmsearch.retrieval.rerankers import load_reranker
+from vlmsearch.retrieval.rerankers.base import Candidate, RerankQuery, fuse
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def coll(tmp_path: Path) -> Collection:
+    root = tmp_path / "photos"
+    make_images(root, 10)
+    return Collection.index(root, model=TINY, options=IngestOptions(workers=0))
+
+
+def candidates(c: Collection) -> list[Candidate]:
+    rows = c.table.to_pylist()
+    return [Candidate(r["id"], str(c.root / r["path"]), 0.1 * i) for i, r in enumerate(rows)]
+
+
+def assert_permutation_equivariant(score: Callable[[list[Candidate]], np.ndarray], cands) -> None:
+    base = score(cands)
+    perm = np.random.default_rng(0).permutation(len(cands))
+    again = score([cands[i] for i in perm])
+    np.testing.assert_allclose(again, base[perm], rtol=1e-4, atol=1e-6)
+
+
+# -- interface --
+def test_fusion_rules() -> None:
+    first = np.array([0.3, 0.2, 0.1])
+    rerank = np.array([-5.0, -1.0, np.nan])
+    np.testing.assert_array_equal(fuse(first, rerank, None)[:2], rerank[:2])
+    assert fuse(first, rerank, None)[2] == -np.inf  # unscored sorts last
+    # first stage min-max scales to [1, 0.5, 0], the finite rerank scores to [0, 1]
+    want = [0.5 * 0 + 0.5 * 1, 0.5 * 1 + 0.5 * 0.5]
+    np.testing.assert_allclose(fuse(first, rerank, 0.5)[:2], want)
+    np.testing.assert_allclose(fuse(first, rerank[:2].tolist() + [0.0], 0.0), [1.0, 0.5, 0.0])
+    with pytest.raises(QueryError, match=r"\[0, 1\]"):
+        fuse(first, rerank, 1.5)
+
+
+def test_unknown_reranker_and_option_are_clear_errors() -> None:
+    with pytest.raises(ModelError, match="unknown reranker 'nope'.*region"):
+        load_reranker("nope")
+    with pytest.raises(QueryError, match="no option colour"):
+        load_reranker("region", colour=1)
+    with pytest.raises(QueryError, match="unknown region mode"):
+        load_reranker("region:sideways")
+
+
+def test_rerank_reorders_top_and_keeps_the_tail(coll: Collection) -> None:
+    class Reverse:
+        kind, name, needs_text = "reverse", "reverse", False
+
+        def score(self, query, cands, progress=None):
+            from vlmsearch.retrieval.rerankers.base import RerankScores
+
+            return RerankScores(-np.asarray([c.score for c in cands]))
+
+    plain = coll.search("a red square", k=10)
+    hits = coll.search("a red square", k=10, rerank=Reverse(), rerank_top=4)
+    assert [h.id for h in hits[:4]] == [h.id for h in plain[:4]][::-1]
+    assert [h.id for h in hits[4:]] == [h.id for h in plain[4:]]
+    assert [h.rank for h in hits] == list(range(1, 11))
+    assert hits[0].reranker == "reverse" and hits[0].scores["first"] == plain[3].score
+    assert hits[5].reranker is None and hits[5].score == plain[5].score
+
+
+# -- region reranker --
+class RednessEncoder(Encoder):
+    """A synthetic encoder where 'red' is true by construction: an image embeds as how much
+    more red than green/blue it is (plus a constant), the text 'red' as the red axis."""
+
+    kind = "test-redness"
+
+    @classmethod
+    def from_name(cls, name: str, device: str | None = None, **_: Any) -> Encoder:
+        return cls()
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], device: str | None = None) -> Encoder:
+        return cls()
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": "redness", "dim": 2}
+
+    @property
+    def dim(self) -> int:
+        return 2
+
+    def image_transform(self):
+        from torchvision import transforms as T
+
+        return T.Compose([T.Resize((16, 16)), T.ToTensor()])
+
+    def encode_pixels(self, pixels) -> np.ndarray:
+        p = pixels.numpy().astype(np.float32)
+        red = np.clip(p[:, 0] - (p[:, 1] + p[:, 2]) / 2, 0, None).mean(axis=(1, 2))
+        v = np.stack([red, np.full_like(red, 0.05)], axis=1)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    def encode_texts(self, texts) -> np.ndarray:
+        return np.asarray([[1.0, 0.0] if "red" in t else [0.0, 1.0] for t in texts], np.float32)
+
+
+def test_region_teacher_finds_a_pasted_patch(tmp_path: Path) -> None:
+    root = tmp_path / "scenes"
+    root.mkdir()
+    grey = Image.new("RGB", (120, 90), (128, 128, 128))
+    grey.save(root / "plain.png")
+    patched = grey.copy()
+    patched.paste(Image.new("RGB", (30, 22), (230, 20, 20)), (80, 55))  # small red patch
+    patched.save(root / "patch.png")
+    c = Collection.index(root, encoder=RednessEncoder(), options=IngestOptions(workers=0))
+    hits = c.search("red", k=2, rerank="region:teacher", rerank_top=2)
+    assert Path(hits[0].path).name == "patch.png"
+    assert hits[0].scores["rerank"] > hits[1].scores["rerank"] + 0.5
+    assert hits[0].scores["rerank"] > hits[0].scores["first"]  # the region beats the whole
+    x0, y0, x1, y1 = hits[0].box
+    assert x0 < 95 < x1 and y0 < 66 < y1  # the best region covers the patch
+    # mixed with the whole-image score: exactly the documented weighted sum
+    mixed = c.search(
+        "red", k=2, rerank="region:teacher", rerank_top=2, rerank_options={"whole_weight": 0.25}
+    )
+    want = 0.75 * hits[0].scores["rerank"] + 0.25 * hits[0].scores["first"]
+    assert mixed[0].scores["rerank"] == pytest.approx(want, abs=1e-3)
+
+
+def test_region_reranker_is_permutation_equivariant(coll: Collection) -> None:
+    r = load_reranker("region:teacher")
+    q = RerankQuery("a red square", coll.encoder.encode_texts(["a red square"])[0], coll)
+    assert_permutation_equivariant(lambda cs: r.score(q, cs).scores, candidates(coll)[:6])
+
+
+def test_unreadable_candidate_gets_an_error_and_sorts_last(coll: Collection) -> None:
+    hits = coll.search("a red square", k=10)
+    Path(hits[0].path).write_bytes(b"not an image any more")
+    again = coll.search("a red square", k=10, rerank="region:teacher", rerank_top=10)
+    assert again[-1].id == hits[0].id and "not an image" in (again[-1].error or "")
+    assert all(h.error is None for h in again[:-1])
+
+
+def test_distillation_learns_and_the_student_is_used(coll: Collection) -> None:
+    from vlmsearch.retrieval.region_student import distill
+
+    with pytest.raises(QueryError, match="no region student"):
+        coll.search("a red square", k=3, rerank="region:student")
+    _, report = distill(coll, "tiny", epochs=6, max_images=10, seed=0)
+    assert report.losses[-1] < report.losses[0] * 0.7
+    assert report.held_out_cosine_after > report.held_out_cosine_before + 0.3
+    assert report.regions == 46 * report.images
+    reopened = Collection.open(coll.path)
+    entry = reopened.manifest["region_student"]
+    assert reopened.layout.file(entry["file"]).is_file() and entry["report"]["epochs"] == 6
+    hits = reopened.search("a red square", k=3, rerank="region", rerank_top=5)
+    assert hits[0].reranker == "region:student" and len(hits[0].box) == 4
+    teacher = reopened.search("a red square", k=3, rerank="region:teacher", rerank_top=5)
+    assert teacher[0].reranker == "region:teacher"
+
+
+def test_distillation_with_label_text(coll: Collection) -> None:
+    from vlmsearch.retrieval.region_student import distill
+
+    _, report = distill(coll, "tiny", epochs=4, max_images=6, labels=["red", "green"], save=False)
+    assert report.text_loss and report.losses[-1] < report.losses[0]
+    assert "region_student" not in Collection.open(coll.path).manifest
+
+
+# -- CoCa --
+def test_coca_log_probs(coll: Collection) -> None:
+    import torch
+
+    from vlmsearch.retrieval.rerankers.coca import caption_log_probs
+
+    r = load_reranker("coca:vlms-tiny-coca", device="cpu")
+    cands = candidates(coll)[:5]
+    q = RerankQuery("a red square on a table")
+    scores = r.score(q, cands).scores
+    assert np.all(scores <= 0) and np.isfinite(scores).all() and np.ptp(scores) > 0
+    assert_permutation_equivariant(lambda cs: r.score(q, cs).scores, cands)
+    # padding: the same caption with its padding cut away, or kept, scores the same
+    enc = r.encoder
+    tokens = enc._tokenizer(["a red square"])
+    used = int((tokens != 0).sum())
+    pixels = torch.stack([enc.image_transform()(Image.open(cands[0].path).convert("RGB"))])
+    with torch.inference_mode():
+        full = enc.model(pixels, tokens)
+        labels = full["labels"]
+        manual = -torch.nn.functional.cross_entropy(
+            full["logits"].transpose(1, 2), labels, ignore_index=0, reduction="sum"
+        )
+        cut = caption_log_probs(enc.model, pixels, tokens[:, : used + 1])
+        padded = caption_log_probs(enc.model, pixels, tokens)
+        per_token = caption_log_probs(enc.model, pixels, tokens, normalize=True)
+    assert float(cut) == pytest.approx(float(padded), abs=1e-4)
+    assert float(padded) == pytest.approx(float(manual), abs=1e-4)
+    assert float(per_token) == pytest.approx(
+        float(padded) / (used - 1), abs=1e-4
+    )  # EOT in, SOT out
+
+
+def test_coca_refuses_a_non_coca_model() -> None:
+    with pytest.raises(ModelError, match="not a CoCa model"):
+        load_reranker(f"coca:{TINY}")
+
+
+# -- transformers heads --
+WORDS = "does this figure show a red square green blue dog cat ? please answer yes or no . '"
+
+
+def _word_tokenizer(extra: list[str]) -> Any:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(extra + WORDS.split()))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="</s>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+
+
+@pytest.fixture(scope="module")
+def hf_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny LLaVA-style (VQA), ViLT, BLIP and FLAVA models with processors, saved locally."""
+    import torch
+    import transformers as tf
+
+    d = tmp_path_factory.mktemp("hf")
+    torch.manual_seed(0)
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
+    out: dict[str, Path] = {}
+    # LLaVA-style VLM with its own chat template
+    tok = _word_tokenizer(["<unk>", "<s>", "</s>", "<image>", "Yes", "No", "USER:", "ASSISTANT:"])
+    template = (
+        "{% for m in messages %}{{ 'USER:' if m['role'] == 'user' else 'ASSISTANT:' }}"
+        "{% for c in m['content'] %}{% if c['type'] == 'image' %} <image>{% else %} "
+        "{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
+        "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+    )
+    cfg = tf.LlavaConfig(
+        vision_config=tf.CLIPVisionConfig(
+            image_size=30, patch_size=6, projection_dim=32, **small
+        ).to_dict(),
+        text_config=tf.LlamaConfig(
+            vocab_size=len(tok), num_key_value_heads=2, max_position_embeddings=128, **small
+        ).to_dict(),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+    )
+    proc = tf.LlavaProcessor(
+        image_processor=tf.CLIPImageProcessor(
+            size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}
+        ),
+        tokenizer=tok,
+        patch_size=6,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=template,
+    )
+    out["llava"] = d / "llava"
+    tf.LlavaForConditionalGeneration(cfg).save_pretrained(out["llava"])
+    proc.save_pretrained(out["llava"])
+    # BERT-tokenised ITM models
+    (d / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS.split()])
+    )
+    bert = tf.BertTokenizerFast(vocab_file=str(d / "vocab.txt"))
+    v = len(bert)
+    vilt = tf.ViltConfig(
+        vocab_size=v, image_size=32, patch_size=8, max_position_embeddings=40, **small
+    )
+    out["vilt"] = d / "vilt"
+    tf.ViltForImageAndTextRetrieval(vilt).save_pretrained(out["vilt"])
+    tf.ViltProcessor(
+        tf.ViltImageProcessor(size={"shortest_edge": 32}, size_divisor=8), bert
+    ).save_pretrained(out["vilt"])
+    blip = tf.BlipConfig(
+        text_config=tf.BlipTextConfig(
+            vocab_size=v, max_position_embeddings=40, encoder_hidden_size=32, **small
+        ).to_dict(),
+        vision_config=tf.BlipVisionConfig(image_size=32, patch_size=8, **small).to_dict(),
+        projection_dim=16,
+        image_text_hidden_size=16,
+    )
+    out["blip"] = d / "blip"
+    tf.BlipForImageTextRetrieval(blip).save_pretrained(out["blip"])
+    tf.BlipProcessor(tf.BlipImageProcessor(size={"height": 32, "width": 32}), bert).save_pretrained(
+        out["blip"]
+    )
+    flava = tf.FlavaConfig(
+        text_config=tf.FlavaTextConfig(vocab_size=v, max_position_embeddings=40, **small).to_dict(),
+        image_config=tf.FlavaImageConfig(image_size=32, patch_size=8, **small).to_dict(),
+        multimodal_config=tf.FlavaMultimodalConfig(**small).to_dict(),
+        image_codebook_config=tf.FlavaImageCodebookConfig(
+            hidden_size=8, num_groups=1, num_blocks_per_group=1, vocab_size=16
+        ).to_dict(),
+        projection_dim=16,
+        hidden_size=32,
+    )
+    out["flava"] = d / "flava"
+    tf.FlavaForPreTraining(flava).save_pretrained(out["flava"])
+    size = {"height": 32, "width": 32}
+    tf.FlavaProcessor(tf.FlavaImageProcessor(size=size, crop_size=size), bert).save_pretrained(
+        out["flava"]
+    )
+    return out
+
+
+def test_vqascore_is_p_yes_in_0_1(coll: Collection, hf_models) -> None:
+    import torch
+
+    from vlmsearch.retrieval.rerankers.vqa import prompt_text
+
+    r = load_reranker(f"vqa:{hf_models['llava']}", device="cpu")
+    q = RerankQuery("a red square")
+    cands = candidates(coll)[:5]
+    scores = r.score(q, cands).scores
+    assert np.all((scores >= 0) & (scores <= 1))
+    assert_permutation_equivariant(lambda cs: r.score(q, cs).scores, cands)
+    # one candidate by hand: the softmax over the vocabulary at the answer position
+    text = prompt_text(r.processor, "a red square")
+    assert "Does this figure show 'a red square'? Please answer yes or no." in text
+    inputs = r.processor(
+        images=[[Image.open(cands[0].path).convert("RGB")]], text=[text], return_tensors="pt"
+    )
+    with torch.inference_mode():
+        p = r.model(**inputs).logits[0, -1].softmax(-1)[r.yes]
+    assert scores[0] == pytest.approx(float(p), abs=1e-5)
+
+
+@pytest.mark.parametrize("family", ["vilt", "blip", "flava"])
+def test_itm_heads_give_match_probabilities(coll: Collection, hf_models, family) -> None:
+    r = load_reranker(f"itm:{hf_models[family]}", device="cpu")
+    assert r.family == family
+    q = RerankQuery("a red square")
+    cands = candidates(coll)[:4]
+    scores = r.score(q, cands).scores
+    assert np.all((scores >= 0) & (scores <= 1)) and np.isfinite(scores).all()
+    assert_permutation_equivariant(lambda cs: r.score(q, cs).scores, cands)
+
+
+def test_generative_rerankers_need_text_and_a_model(coll: Collection, hf_models) -> None:
+    with pytest.raises(QueryError, match="needs a text query"):
+        coll.search(image=candidates(coll)[0].path, rerank=f"itm:{hf_models['vilt']}")
+    with pytest.raises(ModelError, match="cannot load"):
+        load_reranker("vqa:/no/such/model")
+
+
+def test_cli_rerank_json_and_errors(coll: Collection) -> None:
+    base = ["search", "a red square", "-c", str(coll.path), "--rerank", "region:teacher"]
+    res = runner.invoke(app, [*base, "--rerank-top", "5", "-k", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert rows[0]["reranker"] == "region:teacher" and len(rows[0]["box"]) == 4
+    assert set(rows[0]["scores"]) == {"first", "rerank"}
+    res = runner.invoke(app, [*base, "--rerank-option", "whole_weight=2"])
+    assert res.exit_code == 1 and "whole_weight" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, [*base, "--rerank-option", "oops"])
+    assert res.exit_code == 1 and "KEY=VALUE" in res.output
+    res = runner.invoke(app, [*base, "--fusion", "0.5", "-k", "2", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)[0]["score"] == pytest.approx(1.0)
+
+
+def test_cli_distill(coll: Collection) -> None:
+    res = runner.invoke(
+        app,
+        [
+            "distill",
+            "-c",
+            str(coll.path),
+            "--backbone",
+            "tiny",
+            "--epochs",
+            "2",
+            "--max-images",
+            "4",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["epochs"] == 2 and report["speedup"] > 0
+    res = runner.invoke(app, ["distill", "-c", str(coll.path), "--backbone", "nope"])
+    assert res.exit_code == 1 and "unknown backbone" in res.output
