@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -248,3 +250,73 @@ def test_trimmed_text_tower_equals_the_padded_one(tiny_encoder, monkeypatch) -> 
             tiny_encoder.model, tiny_encoder._tokenizer(texts)
         )
     np.testing.assert_allclose(tiny_encoder.encode_texts(texts), shared.numpy(), atol=1e-5)
+
+
+def test_interrupted_run_keeps_every_caption_made(lm, image_dir) -> None:
+    from tests.conftest import TINY
+    from vlmsearch import Collection
+    from vlmsearch.indexes.ingest import IngestOptions
+    from vlmsearch.retrieval.captioner import Captioner
+
+    coll = Collection.index(image_dir, model=TINY, options=IngestOptions(workers=0))
+    cap = Captioner(coll.encoder, lm, MagicSettings(k=3, max_tokens=2, prompt="a picture of"))
+    real, made = cap.caption_vector, []
+
+    def interrupt_after_five(v):
+        if len(made) == 5:
+            raise KeyboardInterrupt
+        made.append(1)
+        return real(v)
+
+    cap.caption_vector = interrupt_after_five
+    with pytest.raises(KeyboardInterrupt):
+        coll.caption(cap, write_column="caption", commit_every=16)
+    again = Collection.open(coll.path)
+    assert len([r for r in again.table.to_pylist() if r["caption"]]) == 5
+    assert len(again.caption_targets(write_column="caption")) == len(again) - 5
+
+
+def test_caption_refusals_before_any_work(lm, image_dir) -> None:
+    from tests.conftest import TINY
+    from vlmsearch import Collection
+    from vlmsearch.errors import CollectionError, QueryError
+    from vlmsearch.indexes.ingest import IngestOptions
+    from vlmsearch.retrieval.magic import generate
+
+    coll = Collection.index(image_dir, model=TINY, options=IngestOptions(workers=0))
+    with coll.layout.lock(), pytest.raises(CollectionError, match="being written"):
+        coll.caption_targets(write_column="caption")  # another writer holds the collection
+    with pytest.raises(QueryError, match="prompt must not be empty"):
+        MagicSettings(prompt=" ").effective()
+    model, tok = lm
+    limit = model.config.n_positions
+    with pytest.raises(QueryError, match="context"):
+        generate(model, tok, None, MagicSettings(method="greedy", max_tokens=limit))
+    coll._write_text_column("caption", {int(coll.vectors.ids[0]): "a cat"}, {"lm": "x"})
+    coll = Collection.open(coll.path)
+    with pytest.raises(QueryError, match="text columns: caption\\)"):  # not caption_settings
+        coll.search("x", text_column="caption_settings")
+    with pytest.raises(QueryError, match="no text column ''"):
+        coll.search("x", text_column="")
+
+
+def test_caption_paths_report_unreadable_files_and_go_on(lm_dir, image_dir, tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from tests.conftest import TINY
+    from vlmsearch.cli.app import app
+
+    folder = tmp_path / "loose"
+    folder.mkdir()
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "good.png").write_bytes((image_dir / "img0001.png").read_bytes())
+    opts = ["--lm", str(lm_dir), "-k", "3", "--max-tokens", "2", "--model", TINY, "--json"]
+    res = CliRunner().invoke(app, ["caption", str(folder), *opts])
+    assert res.exit_code == 0, res.output
+    rows = {Path(r["path"]).name: r for r in json.loads(res.stdout)}
+    assert rows["good.png"]["caption"] and "error" not in rows["good.png"]
+    assert rows["broken.jpg"]["caption"] is None and rows["broken.jpg"]["error"]
+    res = CliRunner().invoke(app, ["caption", str(folder), "--overwrite", *opts])
+    assert res.exit_code == 1 and "need --collection" in res.output

@@ -348,7 +348,7 @@ class Collection:
         self._require_vectors()
         vector = query_vector(self.encoder, terms)
         first_k = max(k, rerank_top) if rerank is not None else k
-        if text_column:
+        if text_column is not None:
             hits = self.search_fused(
                 vector, text_column, text_weight, k=first_k, where=where, params=params
             )
@@ -554,10 +554,13 @@ class Collection:
         return tv
 
     def _check_text_column(self, column: str) -> None:
+        kinds = {c: (e or {}).get("kind") for c, e in (self.manifest.get("columns") or {}).items()}
+        settings = {f"{c}_settings" for c, k in kinds.items() if k == "caption"}
         text_cols = [
             f.name
             for f in self.table.schema
             if f.name not in metadata.BASE_COLUMNS
+            and f.name not in settings  # decoding settings (JSON), not text to search
             and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
         ]
         if column not in text_cols:
@@ -698,29 +701,26 @@ class Collection:
             self.manifest, self.table = writer.manifest, writer.table
 
     # -- captions (MAGIC) ------------------------------------------------------------------------
-    def caption(
-        self,
-        captioner: Any,
-        *,
-        where: str | None = None,
-        write_column: str | None = None,
-        overwrite: bool = False,
-        commit_every: int = 16,
-        progress: ProgressFn | None = None,
-    ) -> list[tuple[int, str]]:
-        """Caption stored images from their stored vectors (nothing is re-encoded).
-
-        With ``write_column``, captions are committed every ``commit_every`` images, and rows
-        that already have a caption there are skipped unless ``overwrite``: an interrupted
-        run resumes where it stopped."""
-        if write_column:  # before any work: a bad name must not cost a captioning run
+    def caption_targets(
+        self, where: str | None = None, write_column: str | None = None, overwrite: bool = False
+    ) -> np.ndarray:
+        """Ids that :meth:`caption` would caption; checks the filter and the target column
+        (name, kind, writability) so that mistakes fail before any model loads."""
+        if write_column:
             metadata.check_column_name(write_column)
             kind = ((self.manifest.get("columns") or {}).get(write_column) or {}).get("kind")
-            if write_column in self.table.column_names and kind != "caption":
+            taken = [
+                c
+                for c in (write_column, f"{write_column}_settings")
+                if c in self.table.column_names
+            ]
+            if taken and kind != "caption":
                 raise QueryError(
-                    f"column {write_column!r} already holds {kind or 'other data'}, not "
+                    f"column {taken[0]!r} already holds {kind or 'other data'}, not "
                     "captions; choose another --write-column"
                 )
+            with self.layout.lock():  # writable and not being written: checked up front
+                pass
         ids = self.vectors.ids
         if where and where.strip():
             table = self.table
@@ -731,19 +731,42 @@ class Collection:
         if write_column and write_column in self.table.column_names and not overwrite:
             done = metadata.filter_ids(self.table, f"{write_column} IS NOT NULL")
             ids = np.setdiff1d(ids, done)
+        return ids
+
+    def caption(
+        self,
+        captioner: Any,
+        *,
+        where: str | None = None,
+        write_column: str | None = None,
+        overwrite: bool = False,
+        commit_every: int = 16,
+        progress: ProgressFn | None = None,
+        ids: np.ndarray | None = None,
+    ) -> list[tuple[int, str]]:
+        """Caption stored images from their stored vectors (nothing is re-encoded).
+
+        With ``write_column``, captions are committed every ``commit_every`` images (and
+        when interrupted), and rows that already have a caption there are skipped unless
+        ``overwrite``: an interrupted run resumes where it stopped. ``ids`` (from
+        :meth:`caption_targets`) saves computing the targets again."""
+        if ids is None:
+            ids = self.caption_targets(where, write_column, overwrite)
         out: list[tuple[int, str]] = []
         pending: dict[int, str] = {}
-        for i in ids.tolist():
-            cap = captioner.caption_vector(self.vectors.dense(np.asarray([i]))[0])
-            out.append((int(i), cap.text))
-            pending[int(i)] = cap.text
-            if write_column and len(pending) >= commit_every:
+        try:
+            for i in ids.tolist():
+                cap = captioner.caption_vector(self.vectors.dense(np.asarray([i]))[0])
+                out.append((int(i), cap.text))
+                pending[int(i)] = cap.text
+                if write_column and len(pending) >= commit_every:
+                    self._write_text_column(write_column, pending, captioner.describe())
+                    pending.clear()
+                if progress:
+                    progress("caption", 1, len(ids))
+        finally:  # an interrupted run (Ctrl-C) keeps every caption it made
+            if write_column and pending:
                 self._write_text_column(write_column, pending, captioner.describe())
-                pending.clear()
-            if progress:
-                progress("caption", 1, len(ids))
-        if write_column and pending:
-            self._write_text_column(write_column, pending, captioner.describe())
         if write_column and out:
             self.text_vectors(write_column, progress)  # embedded now, so searches start warm
         return out

@@ -61,8 +61,8 @@ def caption(
 
     if bool(paths) == (collection is not None):
         raise VlmsearchError("give image PATHS or --collection, not both (and not neither)")
-    if paths and (where or write_column):
-        raise VlmsearchError("--where and --write-column need --collection")
+    if paths and (where or write_column or overwrite):
+        raise VlmsearchError("--where, --write-column and --overwrite need --collection")
     settings = MagicSettings(method, k, alpha, beta, max_tokens, prompt)
     settings.effective()  # bad settings fail before any model is loaded
     rows: list[dict[str, object]] = []
@@ -71,12 +71,18 @@ def caption(
         from vlmsearch.collection import Collection
 
         coll = Collection.open(collection, device=device)
-        cap = Captioner(coll.encoder, lm, settings, device)
+        targets = coll.caption_targets(where, write_column, overwrite)  # fails before any load
+        if len(targets) == 0:
+            output.err.print(
+                "nothing to caption: "
+                + ("every selected row has a caption (--overwrite redoes them)"
+                   if write_column else "no stored image matches")
+            )  # fmt: skip
+        cap = Captioner(coll.encoder, lm, settings, device) if len(targets) else None
         with ingest_progress(json_) as progress:
             done = coll.caption(
-                cap, where=where, write_column=write_column, overwrite=overwrite,
-                progress=progress,
-            )  # fmt: skip
+                cap, write_column=write_column, progress=progress, ids=targets
+            ) if cap is not None else []  # fmt: skip
         rr = coll.rows([i for i, _ in done])
         rows = [{"id": i, "path": str(coll.root / rr[i]["path"]), "caption": t} for i, t in done]
     else:
@@ -85,7 +91,12 @@ def caption(
         output.emit_json(rows)
         return
     for r in rows:
-        output.out.print(f"{escape(str(r['path']))}\t{escape(str(r['caption']))}")
+        if r.get("error"):
+            output.err.print(
+                f"[red]error[/red] {escape(str(r['path']))}: {escape(str(r['error']))}"
+            )
+        else:
+            output.out.print(f"{escape(str(r['path']))}\t{escape(str(r['caption']))}")
 
 
 def _caption_files(
@@ -96,15 +107,22 @@ def _caption_files(
     import numpy as np
 
     from vlmsearch.collection import Collection, choose_encoder
-    from vlmsearch.indexes.decode import load_image
+    from vlmsearch.indexes.decode import ImageDecodeError, load_image
     from vlmsearch.indexes.ingest import IngestOptions
     from vlmsearch.indexes.layout import find_collection
+    from vlmsearch.indexes.scan import scan
     from vlmsearch.retrieval.captioner import Captioner
     from vlmsearch.retrieval.magic import load_language_model
 
+    files: list[Path] = []
     for p in paths:
-        if not p.is_file():
-            raise VlmsearchError(f"no such file: {p}")
+        if p.is_dir():  # a folder: its images, as `index` would find them
+            files += [p / f.path for f in scan(p)]
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise VlmsearchError(f"no such file or folder: {p}")
+    paths = files
     language_model = load_language_model(lm, device)  # loaded once for every captioner
     captioners: dict[object, Captioner] = {}
     collections: dict[Path, Collection] = {}
@@ -133,7 +151,12 @@ def _caption_files(
             c = cap.caption_vector(coll.vectors.dense(np.asarray([stored]))[0])
             source = f"stored vector in {coll.path}"
         else:
-            c = cap.caption_images([load_image(p)])[0]
+            try:
+                image = load_image(p)
+            except ImageDecodeError as e:  # reported in its row; the other files go on
+                rows.append({"path": str(p), "caption": None, "vector": None, "error": str(e)})
+                continue
+            c = cap.caption_images([image])[0]
             source = "encoded now" + (f" by the model of {coll.path}" if coll is not None else "")
         rows.append({"path": str(p), "caption": c.text, "vector": source})
     return rows

@@ -60,6 +60,8 @@ class MagicSettings:
             raise QueryError(
                 f"alpha weighs the LM against the penalty; it must lie in [0, 1] (got {self.alpha})"
             )
+        if not self.prompt.strip():
+            raise QueryError("the prompt must not be empty (the caption continues it)")
         if self.beta < 0:
             raise QueryError(f"beta must not be negative (got {self.beta})")
         if self.method == "greedy":
@@ -124,6 +126,15 @@ def generate(
         raise ValueError("MAGIC needs an image-text scorer (or method contrastive/greedy)")
     device = next(model.parameters()).device
     prompt_ids = tokenizer(s.prompt, return_tensors="pt")["input_ids"].to(device)
+    cfg = getattr(model, "config", None)
+    limit = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+    if limit and prompt_ids.shape[1] + s.max_tokens > limit:
+        from vlmsearch.errors import QueryError
+
+        raise QueryError(
+            f"the prompt ({prompt_ids.shape[1]} tokens) plus --max-tokens {s.max_tokens} exceeds "
+            f"the language model's context of {limit} tokens"
+        )
     eos = tokenizer.eos_token_id
     generated: list[int] = []
     steps: list[Step] = []
