@@ -226,110 +226,18 @@ def test_coca_refuses_a_non_coca_model() -> None:
 
 
 # -- transformers heads --
-WORDS = "does this figure show a red square green blue dog cat ? please answer yes or no . '"
-
-
-def _word_tokenizer(extra: list[str]) -> Any:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(dict.fromkeys(extra + WORDS.split()))}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="</s>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
-
-
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory) -> dict[str, Path]:
     """Tiny LLaVA-style (VQA), ViLT, BLIP and FLAVA models with processors, saved locally."""
     import torch
-    import transformers as tf
+
+    from vlmsearch.testing import build_itm, build_llava
 
     d = tmp_path_factory.mktemp("hf")
     torch.manual_seed(0)
-    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
-    out: dict[str, Path] = {}
-    # LLaVA-style VLM with its own chat template
-    tok = _word_tokenizer(["<unk>", "<s>", "</s>", "<image>", "Yes", "No", "USER:", "ASSISTANT:"])
-    template = (
-        "{% for m in messages %}{{ 'USER:' if m['role'] == 'user' else 'ASSISTANT:' }}"
-        "{% for c in m['content'] %}{% if c['type'] == 'image' %} <image>{% else %} "
-        "{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
-        "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
-    )
-    cfg = tf.LlavaConfig(
-        vision_config=tf.CLIPVisionConfig(
-            image_size=30, patch_size=6, projection_dim=32, **small
-        ).to_dict(),
-        text_config=tf.LlamaConfig(
-            vocab_size=len(tok), num_key_value_heads=2, max_position_embeddings=128, **small
-        ).to_dict(),
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-1,
-    )
-    proc = tf.LlavaProcessor(
-        image_processor=tf.CLIPImageProcessor(
-            size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}
-        ),
-        tokenizer=tok,
-        patch_size=6,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=template,
-    )
-    out["llava"] = d / "llava"
-    tf.LlavaForConditionalGeneration(cfg).save_pretrained(out["llava"])
-    proc.save_pretrained(out["llava"])
-    # BERT-tokenised ITM models
-    (d / "vocab.txt").write_text(
-        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS.split()])
-    )
-    bert = tf.BertTokenizerFast(vocab_file=str(d / "vocab.txt"))
-    v = len(bert)
-    vilt = tf.ViltConfig(
-        vocab_size=v, image_size=32, patch_size=8, max_position_embeddings=40, **small
-    )
-    out["vilt"] = d / "vilt"
-    tf.ViltForImageAndTextRetrieval(vilt).save_pretrained(out["vilt"])
-    tf.ViltProcessor(
-        tf.ViltImageProcessor(size={"shortest_edge": 32}, size_divisor=8), bert
-    ).save_pretrained(out["vilt"])
-    blip = tf.BlipConfig(
-        text_config=tf.BlipTextConfig(
-            vocab_size=v, max_position_embeddings=40, encoder_hidden_size=32, **small
-        ).to_dict(),
-        vision_config=tf.BlipVisionConfig(image_size=32, patch_size=8, **small).to_dict(),
-        projection_dim=16,
-        image_text_hidden_size=16,
-    )
-    out["blip"] = d / "blip"
-    tf.BlipForImageTextRetrieval(blip).save_pretrained(out["blip"])
-    tf.BlipProcessor(tf.BlipImageProcessor(size={"height": 32, "width": 32}), bert).save_pretrained(
-        out["blip"]
-    )
-    flava = tf.FlavaConfig(
-        text_config=tf.FlavaTextConfig(vocab_size=v, max_position_embeddings=40, **small).to_dict(),
-        image_config=tf.FlavaImageConfig(image_size=32, patch_size=8, **small).to_dict(),
-        multimodal_config=tf.FlavaMultimodalConfig(**small).to_dict(),
-        image_codebook_config=tf.FlavaImageCodebookConfig(
-            hidden_size=8, num_groups=1, num_blocks_per_group=1, vocab_size=16
-        ).to_dict(),
-        projection_dim=16,
-        hidden_size=32,
-    )
-    out["flava"] = d / "flava"
-    tf.FlavaForPreTraining(flava).save_pretrained(out["flava"])
-    size = {"height": 32, "width": 32}
-    tf.FlavaProcessor(tf.FlavaImageProcessor(size=size, crop_size=size), bert).save_pretrained(
-        out["flava"]
-    )
+    out = {"llava": build_llava(d / "llava")}
+    for family in ("vilt", "blip", "flava"):
+        out[family] = build_itm(d / family, family)
     return out
 
 
