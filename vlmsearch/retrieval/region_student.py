@@ -335,8 +335,9 @@ def distill(
     if not train_bb:
         for p in module.backbone.parameters():
             p.requires_grad_(False)
-        with torch.inference_mode():  # a frozen backbone's maps are computed once
-            fmaps = [module.features(s[0][None].to(dev)).clone() for s in train]
+        with torch.no_grad():  # a frozen backbone's maps are computed once (no_grad, not
+            # inference_mode: the head's autograd must be able to use them)
+            fmaps = [module.features(s[0][None].to(dev)) for s in train]
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
 
