@@ -236,25 +236,26 @@ def test_coca_refuses_a_non_coca_model() -> None:
 # -- transformers heads --
 @pytest.fixture(scope="module")
 def hf_models(tmp_path_factory) -> dict[str, Path]:
-    """Tiny LLaVA-style (VQA), ViLT, BLIP and FLAVA models with processors, saved locally."""
+    """Tiny LLaVA- and Qwen2-VL-style (VQA), ViLT, BLIP and FLAVA models, saved locally."""
     import torch
 
-    from vlmsearch.testing import build_itm, build_llava
+    from vlmsearch.testing import build_itm, build_llava, build_qwen2_vl
 
     d = tmp_path_factory.mktemp("hf")
     torch.manual_seed(0)
-    out = {"llava": build_llava(d / "llava")}
+    out = {"llava": build_llava(d / "llava"), "qwen2-vl": build_qwen2_vl(d / "qwen2-vl")}
     for family in ("vilt", "blip", "flava"):
         out[family] = build_itm(d / family, family)
     return out
 
 
-def test_vqascore_is_p_yes_in_0_1(coll: Collection, hf_models) -> None:
+@pytest.mark.parametrize("family", ["llava", "qwen2-vl"])
+def test_vqascore_is_p_yes_in_0_1(coll: Collection, hf_models, family) -> None:
     import torch
 
     from vlmsearch.retrieval.rerankers.vqa import prompt_text
 
-    r = load_reranker(f"vqa:{hf_models['llava']}", device="cpu")
+    r = load_reranker(f"vqa:{hf_models[family]}", device="cpu")
     q = RerankQuery("a red square")
     cands = candidates(coll)[:5]
     scores = r.score(q, cands).scores

@@ -159,3 +159,57 @@ def build_itm(out: Path, family: str, size: str = "tiny") -> Path:
     model.save_pretrained(out)
     proc.save_pretrained(out)
     return out
+
+
+def build_qwen2_vl(out: Path) -> Path:
+    """A tiny Qwen2-VL (its own vision tower with merged patches, M-RoPE) and processor."""
+    import transformers as tf
+
+    marks = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
+    tok = word_tokenizer(["<unk>", "<s>", "</s>", *marks, "Yes", "No", "USER:", "ASSISTANT:"])
+    tok.add_special_tokens({"additional_special_tokens": marks})
+    tok.image_token, tok.video_token = "<|image_pad|>", "<|video_pad|>"
+    template = CHAT_TEMPLATE.replace("<image>", "<|vision_start|><|image_pad|><|vision_end|>")
+    ids = {
+        name: tok.convert_tokens_to_ids(mark)
+        for name, mark in zip(
+            ("vision_start_token_id", "image_token_id", "vision_end_token_id", "video_token_id"),
+            marks,
+            strict=True,
+        )
+    }
+    text = dict(
+        vocab_size=len(tok),
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+        bos_token_id=1,
+        eos_token_id=2,
+        **_layers("tiny"),
+    )
+    vision = dict(
+        depth=1,
+        embed_dim=32,
+        hidden_size=32,
+        num_heads=2,
+        mlp_ratio=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        in_channels=3,
+    )
+    cfg = tf.Qwen2VLConfig(
+        text_config=text, vision_config=vision, bos_token_id=1, eos_token_id=2, **ids
+    )
+    pixels = dict(
+        min_pixels=56 * 56, max_pixels=112 * 112, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    proc = tf.Qwen2VLProcessor(
+        image_processor=tf.Qwen2VLImageProcessor(**pixels),
+        tokenizer=tok,
+        video_processor=tf.Qwen2VLVideoProcessor(**pixels),
+        chat_template=template,
+    )
+    tf.Qwen2VLForConditionalGeneration(cfg).save_pretrained(out)
+    proc.save_pretrained(out)
+    return out
