@@ -326,3 +326,25 @@ def test_cli_distill(coll: Collection) -> None:
     assert report["epochs"] == 2 and report["speedup"] > 0
     res = runner.invoke(app, ["distill", "-c", str(coll.path), "--backbone", "nope"])
     assert res.exit_code == 1 and "unknown backbone" in res.output
+
+
+def test_region_embeddings_are_reused_until_the_file_changes(coll: Collection) -> None:
+    import os
+
+    from vlmsearch.retrieval.rerankers.region import RegionReranker
+
+    r = RegionReranker(mode="teacher")
+    q = RerankQuery("x", coll.encoder.encode_texts(["x"])[0], coll)
+    cands = candidates(coll)[:3]
+    calls: list[int] = []
+    real = coll.encoder.encode_images
+    coll.encoder.encode_images = lambda ims: calls.append(len(ims)) or real(ims)
+    first = r.score(q, cands).scores
+    n = len(calls)
+    assert n > 0
+    np.testing.assert_array_equal(r.score(q, cands).scores, first)
+    assert len(calls) == n  # nothing encoded again
+    st = os.stat(cands[0].path)
+    os.utime(cands[0].path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    r.score(q, cands)
+    assert len(calls) > n  # the changed file only
