@@ -9,7 +9,10 @@ with the first stage alone and after ``--rerank region:teacher`` (all N reranked
 ``whole_weight=0.5``. As a control, queries naming the *background* photo's class show
 what reranking costs when the object fills the image.
 
-Run: ``python benchmarks/bench_region_quality.py [--n 40] [--out results.json]``.
+With ``--student`` a region student (EfficientNet-Lite0 backbone, frozen) is distilled on
+the composites and ranked the same way.
+
+Run: ``python benchmarks/bench_region_quality.py [--n 40] [--student] [--out results.json]``.
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--out")
+    ap.add_argument("--student", action="store_true", help="also distil and rank with a student")
+    ap.add_argument("--epochs", type=int, default=30)
     args = ap.parse_args()
     if not SAMPLE.is_dir():
         raise SystemExit(f"needs {SAMPLE}")
@@ -110,6 +115,14 @@ def main() -> None:
         "region:teacher": rerank,
         "region:teacher, whole_weight=0.5": {**rerank, "rerank_options": {"whole_weight": 0.5}},
     }
+    if args.student:
+        from vlmsearch.retrieval.region_student import distill
+
+        # trained on the composites themselves, as `vlmsearch distill` would be on a collection
+        _, report = distill(coll, "efficientnet-lite0", epochs=args.epochs, max_images=n)
+        res["distill_report"] = report.to_dict()
+        print("distill", json.dumps(report.to_dict()), flush=True)
+        plans["region:student"] = {"rerank": "region:student", "rerank_top": n}
     for field in ("object", "background"):
         for name, search in plans.items():
             res["results"][f"{field} query, {name}"] = summary(ranks(coll, items, field, **search))
