@@ -348,3 +348,18 @@ def test_region_embeddings_are_reused_until_the_file_changes(coll: Collection) -
     os.utime(cands[0].path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     r.score(q, cands)
     assert len(calls) > n  # the changed file only
+
+
+def test_distill_refuses_sparse_asif_collections(tmp_path: Path) -> None:
+    from tests.test_asif_collection import build_anchors, ok, photos, run, write_pairs_csv
+    from vlmsearch.retrieval.region_student import distill
+
+    csv = write_pairs_csv(tmp_path / "anchor-data", 12, seed=1, corrupt=False)
+    ok(build_anchors(tmp_path / "anchors", csv, "-q"))
+    photos(tmp_path / "photos", 4, seed=2)
+    ok(run("index", tmp_path / "photos", "--anchors", tmp_path / "anchors", "--workers", 0, "-q"))
+    coll = Collection.open(tmp_path / "photos" / ".vlmsearch")
+    with pytest.raises(QueryError, match="not supported for ASIF"):
+        distill(coll, "tiny", epochs=1, max_images=4)
+    hits = coll.search("caption number 1", k=2, rerank="region:teacher", rerank_top=4)
+    assert hits[0].reranker == "region:teacher" and len(hits[0].box) == 4

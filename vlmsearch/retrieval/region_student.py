@@ -274,6 +274,16 @@ def distill(
 
     if epochs < 1 or max_images < 2:
         raise QueryError("distill needs at least 1 epoch and 2 images")
+    if collection.sparse:
+        # Measured (benchmarks/RESULTS.md, bench_region_quality.py --student): on an ASIF
+        # collection the L1 student learns the near-zero mass of the sparse targets (held-out
+        # cosine 0.005 -> 0.0006) and its reranking collapses (pasted-object R@1 0.025 vs
+        # the teacher's 0.675). Refused rather than used by `--rerank region` automatically.
+        raise QueryError(
+            "region students are not supported for ASIF (sparse) collections yet: the L1 "
+            "student does not learn their relative representations. Use --rerank "
+            "region:teacher, which works on them"
+        )
     dev = resolve_device(device)
     t_start = time.perf_counter()
     rng = np.random.default_rng(seed)
