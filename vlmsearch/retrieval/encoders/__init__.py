@@ -2,7 +2,7 @@
 
 Each encoder kind is one module in this package that decorates its class with
 :func:`register`; third-party packages add kinds through the ``vlmsearch.encoders``
-entry-point group. Modules are only imported when a kind is looked up.
+entry-point group (see :class:`vlmsearch.plugins.Registry`).
 """
 
 from __future__ import annotations
@@ -10,43 +10,28 @@ from __future__ import annotations
 from typing import Any
 
 from vlmsearch.errors import ModelError
-from vlmsearch.plugins import import_kinds
+from vlmsearch.plugins import Registry
 from vlmsearch.retrieval.encoders.base import Encoder
 
 __all__ = ["Encoder", "register", "available_kinds", "load_encoder", "encoder_from_spec"]
 
 DEFAULT_KIND = "open_clip"
-_REGISTRY: dict[str, type[Encoder]] = {}
-_discovered = False
-
-
-def register(cls: type[Encoder]) -> type[Encoder]:
-    """Class decorator adding an encoder kind to the registry."""
-    _REGISTRY[cls.kind] = cls
-    return cls
-
-
-def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    import_kinds(__name__, __path__, "vlmsearch.encoders")
+_kinds: Registry[Encoder] = Registry(__name__, __path__, "vlmsearch.encoders")
+register = _kinds.register
+"""Class decorator adding an encoder kind to the registry."""
 
 
 def available_kinds() -> list[str]:
-    _discover()
-    return sorted(_REGISTRY)
+    return sorted(str(k) for k in _kinds.kinds())
 
 
 def encoder_class(kind: str) -> type[Encoder]:
-    _discover()
-    try:
-        return _REGISTRY[kind]
-    except KeyError:
+    cls = _kinds.get(kind)
+    if cls is None:
         raise ModelError(
             f"unknown encoder kind {kind!r}; available: {', '.join(available_kinds())}"
-        ) from None
+        )
+    return cls
 
 
 def load_encoder(

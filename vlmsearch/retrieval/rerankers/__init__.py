@@ -13,50 +13,33 @@ from __future__ import annotations
 from typing import Any
 
 from vlmsearch.errors import ModelError, QueryError
-from vlmsearch.plugins import import_kinds
+from vlmsearch.plugins import Registry, parse_spec
 from vlmsearch.retrieval.rerankers.base import Candidate, Reranker, RerankScores, fuse
 
 __all__ = ["Candidate", "Reranker", "RerankScores", "fuse", "register", "load_reranker"]
 
-_REGISTRY: dict[str, type[Reranker]] = {}
+_kinds: Registry[Reranker] = Registry(
+    __name__, __path__, "vlmsearch.rerankers", skip=("base", "proposals")
+)
+register = _kinds.register
+"""Class decorator adding a reranker kind to the registry."""
 _LOADED: dict[tuple[str, str | None, str], Reranker] = {}
-_discovered = False
-
-
-def register(cls: type[Reranker]) -> type[Reranker]:
-    """Class decorator adding a reranker kind to the registry."""
-    _REGISTRY[cls.kind] = cls
-    return cls
-
-
-def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    import_kinds(__name__, __path__, "vlmsearch.rerankers", skip=("base", "proposals"))
 
 
 def available() -> list[str]:
-    _discover()
-    return sorted(_REGISTRY)
-
-
-def parse_spec(spec: str) -> tuple[str, str | None]:
-    kind, sep, arg = spec.partition(":")
-    return kind.strip(), (arg.strip() or None) if sep else None
+    return sorted(str(k) for k in _kinds.kinds())
 
 
 def load_reranker(spec: str, device: str | None = None, **options: Any) -> Reranker:
     """The reranker for ``spec`` (loaded once per process and options)."""
-    _discover()
     kind, arg = parse_spec(spec)
-    if kind not in _REGISTRY:
+    cls = _kinds.get(kind)
+    if cls is None:
         raise ModelError(f"unknown reranker {kind!r}; available: {', '.join(available())}")
     key = (spec, device, repr(sorted(options.items())))
     if key not in _LOADED:
         try:
-            _LOADED[key] = _REGISTRY[kind].load(arg, device=device, **options)
+            _LOADED[key] = cls.load(arg, device=device, **options)
         except TypeError as e:
             if "unexpected keyword" not in str(e):
                 raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from vlmsearch.errors import ModelError
-from vlmsearch.plugins import import_kinds
+from vlmsearch.plugins import Registry, parse_spec
 from vlmsearch.retrieval.unimodal.base import (
     Classifier,
     ImageEncoder,
@@ -32,48 +32,28 @@ __all__ = [
     "unimodal_from_spec",
 ]
 
-# (modality, kind) -> class
-_REGISTRY: dict[tuple[str, str], type[UnimodalEncoder]] = {}
-_discovered = False
-
-
-def register(cls: type[UnimodalEncoder]) -> type[UnimodalEncoder]:
-    """Class decorator adding an image or text encoder kind to the registry."""
-    _REGISTRY[(cls.modality, cls.kind)] = cls
-    return cls
-
-
-def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    import_kinds(__name__, __path__, "vlmsearch.unimodal")
+_kinds: Registry[UnimodalEncoder] = Registry(
+    __name__, __path__, "vlmsearch.unimodal", key=lambda cls: (cls.modality, cls.kind)
+)
+register = _kinds.register
+"""Class decorator adding an image or text encoder kind to the registry."""
 
 
 def available(modality: str) -> list[str]:
-    _discover()
-    return sorted(k for m, k in _REGISTRY if m == modality)
+    return sorted(k for m, k in _kinds.kinds() if m == modality)  # type: ignore[misc]
 
 
 def _lookup(modality: str, kind: str) -> type[UnimodalEncoder]:
-    _discover()
-    try:
-        return _REGISTRY[(modality, kind)]
-    except KeyError:
+    cls = _kinds.get((modality, kind))
+    if cls is None:
         raise ModelError(
             f"unknown {modality} encoder {kind!r}; available: {', '.join(available(modality))}"
-        ) from None
-
-
-def parse_name(name: str) -> tuple[str, str | None]:
-    """``KIND:ARG`` -> (KIND, ARG); a bare ``KIND`` -> (KIND, None)."""
-    kind, sep, arg = name.strip().partition(":")
-    return kind, (arg if sep else None)
+        )
+    return cls
 
 
 def _load(modality: str, name: str, device: str | None) -> UnimodalEncoder:
-    kind, arg = parse_name(name)
+    kind, arg = parse_spec(name)
     return _lookup(modality, kind).from_name(arg, device=device)
 
 
