@@ -399,7 +399,7 @@ class Collection:
         for rank, j in enumerate(order.tolist(), start=1):
             h = head[j]
             h.scores = {"first": float(first[j]), "rerank": float(result.scores[j])}
-            h.score, h.rank, h.reranker = float(final[j]), rank, reranker.name
+            h.score, h.rank, h.reranker = float(final[j]), rank, result.by or reranker.name
             box = result.boxes[j] if result.boxes else None
             h.box = [round(float(v), 1) for v in box] if box is not None else None
             h.error = result.errors.get(j)

@@ -29,6 +29,7 @@ class RerankScores:
     scores: np.ndarray
     boxes: list[Box | None] | None = None
     errors: dict[int, str] = field(default_factory=dict)  # candidate position -> message
+    by: str | None = None  # who scored, when it depends on the call (region: student/teacher)
 
 
 @dataclass
@@ -65,6 +66,41 @@ class Reranker(ABC):
         progress: ProgressFn | None = None,
     ) -> RerankScores:
         """Score every candidate; the order of candidates must not matter."""
+
+
+class BatchedImageReranker(Reranker):
+    """A reranker that scores decoded candidate images in batches against the query text
+    (the generative and matching heads). Subclasses implement :meth:`score_batch`."""
+
+    batch_size: int = 16
+
+    @abstractmethod
+    def score_batch(self, text: str, images: list[Any]) -> np.ndarray:
+        """One score per image (RGB PIL images) for the query ``text``."""
+
+    def score(
+        self,
+        query: RerankQuery,
+        candidates: Sequence[Candidate],
+        progress: ProgressFn | None = None,
+    ) -> RerankScores:
+        from vlmsearch.indexes.decode import ImageDecodeError, load_image
+
+        scores = np.full(len(candidates), np.nan)
+        errors: dict[int, str] = {}
+        for lo in range(0, len(candidates), self.batch_size):
+            images, where = [], []
+            for j, cand in enumerate(candidates[lo : lo + self.batch_size], start=lo):
+                try:
+                    images.append(load_image(cand.path))
+                    where.append(j)
+                except ImageDecodeError as e:  # reported on the hit, which sorts last
+                    errors[j] = str(e)
+            if images:
+                scores[where] = self.score_batch(query.text or "", images)
+            if progress:
+                progress("rerank", min(self.batch_size, len(candidates) - lo), len(candidates))
+        return RerankScores(scores, None, errors)
 
 
 def minmax(x: np.ndarray) -> np.ndarray:

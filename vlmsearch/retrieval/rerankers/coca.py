@@ -15,20 +15,13 @@ generative head used here is the one that matters.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from vlmsearch.errors import ModelError
 from vlmsearch.retrieval.rerankers import register
-from vlmsearch.retrieval.rerankers.base import (
-    Candidate,
-    ProgressFn,
-    Reranker,
-    RerankQuery,
-    RerankScores,
-)
+from vlmsearch.retrieval.rerankers.base import BatchedImageReranker
 
 BATCH = 16
 
@@ -51,7 +44,7 @@ def caption_log_probs(model: Any, pixels: Any, tokens: Any, normalize: bool = Fa
 
 
 @register
-class CocaReranker(Reranker):
+class CocaReranker(BatchedImageReranker):
     kind = "coca"
 
     def __init__(self, encoder: Any, normalize: bool = False, batch_size: int = BATCH) -> None:
@@ -80,37 +73,14 @@ class CocaReranker(Reranker):
                 proj.normal_(std=proj.shape[0] ** -0.5)
         return cls(enc, **options)
 
-    def score(
-        self,
-        query: RerankQuery,
-        candidates: Sequence[Candidate],
-        progress: ProgressFn | None = None,
-    ) -> RerankScores:
+    def score_batch(self, text: str, images: list[Any]) -> np.ndarray:
         import torch
 
-        from vlmsearch.indexes.decode import ImageDecodeError, load_image
         from vlmsearch.runtime import autocast
 
         enc = self.encoder
         transform = enc.image_transform()
-        tokens = enc._tokenizer([query.text or ""]).to(enc.device)
-        scores = np.full(len(candidates), np.nan)
-        errors: dict[int, str] = {}
-        for lo in range(0, len(candidates), self.batch_size):
-            batch, where = [], []
-            for j, cand in enumerate(candidates[lo : lo + self.batch_size], start=lo):
-                try:
-                    batch.append(transform(load_image(cand.path)))
-                    where.append(j)
-                except ImageDecodeError as e:
-                    errors[j] = str(e)
-            if batch:
-                pixels = torch.stack(batch).to(enc.device)
-                with torch.inference_mode(), autocast(enc.device, enc.precision):
-                    logp = caption_log_probs(
-                        enc.model, pixels, tokens.expand(len(batch), -1), self.normalize
-                    )
-                scores[where] = logp.cpu().numpy()
-            if progress:
-                progress("rerank", min(self.batch_size, len(candidates) - lo), len(candidates))
-        return RerankScores(scores, None, errors)
+        tokens = enc._tokenizer([text]).to(enc.device).expand(len(images), -1)
+        pixels = torch.stack([transform(im) for im in images]).to(enc.device)
+        with torch.inference_mode(), autocast(enc.device, enc.precision):
+            return caption_log_probs(enc.model, pixels, tokens, self.normalize).cpu().numpy()

@@ -11,20 +11,14 @@ folder holding the model and its processor. The architecture comes from its conf
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from vlmsearch.errors import ModelError
 from vlmsearch.retrieval.rerankers import register
-from vlmsearch.retrieval.rerankers.base import (
-    Candidate,
-    ProgressFn,
-    Reranker,
-    RerankQuery,
-    RerankScores,
-)
+from vlmsearch.retrieval.rerankers.base import BatchedImageReranker
 
 BATCH = 16
 FAMILIES = {
@@ -53,7 +47,6 @@ def quiet_transformers() -> Iterator[None]:
 
 def load_hf(name: str, what: str) -> tuple[Any, Any]:
     """(config, processor) of a cached hub id or local folder, with one clear error."""
-    import contextlib
     from pathlib import Path
 
     from transformers import AutoConfig, AutoProcessor
@@ -84,7 +77,7 @@ def match_probabilities(model: Any, family: str, inputs: dict[str, Any]) -> Any:
 
 
 @register
-class ItmReranker(Reranker):
+class ItmReranker(BatchedImageReranker):
     kind = "itm"
 
     def __init__(self, model: Any, processor: Any, family: str, name: str, device: str) -> None:
@@ -96,7 +89,9 @@ class ItmReranker(Reranker):
         self.batch_size = BATCH
 
     @classmethod
-    def load(cls, arg: str | None, device: str | None = None, **options: Any) -> ItmReranker:
+    def load(
+        cls, arg: str | None, device: str | None = None, batch_size: int = BATCH
+    ) -> ItmReranker:
         import transformers
 
         from vlmsearch.runtime import resolve_device
@@ -111,38 +106,19 @@ class ItmReranker(Reranker):
         with quiet_transformers():
             model = getattr(transformers, FAMILIES[family]).from_pretrained(arg).to(dev).eval()
         reranker = cls(model, processor, family, arg, dev)
-        reranker.batch_size = int(options.get("batch_size", BATCH))
+        reranker.batch_size = int(batch_size)
         return reranker
 
-    def score(
-        self,
-        query: RerankQuery,
-        candidates: Sequence[Candidate],
-        progress: ProgressFn | None = None,
-    ) -> RerankScores:
+    def score_batch(self, text: str, images: list[Any]) -> np.ndarray:
         import torch
 
-        from vlmsearch.indexes.decode import ImageDecodeError, load_image
-
-        scores = np.full(len(candidates), np.nan)
-        errors: dict[int, str] = {}
-        for lo in range(0, len(candidates), self.batch_size):
-            images, where = [], []
-            for j, cand in enumerate(candidates[lo : lo + self.batch_size], start=lo):
-                try:
-                    images.append(load_image(cand.path))
-                    where.append(j)
-                except ImageDecodeError as e:
-                    errors[j] = str(e)
-            if images:
-                inputs = self.processor(
-                    images=images, text=[query.text or ""] * len(images),
-                    return_tensors="pt", padding=True, truncation=True,
-                )  # fmt: skip
-                inputs = {k: v.to(self.device) for k, v in inputs.items()}
-                with torch.inference_mode(), quiet_transformers():
-                    probs = match_probabilities(self.model, self.family, inputs)
-                scores[where] = probs.cpu().numpy()
-            if progress:
-                progress("rerank", min(self.batch_size, len(candidates) - lo), len(candidates))
-        return RerankScores(scores, None, errors)
+        inputs = self.processor(
+            images=images,
+            text=[text] * len(images),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+        )
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        with torch.inference_mode(), quiet_transformers():
+            return match_probabilities(self.model, self.family, inputs).cpu().numpy()

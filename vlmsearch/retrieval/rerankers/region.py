@@ -150,7 +150,7 @@ class RegionReranker(Reranker):
                     f"collection {coll.path} has no region student; train one with "
                     "`vlmsearch distill`, or use --rerank region:teacher"
                 )
-        self.name = f"region:{'student' if student is not None else 'teacher'}"
+        by = f"region:{'student' if student is not None else 'teacher'}"
         # which model made the embeddings: the collection's encoder (its data generation
         # changes on a rebuild) or a particular trained student
         model_state = (
@@ -192,4 +192,4 @@ class RegionReranker(Reranker):
             best[i] = boxes[j]
             if progress:
                 progress("rerank", 1, len(candidates))
-        return RerankScores(scores, best, errors)
+        return RerankScores(scores, best, errors, by)

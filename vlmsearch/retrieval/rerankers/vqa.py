@@ -11,20 +11,13 @@ Spec: ``vqa:MODEL``, a Hugging Face id already in the local cache or a local fol
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from vlmsearch.errors import ModelError
 from vlmsearch.retrieval.rerankers import register
-from vlmsearch.retrieval.rerankers.base import (
-    Candidate,
-    ProgressFn,
-    Reranker,
-    RerankQuery,
-    RerankScores,
-)
+from vlmsearch.retrieval.rerankers.base import BatchedImageReranker
 from vlmsearch.retrieval.rerankers.itm import load_hf, quiet_transformers
 
 QUESTION = "Does this figure show '{}'? Please answer yes or no."  # the VQAScore prompt
@@ -51,7 +44,7 @@ def answer_token(tokenizer: Any, answer: str = ANSWER) -> int:
 
 
 @register
-class VqaReranker(Reranker):
+class VqaReranker(BatchedImageReranker):
     kind = "vqa"
 
     def __init__(self, model: Any, processor: Any, name: str, device: str) -> None:
@@ -65,7 +58,9 @@ class VqaReranker(Reranker):
         self.yes = answer_token(tokenizer)
 
     @classmethod
-    def load(cls, arg: str | None, device: str | None = None, **options: Any) -> VqaReranker:
+    def load(
+        cls, arg: str | None, device: str | None = None, batch_size: int = BATCH
+    ) -> VqaReranker:
         from transformers import AutoModelForImageTextToText
 
         from vlmsearch.runtime import resolve_device
@@ -82,39 +77,20 @@ class VqaReranker(Reranker):
         except (OSError, ValueError) as e:
             raise ModelError(f"{arg} is not an image-text-to-text model ({e})") from None
         reranker = cls(model, processor, arg, dev)
-        reranker.batch_size = int(options.get("batch_size", BATCH))
+        reranker.batch_size = int(batch_size)
         return reranker
 
-    def score(
-        self,
-        query: RerankQuery,
-        candidates: Sequence[Candidate],
-        progress: ProgressFn | None = None,
-    ) -> RerankScores:
+    def score_batch(self, text: str, images: list[Any]) -> np.ndarray:
         import torch
 
-        from vlmsearch.indexes.decode import ImageDecodeError, load_image
-
-        text = prompt_text(self.processor, query.text or "")
-        scores = np.full(len(candidates), np.nan)
-        errors: dict[int, str] = {}
-        for lo in range(0, len(candidates), self.batch_size):
-            images, where = [], []
-            for j, cand in enumerate(candidates[lo : lo + self.batch_size], start=lo):
-                try:
-                    images.append(load_image(cand.path))
-                    where.append(j)
-                except ImageDecodeError as e:
-                    errors[j] = str(e)
-            if images:
-                inputs = self.processor(
-                    images=[[im] for im in images], text=[text] * len(images),
-                    return_tensors="pt", padding=True,
-                )  # fmt: skip
-                inputs = {k: v.to(self.device) for k, v in inputs.items()}
-                with torch.inference_mode(), quiet_transformers():
-                    logits = self.model(**inputs).logits[:, -1].float()
-                scores[where] = logits.softmax(dim=-1)[:, self.yes].cpu().numpy()
-            if progress:
-                progress("rerank", min(self.batch_size, len(candidates) - lo), len(candidates))
-        return RerankScores(scores, None, errors)
+        prompt = prompt_text(self.processor, text)
+        inputs = self.processor(
+            images=[[im] for im in images],
+            text=[prompt] * len(images),
+            return_tensors="pt",
+            padding=True,
+        )
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        with torch.inference_mode(), quiet_transformers():
+            logits = self.model(**inputs).logits[:, -1].float()
+        return logits.softmax(dim=-1)[:, self.yes].cpu().numpy()
