@@ -411,12 +411,30 @@ class Collection:
 
     def save_region_student(self, student: Any, info: dict[str, Any]) -> None:
         """Store a trained region student (see :mod:`vlmsearch.retrieval.region_student`)."""
+        self._commit_extra(student=(student, info))
+
+    def _commit_extra(
+        self,
+        ids: np.ndarray | None = None,
+        columns: dict[str, pa.Array] | None = None,
+        column_info: dict[str, dict[str, Any]] | None = None,
+        **commit: Any,
+    ) -> None:
+        """Commit what is added beside the vectors -- metadata ``columns`` for ``ids`` (with
+        their manifest ``column_info``), or side files passed on to
+        :meth:`CollectionWriter.commit` -- under the writer lock, on top of the latest
+        committed state."""
         with self.layout.lock():
             manifest = self.layout.read_manifest()
             table = metadata.read_table(self.layout.file(manifest["metadata_file"]))
+            for name, values in (columns or {}).items():
+                assert ids is not None
+                table = metadata.set_column(table, name, ids, values)
             writer = CollectionWriter(self.layout, manifest, table)
             writer.previous = manifest
-            writer.commit(data_changed=False, student=(student, info))
+            if column_info:
+                writer.manifest["columns"] = {**(manifest.get("columns") or {}), **column_info}
+            writer.commit(data_changed=False, **commit)
             self.manifest, self.table = writer.manifest, writer.table
 
     def search_vector(
@@ -568,13 +586,7 @@ class Collection:
             raise QueryError(f"no text column {column!r} in the metadata (text columns: {known})")
 
     def _commit_text_vectors(self, column: str, tv: TextVectors, info: dict[str, Any]) -> None:
-        with self.layout.lock():
-            manifest = self.layout.read_manifest()
-            table = metadata.read_table(self.layout.file(manifest["metadata_file"]))
-            writer = CollectionWriter(self.layout, manifest, table)
-            writer.previous = manifest
-            writer.commit(data_changed=False, text_vectors={column: (tv, info)})
-            self.manifest, self.table = writer.manifest, writer.table
+        self._commit_extra(text_vectors={column: (tv, info)})
 
     def _exact(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores = np.asarray(self.vectors.get(allowed) @ q).ravel()
@@ -682,23 +694,14 @@ class Collection:
         best = probs.argmax(axis=1) if len(ids) else np.zeros(0, int)
         label_arr = pa.array([labels[j] for j in best], pa.string())
         score_arr = pa.array(probs[np.arange(len(ids)), best] if len(ids) else [], pa.float32())
-        with self.layout.lock():
-            manifest = self.layout.read_manifest()
-            table = metadata.read_table(self.layout.file(manifest["metadata_file"]))
-            table = metadata.set_column(table, column, ids, label_arr)
-            table = metadata.set_column(table, f"{column}_score", ids, score_arr)
-            writer = CollectionWriter(self.layout, manifest, table)
-            writer.previous = manifest
-            columns = dict(manifest.get("columns") or {})
-            columns[column] = {
-                "kind": "zero-shot label",
-                "labels": labels,
-                "templates": templates,
-                "encoder": manifest["encoder"].get("name"),
-            }
-            writer.manifest["columns"] = columns
-            writer.commit(data_changed=False)
-            self.manifest, self.table = writer.manifest, writer.table
+        info = {
+            "kind": "zero-shot label",
+            "labels": labels,
+            "templates": templates,
+            "encoder": self.manifest["encoder"].get("name"),
+        }
+        columns = {column: label_arr, f"{column}_score": score_arr}
+        self._commit_extra(ids, columns, {column: info})
 
     # -- captions (MAGIC) ------------------------------------------------------------------------
     def caption_targets(
@@ -778,18 +781,8 @@ class Collection:
         arr = pa.array([values[i] for i in ids.tolist()], pa.string())
         # the settings are kept per row too: a resumed run may have used other ones
         settings = pa.array([json.dumps(info, sort_keys=True)] * len(ids), pa.string())
-        with self.layout.lock():
-            manifest = self.layout.read_manifest()
-            table = metadata.read_table(self.layout.file(manifest["metadata_file"]))
-            table = metadata.set_column(table, column, ids, arr)
-            table = metadata.set_column(table, f"{column}_settings", ids, settings)
-            writer = CollectionWriter(self.layout, manifest, table)
-            writer.previous = manifest
-            columns = dict(manifest.get("columns") or {})
-            columns[column] = {"kind": "caption", **info}
-            writer.manifest["columns"] = columns
-            writer.commit(data_changed=False)
-            self.manifest, self.table = writer.manifest, writer.table
+        columns = {column: arr, f"{column}_settings": settings}
+        self._commit_extra(ids, columns, {column: {"kind": "caption", **info}})
 
     # -- info -----------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
