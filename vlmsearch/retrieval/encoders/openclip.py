@@ -111,11 +111,7 @@ class OpenClipEncoder(Encoder):
     @classmethod
     def from_spec(cls, spec: dict[str, Any], device: str | None = None) -> OpenClipEncoder:
         enc = cls._create(spec["arch"], spec.get("pretrained"), spec.get("checkpoint"), device)
-        check_same_weights(
-            spec,
-            enc.spec,
-            f"checkpoint {spec.get('checkpoint')} has changed since the collection was built",
-        )
+        check_checkpoint(spec, enc.spec)
         return enc
 
     @classmethod
@@ -219,6 +215,15 @@ class OpenClipEncoder(Encoder):
         if not out:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(out)
+
+
+def check_checkpoint(recorded: dict[str, Any], loaded: dict[str, Any]) -> None:
+    """Refuse a local checkpoint whose bytes changed since ``recorded`` was written."""
+    check_same_weights(
+        recorded,
+        loaded,
+        f"checkpoint {recorded.get('checkpoint')} has changed since the collection was built",
+    )
 
 
 def _can_trim(model: Any) -> bool:
