@@ -156,7 +156,8 @@ class Collection:
         self._index: Any = None
         self.index_is_stale = False
         self.last_report: IngestReport | None = None
-        self._text_vectors: dict[str, TextVectors] = {}
+        # column -> (the metadata table they were checked against, embeddings)
+        self._text_vectors: dict[str, tuple[pa.Table, TextVectors]] = {}
         self.notices: list[str] = []
 
     # -- construction -------------------------------------------------------------------------
@@ -546,6 +547,9 @@ class Collection:
         cannot be written (read-only, or another process is writing) they are kept in
         memory for this process only, with a line in :attr:`notices`."""
         self._check_text_column(column)
+        hit = self._text_vectors.get(column)
+        if hit is not None and hit[0] is self.table:
+            return hit[1]  # nothing committed since: no need to digest every row again
         import pyarrow.compute as pc
 
         rows = self.table.filter(
@@ -554,7 +558,7 @@ class Collection:
         ids = rows["id"].to_numpy().astype(np.int64)
         texts = [str(t) for t in rows[column].to_pylist()]
         identity = Encoder.identity(self.manifest["encoder"])
-        cached = self._text_vectors.get(column)
+        cached = hit[1] if hit is not None else None
         if cached is None:
             entry = (self.manifest.get("text_vectors") or {}).get(column) or {}
             cached = TextVectors.empty(self.dim, self.sparse)
@@ -562,13 +566,13 @@ class Collection:
             if entry.get("encoder") == identity and path is not None and path.is_file():
                 cached = TextVectors.read(path)
         tv, embedded = refresh(cached, ids, texts, self.encoder.encode_texts, self.sparse, progress)
-        self._text_vectors[column] = tv
         if save and (embedded or len(tv) != len(cached)):
             info = {"encoder": identity, "encoder_name": self.manifest["encoder"].get("name")}
             try:
                 self._commit_text_vectors(column, tv, info)
             except (CollectionError, OSError) as e:
                 self.notices.append(f"embeddings of column {column!r} not saved: {e}")
+        self._text_vectors[column] = (self.table, tv)
         return tv
 
     def _check_text_column(self, column: str) -> None:
