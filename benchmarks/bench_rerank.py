@@ -97,7 +97,8 @@ def main() -> None:
             device=args.device,
         )
         rows = coll.table.to_pylist()
-        cands = [Candidate(r["id"], str(root / r["path"]), 0.0) for r in rows][: args.candidates + 1]
+        rows = rows[: args.candidates + 1]  # one more for the warm-up
+        cands = [Candidate(r["id"], str(root / r["path"]), 0.0) for r in rows]
         q = RerankQuery(text, coll.encoder.encode_texts([text])[0], coll)
         teacher = load_reranker("region:teacher", device=args.device)
         t = time_reranker(teacher, q, cands)
