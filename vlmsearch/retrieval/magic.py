@@ -16,7 +16,6 @@ the chosen row of that cache becomes the next step's cache, so nothing is recomp
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -152,7 +151,9 @@ def generate(
             top_p, top_ids = probs.topk(min(k, probs.shape[-1]))
             n = len(top_ids)
             if use_cache:
-                cand_cache = copy.deepcopy(cache)
+                # the step's cache is not needed afterwards, so it is expanded in place
+                # rather than copied: k rows now, the chosen one kept below
+                cand_cache = cache
                 cand_cache.batch_repeat_interleave(n)
                 o = model(
                     input_ids=top_ids[:, None],

@@ -45,18 +45,15 @@ class StudentConfig:
     labels: list[str] = field(default_factory=list)
 
 
-class _TinyBackbone:
+def _tiny_backbone() -> tuple[Any, int, int]:
     """Three stride-2 convolutions (stride 8, 64 channels); random init."""
+    from torch import nn
 
-    @staticmethod
-    def build() -> tuple[Any, int, int]:
-        from torch import nn
-
-        net = nn.Sequential(
-            nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, 2, 1), nn.ReLU(),
-        )  # fmt: skip
-        return net, 8, 64
+    net = nn.Sequential(
+        nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, 2, 1), nn.ReLU(),
+    )  # fmt: skip
+    return net, 8, 64
 
 
 def build_backbone(name: str) -> tuple[Any, int, int, tuple[float, ...], tuple[float, ...]]:
@@ -66,7 +63,7 @@ def build_backbone(name: str) -> tuple[Any, int, int, tuple[float, ...], tuple[f
 
     imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     if name == "tiny":
-        net, stride, ch = _TinyBackbone.build()
+        net, stride, ch = _tiny_backbone()
         return net, stride, ch, *imagenet
     if name == "efficientnet-lite0":
         from vlmsearch.retrieval.unimodal.efficientnet_lite import MEAN, STD, EfficientNetLite0
