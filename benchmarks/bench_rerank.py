@@ -10,7 +10,8 @@ Candidates are real JPEGs from ../shared/data/imagenet-sample when present (else
 bundled sample photos). The region student is trained with ``vlmsearch distill``'s code on
 the same images (EfficientNet-Lite0 backbone, frozen, when the offline extra is installed).
 
-Run: ``python benchmarks/bench_rerank.py [--sizes tiny,base] [--candidates 8] [--out F]``.
+Run: ``python benchmarks/bench_rerank.py [--sizes tiny,base] [--candidates 8] [--out F]``;
+on a GPU: ``--device cuda --candidates 32 --warmup 32 --images DIR``.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ HERE = Path(__file__).resolve().parent
 SAMPLE = HERE.parent.parent / "shared" / "data" / "imagenet-sample"
 
 
-def images(n: int, dest: Path) -> Path:
+def images(n: int, dest: Path, src: Path | None = None) -> Path:
     from vlmsearch.samples import sample_dir
 
-    src = SAMPLE if SAMPLE.is_dir() else sample_dir()
+    src = src or (SAMPLE if SAMPLE.is_dir() else sample_dir())
     files = sorted(p for p in src.iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))[:n]
     dest.mkdir(parents=True)
     for p in files:
@@ -41,10 +42,11 @@ def images(n: int, dest: Path) -> Path:
     return dest
 
 
-def time_reranker(reranker: Any, query: Any, cands: list[Any]) -> dict[str, float]:
-    """Warm up on the first candidate (allocations, kernels), time the others: a different
-    image, so that the region reranker's per-process embedding cache cannot help."""
-    warm, timed = cands[:1], cands[1:]
+def time_reranker(reranker: Any, query: Any, cands: list[Any], warmup: int = 1) -> dict[str, float]:
+    """Warm up on the first ``warmup`` candidates (allocations, kernels; on a GPU as many as
+    are timed, so the batch shapes match), time the others: different images, so that the
+    region reranker's per-process embedding cache cannot help."""
+    warm, timed = cands[:warmup], cands[warmup:]
     reranker.score(query, warm)
     t0 = time.perf_counter()
     reranker.score(query, timed)
@@ -57,6 +59,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="tiny,base")
     ap.add_argument("--candidates", type=int, default=8)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--warmup", type=int, default=1, help="candidates scored before timing")
+    ap.add_argument("--images", type=Path, help="a folder of images (default: ImageNet sample)")
     ap.add_argument("--out")
     args = ap.parse_args()
 
@@ -72,12 +76,14 @@ def main() -> None:
     os.environ.setdefault("VLMSEARCH_MODEL_CONFIGS", str(HERE.parent / "tests" / "model_configs"))
     torch.set_num_threads(os.cpu_count() or 1)
     work = Path(tempfile.mkdtemp(prefix="bench-rerank-"))
-    root = images(max(args.candidates + 1, 12), work / "images")
+    root = images(max(args.candidates + args.warmup, 12), work / "images", args.images)
     res: dict[str, Any] = {
         "date": dt.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.device}",
         "torch": torch.__version__,
-        "images": str(SAMPLE if SAMPLE.is_dir() else "bundled samples"),
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+        "warmup_candidates": args.warmup,
+        "images": str(args.images or (SAMPLE if SAMPLE.is_dir() else "bundled samples")),
         "runs": [],
     }
 
@@ -97,11 +103,11 @@ def main() -> None:
             device=args.device,
         )
         rows = coll.table.to_pylist()
-        rows = rows[: args.candidates + 1]  # one more for the warm-up
+        rows = rows[: args.candidates + args.warmup]
         cands = [Candidate(r["id"], str(root / r["path"]), 0.0) for r in rows]
         q = RerankQuery(text, coll.encoder.encode_texts([text])[0], coll)
         teacher = load_reranker("region:teacher", device=args.device)
-        t = time_reranker(teacher, q, cands)
+        t = time_reranker(teacher, q, cands, args.warmup)
         record(size, f"region teacher ({encoder}, 46 regions x 2 crops)", t)
         backbones = ["tiny"]
         try:
@@ -115,7 +121,7 @@ def main() -> None:
                 coll, backbone, epochs=3, max_images=12, device=args.device, save=True
             )
             student = load_reranker("region:student", device=args.device)
-            s = time_reranker(student, q, cands)
+            s = time_reranker(student, q, cands, args.warmup)
             record(
                 size,
                 f"region student ({backbone} backbone)",
@@ -126,21 +132,27 @@ def main() -> None:
                 },
             )
         coca = "coca:vlms-tiny-coca" if size == "tiny" else "coca:coca_ViT-B-32"
-        record(size, coca, time_reranker(load_reranker(coca, device=args.device), q, cands))
+        record(
+            size,
+            coca,
+            time_reranker(load_reranker(coca, device=args.device), q, cands, args.warmup),
+        )
         models = work / f"hf-{size}"
         torch.manual_seed(0)
         vqa = build_llava(models / "llava", size)
         record(
             size,
             "vqa (LLaVA-style)",
-            time_reranker(load_reranker(f"vqa:{vqa}", device=args.device), q, cands),
+            time_reranker(load_reranker(f"vqa:{vqa}", device=args.device), q, cands, args.warmup),
         )
         for family in ("vilt", "blip", "flava"):
             path = build_itm(models / family, family, size)
             record(
                 size,
                 f"itm:{family}",
-                time_reranker(load_reranker(f"itm:{path}", device=args.device), q, cands),
+                time_reranker(
+                    load_reranker(f"itm:{path}", device=args.device), q, cands, args.warmup
+                ),
             )
     shutil.rmtree(work, ignore_errors=True)
     out = json.dumps(res, indent=2)

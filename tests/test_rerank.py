@@ -337,8 +337,8 @@ def test_region_embeddings_are_reused_until_the_file_changes(coll: Collection) -
     q = RerankQuery("x", coll.encoder.encode_texts(["x"])[0], coll)
     cands = candidates(coll)[:3]
     calls: list[int] = []
-    real = coll.encoder.encode_images
-    coll.encoder.encode_images = lambda ims: calls.append(len(ims)) or real(ims)
+    real = coll.encoder.student_features
+    coll.encoder.student_features = lambda px: calls.append(len(px)) or real(px)
     first = r.score(q, cands).scores
     n = len(calls)
     assert n > 0
@@ -350,16 +350,41 @@ def test_region_embeddings_are_reused_until_the_file_changes(coll: Collection) -
     assert len(calls) > n  # the changed file only
 
 
-def test_distill_refuses_sparse_asif_collections(tmp_path: Path) -> None:
+def test_asif_student_predicts_features_then_projects(tmp_path: Path) -> None:
     from tests.test_asif_collection import build_anchors, ok, photos, run, write_pairs_csv
-    from vlmsearch.retrieval.region_student import distill
+    from vlmsearch.retrieval.region_student import distill, load_student
+    from vlmsearch.retrieval.rerankers.proposals import CONTEXT, expand
+    from vlmsearch.retrieval.rerankers.region import region_boxes, teacher_targets
 
     csv = write_pairs_csv(tmp_path / "anchor-data", 12, seed=1, corrupt=False)
     ok(build_anchors(tmp_path / "anchors", csv, "-q"))
-    photos(tmp_path / "photos", 4, seed=2)
+    photos(tmp_path / "photos", 8, seed=2)
     ok(run("index", tmp_path / "photos", "--anchors", tmp_path / "anchors", "--workers", 0, "-q"))
     coll = Collection.open(tmp_path / "photos" / ".vlmsearch")
-    with pytest.raises(QueryError, match="not supported for ASIF"):
-        distill(coll, "tiny", epochs=1, max_images=4)
+    enc = coll.encoder
+    assert coll.sparse and enc.student_space == "features"
+    # the teacher's embeddings are the anchors' projection of its dense targets' crops
+    image = Image.open(next((tmp_path / "photos").glob("*.png"))).convert("RGB")
+    boxes = region_boxes(image)[:5]
+    teacher, target = teacher_targets(enc, image, boxes)
+    assert target.shape[1] != coll.dim and np.count_nonzero(target) > 0.9 * target.size
+    crop = enc.encode_images([image.crop(tuple(round(v) for v in boxes[0]))])[0]
+    wide_box = expand(boxes[0], CONTEXT, *image.size)
+    wider = enc.encode_images([image.crop(tuple(round(v) for v in wide_box))])
+    np.testing.assert_allclose(
+        teacher[0], (crop + wider[0]) / np.linalg.norm(crop + wider[0]), atol=1e-5
+    )
+    with pytest.raises(QueryError, match="ViLD-text"):
+        distill(coll, "tiny", epochs=1, max_images=4, labels=["red"])
+    _, report = distill(coll, "tiny", epochs=8, max_images=8, seed=0)
+    assert report.space == "features" and report.losses[-1] < report.losses[0]
+    assert report.held_out_cosine_after > report.held_out_cosine_before + 0.1
+    reopened = Collection.open(coll.path)
+    student = load_student(reopened)
+    assert student is not None and student.cfg.space == "features"
+    emb = student.embed(image, boxes)
+    assert emb.shape == (5, coll.dim) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    hits = reopened.search("caption number 1", k=2, rerank="region", rerank_top=4)
+    assert hits[0].reranker == "region:student" and len(hits[0].box) == 4
     hits = coll.search("caption number 1", k=2, rerank="region:teacher", rerank_top=4)
     assert hits[0].reranker == "region:teacher" and len(hits[0].box) == 4

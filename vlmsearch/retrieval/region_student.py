@@ -6,6 +6,10 @@ Trained by :func:`distill` with ViLD-image's L1 loss to the teacher's crop embed
 collection's own images; optionally with ViLD-text's loss when label text is given.
 Saved in the collection (``student-<generation>.pt``) and used by ``--rerank region``.
 
+What it predicts follows the encoder's ``student_space``: the L2-normalised embedding for
+CLIP collections (ViLD), or for ASIF collections the image encoder's dense features, which
+the anchors then turn into relative representations exactly as for a crop.
+
 Backbones: ``efficientnet-lite0`` (ImageNet weights from the offline extra, frozen by
 default), ``timm:NAME[:/path/to/weights]`` (features of the last stage), and ``tiny``
 (a three-layer CNN with random weights, trained with the head; for tests and speed).
@@ -43,6 +47,8 @@ class StudentConfig:
     input_size: int = INPUT_SIZE
     train_backbone: bool = False
     labels: list[str] = field(default_factory=list)
+    space: str = "embedding"  # or "features": see Encoder.student_space
+    normalize: bool = True  # L2-normalise the output (false for raw classifier features)
 
 
 def _tiny_backbone() -> tuple[Any, int, int]:
@@ -140,7 +146,8 @@ def _module(cfg: StudentConfig) -> Any:
                 self.reduce(fmap), boxes, output_size=ROI_SIZE,
                 spatial_scale=1.0 / self.stride, sampling_ratio=2, aligned=True,
             )  # fmt: skip
-            return torch.nn.functional.normalize(self.head(pooled), dim=-1)
+            out = self.head(pooled)
+            return torch.nn.functional.normalize(out, dim=-1) if cfg.normalize else out
 
     return Student()
 
@@ -164,12 +171,24 @@ def scaled_boxes(boxes: Sequence[Box], width: int, height: int, size: int) -> np
 class RegionStudent:
     """A trained student, ready to embed an image's regions."""
 
-    def __init__(self, cfg: StudentConfig, module: Any, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        cfg: StudentConfig,
+        module: Any,
+        device: str = "cpu",
+        project: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        """``project`` maps the module's output into the collection's embedding space
+        (the encoder's ``from_student_features``; needed when ``cfg.space == "features"``)."""
+        if cfg.space != "embedding" and project is None:
+            raise ModelError("this region student predicts features: it needs the encoder")
         self.cfg = cfg
         self.module = module.to(device).eval()
         self.device = device
+        self.project = project
 
-    def embed(self, image: Any, boxes: Sequence[Box]) -> np.ndarray:
+    def predict(self, image: Any, boxes: Sequence[Box]) -> np.ndarray:
+        """The module's raw output for ``boxes`` (the student space)."""
         import torch
 
         w, h = image.size
@@ -177,6 +196,11 @@ class RegionStudent:
         b = torch.from_numpy(scaled_boxes(boxes, w, h, self.cfg.input_size)).to(self.device)
         with torch.inference_mode():
             return self.module.regions(self.module.features(x), [b]).float().cpu().numpy()
+
+    def embed(self, image: Any, boxes: Sequence[Box]) -> np.ndarray:
+        """Region embeddings in the collection's space, comparable with its queries."""
+        out = self.predict(image, boxes)
+        return self.project(out) if self.cfg.space != "embedding" and self.project else out
 
     def save(self, path: Path) -> None:
         import torch
@@ -188,7 +212,12 @@ class RegionStudent:
         atomic_write(path, lambda p: torch.save(payload, p))
 
     @classmethod
-    def read(cls, path: Path, device: str = "cpu") -> RegionStudent:
+    def read(
+        cls,
+        path: Path,
+        device: str = "cpu",
+        project: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> RegionStudent:
         import torch
 
         try:
@@ -198,7 +227,7 @@ class RegionStudent:
         cfg = StudentConfig(**payload["config"])
         module = _module(cfg)
         module.load_state_dict(payload["state_dict"])
-        return cls(cfg, module, device)
+        return cls(cfg, module, device, project)
 
 
 _CACHE: dict[tuple[str, str], RegionStudent] = {}
@@ -218,7 +247,7 @@ def load_student(collection: Any, device: str | None = None) -> RegionStudent | 
     dev = resolve_device(device)
     key = (str(path), dev)
     if key not in _CACHE:
-        _CACHE[key] = RegionStudent.read(path, dev)
+        _CACHE[key] = RegionStudent.read(path, dev, collection.encoder.from_student_features)
     return _CACHE[key]
 
 
@@ -237,6 +266,7 @@ class DistillReport:
     backbone: str
     text_loss: bool
     seconds: float
+    space: str = "embedding"
 
     @property
     def speedup(self) -> float:
@@ -266,20 +296,19 @@ def distill(
 
     from vlmsearch.indexes.decode import ImageDecodeError, load_image
     from vlmsearch.retrieval.encoders.base import Encoder
-    from vlmsearch.retrieval.rerankers.region import region_boxes, teacher_embeddings
+    from vlmsearch.retrieval.rerankers.region import region_boxes, teacher_targets
     from vlmsearch.runtime import resolve_device
 
     if epochs < 1 or max_images < 2:
         raise QueryError("distill needs at least 1 epoch and 2 images")
-    if collection.sparse:
-        # Measured (benchmarks/RESULTS.md, bench_region_quality.py --student): on an ASIF
-        # collection the L1 student learns the near-zero mass of the sparse targets (held-out
-        # cosine 0.005 -> 0.0006) and its reranking collapses (pasted-object R@1 0.025 vs
-        # the teacher's 0.675). Refused rather than used by `--rerank region` automatically.
+    encoder = collection.encoder
+    space = encoder.student_space
+    if labels and space != "embedding":
+        # ViLD-text compares region embeddings with text embeddings; a features-space
+        # student's embeddings come out of a non-differentiable anchor projection
         raise QueryError(
-            "region students are not supported for ASIF (sparse) collections yet: the L1 "
-            "student does not learn their relative representations. Use --rerank "
-            "region:teacher, which works on them"
+            "label text (ViLD-text) needs a collection whose student predicts embeddings; "
+            f"this {encoder.kind} collection's student predicts features. Distil without labels"
         )
     dev = resolve_device(device)
     t_start = time.perf_counter()
@@ -290,15 +319,12 @@ def distill(
     ids = np.sort(rng.permutation(ids)[:max_images])
     rows = collection.rows(ids)
     train_bb = backbone == "tiny" if train_backbone is None else train_backbone
-    cfg = StudentConfig(
-        backbone, collection.dim, train_backbone=train_bb, labels=list(labels or [])
-    )
-    torch.manual_seed(seed)
-    module = _module(cfg).to(dev)
 
-    # the teacher's crop embeddings, once per image (the expensive part)
-    samples: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]] = []
+    # the teacher's crop embeddings and the student's targets, once per image (the
+    # expensive part); samples are (pixels, boxes, targets, teacher embeddings)
+    samples: list[tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]] = []
     teacher_time = 0.0
+    input_size = INPUT_SIZE
     for i in ids.tolist():
         try:
             image = load_image(collection.root / rows[i]["path"])
@@ -306,21 +332,28 @@ def distill(
             continue  # a file gone or changed since indexing: skipped
         boxes = region_boxes(image)
         t0 = time.perf_counter()
-        target = teacher_embeddings(collection.encoder, image, boxes)
+        teacher, target = teacher_targets(encoder, image, boxes)
         if samples:  # the first image also pays for warm-up: not timed
             teacher_time += time.perf_counter() - t0
         w, h = image.size
         samples.append(
             (
-                image_tensor(image, cfg.input_size),
-                torch.from_numpy(scaled_boxes(boxes, w, h, cfg.input_size)),
+                image_tensor(image, input_size),
+                torch.from_numpy(scaled_boxes(boxes, w, h, input_size)),
                 target,
+                teacher,
             )
         )
         if progress:
             progress("teacher", 1, len(ids))
     if len(samples) < 2:
         raise CollectionError("fewer than 2 images of the collection could be read")
+    cfg = StudentConfig(
+        backbone, int(samples[0][2].shape[1]), input_size, train_backbone=train_bb,
+        labels=list(labels or []), space=space, normalize=encoder.student_features_normalized,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    module = _module(cfg).to(dev)
     n_held = min(max(1, round(len(samples) * held_out)), len(samples) - 1)
     order = rng.permutation(len(samples))
     held = [samples[j] for j in order[:n_held]]
@@ -349,14 +382,16 @@ def distill(
     opt = torch.optim.Adam(params, lr=lr)
 
     def held_cosine() -> float:
+        """Mean cosine of the student's region embeddings to the teacher's, held out."""
         module.eval()
+        cos = []
         with torch.inference_mode():
-            cos = [
-                (module.regions(module.features(x[None].to(dev)), [b.to(dev)]).cpu().numpy() * t)
-                .sum(axis=1)
-                .mean()
-                for x, b, t in held
-            ]
+            for x, b, _, teacher in held:
+                out = module.regions(module.features(x[None].to(dev)), [b.to(dev)])
+                emb = out.float().cpu().numpy()
+                if space != "embedding":
+                    emb = encoder.from_student_features(emb)
+                cos.append(float((emb * teacher).sum(axis=1).mean()))
         module.train()
         return float(np.mean(cos))
 
@@ -366,7 +401,7 @@ def distill(
     for _epoch in range(epochs):
         total = 0.0
         for j in rng.permutation(len(train)).tolist():
-            x, b, t = train[j]
+            x, b, t, _ = train[j]
             fmap = fmaps[j] if not train_bb else module.features(x[None].to(dev))
             emb = module.regions(fmap, [b.to(dev)])
             target = torch.from_numpy(t).to(dev)
@@ -385,14 +420,18 @@ def distill(
             progress("train", 1, epochs)
     module.eval()
     after = held_cosine()
-    student = RegionStudent(cfg, module, dev)
-    with torch.inference_mode():  # warm-up, then timed like the teacher
-        x, b, _ = held[0]
-        module.regions(module.features(x[None].to(dev)), [b.to(dev)])
+    student = RegionStudent(cfg, module, dev, encoder.from_student_features)
+
+    def student_pass(x: torch.Tensor, b: torch.Tensor) -> None:
+        with torch.inference_mode():
+            out = module.regions(module.features(x[None].to(dev)), [b.to(dev)])
+            if space != "embedding":  # the projection is part of the student's cost
+                encoder.from_student_features(out.float().cpu().numpy())
+
+    student_pass(*held[0][:2])  # warm-up, then timed like the teacher
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        for x, b, _ in held:
-            module.regions(module.features(x[None].to(dev)), [b.to(dev)])
+    for x, b, _, _ in held:
+        student_pass(x, b)
     student_time = (time.perf_counter() - t0) / len(held)
     n_regions = sum(len(s[1]) for s in samples)
     report = DistillReport(
@@ -402,6 +441,7 @@ def distill(
         teacher_seconds_per_image=round(teacher_time / (len(samples) - 1), 5),
         student_seconds_per_image=round(student_time, 5), backbone=backbone,
         text_loss=text_emb is not None, seconds=round(time.perf_counter() - t_start, 2),
+        space=space,
     )  # fmt: skip
     if save:
         info = {

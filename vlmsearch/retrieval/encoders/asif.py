@@ -251,7 +251,22 @@ class AsifEncoder(Encoder):
         return self.image_encoder.encode_pixels(pixels, normalize=not raw)
 
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
-        return self.anchors.relative("image", self.image_features(pixels), self.k, self.p_image)
+        return self.from_student_features(self.image_features(pixels))
+
+    # a region student predicts the image encoder's dense features; the anchors then make
+    # them relative representations exactly as for a crop (measured: an L1 student trained
+    # on the sparse representations themselves collapses, benchmarks/RESULTS.md)
+    student_space = "features"
+
+    @property
+    def student_features_normalized(self) -> bool:
+        return self.anchors.similarity("image") != "softmax"
+
+    def student_features(self, pixels: torch.Tensor) -> np.ndarray:
+        return self.image_features(pixels)
+
+    def from_student_features(self, features: np.ndarray) -> np.ndarray:
+        return self.anchors.relative("image", features, self.k, self.p_image)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:

@@ -62,6 +62,26 @@ class Encoder(ABC):
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts; returns float32 (n, dim), L2-normalised."""
 
+    # -- what a region student learns (vlmsearch.retrieval.region_student) ------------------
+    student_space: ClassVar[str] = "embedding"
+    """``embedding``: a student predicts the L2-normalised embedding itself. ``features``:
+    it predicts dense features that :meth:`from_student_features` maps into the space
+    (ASIF, whose sparse relative representations an L1 student cannot learn directly)."""
+
+    @property
+    def student_features_normalized(self) -> bool:
+        """Whether student features are L2-normalised (a student's output is too)."""
+        return True
+
+    def student_features(self, pixels: torch.Tensor) -> np.ndarray:
+        """A region student's target for a batch of transformed crops."""
+        return self.encode_pixels(pixels)
+
+    def from_student_features(self, features: np.ndarray) -> np.ndarray:
+        """Map :meth:`student_features` (or a student's predictions) into the embedding
+        space; ``encode_pixels(x) == from_student_features(student_features(x))``."""
+        return np.asarray(features, np.float32)
+
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed already-decoded RGB images (convenience for queries)."""
         import torch

@@ -54,19 +54,43 @@ def _cache_key(
     return (path, st.st_size, st.st_mtime_ns, model_state, tuple(scales), detector)
 
 
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def teacher_targets(
+    encoder: Any, image: Any, boxes: Sequence[Box], batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the teacher's region embeddings, a student's training targets) for ``boxes``.
+
+    Each box is cropped at 1x and 1.5x context. The embeddings are the L2-normalised mean
+    of the two crops' embeddings (ViLD's ensemble); the targets are the mean of the two
+    crops' student features (:meth:`Encoder.student_features`: the embeddings themselves
+    for a CLIP collection, so both are then the same)."""
+    import torch
+
+    w, h = image.size
+    crops = [image.crop(tuple(round(v) for v in b)) for b in boxes]
+    crops += [image.crop(tuple(round(v) for v in expand(b, CONTEXT, w, h))) for b in boxes]
+    transform = encoder.image_transform()
+    parts = [
+        encoder.student_features(torch.stack([transform(c) for c in crops[i : i + batch_size]]))
+        for i in range(0, len(crops), batch_size)
+    ]
+    feats = np.concatenate(parts).astype(np.float32)
+    n = len(boxes)
+    emb = np.asarray(encoder.from_student_features(feats), np.float32)
+    teacher = _normalize(emb[:n] + emb[n:])
+    pair = feats[:n] + feats[n:]
+    target = _normalize(pair) if encoder.student_features_normalized else pair / 2
+    return teacher, target
+
+
 def teacher_embeddings(
     encoder: Any, image: Any, boxes: Sequence[Box], batch_size: int = 64
 ) -> np.ndarray:
     """L2-normalised mean of each box's crop embedding at 1x and 1.5x context."""
-    w, h = image.size
-    crops = [image.crop(tuple(round(v) for v in b)) for b in boxes]
-    crops += [image.crop(tuple(round(v) for v in expand(b, CONTEXT, w, h))) for b in boxes]
-    parts = [
-        encoder.encode_images(crops[i : i + batch_size]) for i in range(0, len(crops), batch_size)
-    ]
-    emb = np.concatenate(parts).astype(np.float32)
-    pair = emb[: len(boxes)] + emb[len(boxes) :]
-    return pair / np.maximum(np.linalg.norm(pair, axis=1, keepdims=True), 1e-12)
+    return teacher_targets(encoder, image, boxes, batch_size)[0]
 
 
 def region_boxes(
