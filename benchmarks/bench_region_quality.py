@@ -12,7 +12,7 @@ what reranking costs when the object fills the image.
 With ``--student`` a region student (EfficientNet-Lite0 backbone, frozen) is distilled on
 the composites and ranked the same way.
 
-Run: ``python benchmarks/bench_region_quality.py [--n 40] [--student] [--out results.json]``.
+Run: ``python benchmarks/bench_region_quality.py [--n 40] [--student [--no-teacher]] [--out F]``.
 """
 
 from __future__ import annotations
@@ -86,6 +86,9 @@ def main() -> None:
     ap.add_argument("--out")
     ap.add_argument("--student", action="store_true", help="also distil and rank with a student")
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument(
+        "--no-teacher", action="store_true", help="skip the teacher rows (deterministic, slow)"
+    )
     args = ap.parse_args()
     if not SAMPLE.is_dir():
         raise SystemExit(f"needs {SAMPLE}")
@@ -115,6 +118,8 @@ def main() -> None:
         "region:teacher": rerank,
         "region:teacher, whole_weight=0.5": {**rerank, "rerank_options": {"whole_weight": 0.5}},
     }
+    if args.no_teacher:
+        plans = {"first stage": {}}
     if args.student:
         from vlmsearch.retrieval.region_student import distill
 

@@ -378,7 +378,9 @@ def test_asif_student_predicts_features_then_projects(tmp_path: Path) -> None:
         distill(coll, "tiny", epochs=1, max_images=4, labels=["red"])
     _, report = distill(coll, "tiny", epochs=8, max_images=8, seed=0)
     assert report.space == "features" and report.losses[-1] < report.losses[0]
-    assert report.held_out_cosine_after > report.held_out_cosine_before + 0.1
+    # few anchors make every relative representation alike: judge the gap that is left
+    gap_before, gap_after = 1 - report.held_out_cosine_before, 1 - report.held_out_cosine_after
+    assert gap_after < 0.5 * gap_before
     reopened = Collection.open(coll.path)
     student = load_student(reopened)
     assert student is not None and student.cfg.space == "features"
