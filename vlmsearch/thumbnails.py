@@ -36,9 +36,7 @@ def thumbnail_path(collection: Path, image_id: int, image: Path, size: int) -> P
     return collection / THUMB_DIR / bucket / name
 
 
-def cached_thumbnail(
-    collection: Path, image_id: int, image: Path, size: int
-) -> tuple[bytes, bool]:
+def cached_thumbnail(collection: Path, image_id: int, image: Path, size: int) -> tuple[bytes, bool]:
     """(JPEG bytes, whether it was made now): made and stored on first use. Raises
     OSError when the image cannot be read and ImageDecodeError when it cannot be decoded.
     A collection that cannot be written still gets its thumbnail, just not cached."""

@@ -462,10 +462,12 @@ def info(
 from vlmsearch.cli.asif import asif_app  # noqa: E402  (sub-command group)
 from vlmsearch.cli.caption import caption  # noqa: E402
 from vlmsearch.cli.distill import distill  # noqa: E402
+from vlmsearch.cli.serve import serve  # noqa: E402
 
 app.add_typer(asif_app, name="asif")
 app.command("caption")(caption)
 app.command("distill")(distill)
+app.command("serve")(serve)
 
 
 def main() -> None:

@@ -36,7 +36,9 @@ def _run_search(
     where = check_where(req.where, ctx.config.max_where_chars)
     if req.rerank is not None and req.rerank not in ctx.config.rerankers:
         allowed = ", ".join(ctx.config.rerankers) or "none"
-        raise QueryError(f"reranker {req.rerank!r} is not enabled on this server (enabled: {allowed})")
+        raise QueryError(
+            f"reranker {req.rerank!r} is not enabled on this server (enabled: {allowed})"
+        )
     if req.rerank_top > ctx.config.max_rerank_top:
         raise HTTPException(422, f"rerank_top must be at most {ctx.config.max_rerank_top}")
     weighted = _weighted(images, req.image_weights, "image_weights")
