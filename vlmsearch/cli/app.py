@@ -152,6 +152,16 @@ def index(
     device: DeviceOpt = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     json_: JsonOpt = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Keep running: re-index whenever files arrive, change or go (Ctrl-C stops).",
+        ),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.05, help="With --watch: seconds between scans.")
+    ] = 2.0,
 ) -> None:
     """Embed every image under DIRECTORY, incrementally (new, changed and deleted files)."""
     from vlmsearch.cli.progress import ingest_progress
@@ -188,6 +198,10 @@ def index(
         if anchors is not None and model is not None:
             raise VlmsearchError("give the anchor set with --anchors or --model, not both")
         encoder, model = "asif", anchors if anchors is not None else model
+    if watch:
+        args = (model, encoder, opts, device, enc_opts, quiet, json_, interval)
+        _watch(directory, collection, *args)
+        return
     with ingest_progress(quiet or json_) as progress:
         coll = Collection.index(
             directory,
@@ -201,6 +215,55 @@ def index(
         )
     rep = coll.last_report
     assert rep is not None
+    _report(coll, rep, quiet, json_)
+
+
+def _watch(
+    directory: Path,
+    collection: Path | None,
+    model: str | None,
+    encoder: str | None,
+    opts: Any,
+    device: str,
+    enc_opts: dict[str, Any],
+    quiet: bool,
+    json_: bool,
+    interval: float,
+) -> None:
+    """``index --watch``: one line (or one JSON object) per update, until Ctrl-C."""
+    import json
+
+    from vlmsearch.watch import watch
+
+    def on_report(rep: Any) -> None:
+        if json_:
+            print(json.dumps(rep.to_dict(), default=str), flush=True)
+        elif not quiet:
+            output.err.print(
+                f"generation {rep.generation}: {rep.new} new, {rep.changed} changed, {rep.deleted} "
+                f"deleted, {rep.unchanged} unchanged; {rep.encoded} encoded, {rep.errors} errors"
+            )
+
+    def on_error(e: Exception) -> None:
+        output.err.print(f"[yellow]note:[/yellow] {escape(str(e))}; retrying", soft_wrap=True)
+
+    if not quiet and not json_:
+        output.err.print(f"watching {escape(str(directory))} every {interval:g}s; Ctrl-C stops")
+    watch(
+        directory,
+        collection,
+        interval=interval,
+        on_report=on_report,
+        on_error=on_error,
+        model=model,
+        encoder_kind=encoder,
+        options=opts,
+        device=device,
+        encoder_options=enc_opts,
+    )
+
+
+def _report(coll: Any, rep: Any, quiet: bool, json_: bool) -> None:
     for notice in rep.notices:
         output.err.print(f"[bold yellow]note:[/bold yellow] {escape(notice)}", soft_wrap=True)
     if json_:
