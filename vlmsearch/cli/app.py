@@ -345,6 +345,10 @@ def search(
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
     csv_: CsvOpt = False,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write a self-contained contact sheet (HTML) here."),
+    ] = None,
 ) -> None:
     """Search a collection by text, image, or a weighted mix with negatives."""
     from vlmsearch.collection import Collection
@@ -388,6 +392,18 @@ def search(
             "[yellow]note:[/yellow] the stored index is behind the data (an interrupted index "
             "run?); searched exactly in memory. Run `vlmsearch index` to finish it."
         )
+    if html is not None:
+        from vlmsearch import contact_sheet
+
+        what = " + ".join([*(query or []), *(f"image {i}" for i in image or [])])
+        page = contact_sheet.search_sheet(
+            hits,
+            f"vlmsearch: {what}",
+            contact_sheet.thumbnailer(coll.path),
+            meta=f"{len(hits)} results from {coll.root}" + (f" where {where}" if where else ""),
+        )
+        written = contact_sheet.write(html, page)
+        output.err.print(f"wrote {escape(str(written))} ({len(hits)} images)")
     output.hits(hits, fmt, text_column)
 
 
@@ -424,6 +440,10 @@ def classify(
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
     csv_: CsvOpt = False,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write a contact sheet grouped by label (HTML) here."),
+    ] = None,
 ) -> None:
     """Zero-shot classification from label text, of PATHS or of a collection's stored vectors."""
     from vlmsearch.collection import Collection, classify_files
@@ -463,6 +483,18 @@ def classify(
                     f"with --where \"{write_column} = '{label_list[0]}'\""
                 )
             )
+    if html is not None:
+        from vlmsearch import contact_sheet
+
+        page = contact_sheet.classify_sheet(
+            preds,
+            label_list,
+            "vlmsearch: " + ", ".join(label_list),
+            contact_sheet.thumbnailer(None if paths else coll.path),
+            meta=f"{len(preds)} images, templates {templates}, rule {rule}",
+        )
+        written = contact_sheet.write(html, page)
+        output.err.print(f"wrote {escape(str(written))} ({len(preds)} images)")
     if parquet:
         import pyarrow as pa
         import pyarrow.parquet as pq
