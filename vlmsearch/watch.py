@@ -25,15 +25,13 @@ from vlmsearch.indexes.scan import scan
 Snapshot = frozenset[tuple[str, int, int]]
 
 
-def snapshot(root: Path, coll: Collection) -> Snapshot:
-    """(path, size, mtime_ns) of every file an index run would consider."""
-    settings = coll.manifest.get("scan") or {}
-    files = scan(
-        root,
-        settings.get("extensions"),
-        bool(settings.get("include_hidden")),
-        exclude=[coll.path],
-    )
+def snapshot(root: Path, layout: Layout, options: IngestOptions | None = None) -> Snapshot:
+    """(path, size, mtime_ns) of every file an index run would consider: the run's own
+    scan settings when given, else the collection's saved ones."""
+    saved = (layout.read_manifest().get("scan") or {}) if layout.exists() else {}
+    extensions = (options.extensions if options else None) or saved.get("extensions")
+    hidden = bool(options.include_hidden if options else saved.get("include_hidden"))
+    files = scan(root, extensions, hidden, exclude=[layout.path])
     return frozenset((f.path, f.size, f.mtime_ns) for f in files)
 
 
@@ -53,19 +51,20 @@ def watch(
     collection error, is reported through ``on_error`` and retried next interval."""
     root_path = Path(root).expanduser()
     stop = stop or threading.Event()
+    layout = Layout(collection or default_collection_for(root_path))
+    options: IngestOptions = index_args.get("options") or IngestOptions()
+    # taken before the run: a file that lands during the run is seen as a change
+    seen = snapshot(root_path, layout, options)
     coll = Collection.index(root_path, collection, **index_args)
     if on_report and coll.last_report:
         on_report(coll.last_report)
-    options: IngestOptions = index_args.get("options") or IngestOptions()
     # later runs keep the collection's saved choices (index type, extensions)
     later = IngestOptions(**{**options.__dict__, "rebuild": False, "index": None})
     later.extensions = None
-    layout = Layout(collection or default_collection_for(root_path))
-    seen = snapshot(root_path, coll)
     pending: Snapshot | None = None
     while not stop.wait(interval):
         try:
-            now = snapshot(root_path, coll)
+            now = snapshot(root_path, layout)
             if now == seen:
                 pending = None
                 continue
