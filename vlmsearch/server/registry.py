@@ -22,7 +22,6 @@ import numpy as np
 
 from vlmsearch.collection import Collection
 from vlmsearch.errors import CollectionError
-from vlmsearch.indexes import metadata
 from vlmsearch.indexes.layout import Layout
 from vlmsearch.retrieval.encoders.base import Encoder
 
@@ -178,8 +177,3 @@ class Registry:
 class UnknownCollection(CollectionError):
     """A request named a collection this server does not serve."""
 
-
-def check_columns(coll: Collection, where: str | None) -> None:
-    """Validate a filter up front (statements, unknown columns) without running a search."""
-    if where and where.strip():
-        metadata.filter_ids(coll.table.slice(0, 0), where)

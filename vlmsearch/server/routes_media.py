@@ -32,6 +32,11 @@ def page(ctx: Ctx) -> HTMLResponse:
     return HTMLResponse(html, headers={"cache-control": "no-cache"})
 
 
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> Response:
+    return Response(status_code=204)
+
+
 @router.get("/static/{name}", include_in_schema=False)
 def static(name: str) -> Response:
     if name not in STATIC:
