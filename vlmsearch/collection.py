@@ -469,6 +469,25 @@ class Collection:
                 scores, ids = scores[keep], ids[keep]
         return self._hits(ids, scores)
 
+    def similar(
+        self,
+        id: int,
+        k: int = 10,
+        where: str | None = None,
+        params: dict[str, int] | None = None,
+    ) -> list[Hit]:
+        """"More like this": the stored images nearest to stored image ``id``, itself left
+        out. Its stored vector is the query, so nothing is decoded or encoded."""
+        self._require_vectors()
+        try:
+            vector = self.vectors.dense(np.asarray([int(id)], np.int64))[0]
+        except KeyError:
+            raise QueryError(f"no indexed image with id {id}") from None
+        hits = [h for h in self.search_vector(vector, k + 1, where, params) if h.id != id][:k]
+        for rank, h in enumerate(hits, start=1):
+            h.rank = rank
+        return hits
+
     def _query_row(self, vector: np.ndarray, k: int) -> np.ndarray:
         if k < 1:
             raise QueryError(f"k must be at least 1 (got {k})")

@@ -152,6 +152,16 @@ def index(
     device: DeviceOpt = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     json_: JsonOpt = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Keep running: re-index whenever files arrive, change or go (Ctrl-C stops).",
+        ),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.05, help="With --watch: seconds between scans.")
+    ] = 2.0,
 ) -> None:
     """Embed every image under DIRECTORY, incrementally (new, changed and deleted files)."""
     from vlmsearch.cli.progress import ingest_progress
@@ -188,6 +198,10 @@ def index(
         if anchors is not None and model is not None:
             raise VlmsearchError("give the anchor set with --anchors or --model, not both")
         encoder, model = "asif", anchors if anchors is not None else model
+    if watch:
+        args = (model, encoder, opts, device, enc_opts, quiet, json_, interval)
+        _watch(directory, collection, *args)
+        return
     with ingest_progress(quiet or json_) as progress:
         coll = Collection.index(
             directory,
@@ -201,6 +215,55 @@ def index(
         )
     rep = coll.last_report
     assert rep is not None
+    _report(coll, rep, quiet, json_)
+
+
+def _watch(
+    directory: Path,
+    collection: Path | None,
+    model: str | None,
+    encoder: str | None,
+    opts: Any,
+    device: str,
+    enc_opts: dict[str, Any],
+    quiet: bool,
+    json_: bool,
+    interval: float,
+) -> None:
+    """``index --watch``: one line (or one JSON object) per update, until Ctrl-C."""
+    import json
+
+    from vlmsearch.watch import watch
+
+    def on_report(rep: Any) -> None:
+        if json_:
+            print(json.dumps(rep.to_dict(), default=str), flush=True)
+        elif not quiet:
+            output.err.print(
+                f"generation {rep.generation}: {rep.new} new, {rep.changed} changed, {rep.deleted} "
+                f"deleted, {rep.unchanged} unchanged; {rep.encoded} encoded, {rep.errors} errors"
+            )
+
+    def on_error(e: Exception) -> None:
+        output.err.print(f"[yellow]note:[/yellow] {escape(str(e))}; retrying", soft_wrap=True)
+
+    if not quiet and not json_:
+        output.err.print(f"watching {escape(str(directory))} every {interval:g}s; Ctrl-C stops")
+    watch(
+        directory,
+        collection,
+        interval=interval,
+        on_report=on_report,
+        on_error=on_error,
+        model=model,
+        encoder_kind=encoder,
+        options=opts,
+        device=device,
+        encoder_options=enc_opts,
+    )
+
+
+def _report(coll: Any, rep: Any, quiet: bool, json_: bool) -> None:
     for notice in rep.notices:
         output.err.print(f"[bold yellow]note:[/bold yellow] {escape(notice)}", soft_wrap=True)
     if json_:
@@ -282,6 +345,10 @@ def search(
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
     csv_: CsvOpt = False,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write a self-contained contact sheet (HTML) here."),
+    ] = None,
 ) -> None:
     """Search a collection by text, image, or a weighted mix with negatives."""
     from vlmsearch.collection import Collection
@@ -325,6 +392,18 @@ def search(
             "[yellow]note:[/yellow] the stored index is behind the data (an interrupted index "
             "run?); searched exactly in memory. Run `vlmsearch index` to finish it."
         )
+    if html is not None:
+        from vlmsearch import contact_sheet
+
+        what = " + ".join([*(query or []), *(f"image {i}" for i in image or [])])
+        page = contact_sheet.search_sheet(
+            hits,
+            f"vlmsearch: {what}",
+            contact_sheet.thumbnailer(coll.path),
+            meta=f"{len(hits)} results from {coll.root}" + (f" where {where}" if where else ""),
+        )
+        written = contact_sheet.write(html, page)
+        output.err.print(f"wrote {escape(str(written))} ({len(hits)} images)")
     output.hits(hits, fmt, text_column)
 
 
@@ -361,6 +440,10 @@ def classify(
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
     csv_: CsvOpt = False,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write a contact sheet grouped by label (HTML) here."),
+    ] = None,
 ) -> None:
     """Zero-shot classification from label text, of PATHS or of a collection's stored vectors."""
     from vlmsearch.collection import Collection, classify_files
@@ -400,6 +483,18 @@ def classify(
                     f"with --where \"{write_column} = '{label_list[0]}'\""
                 )
             )
+    if html is not None:
+        from vlmsearch import contact_sheet
+
+        page = contact_sheet.classify_sheet(
+            preds,
+            label_list,
+            "vlmsearch: " + ", ".join(label_list),
+            contact_sheet.thumbnailer(None if paths else coll.path),
+            meta=f"{len(preds)} images, templates {templates}, rule {rule}",
+        )
+        written = contact_sheet.write(html, page)
+        output.err.print(f"wrote {escape(str(written))} ({len(preds)} images)")
     if parquet:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -462,10 +557,12 @@ def info(
 from vlmsearch.cli.asif import asif_app  # noqa: E402  (sub-command group)
 from vlmsearch.cli.caption import caption  # noqa: E402
 from vlmsearch.cli.distill import distill  # noqa: E402
+from vlmsearch.cli.serve import serve  # noqa: E402
 
 app.add_typer(asif_app, name="asif")
 app.command("caption")(caption)
 app.command("distill")(distill)
+app.command("serve")(serve)
 
 
 def main() -> None:

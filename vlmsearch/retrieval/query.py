@@ -34,6 +34,15 @@ def parse_weight(term: str) -> tuple[float, str]:
     return 1.0, term
 
 
+def _image_weight(im: Any) -> tuple[float, Any]:
+    """A path takes a ``"W:path"`` prefix; a decoded image is weighted as ``(W, image)``."""
+    if isinstance(im, str):
+        return parse_weight(im)
+    if isinstance(im, tuple) and len(im) == 2 and isinstance(im[0], int | float):
+        return float(im[0]), im[1]
+    return 1.0, im
+
+
 def build_terms(
     texts: Sequence[str] = (),
     images: Sequence[Any] = (),
@@ -45,13 +54,13 @@ def build_terms(
         w, v = parse_weight(t)
         terms.append(Term("text", v, w))
     for im in images:
-        w, v = parse_weight(im) if isinstance(im, str) else (1.0, im)
+        w, v = _image_weight(im)
         terms.append(Term("image", v, w))
     for t in negatives:
         w, v = parse_weight(t)
         terms.append(Term("text", v, -w))
     for im in negative_images:
-        w, v = parse_weight(im) if isinstance(im, str) else (1.0, im)
+        w, v = _image_weight(im)
         terms.append(Term("image", v, -w))
     if not any(t.weight > 0 for t in terms):
         raise QueryError(

@@ -1,0 +1,76 @@
+"""End to end in headless Chromium: the web page searches, shows images, goes to
+"more like this". Needs Debian's chromium (/usr/bin/chromium) and the playwright package;
+skips with a message when either is missing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.serve_helpers import build_collection, live_server
+
+CHROMIUM = os.environ.get("VLMSEARCH_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"browser test skipped: no Chromium at {CHROMIUM} (apt-get install chromium)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="browser test skipped: pip install playwright"
+    )
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def test_search_page_end_to_end(browser, tmp_path, tiny_encoder):
+    from vlmsearch.server.app import create_app
+    from vlmsearch.server.config import ServerConfig
+
+    path = build_collection(tmp_path / "photos", tiny_encoder, n=12)
+    app = create_app(ServerConfig(collections={"photos": path}))
+    with live_server(app) as base:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(base + "/")
+        page.wait_for_selector("body[data-ready='1']")
+        page.fill("#q", "a red square")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#results .card img")
+        cards = page.locator("#results .card")
+        assert cards.count() == 12
+        page.wait_for_function(
+            "Array.from(document.querySelectorAll('#results .card img'))"
+            ".every(i => i.complete && i.naturalWidth > 0)"
+        )
+        first = cards.nth(0).get_attribute("data-id")
+        # keyboard: the second card, then Enter for "more like this"
+        cards.nth(0).focus()
+        page.keyboard.press("ArrowRight")
+        second = page.evaluate("document.activeElement.dataset.id")
+        assert second != first
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#context:not([hidden])")
+        assert "More like" in page.inner_text("#context")
+        assert page.locator("#results .card").count() == 11  # every image but the query
+        ids = page.eval_on_selector_all("#results .card", "cs => cs.map(c => c.dataset.id)")
+        assert second not in ids
+        page.wait_for_function(
+            "Array.from(document.querySelectorAll('#results .card img'))"
+            ".every(i => i.complete && i.naturalWidth > 0)"
+        )
+        # click through once more, then back with Escape
+        page.locator("#results .card").nth(0).click()
+        page.wait_for_function("document.querySelector('#status').textContent.includes('more')")
+        page.keyboard.press("Escape")
+        shot = tmp_path / "vlmsearch-page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 1000
+        assert errors == []

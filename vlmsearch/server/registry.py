@@ -1,0 +1,179 @@
+"""The served collections: loaded once, swapped whole when their manifest changes.
+
+A request takes the current :class:`~vlmsearch.collection.Collection` object and uses it to
+the end; a newer commit is loaded into a *new* object beside it and swapped in by one
+reference assignment. Nothing a request reads is mutated under it, and since the vectors
+and index are loaded eagerly, a writer's garbage collection of old files cannot pull
+them away mid-request. Encoders are shared across generations and wrapped so that model
+calls run one at a time (torch on the GPU must not interleave; on CPU it avoids
+oversubscribing the cores).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlmsearch.collection import Collection
+from vlmsearch.errors import CollectionError
+from vlmsearch.indexes.layout import Layout
+from vlmsearch.retrieval.encoders.base import Encoder
+
+log = logging.getLogger("vlmsearch.server")
+
+# Distinct values listed for a text column's filter (a drop-down); more and it is free text.
+MAX_FACET_VALUES = 50
+
+
+class SerialEncoder:
+    """An encoder whose model calls hold one lock: GPU work is serialised."""
+
+    def __init__(self, inner: Encoder, lock: threading.RLock) -> None:
+        self._inner = inner
+        self._lock = lock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def encode_texts(self, texts: Any) -> np.ndarray:
+        with self._lock:
+            return self._inner.encode_texts(texts)
+
+    def encode_images(self, images: Any) -> np.ndarray:
+        with self._lock:
+            return self._inner.encode_images(images)
+
+    def encode_pixels(self, pixels: Any) -> np.ndarray:
+        with self._lock:
+            return self._inner.encode_pixels(pixels)
+
+
+def _stamp(layout: Layout) -> tuple[int, int, int] | None:
+    """Identity of the manifest file: the atomic rename gives every commit a new inode."""
+    try:
+        st = os.stat(layout.manifest_path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class ServedCollection:
+    """One collection as the server sees it: the latest committed state, reloaded on change."""
+
+    def __init__(self, name: str, path: Path, device: str | None, model_lock: threading.RLock):
+        self.name = name
+        self.layout = Layout(path)
+        self.device = device
+        self.model_lock = model_lock
+        self._reload_lock = threading.Lock()
+        self._encoder: Any = None
+        self._stamp: tuple[int, int, int] | None = None
+        self.reload_error: str | None = None
+        self.reloads = 0
+        self._coll = self._load()
+        self._facets: tuple[int, dict[str, Any]] | None = None
+
+    def _load(self) -> Collection:
+        last: Exception | None = None
+        for attempt in range(5):  # a writer may delete an older generation while we read it
+            stamp = _stamp(self.layout)
+            try:
+                coll = Collection(self.layout, device=self.device)
+                enc = self._encoder
+                if enc is None or Encoder.identity(enc.spec) != Encoder.identity(
+                    coll.manifest["encoder"]
+                ):
+                    enc = SerialEncoder(coll.encoder, self.model_lock)
+                coll.use_encoder(enc)  # type: ignore[arg-type]
+                if len(coll):
+                    coll.vectors  # noqa: B018  (loaded now, not lazily mid-request)
+                    coll.faiss_index  # noqa: B018
+                self._encoder, self._stamp = enc, stamp
+                return coll
+            except (OSError, CollectionError, ValueError, KeyError) as e:
+                last = e
+                time.sleep(0.05 * (attempt + 1))
+        raise CollectionError(f"cannot load collection {self.layout.path}: {last}")
+
+    def current(self) -> Collection:
+        """The latest committed state; a changed manifest is loaded first (one thread
+        loads, the others keep answering from the previous state meanwhile)."""
+        stamp = _stamp(self.layout)
+        if stamp is not None and stamp != self._stamp and self._reload_lock.acquire(False):
+            try:
+                if _stamp(self.layout) != self._stamp:
+                    self._coll = self._load()
+                    self.reloads += 1
+                    self.reload_error = None
+            except CollectionError as e:
+                self.reload_error = str(e)
+                log.warning("%s: keeping generation %s: %s", self.name, self.generation, e)
+            finally:
+                self._reload_lock.release()
+        return self._coll
+
+    @property
+    def generation(self) -> int:
+        return int(self._coll.manifest.get("generation", 0))
+
+    def facets(self) -> dict[str, Any]:
+        """Metadata columns for filters: type, and for text columns with few distinct
+        values the values themselves (computed once per generation)."""
+        coll = self.current()
+        gen = int(coll.manifest.get("generation", 0))
+        if self._facets is not None and self._facets[0] == gen:
+            return self._facets[1]
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        hidden = {"content_hash", "status", "error", "mtime_ns"}
+        table = coll.table.filter(pc.equal(coll.table["status"], "ok"))
+        cols: dict[str, Any] = {}
+        for f in table.schema:
+            if f.name in hidden or f.name.endswith("_settings"):
+                continue
+            entry: dict[str, Any] = {"type": str(f.type)}
+            if pa.types.is_integer(f.type) or pa.types.is_floating(f.type):
+                entry["kind"] = "number"
+                if table.num_rows:
+                    mm = pc.min_max(table[f.name])
+                    entry["min"], entry["max"] = mm["min"].as_py(), mm["max"].as_py()
+            elif pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+                entry["kind"] = "text"
+                values = pc.unique(table[f.name].drop_null())
+                if len(values) <= MAX_FACET_VALUES and f.name != "path":
+                    entry["values"] = sorted(values.to_pylist())
+            else:
+                entry["kind"] = "other"
+            cols[f.name] = entry
+        self._facets = (gen, cols)
+        return cols
+
+
+class Registry:
+    """Every served collection by URL name."""
+
+    def __init__(self, collections: dict[str, Path], device: str | None = None) -> None:
+        self.model_lock = threading.RLock()
+        self.items = {
+            name: ServedCollection(name, path, device, self.model_lock)
+            for name, path in collections.items()
+        }
+
+    def get(self, name: str) -> ServedCollection:
+        try:
+            return self.items[name]
+        except KeyError:
+            known = ", ".join(sorted(self.items)) or "none"
+            raise UnknownCollection(f"no collection named {name!r} (served: {known})") from None
+
+
+class UnknownCollection(CollectionError):
+    """A request named a collection this server does not serve."""
+

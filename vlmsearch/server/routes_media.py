@@ -1,0 +1,71 @@
+"""Images and thumbnails by id (the path always comes from the metadata, never the
+client), and the web page itself from a fixed list of packaged files."""
+
+from __future__ import annotations
+
+import mimetypes
+from importlib import resources
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.responses import FileResponse, HTMLResponse, Response
+
+from vlmsearch.indexes.decode import ImageDecodeError
+from vlmsearch.server.context import ServerContext, get_ctx, require_row
+from vlmsearch.thumbnails import cached_thumbnail
+
+router = APIRouter(tags=["images"])
+Ctx = Annotated[ServerContext, Depends(get_ctx)]
+
+# The page's files: only these names are ever read, so no request can name another file.
+STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
+CACHE = "private, max-age=3600"
+
+
+def _static(name: str) -> str:
+    return resources.files("vlmsearch.server").joinpath("static", name).read_text("utf-8")
+
+
+@router.get("/", include_in_schema=False)
+def page(ctx: Ctx) -> HTMLResponse:
+    html = _static("index.html").replace("{{title}}", ctx.config.title)
+    return HTMLResponse(html, headers={"cache-control": "no-cache"})
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> Response:
+    return Response(status_code=204)
+
+
+@router.get("/static/{name}", include_in_schema=False)
+def static(name: str) -> Response:
+    if name not in STATIC:
+        raise HTTPException(404, "not found")
+    return Response(_static(name), media_type=STATIC[name], headers={"cache-control": "no-cache"})
+
+
+@router.get("/api/collections/{name}/images/{image_id}", summary="The original image")
+def image(name: str, image_id: int, ctx: Ctx) -> FileResponse:
+    coll = ctx.registry.get(name).current()
+    row = require_row(coll, image_id)
+    path = coll.root / row["path"]
+    if not path.is_file():
+        raise HTTPException(404, f"image {image_id} is no longer on disk")
+    media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media, headers={"cache-control": CACHE})
+
+
+@router.get("/api/collections/{name}/thumbs/{image_id}", summary="A cached JPEG thumbnail")
+def thumbnail(name: str, image_id: int, ctx: Ctx) -> Response:
+    coll = ctx.registry.get(name).current()
+    row = require_row(coll, image_id)
+    path = coll.root / row["path"]
+    try:
+        data, made = cached_thumbnail(coll.path, image_id, path, ctx.config.thumb_size)
+    except OSError:
+        raise HTTPException(404, f"image {image_id} is no longer on disk") from None
+    except ImageDecodeError as e:
+        raise HTTPException(422, f"image {image_id} cannot be decoded: {e}") from None
+    if made:
+        ctx.metrics.thumbnails.inc()
+    return Response(data, media_type="image/jpeg", headers={"cache-control": CACHE})

@@ -1,0 +1,64 @@
+"""Health, the list of collections, collection info, and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from vlmsearch.server.context import ServerContext, get_ctx, jsonable
+from vlmsearch.server.registry import ServedCollection
+
+router = APIRouter(tags=["info"])
+Ctx = Annotated[ServerContext, Depends(get_ctx)]
+
+
+def _summary(served: ServedCollection, ctx: ServerContext) -> dict[str, Any]:
+    coll = served.current()
+    m = coll.manifest
+    return {
+        "name": served.name,
+        "images": len(coll),
+        "generation": m.get("generation"),
+        "model": (m.get("encoder") or {}).get("name"),
+        "dim": m.get("dim"),
+        "columns": served.facets(),
+        "rerankers": list(ctx.config.rerankers),
+        "captions": bool(ctx.config.lm),
+        "max_k": ctx.config.max_k,
+        "max_upload_bytes": ctx.config.max_upload_bytes,
+    }
+
+
+@router.get("/api/health", summary="Liveness, and each collection's generation")
+def health(ctx: Ctx) -> dict[str, Any]:
+    cols = {}
+    for name, served in ctx.registry.items.items():
+        coll = served.current()
+        cols[name] = {
+            "generation": served.generation,
+            "images": len(coll),
+            "reload_error": served.reload_error,
+        }
+    return {"status": "ok", "collections": cols}
+
+
+@router.get("/api/collections", summary="The served collections")
+def collections(ctx: Ctx) -> list[dict[str, Any]]:
+    return jsonable([_summary(s, ctx) for s in ctx.registry.items.values()])
+
+
+@router.get("/api/collections/{name}", summary="Everything about one collection")
+def info(name: str, ctx: Ctx) -> dict[str, Any]:
+    served = ctx.registry.get(name)
+    data = served.current().info()
+    for key in ("collection", "root"):  # server paths stay on the server
+        data.pop(key, None)
+    return jsonable({**_summary(served, ctx), "info": data})
+
+
+@router.get("/metrics", summary="Prometheus metrics", tags=["info"])
+def metrics(ctx: Ctx) -> Response:
+    return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
