@@ -53,6 +53,10 @@ class SerialEncoder:
         with self._lock:
             return self._inner.encode_pixels(pixels)
 
+    def student_features(self, pixels: Any) -> np.ndarray:
+        with self._lock:
+            return self._inner.student_features(pixels)
+
 
 def _stamp(layout: Layout) -> tuple[int, int, int] | None:
     """Identity of the manifest file: the atomic rename gives every commit a new inode."""
@@ -176,4 +180,3 @@ class Registry:
 
 class UnknownCollection(CollectionError):
     """A request named a collection this server does not serve."""
-

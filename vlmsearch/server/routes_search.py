@@ -5,6 +5,7 @@ nothing is stored on shared state."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Annotated, Any
 
@@ -49,7 +50,27 @@ def _run_search(
     if req.ef_search:
         params["efSearch"] = req.ef_search
     coll = ctx.registry.get(name).current()
-    hits = coll.search(
+    # a reranker runs its own models (and keeps a cache): one reranked search at a time,
+    # under the same re-entrant lock as the encoders
+    lock = ctx.registry.model_lock if req.rerank else contextlib.nullcontext()
+    with lock:
+        hits = _search(coll, req, where, weighted, negative_weighted, params)
+    return {
+        "collection": name,
+        "generation": coll.manifest.get("generation"),
+        "hits": [hit_json(name, h) for h in hits],
+    }
+
+
+def _search(
+    coll: Any,
+    req: SearchRequest,
+    where: str | None,
+    weighted: list[Any],
+    negative_weighted: list[Any],
+    params: dict[str, Any],
+) -> list[Any]:
+    return coll.search(
         req.text or None,
         k=req.k,
         where=where,
@@ -63,11 +84,6 @@ def _run_search(
         rerank_top=req.rerank_top,
         fusion=req.fusion,
     )
-    return {
-        "collection": name,
-        "generation": coll.manifest.get("generation"),
-        "hits": [hit_json(name, h) for h in hits],
-    }
 
 
 def _weighted(images: list[Any], weights: list[float] | None, field: str) -> list[Any]:
