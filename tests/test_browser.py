@@ -70,6 +70,10 @@ def test_search_page_end_to_end(browser, tmp_path, tiny_encoder):
         page.locator("#results .card").nth(0).click()
         page.wait_for_function("document.querySelector('#status').textContent.includes('more')")
         page.keyboard.press("Escape")
+        # back on the first "more like" page: its heading names that image again
+        page.wait_for_function("document.querySelectorAll('#results .card').length === 11")
+        shown = page.inner_text("#status").split("like ")[-1]
+        assert page.inner_text("#context-text").endswith(shown)
         shot = tmp_path / "vlmsearch-page.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 1000

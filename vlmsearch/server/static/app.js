@@ -234,6 +234,8 @@ function back() {
   if (!prev) return;
   state.last = prev;
   $("#context").hidden = !state.history.length;
+  // the heading names the page we are back on, not the one we left
+  $("#context-text").textContent = prev.label ? "More" + prev.label.slice(4) : "";
   render(prev.result, prev.label);
 }
 
