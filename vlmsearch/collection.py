@@ -158,6 +158,9 @@ class Collection:
         self.last_report: IngestReport | None = None
         # column -> (the metadata table they were checked against, embeddings)
         self._text_vectors: dict[str, tuple[pa.Table, TextVectors]] = {}
+        # caches that stay valid while self.table is the same object (commits replace it)
+        self._filter: metadata.MetadataFilter | None = None
+        self._row_index: tuple[pa.Table, np.ndarray, np.ndarray | None] | None = None
         self.notices: list[str] = []
 
     # -- construction -------------------------------------------------------------------------
@@ -265,7 +268,17 @@ class Collection:
 
     # -- storage ------------------------------------------------------------------------------
     def live_ids(self) -> np.ndarray:
-        return metadata.filter_ids(self.table, None)
+        return self.filter_ids(None)
+
+    def filter_ids(self, where: str | None) -> np.ndarray:
+        """Sorted ids of the 'ok' rows satisfying ``where``, from a DuckDB copy of the
+        metadata kept for this table version (built once: ~0.3 s at 1M rows)."""
+        f = self._filter
+        if f is None or f.table is not self.table:
+            if f is not None:
+                f.close()
+            f = self._filter = metadata.MetadataFilter(self.table)
+        return f.ids(where)
 
     @property
     def sparse(self) -> bool:
@@ -451,7 +464,7 @@ class Collection:
         params = {**(self.manifest.get("index") or {}).get("search_params", {}), **(params or {})}
         allowed = None
         if where and where.strip():
-            allowed = np.intersect1d(metadata.filter_ids(self.table, where), self.vectors.ids)
+            allowed = sorted_intersection(self.filter_ids(where), self.vectors.ids)
             if len(allowed) == 0:
                 return []
         k = min(k, MAX_K, n if allowed is None else len(allowed))
@@ -499,7 +512,7 @@ class Collection:
         tv = self.text_vectors(text_column)
         live = self.vectors.ids
         if where and where.strip():
-            live = np.intersect1d(metadata.filter_ids(self.table, where), live)
+            live = sorted_intersection(self.filter_ids(where), live)
         text_ids, text_scores = tv.ids, tv.scores(q)
         keep = np.isin(text_ids, live)
         text_ids, text_scores = text_ids[keep], text_scores[keep]
@@ -608,12 +621,25 @@ class Collection:
         return n
 
     def rows(self, ids: Sequence[int] | np.ndarray) -> dict[int, dict[str, Any]]:
+        """Metadata rows by id, found by binary search over the id column (kept per table
+        version): an ``is_in`` scan of a 1M-row table costs ~20 ms a query."""
         ids = np.asarray(ids, np.int64)
-        if len(ids) == 0:
+        if len(ids) == 0 or self.table.num_rows == 0:
             return {}
-        import pyarrow.compute as pc
-
-        sub = self.table.filter(pc.is_in(self.table["id"], value_set=pa.array(ids)))
+        cached = self._row_index
+        if cached is None or cached[0] is not self.table:
+            col = self.table["id"].to_numpy()
+            order = None
+            if len(col) > 1 and not bool(np.all(col[1:] > col[:-1])):
+                order = np.argsort(col, kind="stable")
+                col = col[order]
+            cached = self._row_index = (self.table, col, order)
+        _, col, order = cached
+        pos = np.clip(np.searchsorted(col, ids), 0, len(col) - 1)
+        pos = pos[col[pos] == ids]
+        if order is not None:
+            pos = order[pos]
+        sub = self.table.take(pa.array(pos, pa.int64()))
         return {r["id"]: r for r in sub.to_pylist()}
 
     def lookup_file(self, path: str | Path) -> int | None:
@@ -673,7 +699,7 @@ class Collection:
         label_list = parse_labels(labels)
         ids = self.vectors.ids
         if where and where.strip():
-            ids = np.intersect1d(metadata.filter_ids(self.table, where), ids)
+            ids = sorted_intersection(self.filter_ids(where), ids)
         probs = (
             softmax_scores(
                 class_scores(
@@ -968,6 +994,15 @@ def classify_files(
             out.append(pred)
             row += 1
     return out
+
+
+def sorted_intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Elements of sorted unique ``a`` also in sorted unique ``b``: a binary search per
+    element of ``a`` (``np.intersect1d`` sorts both, ~0.1-0.8 s at 1M)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros(0, np.int64)
+    pos = np.clip(np.searchsorted(b, a), 0, len(b) - 1)
+    return a[b[pos] == a]
 
 
 def _as_list(x: Any) -> list[Any]:

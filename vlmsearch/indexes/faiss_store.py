@@ -37,6 +37,14 @@ HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 GPU_MAX_K = 2048  # faiss-gpu's limit on k (FAISS notes)
 NAMED_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+# Tuning (tune_search_params): issue 6's recall bar; a margin for the sampling error of a
+# 256-query estimate (standard error ~0.01) and for the tuning queries being a little
+# easier than new ones (HNSW at 20k: 0.975 on them, 0.954 held out); the values tried.
+TUNE_TARGET_RECALL = 0.95
+TUNE_MARGIN = 0.03
+TUNE_K = 10
+TUNE_QUERIES = 256  # with d = 512, nq * d >= 128,000: FAISS takes its BLAS path (notes)
+_TUNE_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
 @dataclass
@@ -177,6 +185,83 @@ def _train(base: Any, vectors: np.ndarray, use_gpu: bool | None) -> None:
         base.train(sample)
 
 
+def tune_search_params(
+    plan: IndexPlan,
+    index: Any,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    target: float = TUNE_TARGET_RECALL,
+    k: int = TUNE_K,
+    n_queries: int = TUNE_QUERIES,
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """The smallest nprobe (IVF) or efSearch (HNSW) reaching recall@k >= ``target`` +
+    :data:`TUNE_MARGIN` against exact search, on queries made from a sample of the stored
+    vectors (:func:`_tuning_queries`). Returns (search params, a tuning report).
+
+    autofaiss also tunes on the data itself (FAISS notes); a fixed nprobe = nlist/32 gave
+    recall below 0.95 on spread-out synthetic data (benchmarks/RESULTS.md, issue 6).
+    Flat indexes, and indexes too small to sample, keep ``plan.search_params``."""
+    base = _base_of(index)
+    if _hnsw_of(base) is not None:
+        key, grid = "efSearch", [v for v in _TUNE_GRID if v >= 16]
+    elif _ivf_of(base) is not None:
+        key, grid = "nprobe", [v for v in _TUNE_GRID if v <= _ivf_of(base).nlist]
+    else:
+        return dict(plan.search_params), {}
+    n = len(ids)
+    if n <= 4 * (k + 1):
+        return dict(plan.search_params), {}
+    q, truth = _tuning_queries(vectors, ids, k, n_queries)
+    tried: list[tuple[int, float]] = []
+    params = dict(plan.search_params)
+    for value in grid:
+        params[key] = value
+        _, labels = search(index, q, k, params)
+        hits = [len(np.intersect1d(f[f >= 0], t)) for f, t in zip(labels, truth, strict=True)]
+        recall = float(np.mean(hits)) / k
+        tried.append((value, round(recall, 4)))
+        if recall >= target + TUNE_MARGIN:
+            break
+    report = {
+        "param": key,
+        "target_recall": target,
+        "margin": TUNE_MARGIN,
+        "k": k,
+        "queries": len(q),
+        "tried": tried,
+    }
+    return params, report
+
+
+def _tuning_queries(
+    vectors: np.ndarray, ids: np.ndarray, k: int, n_queries: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Queries that are not stored vectors, and their exact top-k ids.
+
+    A stored vector used as a query is its own graph node (HNSW), which makes recall
+    look better than for a new query (efSearch tuned that way gave 0.98 on the sample
+    but 0.90 on held-out queries). So each sampled vector is moved off itself by random
+    noise, to the similarity its own nearest neighbour has: as far from the data as a
+    new query from the same distribution."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.choice(len(vectors), min(n_queries, len(vectors)), replace=False))
+    x = vectors[rows]
+    sims, _ = faiss.knn(x, vectors, 2, metric=faiss.METRIC_INNER_PRODUCT)
+    nn = np.clip(sims[:, 1], 0.05, 0.999)  # [:, 0] is the vector itself
+    noise = rng.standard_normal(x.shape).astype(np.float32)
+    noise -= (noise * x).sum(axis=1, keepdims=True) * x  # orthogonal to x
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    # unit x + t * unit noise (orthogonal) has cosine 1 / sqrt(1 + t^2) with x
+    t = np.sqrt(1.0 / nn**2 - 1.0)[:, None]
+    q = x + t * noise
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    _, pos = faiss.knn(q, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+    return q, np.asarray(ids, np.int64)[pos]
+
+
 def add_vectors(index: Any, ids: np.ndarray, vectors: np.ndarray) -> None:
     if len(ids):
         index.add_with_ids(
@@ -206,15 +291,11 @@ def search(
 
     Returns (scores, ids) of shape (nq, k); missing results have id -1.
     """
-    import faiss
-
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if k <= 0:
         raise QueryError("k must be at least 1")
     params = params or {}
-    sel = None
-    if allowed_ids is not None:
-        sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+    sel, _keep = (None, None) if allowed_ids is None else id_selector(allowed_ids)
     base = _base_of(index)
     if sel is None and _gpu_enabled(None) and k <= GPU_MAX_K:
         gpu = _gpu_copy(index)
@@ -223,6 +304,27 @@ def search(
     sp = _search_params(base, params, sel, k)
     scores, labels = index.search(queries, k, params=sp)
     return scores, labels
+
+
+def id_selector(ids: np.ndarray) -> tuple[Any, np.ndarray | None]:
+    """A FAISS selector admitting ``ids``, and the array it reads (keep it alive while the
+    selector is used).
+
+    A bitmap over [0, max id] when that is at most 128 bits an id (ids are dense row
+    numbers, so nearly always): building it is a numpy pass, and a test is one bit,
+    while ``IDSelectorBatch`` fills a hash set, ~16+ bytes and a hash per id."""
+    import faiss
+
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if len(ids) == 0:
+        return faiss.IDSelectorBatch(ids), None
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo >= 0 and hi < 128 * len(ids):
+        bits = np.zeros(hi + 1, dtype=bool)
+        bits[ids] = True
+        bitmap = np.packbits(bits, bitorder="little")  # faiss reads bit (id & 7) of byte id >> 3
+        return faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)), bitmap
+    return faiss.IDSelectorBatch(ids), None
 
 
 def _search_params(base: Any, params: dict[str, int], sel: Any, k: int) -> Any:
