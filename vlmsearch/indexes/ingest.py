@@ -369,8 +369,9 @@ def _finish_index(
         if progress:
             progress("index", 0, len(live))
         vectors = live.vectors.astype(np.float32)
-        index = faiss_store.build_index(plan, dim, live.ids, vectors)
-        plan.search_params, tuning = faiss_store.tune_search_params(plan, index, live.ids, vectors)
+        index, plan.search_params, tuning = faiss_store.build_tuned_index(
+            plan, dim, live.ids, vectors
+        )
         del vectors
     elif old.get("search_params"):
         # updated in place: the parameters tuned when it was built still apply
