@@ -39,15 +39,36 @@ def subspace_mixture(
     whose top-10 lies in one IVF list, so ANN recall is trivially 1.0; a low intrinsic
     dimension with few, wide clusters spreads the neighbours over many lists, and recall
     then depends on nprobe/efSearch as it does on real embeddings."""
+    return draw_mixture(n, mixture_structure(d, clusters, subspace, rng), noise, rng)
+
+
+def mixture_structure(
+    d: int, clusters: int, subspace: int, rng: np.random.Generator
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Unit centres (clusters, d) and one orthonormal (subspace, d) noise basis each."""
     centres = rng.standard_normal((clusters, d)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    labels = rng.integers(0, clusters, n)
-    x = np.empty((n, d), np.float32)
-    scale = noise / np.sqrt(subspace)
-    for c in range(clusters):
-        rows = np.flatnonzero(labels == c)
+    bases = []
+    for _ in range(clusters):
         basis, _ = np.linalg.qr(rng.standard_normal((d, subspace)))
-        basis = basis.T.astype(np.float32)
+        bases.append(basis.T.astype(np.float32))
+    return centres, bases
+
+
+def draw_mixture(
+    n: int,
+    structure: tuple[np.ndarray, list[np.ndarray]],
+    noise: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """``n`` normalised draws from a :func:`mixture_structure`; float32 (n, d)."""
+    centres, bases = structure
+    subspace = bases[0].shape[0]
+    labels = rng.integers(0, len(centres), n)
+    x = np.empty((n, centres.shape[1]), np.float32)
+    scale = noise / np.sqrt(subspace)
+    for c, basis in enumerate(bases):
+        rows = np.flatnonzero(labels == c)
         for lo in range(0, len(rows), 65536):
             part = rows[lo : lo + 65536]
             z = rng.standard_normal((len(part), subspace), dtype=np.float32) * scale
