@@ -385,6 +385,17 @@ def id_selector(ids: np.ndarray) -> tuple[Any, np.ndarray | None]:
     return faiss.IDSelectorBatch(ids), None
 
 
+def exhaustive_params(index: Any, params: dict[str, int] | None) -> dict[str, int] | None:
+    """``params`` with nprobe = nlist when ``index`` is IVF-Flat, whose search is then exact
+    (with a selector, distances are computed for the allowed ids only); None otherwise."""
+    import faiss
+
+    ivf = _ivf_of(_base_of(index))
+    if ivf is None or not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat):
+        return None
+    return {**(params or {}), "nprobe": int(ivf.nlist)}
+
+
 def _search_params(base: Any, params: dict[str, int], sel: Any, k: int) -> Any:
     import faiss
 
