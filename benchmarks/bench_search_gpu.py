@@ -159,6 +159,58 @@ def add_chunks(index: Any, base: np.ndarray) -> None:
         index.add(np.ascontiguousarray(base[lo : lo + 1_000_000], dtype=np.float32))
 
 
+def bench_ivf(
+    args: argparse.Namespace,
+    base: np.ndarray,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    res_gpu: Any,
+    sync: Any,
+) -> dict[str, Any]:
+    """IVF-Flat trained and searched on the GPU (CPU without one): nprobe sweep."""
+    import faiss
+
+    use_gpu = res_gpu is not None
+    n, d, k = args.n, args.dim, args.k
+    nlist = args.nlist or int(2 ** round(np.log2(4 * np.sqrt(n))))
+    if use_gpu:
+        cfg = faiss.GpuIndexIVFFlatConfig()
+        cfg.device = 0
+        ivf = faiss.GpuIndexIVFFlat(res_gpu, d, nlist, faiss.METRIC_INNER_PRODUCT, cfg)
+    else:
+        ivf = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(args.seed + 1)
+    train = base[np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))].astype(np.float32)
+    t = time.perf_counter()
+    ivf.train(train)
+    train_s = time.perf_counter() - t
+    del train
+    t = time.perf_counter()
+    add_chunks(ivf, base)
+    entry: dict[str, Any] = {
+        "factory": f"IVF{nlist},Flat",
+        "train_s": round(train_s, 1),
+        "add_s": round(time.perf_counter() - t, 1),
+        "sweep": [],
+    }
+    for nprobe in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048):
+        if nprobe > nlist:
+            break
+        sp = faiss.SearchParametersIVF(nprobe=nprobe)
+        found = ivf.search(queries, k, params=sp)[1]
+        r = recall(found, truth)
+        qb = np.ascontiguousarray(np.resize(queries, (args.max_batch, d)))
+        secs = timed(lambda qb=qb, sp=sp, ix=ivf: ix.search(qb, k, params=sp), 3, sync)
+        row = {"nprobe": nprobe, "recall": round(r, 4), "queries_per_s": round(len(qb) / secs)}
+        entry["sweep"].append(row)
+        print(f"[ivf] {json.dumps(row)}", flush=True)
+        if r >= args.target:
+            entry["at_target"] = row
+            break
+    del ivf
+    return entry
+
+
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     import faiss
 
@@ -230,48 +282,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     res["truth"] = "exact search over the float16-stored vectors"
     del flat
 
-    # 2. IVF
-    nlist = args.nlist or int(2 ** round(np.log2(4 * np.sqrt(n))))
-    if use_gpu:
-        cfg = faiss.GpuIndexIVFFlatConfig()
-        cfg.device = 0
-        ivf = faiss.GpuIndexIVFFlat(res_gpu, d, nlist, faiss.METRIC_INNER_PRODUCT, cfg)
-    else:
-        ivf = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(args.seed + 1)
-    train = base[np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))].astype(np.float32)
-    t = time.perf_counter()
-    ivf.train(train)
-    train_s = time.perf_counter() - t
-    del train
-    t = time.perf_counter()
-    add_chunks(ivf, base)
-    entry: dict[str, Any] = {
-        "factory": f"IVF{nlist},Flat",
-        "train_s": round(train_s, 1),
-        "add_s": round(time.perf_counter() - t, 1),
-        "sweep": [],
-    }
-    for nprobe in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048):
-        if nprobe > nlist:
-            break
-        sp = faiss.SearchParametersIVF(nprobe=nprobe)
-        found = ivf.search(queries, k, params=sp)[1]
-        r = recall(found, truth)
-        qb = np.ascontiguousarray(np.resize(queries, (args.max_batch, d)))
-        secs = timed(lambda qb=qb, sp=sp, ix=ivf: ix.search(qb, k, params=sp), 3, sync)
-        row = {"nprobe": nprobe, "recall": round(r, 4), "queries_per_s": round(len(qb) / secs)}
-        entry["sweep"].append(row)
-        print(f"[ivf] {json.dumps(row)}", flush=True)
-        if r >= args.target:
-            entry["at_target"] = row
-            break
-    res["ivf"] = entry
-    del ivf
+    parts = {x.strip() for x in args.parts.split(",")}
+    res["ivf"] = bench_ivf(args, base, queries, truth, res_gpu, sync) if "ivf" in parts else {}
 
     # 3. CAGRA (cuVS) on the GPU; HNSW as the CPU stand-in
     graph: dict[str, Any] = {}
-    if use_gpu and hasattr(faiss, "GpuIndexCagra"):
+    if "graph" not in parts:
+        graph = {"skipped": "not in --parts"}
+    elif use_gpu and hasattr(faiss, "GpuIndexCagra"):
         cfg = faiss.GpuIndexCagraConfig()
         cfg.graph_degree = args.cagra_degree
         cfg.intermediate_graph_degree = 2 * args.cagra_degree
@@ -341,6 +359,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=2.0, help="rough seconds per batch size")
     p.add_argument("--temp-mem-gb", type=int, default=4, help="FAISS GPU scratch memory")
     p.add_argument("--cpu", action="store_true", help="force the CPU fallback")
+    p.add_argument("--parts", default="exact,ivf,graph", help="exact always runs (truth)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (n=20k, 500 queries)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
