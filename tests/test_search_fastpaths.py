@@ -78,7 +78,7 @@ def test_tuned_params_are_recorded_and_used(tmp_path, monkeypatch):
     assert info["search_params"]["nprobe"] == info["tuning"]["tried"][-1][0]
 
 
-def test_ivf_filtered_search_is_exact_without_the_vector_table(tmp_path):
+def test_ivf_filtered_search_without_the_vector_table(tmp_path):
     root = tmp_path / "photos"
     make_images(root, 300, sizes=[(40, 32), (64, 48), (33, 33)])
     Collection.index(root, model=TINY, options=IngestOptions(workers=0, index="ivf"))
@@ -86,7 +86,7 @@ def test_ivf_filtered_search_is_exact_without_the_vector_table(tmp_path):
     assert c.manifest["index"]["factory"].startswith("IVF")
     q = c.encoder.encode_texts(["a green square"])[0]
     hits = c.search_vector(q, k=5, where="width = 33")
-    assert c._vectors is None  # every list scanned with the selector; no vector table read
+    assert c._vectors is None  # IVF lists scanned with the selector; no vector table read
     allowed = c.filter_ids("width = 33")
     ids, vecs = c.vectors.ids, c.vectors.vectors.astype(np.float32)
     keep = np.isin(ids, allowed)

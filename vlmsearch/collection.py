@@ -475,17 +475,19 @@ class Collection:
         if self.sparse:
             scores, ids = self.faiss_index.search(q[0], k, allowed)
             return self._hits(ids, scores)
-        full = faiss_store.exhaustive_params(self.faiss_index, params)
-        if allowed is not None and len(allowed) <= EXACT_SUBSET_MAX and full is None:
-            return self._exact_hits(q[0], k, allowed)
-        if allowed is not None and len(allowed) <= EXACT_SUBSET_MAX:
-            # IVF-Flat visiting every list, computing distances for allowed ids only: exact,
-            # and it reads no vector table
-            params = full
+        if allowed is not None:
+            # IVF-Flat: more lists, distances for allowed ids only; no vector table read
+            wider = faiss_store.filtered_params(
+                self.faiss_index, params, len(allowed) / max(int(self.faiss_index.ntotal), 1)
+            )
+            if wider is not None:
+                params = wider
+            elif len(allowed) <= EXACT_SUBSET_MAX:
+                return self._exact_hits(q[0], k, allowed)
         d, i = faiss_store.search(self.faiss_index, q, k, params, allowed)
         scores, ids = d[0], i[0]
         keep = ids >= 0
-        if allowed is not None and params is not full and keep.sum() < k:
+        if allowed is not None and keep.sum() < k:
             return self._exact_hits(q[0], k, allowed)  # ANN under-filled the filter
         return self._hits(ids[keep], scores[keep])
 
