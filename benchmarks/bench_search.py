@@ -343,7 +343,7 @@ def bench_cold(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         print(f"[cold] {model}: loading the encoder to make a collection ...", flush=True)
         enc = load_encoder(name, kind=kind)
         d = enc.dim
-        coll_path = work / f"cold-{kind}"
+        coll_path = work / f"cold-{len(out['models'])}-{kind}"  # one per model
         allv = load_or_make_vectors(
             args.cache, n, d, args.clusters, args.noise, args.subspace, args.seed + 7
         )
