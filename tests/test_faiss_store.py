@@ -101,3 +101,40 @@ def test_auto_rule_and_bad_factory():
             np.ones((1, 8)),
             0,
         )
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_tuned_params_reach_recall_and_leave_index_alone(data, kind):
+    x, ids, q, exact = data
+    plan = fs.plan_index(kind, len(x), 64)
+    index, params, report = fs.build_tuned_index(plan, 64, ids, x)
+    assert index.ntotal == len(x)  # the held-out rows were added after tuning
+    ivf = fs._ivf_of(index)
+    key = "nprobe" if kind == "ivf" else "efSearch"
+    assert report["param"] == key and params[key] == report["tried"][-1][0]
+    assert report["tried"][-1][1] >= fs.TUNE_TARGET_RECALL + fs.TUNE_MARGIN
+    _, labels = fs.search(index, q, 10, params)
+    assert _recall(labels, exact) >= 0.95  # other queries than the tuning ones
+    if ivf is not None:
+        assert ivf.nprobe == 1  # faiss's default: tuned values travel per call only
+    flat = fs.plan_index("flat", len(x), 64)
+    assert fs.build_tuned_index(flat, 64, ids, x)[1:] == ({}, {})
+    small = fs.build_tuned_index(plan, 64, ids[:1000], x[:1000])
+    assert small[1] == plan.search_params and small[2] == {}  # too few rows to tune
+
+
+@pytest.mark.parametrize("spacing", [1, 10_000])  # dense ids: bitmap; sparse ids: hash set
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_filtered_search_returns_k_allowed_ids(data, kind, spacing):
+    x, _, q, _ = data
+    ids = np.arange(len(x), dtype=np.int64) * spacing + 5
+    plan = fs.plan_index(kind, len(x), 64)
+    index = fs.build_index(plan, 64, ids, x)
+    sel, bitmap = fs.id_selector(ids[::50])
+    assert (bitmap is not None) == (spacing == 1)
+    allowed = ids[::50]  # 2% of the rows
+    params = {"nprobe": fs._ivf_of(index).nlist} if kind == "ivf" else {}
+    _, labels = fs.search(index, q[:5], 10, params, allowed_ids=allowed)
+    assert (labels >= 0).all() and np.isin(labels, allowed).all()  # k hits, all allowed
+    ref = ids[::50][np.argsort(-(q[:5] @ x[::50].T), axis=1)[:, :10]]
+    np.testing.assert_array_equal(labels, ref)  # exact under a full probe / flat scan

@@ -158,6 +158,9 @@ class Collection:
         self.last_report: IngestReport | None = None
         # column -> (the metadata table they were checked against, embeddings)
         self._text_vectors: dict[str, tuple[pa.Table, TextVectors]] = {}
+        # caches that stay valid while self.table is the same object (commits replace it)
+        self._filter: metadata.MetadataFilter | None = None
+        self._row_index: tuple[pa.Table, np.ndarray, np.ndarray | None] | None = None
         self.notices: list[str] = []
 
     # -- construction -------------------------------------------------------------------------
@@ -265,7 +268,17 @@ class Collection:
 
     # -- storage ------------------------------------------------------------------------------
     def live_ids(self) -> np.ndarray:
-        return metadata.filter_ids(self.table, None)
+        return self.filter_ids(None)
+
+    def filter_ids(self, where: str | None) -> np.ndarray:
+        """Sorted ids of the 'ok' rows satisfying ``where``, from a DuckDB copy of the
+        metadata kept for this table version (built once: ~0.3 s at 1M rows)."""
+        f = self._filter
+        if f is None or f.table is not self.table:
+            if f is not None:
+                f.close()
+            f = self._filter = metadata.MetadataFilter(self.table)
+        return f.ids(where)
 
     @property
     def sparse(self) -> bool:
@@ -451,23 +464,38 @@ class Collection:
         params = {**(self.manifest.get("index") or {}).get("search_params", {}), **(params or {})}
         allowed = None
         if where and where.strip():
-            allowed = np.intersect1d(metadata.filter_ids(self.table, where), self.vectors.ids)
+            # ids without a stored vector are never returned by the index, so only the
+            # paths that read the vector table need the intersection (it loads the table)
+            allowed = self.filter_ids(where)
+            if self.sparse:
+                allowed = sorted_intersection(allowed, self.vectors.ids)
             if len(allowed) == 0:
                 return []
         k = min(k, MAX_K, n if allowed is None else len(allowed))
         if self.sparse:
             scores, ids = self.faiss_index.search(q[0], k, allowed)
-        elif allowed is not None and len(allowed) <= EXACT_SUBSET_MAX:
-            scores, ids = self._exact(q[0], k, allowed)
-        else:
-            d, i = faiss_store.search(self.faiss_index, q, k, params, allowed)
-            scores, ids = d[0], i[0]
-            keep = ids >= 0
-            if allowed is not None and keep.sum() < k:
-                scores, ids = self._exact(q[0], k, allowed)  # ANN under-filled the filter
-            else:
-                scores, ids = scores[keep], ids[keep]
-        return self._hits(ids, scores)
+            return self._hits(ids, scores)
+        if allowed is not None:
+            # IVF-Flat: more lists, distances for allowed ids only; no vector table read
+            wider = faiss_store.filtered_params(
+                self.faiss_index, params, len(allowed) / max(int(self.faiss_index.ntotal), 1)
+            )
+            if wider is not None:
+                params = wider
+            elif len(allowed) <= EXACT_SUBSET_MAX:
+                return self._exact_hits(q[0], k, allowed)
+        d, i = faiss_store.search(self.faiss_index, q, k, params, allowed)
+        scores, ids = d[0], i[0]
+        keep = ids >= 0
+        if allowed is not None and keep.sum() < k:
+            return self._exact_hits(q[0], k, allowed)  # ANN under-filled the filter
+        return self._hits(ids[keep], scores[keep])
+
+    def _exact_hits(self, q: np.ndarray, k: int, allowed: np.ndarray) -> list[Hit]:
+        allowed = sorted_intersection(allowed, self.vectors.ids)
+        if len(allowed) == 0:
+            return []
+        return self._hits(*self._exact(q, min(k, len(allowed)), allowed)[::-1])
 
     def similar(
         self,
@@ -518,7 +546,7 @@ class Collection:
         tv = self.text_vectors(text_column)
         live = self.vectors.ids
         if where and where.strip():
-            live = np.intersect1d(metadata.filter_ids(self.table, where), live)
+            live = sorted_intersection(self.filter_ids(where), live)
         text_ids, text_scores = tv.ids, tv.scores(q)
         keep = np.isin(text_ids, live)
         text_ids, text_scores = text_ids[keep], text_scores[keep]
@@ -627,12 +655,29 @@ class Collection:
         return n
 
     def rows(self, ids: Sequence[int] | np.ndarray) -> dict[int, dict[str, Any]]:
+        """Metadata rows by id, found by binary search over the id column (kept per table
+        version): an ``is_in`` scan of a 1M-row table costs ~20 ms a query."""
         ids = np.asarray(ids, np.int64)
-        if len(ids) == 0:
+        if len(ids) == 0 or self.table.num_rows == 0:
             return {}
-        import pyarrow.compute as pc
-
-        sub = self.table.filter(pc.is_in(self.table["id"], value_set=pa.array(ids)))
+        cached = self._row_index
+        if cached is None or cached[0] is not self.table:
+            col = self.table["id"].to_numpy()
+            order = None
+            if len(col) > 1 and not bool(np.all(col[1:] > col[:-1])):
+                order = np.argsort(col, kind="stable")
+                col = col[order]
+            cached = self._row_index = (self.table, col, order)
+        _, col, order = cached
+        pos = np.clip(np.searchsorted(col, ids), 0, len(col) - 1)
+        pos = pos[col[pos] == ids]
+        if order is not None:
+            pos = order[pos]
+        if len(pos) <= 64:
+            # zero-copy one-row slices: ``take`` on a many-chunk Parquet table costs ~40 ms
+            # even for 10 rows (1M rows, 2 shared cores)
+            return {r["id"]: r for p in pos.tolist() for r in self.table.slice(p, 1).to_pylist()}
+        sub = self.table.take(pa.array(pos, pa.int64()))
         return {r["id"]: r for r in sub.to_pylist()}
 
     def lookup_file(self, path: str | Path) -> int | None:
@@ -692,7 +737,7 @@ class Collection:
         label_list = parse_labels(labels)
         ids = self.vectors.ids
         if where and where.strip():
-            ids = np.intersect1d(metadata.filter_ids(self.table, where), ids)
+            ids = sorted_intersection(self.filter_ids(where), ids)
         probs = (
             softmax_scores(
                 class_scores(
@@ -987,6 +1032,15 @@ def classify_files(
             out.append(pred)
             row += 1
     return out
+
+
+def sorted_intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Elements of sorted unique ``a`` also in sorted unique ``b``: a binary search per
+    element of ``a`` (``np.intersect1d`` sorts both, ~0.1-0.8 s at 1M)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros(0, np.int64)
+    pos = np.clip(np.searchsorted(b, a), 0, len(b) - 1)
+    return a[b[pos] == a]
 
 
 def _as_list(x: Any) -> list[Any]:

@@ -9,18 +9,27 @@ The ``auto`` rule (sizes in vectors, ``budget`` = memory budget in bytes):
 
 - n < 20,000: ``Flat``. Exact, and a scan of at most 20k x 512 floats (40 MB) per
   query batch is a few milliseconds.
-- n < 200,000 and (4d + 8M) n fits the budget: ``HNSW32`` (efConstruction 80,
-  efSearch 128 per query). Memory per vector is from the FAISS notes (4d + 8M).
-- 4dn fits the budget: ``IVF{nlist},Flat`` with nlist = 4 sqrt(n) rounded to a power of
-  two (autofaiss's rule below 1M vectors) and nprobe = nlist / 32 per query.
+- n < 200,000 and (4d + 8M) n fits the budget: ``HNSW32`` (efConstruction 80).
+  Memory per vector is from the FAISS notes (4d + 8M).
+- 4dn fits the budget: ``IVF{nlist},Flat`` with nlist = sqrt(n) rounded to a power of
+  two. autofaiss uses 4 sqrt(n); on CPU, training and adding cost n * nlist * d, and at
+  1M x 512 on 2 cores IVF4096 took 400 s to build against 58 s for IVF1024, which still
+  answers in about 7 ms at recall@10 0.97 (benchmarks/RESULTS.md, issue 6).
 - otherwise ``IVF{nlist},PQ{d/8}x8`` (d/8 bytes a vector, autofaiss's compressed family).
+
+After a build, :func:`tune_search_params` picks efSearch / nprobe on the data itself so
+that recall@10 reaches 0.95; the defaults below (efSearch 128, nprobe nlist/16) are only
+for indexes built without tuning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +44,23 @@ HNSW_MAX = 200_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
+TRAIN_POINTS_PER_LIST = 64
+ADD_BLOCK = 65_536
+# IVF and HNSW search a query in one thread; with few queries, an OpenMP team only adds
+# its start-up and, on a busy machine, waits for a descheduled thread (HNSW at 30k on 2
+# shared cores: p50 13 ms with 2 threads, 0.2 ms with 1; a 30k flat scan: 25-48 ms
+# against 2.6-7 ms). So small batches on ANN and small flat indexes run single-threaded.
+SINGLE_THREAD_MAX_NQ = 4
 GPU_MAX_K = 2048  # faiss-gpu's limit on k (FAISS notes)
 NAMED_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+# Tuning (tune_search_params): issue 6's recall bar; a margin for the sampling error of a
+# 256-query estimate (standard error ~0.01); the values tried, smallest first.
+TUNE_TARGET_RECALL = 0.95
+TUNE_MARGIN = 0.02
+TUNE_K = 10
+TUNE_QUERIES = 256  # with d = 512, nq * d >= 128,000: FAISS takes its BLAS path (notes)
+TUNE_MIN_VECTORS = 10 * TUNE_QUERIES  # smaller ANN indexes keep the default parameters
+_TUNE_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
 
 @dataclass
@@ -73,8 +97,9 @@ def _pow2(x: float) -> int:
 
 
 def _nlist(n: int) -> int:
-    # autofaiss: 4 sqrt(n) rounded to a power of two; FAISS wants >= 39 training points a list.
-    nlist = _pow2(4 * math.sqrt(max(n, 1)))
+    # sqrt(n) rounded to a power of two (see the module docstring for why not autofaiss's
+    # 4 sqrt(n)); FAISS warns below 39 training points a list.
+    nlist = _pow2(math.sqrt(max(n, 1)))
     while nlist > 1 and n < 39 * nlist:
         nlist //= 2
     return nlist
@@ -111,7 +136,7 @@ def _named(kind: str, req: str, n: int, d: int, reason: str) -> IndexPlan:
     if kind == "hnsw":
         return IndexPlan(req, f"HNSW{HNSW_M}", {"efSearch": HNSW_EF_SEARCH}, reason)
     nlist = _nlist(n)
-    nprobe = max(1, min(nlist, nlist // 32 or 1))
+    nprobe = max(1, min(nlist, nlist // 16 or 1))
     if kind == "ivf":
         return IndexPlan(req, f"IVF{nlist},Flat", {"nprobe": max(nprobe, 8)}, reason)
     return IndexPlan(req, f"IVF{nlist},PQ{_pq_m(d)}x8", {"nprobe": max(nprobe, 16)}, reason)
@@ -125,10 +150,35 @@ def _default_params_for(factory: str, n: int) -> dict[str, int]:
     return {}
 
 
-def build_index(
+def build_tuned_index(
     plan: IndexPlan, dim: int, ids: np.ndarray, vectors: np.ndarray, use_gpu: bool | None = None
+) -> tuple[Any, dict[str, int], dict[str, Any]]:
+    """Build the index, then choose its per-query nprobe / efSearch (:func:`tune_search_params`)
+    with held-out stored vectors as queries: they are left out of the build, used to tune,
+    and added afterwards. Returns (index, search params, tuning report)."""
+    n = len(ids)
+    if not ("IVF" in plan.factory or "HNSW" in plan.factory) or n < TUNE_MIN_VECTORS:
+        return build_index(plan, dim, ids, vectors, use_gpu), dict(plan.search_params), {}
+    rng = np.random.default_rng(0)
+    held = np.sort(rng.choice(n, TUNE_QUERIES, replace=False))
+    index = build_index(plan, dim, ids, vectors, use_gpu, leave_out=held)
+    t = time.perf_counter()
+    params, report = tune_search_params(plan, index, ids, vectors, held)
+    report["seconds"] = round(time.perf_counter() - t, 2)
+    add_vectors(index, np.asarray(ids)[held], np.asarray(vectors)[held])
+    return index, params, report
+
+
+def build_index(
+    plan: IndexPlan,
+    dim: int,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    use_gpu: bool | None = None,
+    leave_out: np.ndarray | None = None,
 ) -> Any:
-    """Build a CPU index over ``vectors`` (float32, normalised) labelled with ``ids``."""
+    """Build a CPU index over ``vectors`` (float32, normalised) labelled with ``ids``;
+    rows at the sorted positions ``leave_out`` are not added (but may be trained on)."""
     import faiss
 
     try:
@@ -144,8 +194,18 @@ def build_index(
         if len(vectors) == 0:
             return index  # trained on the first add
         _train(base, vectors, use_gpu)
-    if len(vectors):
-        index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if leave_out is None or len(leave_out) == 0:
+        if len(vectors):
+            index.add_with_ids(vectors, ids)
+        return index
+    # block by block, so that at most one block is copied at a time (and few add calls:
+    # each starts an OpenMP team, slow on a busy machine)
+    keep = np.ones(len(vectors), dtype=bool)
+    keep[np.asarray(leave_out, np.int64)] = False
+    for lo in range(0, len(vectors), ADD_BLOCK):
+        m = keep[lo : lo + ADD_BLOCK]
+        index.add_with_ids(vectors[lo : lo + ADD_BLOCK][m], ids[lo : lo + ADD_BLOCK][m])
     return index
 
 
@@ -154,8 +214,9 @@ def _train(base: Any, vectors: np.ndarray, use_gpu: bool | None) -> None:
 
     ivf = _ivf_of(base)
     nlist = ivf.nlist if ivf is not None else 1
-    # k-means uses at most 256 points per centroid; sampling more only costs time.
-    n_train = min(len(vectors), 256 * nlist)
+    # FAISS k-means samples at most 256 points per centroid and warns below 39; 64 keeps
+    # training a fraction of the add cost (IVF1024 on 1M x 512: 11-41 s on 2 cores).
+    n_train = min(len(vectors), TRAIN_POINTS_PER_LIST * nlist)
     rng = np.random.default_rng(0)
     sample = vectors[np.sort(rng.choice(len(vectors), n_train, replace=False))]
     if ivf is not None and len(sample) < ivf.nlist:
@@ -175,6 +236,74 @@ def _train(base: Any, vectors: np.ndarray, use_gpu: bool | None) -> None:
             base.train(sample)  # PQ codebooks, if any
     else:
         base.train(sample)
+
+
+def tune_search_params(
+    plan: IndexPlan,
+    index: Any,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    held_out: np.ndarray,
+    target: float = TUNE_TARGET_RECALL,
+    k: int = TUNE_K,
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """The smallest nprobe (IVF) or efSearch (HNSW) reaching recall@k >= ``target`` +
+    :data:`TUNE_MARGIN` against exact search, with the rows ``held_out`` (stored vectors
+    not in ``index`` yet) as queries. Returns (search params, a tuning report).
+
+    Held out, because a stored vector used as a query is its own HNSW node, which makes
+    recall look better than for a new query (efSearch tuned that way: 0.98 on the sample,
+    0.90 on new queries, HNSW32 at 20k).
+
+    autofaiss also tunes on the data itself (FAISS notes); a fixed nprobe = nlist/32 gave
+    recall below 0.95 on spread-out synthetic data (benchmarks/RESULTS.md, issue 6).
+    Flat indexes, and indexes too small to sample, keep ``plan.search_params``."""
+    base = _base_of(index)
+    if _hnsw_of(base) is not None:
+        key, grid = "efSearch", [v for v in _TUNE_GRID if v >= 16]
+    elif _ivf_of(base) is not None:
+        key, grid = "nprobe", [v for v in _TUNE_GRID if v <= _ivf_of(base).nlist]
+    else:
+        return dict(plan.search_params), {}
+    q, truth = _held_out_truth(vectors, ids, np.asarray(held_out, np.int64), k)
+    tried: list[tuple[int, float]] = []
+    params = dict(plan.search_params)
+    for value in grid:
+        params[key] = value
+        _, labels = search(index, q, k, params)
+        hits = [len(np.intersect1d(f[f >= 0], t)) for f, t in zip(labels, truth, strict=True)]
+        recall = float(np.mean(hits)) / k
+        tried.append((value, round(recall, 4)))
+        if recall >= target + TUNE_MARGIN:
+            break
+    report = {
+        "param": key,
+        "target_recall": target,
+        "margin": TUNE_MARGIN,
+        "k": k,
+        "queries": len(q),
+        "tried": tried,
+    }
+    return params, report
+
+
+def _held_out_truth(
+    vectors: np.ndarray, ids: np.ndarray, held: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out rows as queries, and their exact top-k ids among the other rows."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    q = vectors[held]
+    # a few extra results cover the held-out rows among a query's neighbours (rare when
+    # they are a small sample); a deep search is the fallback (small collections)
+    for depth in (min(len(vectors), k + 16), min(len(vectors), k + len(held))):
+        _, pos = faiss.knn(q, vectors, depth, metric=faiss.METRIC_INNER_PRODUCT)
+        keep = ~np.isin(pos, held)
+        if int(keep.sum(axis=1).min()) >= k:
+            break
+    truth = np.stack([row[m][:k] for row, m in zip(pos, keep, strict=True)])
+    return q, np.asarray(ids, np.int64)[truth]
 
 
 def add_vectors(index: Any, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -206,23 +335,81 @@ def search(
 
     Returns (scores, ids) of shape (nq, k); missing results have id -1.
     """
-    import faiss
-
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if k <= 0:
         raise QueryError("k must be at least 1")
     params = params or {}
-    sel = None
-    if allowed_ids is not None:
-        sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+    sel, _keep = (None, None) if allowed_ids is None else id_selector(allowed_ids)
     base = _base_of(index)
     if sel is None and _gpu_enabled(None) and k <= GPU_MAX_K:
         gpu = _gpu_copy(index)
         if gpu is not None:
             return gpu(queries, k, params)
     sp = _search_params(base, params, sel, k)
+    if len(queries) <= SINGLE_THREAD_MAX_NQ and (
+        _hnsw_of(base) is not None or _ivf_of(base) is not None or index.ntotal <= FLAT_MAX
+    ):
+        with _omp_threads(1):
+            return index.search(queries, k, params=sp)
     scores, labels = index.search(queries, k, params=sp)
     return scores, labels
+
+
+@contextlib.contextmanager
+def _omp_threads(n: int) -> Iterator[None]:
+    """OpenMP threads for FAISS calls made by this thread (the setting is per thread)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def id_selector(ids: np.ndarray) -> tuple[Any, np.ndarray | None]:
+    """A FAISS selector admitting ``ids``, and the array it reads (keep it alive while the
+    selector is used).
+
+    A bitmap over [0, max id] when that is at most 128 bits an id (ids are dense row
+    numbers, so nearly always): building it is a numpy pass, and a test is one bit,
+    while ``IDSelectorBatch`` fills a hash set, ~16+ bytes and a hash per id."""
+    import faiss
+
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if len(ids) == 0:
+        return faiss.IDSelectorBatch(ids), None
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo >= 0 and hi < 128 * len(ids):
+        bits = np.zeros(hi + 1, dtype=bool)
+        bits[ids] = True
+        bitmap = np.packbits(bits, bitorder="little")  # faiss reads bit (id & 7) of byte id >> 3
+        return faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)), bitmap
+    return faiss.IDSelectorBatch(ids), None
+
+
+def filtered_params(
+    index: Any, params: dict[str, int] | None, fraction: float
+) -> dict[str, int] | None:
+    """Search parameters for an IVF-Flat ``index`` under a filter keeping ``fraction`` of
+    the rows; None for other indexes.
+
+    The k nearest allowed rows lie farther out than the k nearest rows, so nprobe grows
+    by sqrt(0.16 / fraction) (never below the tuned value, at most nlist). With an id
+    selector, distances are computed for allowed ids only, so extra lists are cheap: at
+    1M x 512 and a 1% filter, 2x the tuned nprobe gave recall@10 0.998, 4x gave 1.000
+    in 2.2 ms, every list 9.6 ms (benchmarks/RESULTS.md, issue 6)."""
+    import faiss
+
+    ivf = _ivf_of(_base_of(index))
+    if ivf is None or not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat):
+        return None
+    params = dict(params or {})
+    nprobe = int(params.get("nprobe", 16))
+    scale = max(1.0, math.sqrt(0.16 / max(fraction, 1e-9)))
+    params["nprobe"] = min(int(ivf.nlist), math.ceil(nprobe * scale))
+    return params
 
 
 def _search_params(base: Any, params: dict[str, int], sel: Any, k: int) -> Any:

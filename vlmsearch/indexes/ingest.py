@@ -363,14 +363,25 @@ def _finish_index(
             faiss_store.remove_ids(index, dirty_ids)
             added = np.intersect1d(dirty_ids, live.ids)
             faiss_store.add_vectors(index, added, live.get(added))
+    tuning: dict[str, Any] = {}
     if index is None:
         report.index_rebuilt = True
         if progress:
             progress("index", 0, len(live))
-        index = faiss_store.build_index(plan, dim, live.ids, live.vectors.astype(np.float32))
+        vectors = live.vectors.astype(np.float32)
+        index, plan.search_params, tuning = faiss_store.build_tuned_index(
+            plan, dim, live.ids, vectors
+        )
+        del vectors
+    elif old.get("search_params"):
+        # updated in place: the parameters tuned when it was built still apply
+        plan.search_params = dict(old["search_params"])
+        tuning = old.get("tuning") or {}
     if progress:
         progress("index", len(live), len(live))
     info = {**plan.to_json(), "ntotal": int(index.ntotal), "dim": dim}
+    if tuning:
+        info["tuning"] = tuning
     _commit_index(writer, live, index, info)
 
 

@@ -6,6 +6,7 @@ captions) add columns, which are carried through incremental updates.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -103,39 +104,83 @@ def set_column(table: pa.Table, name: str, ids: np.ndarray, values: pa.Array) ->
 def filter_ids(table: pa.Table, where: str | None, only_ok: bool = True) -> np.ndarray:
     """Ids of the rows satisfying ``where`` (a SQL boolean over the metadata columns).
 
-    Runs in a private in-memory DuckDB connection with external access disabled, so a
-    filter can read nothing but this table.
-    """
-    import duckdb
+    A one-off :class:`MetadataFilter`; callers that filter repeatedly keep one instead."""
+    with MetadataFilter(table) as f:
+        return f.ids(where, only_ok)
 
-    if where and where.strip():
-        validate_where(where)
-    clauses = []
-    if only_ok:
-        clauses.append("status = 'ok'")
-    if where and where.strip():
-        clauses.append(f"({where})")
-    sql = f"SELECT id FROM {TABLE_NAME}" + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
-    con = duckdb.connect(":memory:")
-    try:
-        con.register(TABLE_NAME, table)
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
+
+class MetadataFilter:
+    """A private in-memory DuckDB database holding a copy of one metadata table.
+
+    Opening a connection costs about 20 ms and scanning a registered Arrow table converts
+    its string columns on every query (~20 ms at 1M rows); a native copy made once (~0.3 s
+    at 1M rows) answers a filter in a few ms (benchmarks/RESULTS.md, issue 6). External
+    access is disabled and the configuration locked, so a filter can read nothing but this
+    table. One query at a time: a DuckDB connection is not safe for concurrent use."""
+
+    def __init__(self, table: pa.Table) -> None:
+        import duckdb
+
+        self.table = table
+        self._lock = threading.Lock()
+        self._con = duckdb.connect(":memory:")
         try:
-            result = con.sql(sql).to_arrow_table()
-        except duckdb.BinderException as e:
-            raise QueryError(
-                f"invalid --where filter {where!r}: {_first_line(e)} "
-                f"(columns: {', '.join(table.column_names)})"
-            ) from None
-        except duckdb.Error as e:
-            raise QueryError(f"invalid --where filter {where!r}: {_first_line(e)}") from None
-    finally:
-        con.close()
-    if result.num_columns != 1 or not pa.types.is_integer(result.schema.field(0).type):
-        raise QueryError(f"invalid --where filter {where!r}")
-    ids = np.asarray(result.column(0).to_numpy(zero_copy_only=False), dtype=np.int64)
-    return np.unique(ids)
+            self._con.register("_arrow", table)
+            self._con.execute(f"CREATE TABLE {TABLE_NAME} AS SELECT * FROM _arrow")
+            self._con.unregister("_arrow")
+            # one thread: a filter over 1M rows takes ~3 ms either way, and a second thread
+            # only waits for a core on a busy machine
+            self._con.execute("SET threads = 1")
+            self._con.execute("SET enable_external_access = false")
+            self._con.execute("SET lock_configuration = true")
+        except BaseException:
+            self._con.close()
+            raise
+
+    def __enter__(self) -> MetadataFilter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    def ids(self, where: str | None, only_ok: bool = True) -> np.ndarray:
+        """Sorted unique ids of the rows satisfying ``where`` (and status 'ok')."""
+        import duckdb
+
+        if where and where.strip():
+            validate_where(where)
+        clauses = []
+        if only_ok:
+            clauses.append("status = 'ok'")
+        if where and where.strip():
+            clauses.append(f"({where})")
+        sql = f"SELECT id FROM {TABLE_NAME}" + (
+            f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        )
+        with self._lock:
+            try:
+                result = self._con.execute(sql).fetchnumpy()
+            except duckdb.BinderException as e:
+                raise QueryError(
+                    f"invalid --where filter {where!r}: {_first_line(e)} "
+                    f"(columns: {', '.join(self.table.column_names)})"
+                ) from None
+            except duckdb.Error as e:
+                raise QueryError(f"invalid --where filter {where!r}: {_first_line(e)}") from None
+        if len(result) != 1:
+            raise QueryError(f"invalid --where filter {where!r}")
+        col = next(iter(result.values()))
+        if not np.issubdtype(col.dtype, np.integer):
+            raise QueryError(f"invalid --where filter {where!r}")
+        ids = np.asarray(col, dtype=np.int64)
+        # rows come back in table order, which is id order for tables written by upsert
+        if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+            ids = np.unique(ids)
+        return ids
 
 
 # Keywords that would turn a filter into more than a boolean expression over the table.
