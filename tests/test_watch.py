@@ -97,7 +97,8 @@ def test_watcher_killed_mid_update_loses_and_duplicates_nothing(tmp_path):
     try:
         _wait(lambda: _current(root, 64), timeout=120, what="the restarted watcher")
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 130  # Ctrl-C: committed work kept
+        # generous: once, under a load average of 8, the exit took over 30 s
+        assert proc.wait(90) == 130  # Ctrl-C: committed work kept
     finally:
         if proc.poll() is None:
             proc.kill()
