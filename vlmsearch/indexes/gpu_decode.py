@@ -362,7 +362,7 @@ class TensorImagePipeline:
             try:
                 ok.append(resize_crop_normalise(images[i], self.pp))
             except (RuntimeError, ValueError) as e:
-                r.record.error = f"preprocess failed: {e}"
+                _fail(r.record, f"preprocess failed: {e}")
         pixels = torch.stack(ok) if ok else None
         return [r.record for r in reads], pixels
 
@@ -409,11 +409,16 @@ class TensorImagePipeline:
         try:
             img, fmt, (w, h) = decode_image_sized(r.raw, self.max_pixels)
         except ImageDecodeError as e:
-            r.record.error = str(e)
+            _fail(r.record, str(e))
             return None
         r.record.width, r.record.height, r.record.format = w, h, fmt
         arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
         return arr.pin_memory() if self.cuda else arr
+
+
+def _fail(rec: Decoded, error: str) -> None:
+    """An error record carries no image facts, as on the Pillow path."""
+    rec.error, rec.width, rec.height, rec.format = error, None, None, None
 
 
 def tensor_pipeline_supported(device: str) -> bool:
