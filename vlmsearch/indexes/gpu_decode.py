@@ -164,8 +164,9 @@ def orient(x: Any, orientation: int) -> Any:
 
 
 def resize_crop_normalise(img: Any, pp: TensorPreprocess) -> Any:
-    """uint8 (3, H, W) -> float32 (3, S, S): open_clip's shortest-side resize (output
-    size as torchvision computes it), centre crop and normalisation, as tensor ops.
+    """uint8 (3, H, W) or (N, 3, H, W) -> float32 (3, S, S) or (N, 3, S, S): open_clip's
+    shortest-side resize (output size as torchvision computes it), centre crop and
+    normalisation, as tensor ops.
 
     The resize is torch's antialiased bicubic (the same a=-0.5 kernel Pillow uses),
     rounded once to 0..255 where Pillow rounds after each pass.
@@ -173,12 +174,13 @@ def resize_crop_normalise(img: Any, pp: TensorPreprocess) -> Any:
     import torch
     import torch.nn.functional as F
 
+    single = img.dim() == 3
+    x = (img.unsqueeze(0) if single else img).float()
     s = pp.size
-    _, h, w = img.shape
+    h, w = x.shape[-2:]
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = s, int(s * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    x = img.unsqueeze(0).float()
     if (new_h, new_w) != (h, w):
         x = F.interpolate(
             x, size=(new_h, new_w), mode=pp.interpolation, antialias=True, align_corners=False
@@ -186,12 +188,11 @@ def resize_crop_normalise(img: Any, pp: TensorPreprocess) -> Any:
         x = x.clamp_(0, 255).round_()
     top = int(round((new_h - s) / 2.0))
     left = int(round((new_w - s) / 2.0))
-    if top < 0 or left < 0:  # cannot happen for a shortest-side resize; guard anyway
-        raise ValueError(f"resized image {new_w}x{new_h} is smaller than the {s}px crop")
-    x = x[0, :, top : top + s, left : left + s]
-    mean = torch.tensor(pp.mean, device=x.device, dtype=x.dtype).view(3, 1, 1)
-    std = torch.tensor(pp.std, device=x.device, dtype=x.dtype).view(3, 1, 1)
-    return x.div_(255.0).sub_(mean).div_(std)
+    x = x[:, :, top : top + s, left : left + s]
+    mean = torch.tensor(pp.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(pp.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    x = x.div_(255.0).sub_(mean).div_(std)
+    return x[0] if single else x
 
 
 @dataclass
@@ -355,14 +356,20 @@ class TensorImagePipeline:
             if img is not None:
                 images[i] = img.to(self.device, non_blocking=True)
                 self.stats["pillow"] += 1
-        ok = []
-        for i, r in enumerate(reads):
-            if i not in images:
-                continue  # an error record (or unchanged): no row in ``pixels``
+        # Images of one size (common in photo collections) are resized in one call.
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i in sorted(images):
+            by_shape.setdefault(tuple(images[i].shape), []).append(i)
+        rows: dict[int, Any] = {}
+        for idx in by_shape.values():
             try:
-                ok.append(resize_crop_normalise(images[i], self.pp))
+                out = resize_crop_normalise(torch.stack([images[i] for i in idx]), self.pp)
             except (RuntimeError, ValueError) as e:
-                _fail(r.record, f"preprocess failed: {e}")
+                for i in idx:
+                    _fail(reads[i].record, f"preprocess failed: {e}")
+                continue
+            rows.update(zip(idx, out, strict=True))
+        ok = [rows[i] for i in sorted(rows)]  # task order, matching the records
         pixels = torch.stack(ok) if ok else None
         return [r.record for r in reads], pixels
 
