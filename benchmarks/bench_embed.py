@@ -209,7 +209,7 @@ def model_only(encoder: Any, batch_size: int, batches: int) -> dict[str, Any]:
 
 
 def reference_cosines(
-    coll_path: Path, folder: Path, ckpt: Path, names: list[str], fast_paths: bool = False
+    coll_path: Path, folder: Path, ckpt: Path, names: list[str]
 ) -> dict[str, Any]:
     """Stored vectors of a vlmsearch collection against open_clip's own preprocessing."""
     from vlmsearch import Collection
@@ -224,19 +224,29 @@ _REF_CACHE: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
 
 
 def reference_embeddings(folder: Path, ckpt: Path, names: list[str]) -> np.ndarray:
-    """open_clip's reference: ``create_model_and_transforms`` preprocess on the PIL image."""
+    """open_clip's reference: ``create_model_and_transforms`` preprocess on the PIL image.
+
+    The image is EXIF-transposed first, as vlmsearch (like a photo viewer) shows it;
+    without that, a JPEG with a rotating orientation tag (one in the ImageNet sample)
+    would count as drift although no pixel was decoded differently.
+    """
     key = (str(ckpt), tuple(names))
     if key not in _REF_CACHE:
         import open_clip
         import torch
-        from PIL import Image
+        from PIL import Image, ImageOps
 
         model, _, preprocess = open_clip.create_model_and_transforms(ARCH, pretrained=str(ckpt))
         model.eval()
         out = []
         with torch.inference_mode():
             for i in range(0, len(names), 32):
-                x = torch.stack([preprocess(Image.open(folder / n)) for n in names[i : i + 32]])
+                x = torch.stack(
+                    [
+                        preprocess(ImageOps.exif_transpose(Image.open(folder / n)))
+                        for n in names[i : i + 32]
+                    ]
+                )
                 out.append(model.encode_image(x, normalize=True).numpy())
         _REF_CACHE[key] = np.concatenate(out)
     return _REF_CACHE[key]
@@ -328,7 +338,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2, help="decoding processes, both tools")
     ap.add_argument("--model-batches", type=int, default=4, help="model-only timed batches")
-    ap.add_argument("--check-n", type=int, default=200, help="images for the cosine checks")
+    ap.add_argument("--check-n", type=int, default=0, help="images for the cosine checks (0: all)")
     ap.add_argument("--fast-decode", action="store_true", help="also run --fast-decode")
     ap.add_argument("--skip-clip-retrieval", action="store_true")
     ap.add_argument("--clip-venv", default=str(CLIP_VENV))
@@ -378,7 +388,7 @@ def main() -> None:
         result["model_only_after"] = model_only(enc, args.batch_size, args.model_batches)
         del enc
 
-        check = names[: args.check_n]
+        check = names[: args.check_n] if args.check_n else names
         result["cosine_to_reference"] = {
             "vlmsearch": reference_cosines(tmp / "coll", folder, ckpt, check)
         }
@@ -388,7 +398,7 @@ def main() -> None:
             )
         if args.fast_decode:
             result["cosine_to_reference"]["vlmsearch_fast_decode"] = reference_cosines(
-                tmp / "coll-fast", folder, ckpt, names
+                tmp / "coll-fast", folder, ckpt, check
             )
             result["decode_only"] = {
                 "exact": decode_cost(folder, names, False),
