@@ -1,5 +1,6 @@
-"""``python -m vlmsearch``: the same as the ``vlmsearch`` console script."""
+"""``python -m vlmsearch``: the same CLI as the ``vlmsearch`` console script."""
 
 from vlmsearch.cli.app import main
 
-main()
+if __name__ == "__main__":
+    main()

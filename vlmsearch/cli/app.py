@@ -149,6 +149,23 @@ def index(
     ] = None,
     hidden: Annotated[bool, typer.Option(help="Also index hidden files and folders.")] = False,
     commit_every: Annotated[int, typer.Option(min=1, help="Checkpoint every N images.")] = 1024,
+    fast_decode: Annotated[
+        bool | None,
+        typer.Option(
+            "--fast-decode/--no-fast-decode",
+            help="Decode large JPEGs at 1/2, 1/4 or 1/8 scale (JPEG draft mode, never below "
+            "the model's input size): faster, embeddings drift slightly (recorded in the "
+            "manifest). Default: the collection's setting, off for a new one.",
+        ),
+    ] = None,
+    gpu_decode: Annotated[
+        bool | None,
+        typer.Option(
+            "--gpu-decode/--no-gpu-decode",
+            help="Decode JPEGs with nvJPEG and preprocess on the GPU. Default: on when the "
+            "model runs on CUDA.",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     json_: JsonOpt = False,
@@ -176,6 +193,8 @@ def index(
         extensions=tuple(ext.split(",")) if ext else None,
         include_hidden=hidden,
         commit_every=commit_every,
+        fast_decode=fast_decode,
+        gpu_decode=gpu_decode,
     )
     enc_opts: dict[str, Any] = {
         k: v

@@ -3,12 +3,19 @@
 Each worker reads the file bytes once, hashes them, and decodes (EXIF orientation
 applied, any mode to RGB, decompression-bomb guard) before running the encoder's
 transform. A file that cannot be decoded yields an error record, never an exception.
+
+Workers stack their batch into one shared-memory tensor (one transfer per batch, not one
+per image) and run at a lower CPU priority: on a small machine the encoder's own threads
+need every core, and a decoder that preempts one of them mid-matmul stalls the whole
+parallel region (measured in benchmarks/bench_embed.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,6 +25,12 @@ from typing import Any
 # Pillow's own default warns above 89.5 Mpx; we refuse anything above this instead of
 # decoding it, because a bomb can exhaust memory before the warning is seen.
 DEFAULT_MAX_PIXELS = 178_956_970
+
+WORKER_NICE = 10
+"""Niceness added in decoding workers. The decoders need about a tenth of the CPU the
+ViT encoders need; at +10 the scheduler gives them roughly that share (weight 110 vs 1024)
+and lets a waking encoder thread preempt them, while they still progress when other
+programs load the machine (SCHED_IDLE would starve them there). 0 disables."""
 
 
 class ImageDecodeError(ValueError):
@@ -30,6 +43,23 @@ def content_hash(data: bytes) -> str:
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Any, str]:
     """Decode bytes to an RGB PIL image with EXIF orientation applied; returns (image, format)."""
+    img, fmt, _ = decode_image_sized(data, max_pixels)
+    return img, fmt
+
+
+def decode_image_sized(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: tuple[int, int] | None = None,
+) -> tuple[Any, str, tuple[int, int]]:
+    """:func:`decode_image`, optionally with JPEG draft mode; returns (image, format, size).
+
+    ``draft=(w, h)`` lets libjpeg scale a JPEG down by 1/2, 1/4 or 1/8 in the DCT domain
+    while decoding, keeping both sides at least ``w`` and ``h`` (Pillow's
+    ``Image.draft``). That is faster but changes the pixels (and so the embeddings)
+    slightly, so it is opt-in. ``size`` is always the full image size (after EXIF
+    orientation), whatever draft mode did.
+    """
     from PIL import Image, ImageOps
 
     if not data:
@@ -45,8 +75,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Any
                     f"image is {w}x{h} = {w * h} pixels, over the {max_pixels}-pixel limit "
                     "(decompression-bomb guard)"
                 )
+            if draft is not None and fmt == "JPEG":
+                img.draft("RGB", draft)
             img.load()
+            loaded = img.size
             img = ImageOps.exif_transpose(img)
+            if img.size != loaded:  # rotated by 90 or 270 degrees
+                w, h = h, w
             if img.mode != "RGB":
                 if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
                     rgba = img.convert("RGBA")
@@ -63,7 +98,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Any
         raise ImageDecodeError("not an image (format not recognised)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise ImageDecodeError(f"cannot decode image: {e}") from None
-    return img, fmt
+    return img, fmt, (w, h)
 
 
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
@@ -105,10 +140,12 @@ class ImageFileDataset:
         tasks: Sequence[DecodeTask],
         transform: Callable[[Any], Any],
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        draft: tuple[int, int] | None = None,
     ) -> None:
         self.tasks = list(tasks)
         self.transform = transform
         self.max_pixels = max_pixels
+        self.draft = draft
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -124,17 +161,33 @@ class ImageFileDataset:
         if task.known_hash is not None and digest == task.known_hash:
             return Decoded(task.index, None, content_hash=digest, unchanged=True)
         try:
-            img, fmt = decode_image(data, self.max_pixels)
+            img, fmt, (width, height) = decode_image_sized(data, self.max_pixels, self.draft)
             pixels = self.transform(img)
         except ImageDecodeError as e:
             return Decoded(task.index, None, content_hash=digest, error=str(e))
         except Exception as e:  # a transform failure must not abort a run
             return Decoded(task.index, None, content_hash=digest, error=f"preprocess failed: {e}")
-        return Decoded(task.index, pixels, img.width, img.height, fmt, digest)
+        return Decoded(task.index, pixels, width, height, fmt, digest)
 
 
-def _collate(items: list[Decoded]) -> list[Decoded]:
-    return items
+def _collate(items: list[Decoded]) -> tuple[list[Decoded], Any]:
+    """(records without pixels, the decodable records' pixels stacked, or None).
+
+    Runs in the worker, where torch's default collation stacks straight into shared
+    memory, so a batch crosses to the main process as one tensor.
+    """
+    from torch.utils.data import default_collate
+
+    ok = [r.pixels for r in items if r.pixels is not None]
+    for r in items:
+        r.pixels = None
+    return items, default_collate(ok) if ok else None
+
+
+def _lower_priority(_worker_id: int) -> None:
+    if WORKER_NICE:
+        with contextlib.suppress(OSError, AttributeError):
+            os.nice(WORKER_NICE)
 
 
 def iter_decoded(
@@ -143,12 +196,16 @@ def iter_decoded(
     batch_size: int = 64,
     workers: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: tuple[int, int] | None = None,
 ) -> Iterator[tuple[list[Decoded], Any]]:
-    """Yield (records, stacked pixel tensor of the decodable records or None), in task order."""
+    """Yield (records, stacked pixel tensor of the decodable records or None), in task order.
+
+    ``draft``: see :func:`decode_image_sized` (opt-in, changes the pixels slightly).
+    """
     import torch
     from torch.utils.data import DataLoader
 
-    ds = ImageFileDataset(tasks, transform, max_pixels)
+    ds = ImageFileDataset(tasks, transform, max_pixels, draft)
     loader = DataLoader(
         ds,
         batch_size=batch_size,
@@ -157,12 +214,6 @@ def iter_decoded(
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if workers > 0 else None,
         persistent_workers=False,
+        worker_init_fn=_lower_priority if workers > 0 else None,
     )
-    for records in loader:
-        ok = [r.pixels for r in records if r.pixels is not None]
-        stacked = torch.stack(ok) if ok else None
-        if stacked is not None and torch.cuda.is_available():
-            stacked = stacked.pin_memory()
-        for r in records:
-            r.pixels = None
-        yield records, stacked
+    yield from loader

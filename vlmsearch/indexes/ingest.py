@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,12 @@ class IngestOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     memory_budget: int | None = None
     encoder_choice: dict[str, Any] | None = None  # why this encoder (recorded in the manifest)
+    # JPEG draft-mode decoding (faster, embeddings drift slightly; recorded in the manifest).
+    # None: keep the collection's setting (off for a new one).
+    fast_decode: bool | None = None
+    # nvJPEG decoding and tensor preprocessing on the GPU. None: on when the encoder runs
+    # on CUDA and its preprocessing can be mirrored; True insists, False uses Pillow.
+    gpu_decode: bool | None = None
 
 
 @dataclass
@@ -98,6 +104,8 @@ def new_manifest(root: Path, encoder: Encoder, opts: IngestOptions) -> dict[str,
                 "mode": "RGB",
                 "alpha": "composited on white",
                 "max_pixels": opts.max_pixels,
+                "jpeg_draft": bool(opts.fast_decode),
+                "decoders_used": [],
             },
         },
         "index": None,
@@ -160,6 +168,7 @@ def ingest(
                 manifest["generation"] = int(old.get("generation", 0))
                 manifest["next_id"] = int(old.get("next_id", 0))
         manifest["root"] = str(root)
+        _settle_fast_decode(manifest, opts)
         writer = CollectionWriter(layout, manifest, table)
         if layout.exists():
             writer.previous = layout.read_manifest()
@@ -170,6 +179,22 @@ def ingest(
         report.generation = int(writer.manifest["generation"])
         report.seconds = time.perf_counter() - t0
         return report
+
+
+def _settle_fast_decode(manifest: dict[str, Any], opts: IngestOptions) -> None:
+    """Resolve ``opts.fast_decode`` against the collection: None keeps its setting; a
+    different explicit choice is refused, since it would mix two preprocessings."""
+    decode = manifest.setdefault("preprocessing", {}).setdefault("decode", {})
+    recorded = bool(decode.get("jpeg_draft", False))
+    if opts.fast_decode is None:
+        opts.fast_decode = recorded
+    elif opts.fast_decode != recorded:
+        keep = "--fast-decode or neither flag" if recorded else "--no-fast-decode or neither flag"
+        raise CollectionError(
+            f"the collection was indexed {'with' if recorded else 'without'} --fast-decode "
+            f"(JPEG draft mode); pass {keep} to keep its preprocessing, or re-index "
+            "everything with --rebuild"
+        )
 
 
 def _check_root(manifest: dict[str, Any], root: Path, layout: Layout) -> None:
@@ -260,10 +285,11 @@ def _run(
         since_commit = 0
         last_commit = time.perf_counter()
 
-    transform = encoder.image_transform()
-    for records, pixels in iter_decoded(
-        tasks, transform, opts.batch_size, workers, opts.max_pixels
-    ):
+    batches, decoder = _decoder(tasks, encoder, opts, workers)
+    used = writer.manifest["preprocessing"]["decode"].setdefault("decoders_used", [])
+    if decoder not in used:
+        used.append(decoder)
+    for records, pixels in batches:
         vecs = encoder.encode_pixels(pixels) if pixels is not None else None
         now = dt.datetime.now(dt.timezone.utc)
         ok_ids = []
@@ -307,6 +333,50 @@ def _run(
     flush()
     report.encode_seconds = time.perf_counter() - enc_t0
     return dirty
+
+
+def _decoder(
+    tasks: list[DecodeTask], encoder: Encoder, opts: IngestOptions, workers: int
+) -> tuple[Iterable[tuple[list[Any], Any]], str]:
+    """The batches to encode and the decoder's name: nvJPEG on the encoder's GPU when
+    possible (see ``IngestOptions.gpu_decode``), else Pillow in worker processes."""
+    from vlmsearch.indexes import gpu_decode
+
+    device = str(getattr(encoder, "device", "cpu"))
+    pp = encoder.tensor_preprocess()
+    gpu = opts.gpu_decode
+    if gpu is None:
+        gpu = (
+            device.startswith("cuda")
+            and pp is not None
+            and gpu_decode.tensor_pipeline_supported(device)
+        )
+    if gpu:
+        if not device.startswith("cuda") or not gpu_decode.tensor_pipeline_supported(device):
+            raise CollectionError(
+                f"GPU decoding needs the encoder on a CUDA device with torchvision's nvJPEG "
+                f"ops; the encoder runs on {device} (drop --gpu-decode)"
+            )
+        if pp is None:
+            raise CollectionError(
+                f"GPU decoding cannot mirror the preprocessing of {encoder.display_name} "
+                "(drop --gpu-decode)"
+            )
+        pipe = gpu_decode.TensorImagePipeline(
+            tasks, pp, opts.batch_size, device, opts.max_pixels, read_threads=max(2, workers)
+        )
+        return pipe, "nvjpeg"
+    draft = None
+    if opts.fast_decode:
+        if pp is None:
+            raise CollectionError(
+                f"--fast-decode needs to know the input size of {encoder.display_name}, "
+                "which does not say it (index without --fast-decode)"
+            )
+        draft = (pp.size, pp.size)
+    transform = encoder.image_transform()
+    batches = iter_decoded(tasks, transform, opts.batch_size, workers, opts.max_pixels, draft)
+    return batches, "pillow-draft" if draft else "pillow"
 
 
 def _touch(table: pa.Table, touched: dict[int, tuple[int, int]]) -> pa.Table:

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from vlmsearch.indexes.gpu_decode import TensorPreprocess
+
 
 class Encoder(ABC):
     """Maps images and texts into one L2-normalised embedding space.
@@ -53,6 +55,11 @@ class Encoder(ABC):
     @abstractmethod
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """A picklable PIL -> tensor transform, run in the decoding workers."""
+
+    def tensor_preprocess(self) -> TensorPreprocess | None:
+        """The image transform as resize/crop/normalise parameters, when it is one; lets
+        indexing decode on the GPU and size JPEG draft decoding. None: unknown."""
+        return None
 
     @abstractmethod
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:

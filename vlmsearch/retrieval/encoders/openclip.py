@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from vlmsearch.indexes.gpu_decode import TensorPreprocess
+
 DEFAULT_MODEL = "ViT-B-32/laion2b_s34b_b79k"
 TEXT_BATCH = 256
 # Exact speed-ups of the text tower (see _can_trim, _can_share_prefix); off only to benchmark
@@ -189,6 +191,11 @@ class OpenClipEncoder(Encoder):
 
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         return self._preprocess
+
+    def tensor_preprocess(self) -> TensorPreprocess | None:
+        from vlmsearch.indexes.gpu_decode import TensorPreprocess
+
+        return TensorPreprocess.from_open_clip(self._spec.get("preprocess") or {})
 
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         import torch
