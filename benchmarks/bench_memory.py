@@ -166,7 +166,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--commit-every", type=int, default=1024)
-    ap.add_argument("--interval", type=float, default=0.2, help="polling period, seconds")
+    ap.add_argument("--interval", type=float, default=0.5, help="polling period, seconds")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
