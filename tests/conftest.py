@@ -15,6 +15,9 @@ from PIL import Image, ImageDraw
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 os.environ["VLMSEARCH_MODEL_CONFIGS"] = str(CONFIG_DIR)
+# Indexing exports the text tower to ONNX (about 1 s even for the tiny model, and every
+# test has its own cache): off here, on in tests/test_text_onnx.py and where a test says so.
+os.environ["VLMSEARCH_TEXT_ONNX"] = "0"
 TINY = "vlms-tiny"
 
 COLOURS = {

@@ -608,9 +608,13 @@ def no_clip_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
 
 
-def test_offline_default_fallback(tmp_path: Path, no_clip_weights: None) -> None:
+def test_offline_default_fallback(
+    tmp_path: Path, no_clip_weights: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("sentence_transformers")
+    # the searches below then run MiniLM through its ONNX export (tests/test_text_onnx.py)
+    monkeypatch.setenv("VLMSEARCH_TEXT_ONNX", "1")
     from vlmsearch.retrieval.encoders.openclip import DEFAULT_MODEL
     from vlmsearch.samples import copy_samples
 
@@ -654,6 +658,7 @@ def test_offline_default_fallback(tmp_path: Path, no_clip_weights: None) -> None
     }
     for query, name in expected.items():
         assert coll.search(query, k=1)[0].relpath == name, query
+    assert coll._encoder is None  # ... without loading torch models
 
 
 def test_no_offline_extra_gives_one_line_error(

@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -35,10 +35,15 @@ from vlmsearch.indexes.postings import PostingIndex
 from vlmsearch.indexes.store import CollectionWriter
 from vlmsearch.indexes.text_vectors import TextVectors, refresh
 from vlmsearch.indexes.vectors import VectorTable
-from vlmsearch.retrieval.encoders import DEFAULT_KIND, encoder_from_spec, load_encoder
-from vlmsearch.retrieval.encoders.base import Encoder
+from vlmsearch.retrieval.encoders import (
+    DEFAULT_KIND,
+    encoder_class,
+    encoder_from_spec,
+    load_encoder,
+)
+from vlmsearch.retrieval.encoders.base import Encoder, TextEmbedder
 from vlmsearch.retrieval.encoders.openclip import DEFAULT_MODEL
-from vlmsearch.retrieval.query import build_terms, query_vector
+from vlmsearch.retrieval.query import Term, build_terms, query_vector
 from vlmsearch.retrieval.zeroshot import (
     class_scores,
     class_weights,
@@ -152,6 +157,7 @@ class Collection:
             metadata.read_table(layout.file(name)) if name else metadata.empty_table()
         )
         self._encoder: Encoder | None = None
+        self._text_queries: TextEmbedder | Literal[False] | None = None  # False: none exported
         self._vectors: VectorTable | None = None
         self._index: Any = None
         self.index_is_stale = False
@@ -181,8 +187,13 @@ class Collection:
         progress: ProgressFn | None = None,
         device: str | None = None,
         encoder_options: dict[str, Any] | None = None,
+        text_onnx: bool = True,
     ) -> Collection:
         """Index (or update) the images under ``root``; returns the opened collection.
+
+        With ``text_onnx`` the encoder's text tower is also exported to ONNX once per model
+        (cached; see :mod:`vlmsearch.retrieval.text_onnx`), so that later text queries need
+        not import torch.
 
         Without ``model``/``encoder_kind``, an existing collection keeps its own encoder
         and a new one uses :data:`DEFAULT_MODEL`, or -- when those CLIP weights cannot be
@@ -222,6 +233,12 @@ class Collection:
                     model, encoder_kind, device, encoder_options or {}, opts
                 )
         report = ingest(layout, root_path, encoder, opts, progress)
+        if text_onnx:
+            from vlmsearch.retrieval.text_onnx import prepare_text_queries
+
+            note = prepare_text_queries(encoder)
+            if note:
+                notices.append(note)
         report.notices = notices
         _remember(layout.path)
         coll = cls(layout, device=device)
@@ -248,6 +265,25 @@ class Collection:
         if self._encoder is None:
             self._encoder = encoder_from_spec(self.manifest["encoder"], device=self.device)
         return self._encoder
+
+    def _query_encoder(self, terms: Sequence[Term]) -> TextEmbedder:
+        """The encoder for these query terms: for text alone on the CPU, the text tower's
+        ONNX export when there is one (no torch import: a cold query takes about a second,
+        not tens); otherwise the collection's encoder."""
+        if (
+            self._encoder is None
+            and self.device in (None, "auto", "cpu")
+            and all(t.kind == "text" for t in terms)
+        ):
+            if self._text_queries is None:
+                spec = self.manifest["encoder"]
+                cls = encoder_class(spec.get("kind", DEFAULT_KIND))
+                self._text_queries = cls.text_query_encoder(spec) or False
+                if self._text_queries:
+                    _ = self.faiss_index  # loads while the ONNX session loads in its thread
+            if self._text_queries:
+                return self._text_queries
+        return self.encoder
 
     def use_encoder(self, encoder: Encoder) -> None:
         """Use an already-loaded encoder; refused unless it matches the collection's."""
@@ -360,7 +396,7 @@ class Collection:
             _as_list(text), _as_list(image), _as_list(negative), _as_list(negative_image)
         )
         self._require_vectors()
-        vector = query_vector(self.encoder, terms)
+        vector = query_vector(self._query_encoder(terms), terms)
         first_k = max(k, rerank_top) if rerank is not None else k
         if text_column is not None:
             hits = self.search_fused(

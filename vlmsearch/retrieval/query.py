@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from vlmsearch.errors import QueryError
-from vlmsearch.retrieval.encoders.base import Encoder
+from vlmsearch.retrieval.encoders.base import Encoder, TextEmbedder
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,9 @@ def build_terms(
     return terms
 
 
-def query_vector(encoder: Encoder, terms: Sequence[Term]) -> np.ndarray:
-    """sum(w_i * e_i) over L2-normalised term embeddings, L2-normalised again."""
+def query_vector(encoder: Encoder | TextEmbedder, terms: Sequence[Term]) -> np.ndarray:
+    """sum(w_i * e_i) over L2-normalised term embeddings, L2-normalised again (image terms
+    need an :class:`Encoder`)."""
     from vlmsearch.indexes.decode import ImageDecodeError, load_image
 
     texts = [t for t in terms if t.kind == "text"]
@@ -89,6 +90,7 @@ def query_vector(encoder: Encoder, terms: Sequence[Term]) -> np.ndarray:
                     raise QueryError(f"query image: {e}") from None
             else:
                 pil.append(t.value)
+        assert isinstance(encoder, Encoder), "image terms need the full encoder"
         emb = encoder.encode_images(pil)
         vec += np.asarray([t.weight for t in images], np.float32) @ emb
     norm = float(np.linalg.norm(vec))

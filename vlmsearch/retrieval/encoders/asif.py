@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from vlmsearch.retrieval.encoders.base import TextEmbedder
+    from vlmsearch.retrieval.text_onnx import OnnxTextTower, TowerExport
     from vlmsearch.retrieval.unimodal import ImageEncoder, TextEncoder
 
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
@@ -272,4 +274,43 @@ class AsifEncoder(Encoder):
         if len(texts) == 0:
             return np.zeros((0, self.dim), np.float32)
         feats = self.text_encoder.encode_texts(list(texts))
+        return self.anchors.relative("text", feats, self.k, self.p_text)
+
+    # -- torch-free text queries: the text encoder's ONNX export, then the anchors ---------------
+    def onnx_text_export(
+        self,
+    ) -> tuple[dict[str, Any], Callable[[], TowerExport | None]] | None:
+        return self.text_encoder.spec, self.text_encoder.onnx_text_export
+
+    @classmethod
+    def text_query_encoder(cls, spec: dict[str, Any]) -> TextEmbedder | None:
+        from vlmsearch.retrieval.text_onnx import open_tower
+
+        tower = open_tower(spec["text_encoder"])
+        a = spec["anchors"]
+        if tower is None or not is_anchor_set(a["path"]):
+            return None
+        anchors = AnchorSet.open(a["path"])
+        if anchors.fingerprint != a["fingerprint"]:
+            return None  # the full encoder reports the mismatch
+        p_text = spec.get("p_text", spec.get("p"))
+        p_text = anchors.powers["text"] if p_text is None else p_text
+        return AsifTextQueries(anchors, tower, int(spec["k"]), float(p_text))
+
+
+class AsifTextQueries:
+    """The text side of an ASIF encoder without torch: an exported text tower, then the
+    anchors' relative representations (numpy and FAISS)."""
+
+    def __init__(self, anchors: AnchorSet, tower: OnnxTextTower, k: int, p_text: float) -> None:
+        self.anchors, self.tower, self.k, self.p_text = anchors, tower, k, p_text
+
+    @property
+    def dim(self) -> int:
+        return self.anchors.count
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        feats = self.tower.encode_texts(list(texts))
         return self.anchors.relative("text", feats, self.k, self.p_text)

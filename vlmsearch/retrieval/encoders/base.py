@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -13,6 +13,16 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from vlmsearch.indexes.gpu_decode import TensorPreprocess
+    from vlmsearch.retrieval.text_onnx import TowerExport
+
+
+class TextEmbedder(Protocol):
+    """What a text-only query needs: an encoder, or a torch-free stand-in for its text side."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 class Encoder(ABC):
@@ -97,6 +107,20 @@ class Encoder(ABC):
             return np.zeros((0, self.dim), dtype=np.float32)
         transform = self.image_transform()
         return self.encode_pixels(torch.stack([transform(im) for im in images]))
+
+    # -- torch-free text queries (vlmsearch.retrieval.text_onnx) ------------------------------
+    def onnx_text_export(
+        self,
+    ) -> tuple[dict[str, Any], Callable[[], TowerExport | None]] | None:
+        """(the spec keying the export, a function building it) for the model that embeds
+        text; None when this encoder has no exportable text tower."""
+        return None
+
+    @classmethod
+    def text_query_encoder(cls, spec: dict[str, Any]) -> TextEmbedder | None:
+        """A torch-free encoder of text queries for a collection with this spec, when its
+        text tower was exported; None otherwise (the caller loads the full encoder)."""
+        return None
 
     @staticmethod
     def identity(spec: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from vlmsearch.indexes.gpu_decode import TensorPreprocess
+    from vlmsearch.retrieval.encoders.base import TextEmbedder
+    from vlmsearch.retrieval.text_onnx import TowerExport
 
 DEFAULT_MODEL = "ViT-B-32/laion2b_s34b_b79k"
 TEXT_BATCH = 256
@@ -222,6 +224,93 @@ class OpenClipEncoder(Encoder):
         if not out:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(out)
+
+
+    # -- torch-free text queries ----------------------------------------------------------------
+    def onnx_text_export(
+        self,
+    ) -> tuple[dict[str, Any], Callable[[], TowerExport | None]] | None:
+        return self.spec, self._text_tower
+
+    @classmethod
+    def text_query_encoder(cls, spec: dict[str, Any]) -> TextEmbedder | None:
+        from vlmsearch.retrieval.text_onnx import open_tower
+
+        return open_tower(spec)
+
+    def _text_tower(self) -> TowerExport | None:
+        """``encode_text`` as a graph over (n, context) token ids, with open_clip's BPE
+        rebuilt as a ``tokenizers`` model. Only the SimpleTokenizer with its default
+        ``lower`` cleaning is converted; other tokenizers keep the torch path."""
+        import torch
+        from open_clip.tokenizer import SimpleTokenizer, get_clean_fn
+
+        tok = self._tokenizer
+        if (
+            not isinstance(tok, SimpleTokenizer)
+            or tok.clean_fn is not get_clean_fn("lower")
+            or getattr(tok, "reduction_fn", None) is not None
+            or not hasattr(self.model, "encode_text")
+        ):
+            return None
+        from vlmsearch.retrieval.text_onnx import TowerExport
+
+        model, device = self.model, self.device
+
+        class Tower(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+                return self.model.encode_text(tokens, normalize=True).float()
+
+        def reference(texts: list[str]) -> np.ndarray:
+            if device == "cpu":  # the torch path queries take, trimming included
+                return self.encode_texts(texts)
+            with torch.inference_mode():  # fp32: the export runs without autocast
+                tokens = tok(texts).to(device)
+                return model.encode_text(tokens, normalize=True).float().cpu().numpy()
+
+        ctx = int(self._spec["context_length"])
+        return TowerExport(
+            module=Tower().eval(),
+            example=(tok(["a photo", "x"], context_length=ctx).to(device),),
+            input_names=["tokens"],
+            tokenizer=_bpe_tokenizer(tok),
+            meta={
+                "style": "clip",
+                "context_length": ctx,
+                "sot": int(tok.sot_token_id),
+                "eot": int(tok.eot_token_id),
+            },
+            reference=reference,
+            reference_ids=lambda texts: tok(texts, context_length=ctx).tolist(),
+            dynamic_axes={"tokens": {0: "n"}, "embedding": {0: "n"}},
+        )
+
+
+def _bpe_tokenizer(tok: Any) -> Any:
+    """open_clip's SimpleTokenizer as a ``tokenizers`` BPE model (same vocabulary and merge
+    ranks). Its split pattern, minus case folding (the cleaned text is lower case already),
+    picks out the special tokens, contractions, letter runs, single digits and other symbol
+    runs; whitespace between them is dropped; bytes then map to unicode as in GPT-2."""
+    import re
+
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    merges = [pair for pair, _ in sorted(tok.bpe_ranks.items(), key=lambda kv: kv[1])]
+    specials = [tok.decoder[i] for i in tok.all_special_ids]
+    words = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
+    pattern = "|".join([*(re.escape(s) for s in specials), words])
+    bpe = Tokenizer(models.BPE(vocab=dict(tok.encoder), merges=merges, end_of_word_suffix="</w>"))
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    return bpe
 
 
 def check_checkpoint(recorded: dict[str, Any], loaded: dict[str, Any]) -> None:

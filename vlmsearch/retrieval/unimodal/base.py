@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from vlmsearch.retrieval.text_onnx import TowerExport
+
 
 @dataclass
 class Classifier:
@@ -100,3 +102,8 @@ class TextEncoder(UnimodalEncoder):
     @abstractmethod
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings of texts, float32 (n, dim), L2-normalised."""
+
+    def onnx_text_export(self) -> TowerExport | None:
+        """This model as an ONNX-exportable tower (vlmsearch.retrieval.text_onnx); None
+        when it cannot be exported."""
+        return None

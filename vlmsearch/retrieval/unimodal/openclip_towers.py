@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from vlmsearch.retrieval.text_onnx import TowerExport
+
 KIND = "open_clip"
 IMAGE_BATCH = 64
 
@@ -117,3 +119,6 @@ class OpenClipTextTower(_OpenClipTower, TextEncoder):
         # the dual encoder's own text path, with its exact speed-ups (padding cut, shared
         # prefix run once)
         return self._dual.encode_texts(texts)
+
+    def onnx_text_export(self) -> TowerExport | None:
+        return self._dual._text_tower()

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,11 @@ from vlmsearch.retrieval.encoders.openclip import _hf_offline, _hub_reachable
 from vlmsearch.retrieval.unimodal import register
 from vlmsearch.retrieval.unimodal.base import TextEncoder
 from vlmsearch.runtime import check_same_weights, file_sha256, resolve_device
+
+if TYPE_CHECKING:
+    import torch
+
+    from vlmsearch.retrieval.text_onnx import TowerExport
 
 KIND = "sentence-transformers"
 BATCH = 64
@@ -154,6 +159,56 @@ class SentenceTransformersEncoder(TextEncoder):
                 show_progress_bar=False,
             )
         return np.asarray(emb, dtype=np.float32)
+
+    def onnx_text_export(self) -> TowerExport | None:
+        """The whole SentenceTransformer (transformer, pooling, normalisation) as one graph
+        over the fast tokenizer's ids; None for a slow (Python) tokenizer."""
+        import torch
+
+        from vlmsearch.retrieval.text_onnx import TowerExport
+
+        st = self.model
+        hf = getattr(st, "tokenizer", None)
+        backend = getattr(hf, "backend_tokenizer", None)
+        known = ("input_ids", "attention_mask", "token_type_ids")
+        names = [n for n in known if n in (getattr(hf, "model_input_names", None) or [])]
+        if backend is None or names[:1] != ["input_ids"] or "attention_mask" not in names:
+            return None
+        first = st[0]
+        # sentence-transformers >= 6 renamed tokenize to preprocess
+        preprocess = getattr(st, "preprocess", None) or st.tokenize
+
+        class Tower(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.st = st
+
+            def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+                out = self.st(dict(zip(names, tensors, strict=True)))["sentence_embedding"]
+                return torch.nn.functional.normalize(out.float(), dim=-1)
+
+        def reference_ids(texts: list[str]) -> list[list[int]]:
+            feats = preprocess(texts)  # the model's own preprocessing, padded
+            lengths = feats["attention_mask"].sum(dim=1).tolist()
+            return [row[:n] for row, n in zip(feats["input_ids"].tolist(), lengths, strict=True)]
+
+        batch = preprocess(["a photo", "two more words"])
+        return TowerExport(
+            module=Tower().eval(),
+            example=tuple(batch[n].to(self.device) for n in names),
+            input_names=names,
+            tokenizer=backend,
+            meta={
+                "style": "hf",
+                "max_length": int(st.max_seq_length),
+                "lower": bool(getattr(first, "do_lower_case", False)),
+                "strip": True,
+                "pad_id": int(hf.pad_token_id or 0),
+            },
+            reference=lambda texts: self.encode_texts(texts),
+            reference_ids=reference_ids,
+            dynamic_axes={n: {0: "n", 1: "length"} for n in names} | {"embedding": {0: "n"}},
+        )
 
 
 def _hub_weights_sha256(repo_id: str) -> str | None:
