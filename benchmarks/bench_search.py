@@ -255,6 +255,7 @@ def time_queries(
 
 
 # -- target 3: cold CLI -----------------------------------------------------------------------
+# The torch path (VLMSEARCH_TEXT_ONNX=0, or no ONNX export): the collection's encoder.
 COLD_DRIVER = r"""
 import sys, time, os, json
 t0 = time.perf_counter()
@@ -288,6 +289,83 @@ print(json.dumps({
     "search_s": t_search - t_encode, "total_in_process_s": t_search - t0,
 }))
 """
+
+# The default path: the text tower's ONNX export (vlmsearch.retrieval.text_onnx), whose
+# session loads in a thread while the index loads; torch must not be imported.
+COLD_DRIVER_ONNX = r"""
+import sys, time, os, json
+t0 = time.perf_counter()
+import vlmsearch.cli.app  # noqa: typer, rich
+t_cli = time.perf_counter()
+import numpy, pyarrow, pyarrow.parquet, duckdb, faiss  # noqa: storage and search libraries
+t_libs = time.perf_counter()
+import onnxruntime, tokenizers  # noqa
+t_ort = time.perf_counter()
+from vlmsearch import Collection
+from vlmsearch.retrieval.query import build_terms, query_vector
+t_imports = time.perf_counter()
+coll = Collection.open(sys.argv[1])
+t_open = time.perf_counter()
+terms = build_terms([sys.argv[2]])
+enc = coll._query_encoder(terms)  # starts the ONNX session's thread, then loads the index
+assert coll._encoder is None and enc is not None, "no ONNX export for this collection"
+t_index = time.perf_counter()
+tower = getattr(enc, "tower", enc)
+tower.session  # waits for the session thread
+t_session = time.perf_counter()
+vec = query_vector(enc, terms)
+t_encode = time.perf_counter()
+hits = coll.search_vector(vec, k=10)
+t_search = time.perf_counter()
+assert "torch" not in sys.modules and "open_clip" not in sys.modules
+print(json.dumps({
+    "cli_import_s": t_cli - t0, "numpy_pyarrow_duckdb_faiss_import_s": t_libs - t_cli,
+    "onnxruntime_tokenizers_import_s": t_ort - t_libs, "vlmsearch_imports_s": t_imports - t_ort,
+    "open_s": t_open - t_imports,
+    "index_load_while_session_loads_s": t_index - t_open,
+    "session_wait_after_index_s": t_session - t_index,
+    "text_encode_s": t_encode - t_session,
+    "search_s": t_search - t_encode, "total_in_process_s": t_search - t0,
+}))
+"""
+
+
+def time_cold(
+    coll_path: Path, query: str, kind: str, runs: int, env: dict[str, str]
+) -> dict[str, Any]:
+    """Cold ``vlmsearch search`` walls and step breakdowns, ONNX (default) and torch paths."""
+    py = sys.executable
+    cmd = [py, "-m", "vlmsearch", "search", query, "-c", str(coll_path), "--json"]
+    out: dict[str, Any] = {}
+    for path, switch, driver in (("onnx", "1", COLD_DRIVER_ONNX), ("torch", "0", COLD_DRIVER)):
+        penv = {**env, "VLMSEARCH_TEXT_ONNX": switch}
+        w, proc = run_wall(cmd, penv)  # untimed: warms the page cache like a second run
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        walls, parts, cpu = [], [], []
+        for _ in range(runs):
+            before = os.times()
+            w, proc = run_wall(cmd, penv)
+            after = os.times()
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            walls.append(w)
+            cpu.append(
+                (after.children_user - before.children_user)
+                + (after.children_system - before.children_system)
+            )
+            w2, proc2 = run_wall([py, "-c", driver, str(coll_path), query, kind], penv)
+            assert proc2.returncode == 0, proc2.stderr[-2000:]
+            parts.append(json.loads(proc2.stdout.strip().splitlines()[-1]))
+        out[path] = {
+            "search_wall_s": sorted(round(w, 3) for w in walls),
+            "search_wall_median_s": round(float(np.median(walls)), 3),
+            "search_cpu_median_s": round(float(np.median(cpu)), 3),
+            "breakdown_median_s": {
+                key: round(float(np.median([p[key] for p in parts])), 3) for key in parts[0]
+            },
+            "loadavg": loadavg(),
+        }
+        print(f"[cold] {coll_path} {path}: wall {out[path]['search_wall_s']} s", flush=True)
+    return out
 
 
 def run_wall(cmd: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
@@ -351,28 +429,22 @@ def bench_cold(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         plan = faiss_store.plan_index("auto", n, d)
         index = faiss_store.build_index(plan, d, np.arange(n, dtype=np.int64), allv[:].astype("f4"))
         commit_index(coll_path, index, plan)
-        del index, enc
+        from vlmsearch.retrieval.text_onnx import prepare_text_queries
+
+        t = time.perf_counter()
+        note = prepare_text_queries(enc)  # what `vlmsearch index` does once per model
         entry: dict[str, Any] = {"factory": plan.factory, "dim": d}
-        cmd = [py, "-m", "vlmsearch", "search", args.cold_query, "-c", str(coll_path), "--json"]
-        w, proc = run_wall(cmd, env)  # untimed: warms the page cache like a second run
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        walls, parts = [], []
-        for _ in range(runs):
-            w, proc = run_wall(cmd, env)
-            assert proc.returncode == 0, proc.stderr[-2000:]
-            walls.append(w)
-            w2, proc2 = run_wall(
-                [py, "-c", COLD_DRIVER, str(coll_path), args.cold_query, kind], env
-            )
-            assert proc2.returncode == 0, proc2.stderr[-2000:]
-            parts.append(json.loads(proc2.stdout.strip().splitlines()[-1]))
-        entry["search_wall_s"] = sorted(round(w, 3) for w in walls)
-        entry["search_wall_median_s"] = round(float(np.median(walls)), 3)
-        entry["breakdown_median_s"] = {
-            key: round(float(np.median([p[key] for p in parts])), 3) for key in parts[0]
-        }
+        entry["onnx_export_s"] = round(time.perf_counter() - t, 2)
+        assert note is None, note
+        del index, enc
+        entry.update(time_cold(coll_path, args.cold_query, kind, runs, env))
         out["models"][model] = entry
-        print(f"[cold] {model}: wall {entry['search_wall_s']} s; {entry['breakdown_median_s']}")
+    for existing in [Path(c) for c in args.cold_existing.split(",") if c]:
+        manifest = json.loads((existing / "manifest.json").read_text())
+        coll_kind = manifest["encoder"]["kind"]
+        entry = {"encoder": manifest["encoder"]["name"], "images": manifest["counts"]["ok"]}
+        entry.update(time_cold(existing, args.cold_query, coll_kind, runs, env))
+        out["existing"] = {**out.get("existing", {}), str(existing): entry}
     return out
 
 
@@ -402,6 +474,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "ARCH:random-checkpoint saves ARCH's random weights to a local checkpoint first",
     )
     p.add_argument("--cold-query", default="a photo of a dog on the beach")
+    p.add_argument(
+        "--cold-existing",
+        default="",
+        help="also time cold searches on these existing collections (comma-separated paths; "
+        "indexed by `vlmsearch index`, so their text tower is exported)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--cache", type=Path, default=REPO / "benchmarks" / ".cache", help="vector cache"

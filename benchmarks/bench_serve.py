@@ -50,11 +50,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+DEFAULT_MIX = "search:4,search+where:1,similar:2,thumb:3"
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``kind:weight,...`` over search, search+where, similar and thumb."""
+    mix = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, _, weight = part.partition(":")
+        if kind not in ("search", "search+where", "similar", "thumb"):
+            raise SystemExit(f"unknown request kind {kind!r} in --mix")
+        mix[kind] = float(weight or 1)
+    return mix
+
+
 async def client(
-    http: httpx.AsyncClient, ids: list[int], deadline: float, rng: random.Random, out: list
+    http: httpx.AsyncClient,
+    ids: list[int],
+    deadline: float,
+    rng: random.Random,
+    out: list,
+    mix: dict[str, float],
 ) -> None:
+    kinds, weights = list(mix), list(mix.values())
     while time.perf_counter() < deadline:
-        kind = rng.choices(["search", "search+where", "similar", "thumb"], [4, 1, 2, 3])[0]
+        kind = rng.choices(kinds, weights)[0]
         t0 = time.perf_counter()
         try:
             if kind.startswith("search"):
@@ -87,18 +107,25 @@ def summarise(rows: list, seconds: float) -> dict:
     return {"all": stats(rows), **{k: stats([r for r in rows if r[0] == k]) for k in kinds}}
 
 
-async def load(base: str, ids: list[int], clients: int, seconds: float, seed: int) -> dict:
+async def load(
+    base: str, ids: list[int], clients: int, seconds: float, seed: int, mix: dict[str, float]
+) -> dict:
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:
-        # warm up: thumbnails made once, the model's first call
-        for i in ids[: min(len(ids), 50)]:
-            await http.get(f"/api/collections/bench/thumbs/{i}")
-        await http.post("/api/collections/bench/search", json={"text": "warm up"})
+        # warm up: thumbnails made once, the model's first call, the index and vectors loaded
+        if "thumb" in mix:
+            for i in ids[: min(len(ids), 50)]:
+                await http.get(f"/api/collections/bench/thumbs/{i}")
+        if "search" in mix or "search+where" in mix:
+            await http.post("/api/collections/bench/search", json={"text": "warm up"})
+        if "similar" in mix:
+            for i in ids[:20]:
+                await http.get(f"/api/collections/bench/similar/{i}?k=10")
         rows: list = []
         start = time.perf_counter()
         deadline = start + seconds
         rngs = [random.Random(seed + i) for i in range(clients)]
-        await asyncio.gather(*(client(http, ids, deadline, r, rows) for r in rngs))
+        await asyncio.gather(*(client(http, ids, deadline, r, rows, mix) for r in rngs))
         elapsed = time.perf_counter() - start
     return {"elapsed_s": round(elapsed, 1), **summarise(rows, elapsed)}
 
@@ -112,7 +139,14 @@ def main() -> None:
     ap.add_argument("--collection", type=Path, help="serve this collection instead")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument(
+        "--mix",
+        default=DEFAULT_MIX,
+        help="request kinds and weights; e.g. 'similar' alone with --clients 1 gives the warm "
+        "latency of one vector search through HTTP on a collection without a text encoder",
+    )
     args = ap.parse_args()
+    mix = parse_mix(args.mix)
     os.environ.setdefault("VLMSEARCH_MODEL_CONFIGS", str(REPO / "tests" / "model_configs"))
     with tempfile.TemporaryDirectory() as tmp:
         path = args.collection or build(Path(tmp) / "photos", args.images, args.model)
@@ -131,8 +165,9 @@ def main() -> None:
                     time.sleep(0.1)
             else:
                 raise SystemExit("the server did not start")
-            ids = list(range(min(int(info["images"]), 500)))
-            result = asyncio.run(load(base, ids, args.clients, args.seconds, args.seed))
+            rng = random.Random(args.seed)
+            ids = sorted(rng.sample(range(int(info["images"])), min(int(info["images"]), 500)))
+            result = asyncio.run(load(base, ids, args.clients, args.seconds, args.seed, mix))
         finally:
             server.terminate()
             server.wait(30)
@@ -141,6 +176,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
         "clients": args.clients,
+        "mix": mix,
         "images": int(info["images"]),
         "model": info["model"],
         **result,

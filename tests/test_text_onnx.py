@@ -232,3 +232,18 @@ def test_asif_text_queries_without_torch(tmp_path: Path) -> None:
     want = coll.encoder.encode_texts(["a red photo", "blue sky"])
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert (np.count_nonzero(got, axis=1) <= 16).all()
+
+
+def test_a_model_that_cannot_be_exported_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vlmsearch.retrieval.encoders.openclip import OpenClipEncoder
+
+    monkeypatch.setattr(OpenClipEncoder, "_text_tower", lambda self: None)
+    make_images(tmp_path / "imgs", 4)
+    res = runner.invoke(app, ["index", str(tmp_path / "imgs"), "--model", TINY, "--workers", "0"])
+    ok(res)
+    notes = [ln for ln in res.stderr.splitlines() if ln.startswith("note:")]
+    assert len(notes) == 1 and "cannot be exported" in notes[0]
+    coll = Collection.open(tmp_path / "imgs" / ".vlmsearch")
+    assert len(coll.search("a red square", k=3)) == 3 and coll._encoder is not None

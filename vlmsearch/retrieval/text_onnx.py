@@ -127,7 +127,7 @@ def ensure_export(spec: dict[str, Any], source: Callable[[], TowerExport | None]
     try:
         tower = source()
         if tower is None:
-            return None
+            return "text queries will use torch (this model's text side cannot be exported)"
         write_export(dest, spec, tower)
     except ExportError as e:
         return f"text queries will use torch (no ONNX text tower: {e})"
