@@ -90,8 +90,7 @@ def query_vector(encoder: Encoder | TextEmbedder, terms: Sequence[Term]) -> np.n
                     raise QueryError(f"query image: {e}") from None
             else:
                 pil.append(t.value)
-        assert isinstance(encoder, Encoder), "image terms need the full encoder"
-        emb = encoder.encode_images(pil)
+        emb = encoder.encode_images(pil)  # type: ignore[union-attr]
         vec += np.asarray([t.weight for t in images], np.float32) @ emb
     norm = float(np.linalg.norm(vec))
     if norm == 0.0 or not np.isfinite(norm):
