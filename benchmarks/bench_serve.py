@@ -44,6 +44,25 @@ def build(root: Path, n: int, model: str) -> Path:
     return root / ".vlmsearch"
 
 
+def relabel(coll: Path, model: str, tmp: Path) -> Path:
+    """A hard-linked copy of ``coll`` whose manifest names ``model``'s encoder (same dim), so
+    a synthetic-vector collection can be served; the original is not touched (only the copy's
+    manifest is rewritten, as a new file)."""
+    sys.path.insert(0, str(REPO))
+    from vlmsearch.retrieval.encoders import load_encoder
+
+    out = tmp / "relabelled"
+    subprocess.run(["cp", "-al", str(coll), str(out)], check=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    spec = load_encoder(model).spec
+    if spec["dim"] != manifest["dim"]:
+        raise SystemExit(f"{model} has dim {spec['dim']}, the collection {manifest['dim']}")
+    manifest["encoder"] = spec
+    (out / "manifest.json").unlink()  # a new file: the hard link keeps the original's
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -145,11 +164,18 @@ def main() -> None:
         help="request kinds and weights; e.g. 'similar' alone with --clients 1 gives the warm "
         "latency of one vector search through HTTP on a collection without a text encoder",
     )
+    ap.add_argument(
+        "--as-model",
+        help="serve a hard-linked copy of --collection whose manifest names this model "
+        "(for synthetic-vector collections, which have no encoder; use --mix similar)",
+    )
     args = ap.parse_args()
     mix = parse_mix(args.mix)
     os.environ.setdefault("VLMSEARCH_MODEL_CONFIGS", str(REPO / "tests" / "model_configs"))
     with tempfile.TemporaryDirectory() as tmp:
         path = args.collection or build(Path(tmp) / "photos", args.images, args.model)
+        if args.as_model:
+            path = relabel(path, args.as_model, Path(tmp))
         port = free_port()
         env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_STATE_HOME": tmp}
         cmd = [sys.executable, "-m", "vlmsearch", "serve", f"bench={path}", "--port", str(port),
