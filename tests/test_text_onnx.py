@@ -170,6 +170,7 @@ def tiny_sentence_transformer(out: Path, max_seq_length: int = 12) -> Path:
     pytest.importorskip("sentence_transformers")
     import torch
     from sentence_transformers import SentenceTransformer
+
     try:  # sentence-transformers >= 6
         from sentence_transformers.sentence_transformer.modules import (
             Normalize,
@@ -247,3 +248,18 @@ def test_a_model_that_cannot_be_exported_says_so(
     assert len(notes) == 1 and "cannot be exported" in notes[0]
     coll = Collection.open(tmp_path / "imgs" / ".vlmsearch")
     assert len(coll.search("a red square", k=3)) == 3 and coll._encoder is not None
+
+
+def test_classify_uses_the_export_and_agrees(
+    tiny_coll: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coll = Collection.open(tiny_coll)
+    light = coll.classify("red,green,blue,yellow", top_k=2)
+    assert coll._encoder is None
+    monkeypatch.setenv(text_onnx.ENV_SWITCH, "0")
+    full = Collection.open(tiny_coll).classify("red,green,blue,yellow", top_k=2)
+    assert len(light) == 12
+    assert [[lab for lab, _ in p.top] for p in light] == [[lab for lab, _ in p.top] for p in full]
+    np.testing.assert_allclose(
+        [[s for _, s in p.top] for p in light], [[s for _, s in p.top] for p in full], atol=1e-5
+    )

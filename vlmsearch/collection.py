@@ -267,14 +267,17 @@ class Collection:
         return self._encoder
 
     def _query_encoder(self, terms: Sequence[Term]) -> TextEmbedder:
-        """The encoder for these query terms: for text alone on the CPU, the text tower's
-        ONNX export when there is one (no torch import: a cold query takes about a second,
-        not tens); otherwise the collection's encoder."""
-        if (
-            self._encoder is None
-            and self.device in (None, "auto", "cpu")
-            and all(t.kind == "text" for t in terms)
-        ):
+        """The encoder for these query terms: :meth:`_text_encoder` for text alone, else
+        the collection's encoder."""
+        if all(t.kind == "text" for t in terms):
+            return self._text_encoder()
+        return self.encoder
+
+    def _text_encoder(self) -> TextEmbedder:
+        """What embeds texts: on the CPU, the text tower's ONNX export when there is one (no
+        torch import: a cold query takes about a second, not several); otherwise the
+        collection's encoder."""
+        if self._encoder is None and self.device in (None, "auto", "cpu"):
             if self._text_queries is None:
                 spec = self.manifest["encoder"]
                 cls = encoder_class(spec.get("kind", DEFAULT_KIND))
@@ -777,7 +780,7 @@ class Collection:
         probs = (
             softmax_scores(
                 class_scores(
-                    self.encoder,
+                    self._text_encoder(),  # type: ignore[arg-type]
                     self.vectors.get(ids),
                     label_list,
                     load_templates(templates),
