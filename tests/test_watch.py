@@ -74,6 +74,11 @@ def test_watch_follows_arrivals_changes_and_deletions(tmp_path, tiny_encoder):
 WATCHER = [sys.executable, "-m", "vlmsearch", "index"]
 
 
+def _terminal_sigint() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_watcher_killed_mid_update_loses_and_duplicates_nothing(tmp_path):
     root = tmp_path / "photos"
     make_images(root, 4)
@@ -93,20 +98,15 @@ def test_watcher_killed_mid_update_loses_and_duplicates_nothing(tmp_path):
     partial = _manifest(root)["counts"]["files"]
     assert 4 < partial < 64
     assert len(Collection.open(root / ".vlmsearch").table) == partial  # a committed state
-    proc = subprocess.Popen(args, env=env)  # restart
+    # restart, as from a terminal: in full-suite runs the pytest process had SIGINT ignored
+    # or blocked by then (inherited across exec; which test or library does it is not
+    # known), and the child never saw Ctrl-C
+    proc = subprocess.Popen(args, env=env, preexec_fn=_terminal_sigint)
     try:
         _wait(lambda: _current(root, 64), timeout=120, what="the restarted watcher")
         proc.send_signal(signal.SIGINT)
-        # generous: once, under a load average of 8, the exit took over 30 s. In two full
-        # `.ci/run` runs (2026-11-22) the first SIGINT went unanswered for 90 s although the
-        # test passes on its own and with its neighbours; cause not found. A second Ctrl-C,
-        # as a user would press, must then stop it with the same result.
-        try:
-            code = proc.wait(45)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGINT)
-            code = proc.wait(60)
-        assert code == 130  # Ctrl-C: committed work kept
+        # generous: once, under a load average of 8, the exit took over 30 s
+        assert proc.wait(90) == 130  # Ctrl-C: committed work kept
     finally:
         if proc.poll() is None:
             proc.kill()
