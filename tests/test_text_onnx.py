@@ -215,7 +215,7 @@ def test_sentence_transformers_export_matches_and_truncates(tmp_path: Path) -> N
     assert np.min(np.sum(got * want, axis=1)) > 0.9999
 
 
-def test_asif_text_queries_without_torch(tmp_path: Path) -> None:
+def test_asif_text_queries_through_the_export(tmp_path: Path) -> None:
     """ASIF: the text encoder's export, then the anchors' relative representations."""
     from tests.test_asif_collection import build_anchors, photos, write_pairs_csv
 

@@ -270,7 +270,11 @@ class Collection:
         """The encoder for these query terms: :meth:`_text_encoder` for text alone, else
         the collection's encoder."""
         if all(t.kind == "text" for t in terms):
-            return self._text_encoder()
+            first = self._text_queries is None
+            enc = self._text_encoder()
+            if first and enc is self._text_queries:
+                _ = self.faiss_index  # loads while the ONNX session loads in its thread
+            return enc
         return self.encoder
 
     def _text_encoder(self) -> TextEmbedder:
@@ -282,8 +286,6 @@ class Collection:
                 spec = self.manifest["encoder"]
                 cls = encoder_class(spec.get("kind", DEFAULT_KIND))
                 self._text_queries = cls.text_query_encoder(spec) or False
-                if self._text_queries:
-                    _ = self.faiss_index  # loads while the ONNX session loads in its thread
             if self._text_queries:
                 return self._text_queries
         return self.encoder
