@@ -7,14 +7,17 @@ import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Path, Request
 
 from vlmsearch.collection import Collection, Hit
 from vlmsearch.server.config import ServerConfig
 from vlmsearch.server.metrics import Metrics
 from vlmsearch.server.registry import Registry
+
+# Ids are int64 in the metadata: a larger one in a URL is a 422, not an OverflowError (500).
+ImageId = Annotated[int, Path(ge=0, le=2**63 - 1, description="An image id")]
 
 
 @dataclass

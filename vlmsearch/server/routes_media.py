@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from vlmsearch.indexes.decode import ImageDecodeError
-from vlmsearch.server.context import ServerContext, get_ctx, require_row
+from vlmsearch.server.context import ImageId, ServerContext, get_ctx, require_row
 from vlmsearch.thumbnails import cached_thumbnail
 
 router = APIRouter(tags=["images"])
@@ -45,7 +45,7 @@ def static(name: str) -> Response:
 
 
 @router.get("/api/collections/{name}/images/{image_id}", summary="The original image")
-def image(name: str, image_id: int, ctx: Ctx) -> FileResponse:
+def image(name: str, image_id: ImageId, ctx: Ctx) -> FileResponse:
     coll = ctx.registry.get(name).current()
     row = require_row(coll, image_id)
     path = coll.root / row["path"]
@@ -56,7 +56,7 @@ def image(name: str, image_id: int, ctx: Ctx) -> FileResponse:
 
 
 @router.get("/api/collections/{name}/thumbs/{image_id}", summary="A cached JPEG thumbnail")
-def thumbnail(name: str, image_id: int, ctx: Ctx) -> Response:
+def thumbnail(name: str, image_id: ImageId, ctx: Ctx) -> Response:
     coll = ctx.registry.get(name).current()
     row = require_row(coll, image_id)
     path = coll.root / row["path"]

@@ -16,7 +16,14 @@ from starlette.concurrency import run_in_threadpool
 
 from vlmsearch.collection import Collection
 from vlmsearch.errors import ModelError, QueryError
-from vlmsearch.server.context import ServerContext, get_ctx, hit_json, jsonable, require_row
+from vlmsearch.server.context import (
+    ImageId,
+    ServerContext,
+    get_ctx,
+    hit_json,
+    jsonable,
+    require_row,
+)
 from vlmsearch.server.schemas import ClassifyRequest, SearchRequest
 from vlmsearch.server.security import check_where
 from vlmsearch.server.uploads import read_images
@@ -111,6 +118,8 @@ async def search_image(
         req = SearchRequest.model_validate(json.loads(query or "{}"))
     except json.JSONDecodeError as e:
         raise HTTPException(400, f"the query field is not valid JSON: {e}") from None
+    except RecursionError:  # json.loads recurses once per nesting level
+        raise HTTPException(400, "the query field is nested too deeply") from None
     except ValidationError as e:
         raise HTTPException(422, _validation_summary(e)) from None
     ctx.registry.get(name)  # an unknown collection before reading any image
@@ -130,7 +139,7 @@ def _validation_summary(e: ValidationError) -> str:
 @router.get("/similar/{image_id}", summary='"More like this": images near an indexed one')
 def similar(
     name: str,
-    image_id: int,
+    image_id: ImageId,
     ctx: Ctx,
     k: Annotated[int, Query(ge=1)] = 10,
     where: str | None = None,
@@ -176,7 +185,7 @@ def _relpath(coll: Collection, path: str) -> str:
 
 
 @router.post("/caption/{image_id}", summary="Caption an indexed image (MAGIC)")
-def caption(name: str, image_id: int, ctx: Ctx) -> dict[str, Any]:
+def caption(name: str, image_id: ImageId, ctx: Ctx) -> dict[str, Any]:
     coll = ctx.registry.get(name).current()
     require_row(coll, image_id)
     if not ctx.config.lm:
