@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 
 import pytest
+from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from tests.conftest import make_images  # noqa: E402
 from tests.serve_helpers import build_collection  # noqa: E402
+from vlmsearch import Collection  # noqa: E402
+from vlmsearch.indexes.ingest import IngestOptions  # noqa: E402
 from vlmsearch.server.app import create_app  # noqa: E402
 from vlmsearch.server.config import ServerConfig  # noqa: E402
 
@@ -72,7 +78,9 @@ def test_deeply_nested_query_json_is_4xx(client, caplog):
         assert_error(res, (400, 422))
         res = client.post(
             "/api/collections/photos/classify",
-            content=json.dumps({"labels": ["a", "b"]}).encode()[:-1] + b', "x": ' + deep.encode()
+            content=json.dumps({"labels": ["a", "b"]}).encode()[:-1]
+            + b', "x": '
+            + deep.encode()
             + b"}",
             headers={"content-type": "application/json"},
         )
@@ -80,3 +88,117 @@ def test_deeply_nested_query_json_is_4xx(client, caplog):
     assert not [r for r in caplog.records if r.exc_info], caplog.text
     ok = client.post("/api/collections/photos/search", json={"text": "x", "k": 2})
     assert ok.status_code == 200
+
+
+# -- item 1: an indexed image swapped for a link after indexing -------------------------------
+
+
+def _client_for(path) -> TestClient:
+    app = create_app(ServerConfig(collections={"c": path}))
+    return TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
+
+
+def test_symlink_swap_after_indexing_is_not_served(tmp_path, tiny_encoder):
+    root = tmp_path / "photos"
+    coll_path = build_collection(root, tiny_encoder, n=4)
+    c = _client_for(coll_path)
+    row = Collection.open(coll_path).rows([0])[0]
+    src = root / row["path"]
+    original = src.read_bytes()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP SECRET api key 0123456789")
+    # the attack of the issue: the image becomes a link to a file outside the folder
+    src.unlink()
+    src.symlink_to(secret)
+    for kind in ("images", "thumbs"):
+        res = c.get(f"/api/collections/c/{kind}/0")
+        assert_error(res, 404, "inside the indexed folder")
+        assert "SECRET" not in res.text
+    # even a link to an identical image (same size and mtime) outside the folder
+    outside = tmp_path / "elsewhere" / "copy.png"
+    outside.parent.mkdir()
+    outside.write_bytes(original)
+    os.utime(outside, ns=(row["mtime_ns"], row["mtime_ns"]))
+    src.unlink()
+    src.symlink_to(outside)
+    assert_error(c.get("/api/collections/c/images/0"), 404, "inside")
+    assert_error(c.get("/api/collections/c/thumbs/0"), 404, "inside")
+    # a link that stays inside the folder is served (the scanner follows those too)
+    inside = root / "sub" / "copy.png"
+    inside.parent.mkdir()
+    inside.write_bytes(original)
+    os.utime(inside, ns=(row["mtime_ns"], row["mtime_ns"]))
+    src.unlink()
+    src.symlink_to(inside)
+    res = c.get("/api/collections/c/images/0")
+    assert res.status_code == 200 and res.content == original
+    assert res.headers["content-type"] == "image/png"
+    # something that is not a regular file (a FIFO would block a plain open for ever)
+    src.unlink()
+    os.mkfifo(src)
+    assert_error(c.get("/api/collections/c/images/0"), 404)
+
+
+def test_changed_file_is_409_until_indexed_again(tmp_path, tiny_encoder):
+    root = tmp_path / "photos"
+    coll_path = build_collection(root, tiny_encoder, n=4)
+    c = _client_for(coll_path)
+    assert c.get("/api/collections/c/thumbs/1").status_code == 200
+    row = Collection.open(coll_path).rows([1])[1]
+    src = root / row["path"]
+    Image.new("RGB", (60, 20), (0, 0, 0)).save(src)
+    assert_error(c.get("/api/collections/c/images/1"), 409, "vlmsearch index")
+    assert_error(c.get("/api/collections/c/thumbs/1"), 409, "changed")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+        Collection.index(root, encoder=tiny_encoder, options=IngestOptions(workers=0))
+    res = c.get("/api/collections/c/thumbs/1")
+    assert res.status_code == 200 and Image.open(io.BytesIO(res.content)).size == (60, 20)
+    assert len(list((coll_path / "thumbs").rglob("thumb-1-*.jpg"))) == 1  # the old one went
+    assert c.get("/api/collections/c/images/1").content == src.read_bytes()
+
+
+def test_planted_link_in_thumbnail_cache_is_not_followed(tmp_path, tiny_encoder):
+    root = tmp_path / "photos"
+    coll_path = build_collection(root, tiny_encoder, n=2)
+    row = Collection.open(coll_path).rows([0])[0]
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP SECRET")
+    cached = coll_path / "thumbs" / "000000" / f"thumb-0-256-{row['size']}-{row['mtime_ns']}.jpg"
+    cached.parent.mkdir(parents=True)
+    cached.symlink_to(secret)
+    res = _client_for(coll_path).get("/api/collections/c/thumbs/0")
+    assert res.status_code == 200 and b"SECRET" not in res.content
+    assert Image.open(io.BytesIO(res.content)).format == "JPEG"
+    assert secret.read_text() == "TOP SECRET"  # nothing was written through the link
+
+
+def test_link_swapped_in_after_the_check_is_not_followed(tmp_path):
+    """The race: open_inside resolved the path, then the last component became a link."""
+    from vlmsearch.safe_open import UnsafeFile, _open_walk
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "secret").write_text("x")
+    (tmp_path / "d" / "a.png").symlink_to(tmp_path / "secret")
+    with pytest.raises(UnsafeFile):
+        _open_walk(str(tmp_path), ("d", "a.png"))
+    (tmp_path / "e").symlink_to(tmp_path / "d")  # a folder swapped for a link
+    with pytest.raises(UnsafeFile):
+        _open_walk(str(tmp_path), ("e", "b.png"))
+
+
+def test_scanner_follows_only_links_that_stay_inside(tmp_path):
+    from vlmsearch.indexes.scan import scan
+
+    root = tmp_path / "photos"
+    make_images(root / "real", 2)
+    make_images(tmp_path / "outside", 2, prefix="out")
+    (root / "inner-link").symlink_to(root / "real")
+    (root / "outer-link").symlink_to(tmp_path / "outside")
+    (root / "file-out.png").symlink_to(tmp_path / "outside" / "out0000.png")
+    (root / "file-in.png").symlink_to(root / "real" / "img0000.png")
+    got = sorted(f.path for f in scan(root))
+    # the inner folder is reached once (by one of its two names); nothing from outside
+    assert "file-in.png" in got and len(got) == 3, got
+    assert {p.rsplit("/", 1)[-1] for p in got} == {"file-in.png", "img0000.png", "img0001.png"}
+    assert not any("out" in p for p in got)

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlmsearch.safe_open import is_inside
+
 DEFAULT_EXTENSIONS = (
     ".jpg",
     ".jpeg",
@@ -43,9 +45,12 @@ def scan(
     """Yield image files under ``root`` in a stable (sorted) order.
 
     Symlinked directories are followed once each: a directory whose real path was
-    already visited is skipped, which breaks symlink loops.
+    already visited is skipped, which breaks symlink loops. Links (to folders or files)
+    that resolve outside ``root`` are skipped: the server serves only files inside the
+    root (:mod:`vlmsearch.safe_open`), and the index must not promise others.
     """
     root = Path(root)
+    root_real = os.path.realpath(root)
     exts = normalise_extensions(extensions)
     excluded = {os.path.realpath(p) for p in exclude}
     seen: set[str] = set()
@@ -65,6 +70,8 @@ def scan(
             if not include_hidden and entry.name.startswith("."):
                 continue
             try:
+                if entry.is_symlink() and not is_inside(entry.path, root_real):
+                    continue
                 if entry.is_dir(follow_symlinks=True):
                     subdirs.append(entry.path)
                 elif entry.is_file(follow_symlinks=True) and entry.name.lower().endswith(exts):

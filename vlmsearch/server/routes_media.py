@@ -4,15 +4,18 @@ client), and the web page itself from a fixed list of packaged files."""
 from __future__ import annotations
 
 import mimetypes
+import os
 from importlib import resources
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from vlmsearch.indexes.decode import ImageDecodeError
+from vlmsearch.safe_open import iter_fd, read_fd
 from vlmsearch.server.context import ImageId, ServerContext, get_ctx, require_row
-from vlmsearch.thumbnails import cached_thumbnail
+from vlmsearch.server.files import open_indexed
+from vlmsearch.thumbnails import cached_thumbnail_of
 
 router = APIRouter(tags=["images"])
 Ctx = Annotated[ServerContext, Depends(get_ctx)]
@@ -45,27 +48,30 @@ def static(name: str) -> Response:
 
 
 @router.get("/api/collections/{name}/images/{image_id}", summary="The original image")
-def image(name: str, image_id: ImageId, ctx: Ctx) -> FileResponse:
+def image(name: str, image_id: ImageId, ctx: Ctx) -> StreamingResponse:
     coll = ctx.registry.get(name).current()
     row = require_row(coll, image_id)
-    path = coll.root / row["path"]
-    if not path.is_file():
-        raise HTTPException(404, f"image {image_id} is no longer on disk")
-    media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return FileResponse(path, media_type=media, headers={"cache-control": CACHE})
+    fd, st = open_indexed(coll, image_id, row)
+    media = mimetypes.guess_type(row["path"])[0] or "application/octet-stream"
+    headers = {"cache-control": CACHE, "content-length": str(st.st_size)}
+    return StreamingResponse(iter_fd(fd, st.st_size), media_type=media, headers=headers)
 
 
 @router.get("/api/collections/{name}/thumbs/{image_id}", summary="A cached JPEG thumbnail")
 def thumbnail(name: str, image_id: ImageId, ctx: Ctx) -> Response:
     coll = ctx.registry.get(name).current()
     row = require_row(coll, image_id)
-    path = coll.root / row["path"]
+    fd, st = open_indexed(coll, image_id, row)
     try:
-        data, made = cached_thumbnail(coll.path, image_id, path, ctx.config.thumb_size)
+        data, made = cached_thumbnail_of(
+            coll.path, image_id, ctx.config.thumb_size, st, lambda: read_fd(fd, st.st_size)
+        )
     except OSError:
         raise HTTPException(404, f"image {image_id} is no longer on disk") from None
     except ImageDecodeError as e:
         raise HTTPException(422, f"image {image_id} cannot be decoded: {e}") from None
+    finally:
+        os.close(fd)
     if made:
         ctx.metrics.thumbnails.inc()
     return Response(data, media_type="image/jpeg", headers={"cache-control": CACHE})
