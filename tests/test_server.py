@@ -43,7 +43,7 @@ def app(coll_path):
 
 @pytest.fixture(scope="module")
 def client(app):
-    return TestClient(app, raise_server_exceptions=False)
+    return TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
 
 
 def png(size=(40, 30), colour=(200, 30, 30)) -> bytes:
@@ -254,7 +254,7 @@ def test_oversized_upload_refused_before_read_whole(app):
     with live_server(app) as base:
         # Content-Length over the limit: refused from the headers, no body sent at all
         head = (
-            b"POST /api/collections/photos/search/image HTTP/1.1\r\nHost: x\r\n"
+            b"POST /api/collections/photos/search/image HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Type: multipart/form-data; boundary=b\r\n"
             b"Content-Length: 10000000000\r\n\r\n"
         )
@@ -461,7 +461,8 @@ def test_concurrent_requests_keep_their_own_parameters(app):
 def test_server_sees_new_commits_without_restart(tmp_path, tiny_encoder):
     root = tmp_path / "live"
     path = build_collection(root, tiny_encoder, n=6)
-    c = TestClient(create_app(ServerConfig(collections={"live": path})))
+    app = create_app(ServerConfig(collections={"live": path}))
+    c = TestClient(app, base_url="http://localhost")
     assert c.get("/api/health").json()["collections"]["live"]["images"] == 6
     errors: list[str] = []
     stop = threading.Event()

@@ -202,3 +202,40 @@ def test_scanner_follows_only_links_that_stay_inside(tmp_path):
     assert "file-in.png" in got and len(got) == 3, got
     assert {p.rsplit("/", 1)[-1] for p in got} == {"file-in.png", "img0000.png", "img0001.png"}
     assert not any("out" in p for p in got)
+
+
+# -- item 19: DNS rebinding: the Host header is checked when there is no API key ---------------
+
+
+def test_foreign_host_is_refused_without_api_key(coll_path):
+    app = create_app(ServerConfig(collections={"photos": coll_path}, allowed_hosts=("pics.lan",)))
+    c = TestClient(app, raise_server_exceptions=False)
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", "attacker"):
+        res = c.get("/api/collections/photos/images/0", headers={"host": host})
+        assert_error(res, 421, "--allowed-host")
+        assert res.headers["content-type"] == "application/json"
+        assert_error(c.get("/", headers={"host": host}), 421)
+    for host in ("127.0.0.1:8000", "localhost", "LOCALHOST:1", "[::1]:8000", "pics.lan:80"):
+        res = c.get("/api/collections/photos/images/0", headers={"host": host})
+        assert res.status_code == 200, (host, res.text)
+    # with an API key the key is the guard (e.g. behind a reverse proxy with its own name)
+    key = "s3cret-key-0123456789"
+    app = create_app(ServerConfig(collections={"photos": coll_path}, api_key=key))
+    res = TestClient(app).get("/api/health", headers={"host": "evil.example", "x-api-key": key})
+    assert res.status_code == 200
+    # '*' turns the check off; the bound address is allowed
+    app = create_app(ServerConfig(collections={"photos": coll_path}, allowed_hosts=("*",)))
+    assert TestClient(app).get("/api/health", headers={"host": "any"}).status_code == 200
+    app = create_app(ServerConfig(collections={"photos": coll_path}, host="10.1.2.3"))
+    c = TestClient(app)
+    assert c.get("/api/health", headers={"host": "10.1.2.3:8000"}).status_code == 200
+    assert c.get("/api/health", headers={"host": "10.1.2.4:8000"}).status_code == 421
+
+
+def test_host_names_are_parsed():
+    from vlmsearch.server.hosts import host_name
+
+    assert host_name("[::1]:8000") == "::1"
+    assert host_name("Example.COM.:80") == "example.com"
+    assert host_name("localhost") == "localhost"
+    assert host_name("a:b") == "a:b"  # not a port: the whole value, which matches nothing

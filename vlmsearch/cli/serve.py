@@ -56,6 +56,14 @@ def serve(
         bool,
         typer.Option(help="Allow binding to an address other than loopback (prints a warning)."),
     ] = False,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Another name clients may use in the Host header (repeatable; '*' = any). "
+            "Without an API key only loopback names and the bound address are answered "
+            "(DNS rebinding guard).",
+        ),
+    ] = None,
     api_key_file: Annotated[
         Path | None,
         typer.Option(
@@ -95,6 +103,8 @@ def serve(
     config = ServerConfig(
         collections=parse_collection_args(list(collections or [])),
         api_key=read_api_key(api_key_file),
+        host=host,
+        allowed_hosts=tuple(allowed_host or ()),
         max_upload_bytes=int(max_upload_mb * 2**20),
         max_pixels=max_pixels,
         max_k=max_k,

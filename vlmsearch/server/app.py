@@ -16,6 +16,7 @@ from vlmsearch.errors import CollectionError, ModelError, QueryError, VlmsearchE
 from vlmsearch.server import routes_media, routes_meta, routes_search
 from vlmsearch.server.config import ServerConfig
 from vlmsearch.server.context import ServerContext
+from vlmsearch.server.hosts import HostCheckMiddleware, allowed_names
 from vlmsearch.server.metrics import Metrics, MetricsMiddleware
 from vlmsearch.server.registry import Registry, UnknownCollection
 from vlmsearch.server.security import ApiKeyMiddleware, BodyLimitMiddleware
@@ -83,10 +84,13 @@ def create_app(config: ServerConfig) -> FastAPI:
         log.exception("internal error on %s", request.url.path)
         return _error(500, f"internal error: {type(e).__name__}")
 
-    # Each middleware wraps the ones added before it: the key is checked first, then
-    # the size limit, then the request is timed.
+    # Each middleware wraps the ones added before it: the key (or, without one, the Host)
+    # is checked first, then the size limit, then the request is timed.
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, limit=config.max_upload_bytes)
     if config.api_key:
         app.add_middleware(ApiKeyMiddleware, key=config.api_key)
+    elif "*" not in config.allowed_hosts:
+        allowed = allowed_names(config.host, config.allowed_hosts)
+        app.add_middleware(HostCheckMiddleware, allowed=allowed)
     return app

@@ -19,6 +19,10 @@ class ServerConfig:
 
     collections: dict[str, Path] = field(default_factory=dict)  # URL name -> collection dir
     api_key: str | None = None  # when set, every endpoint needs it
+    # Without a key, only requests whose Host names the bound address, a loopback name or
+    # one of these are answered (DNS rebinding); "*" turns the check off.
+    host: str = "127.0.0.1"
+    allowed_hosts: tuple[str, ...] = ()
     max_upload_bytes: int = 20 * 2**20  # whole request body; larger is refused with 413
     # Uploaded query images above this many pixels are refused (decompression-bomb guard);
     # 40 Mpx covers full-resolution photos from current phone and DSLR sensors.
