@@ -31,13 +31,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def live_server(app) -> Iterator[str]:
-    """Run ``app`` with uvicorn on a free loopback port in a thread; yields the base URL."""
+def live_server(app, **options) -> Iterator[str]:
+    """Run ``app`` with uvicorn on a free loopback port in a thread; yields the base URL.
+    ``options`` go to ``uvicorn.Config`` (e.g. those of ``timeouts.uvicorn_options``)."""
     import uvicorn
 
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", **options
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import os
+import socket
+import time
 
 import pytest
 from PIL import Image
@@ -239,3 +241,133 @@ def test_host_names_are_parsed():
     assert host_name("Example.COM.:80") == "example.com"
     assert host_name("localhost") == "localhost"
     assert host_name("a:b") == "a:b"  # not a port: the whole value, which matches nothing
+
+
+# -- item 18: slowloris: header and body deadlines, a connection cap ---------------------------
+
+
+def _recv_all(sock, limit: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes (or ``limit`` s pass); and when."""
+    start = time.monotonic()
+    sock.settimeout(limit)
+    got = b""
+    try:
+        while True:
+            b = sock.recv(4096)
+            if not b:
+                break
+            got += b
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return got, time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def slow_server(coll_path):
+    from tests.serve_helpers import live_server
+    from vlmsearch.server.timeouts import uvicorn_options
+
+    config = ServerConfig(
+        collections={"photos": coll_path}, header_timeout=1.0, body_timeout=1.5, max_connections=4
+    )
+    with live_server(create_app(config), **uvicorn_options(config)) as base:
+        host, port = base.removeprefix("http://").split(":")
+        yield host, int(port)
+
+
+def test_partial_header_is_cut_off(slow_server):
+    # a header never finished; one trickled a byte at a time; a connection that sends nothing
+    with socket.create_connection(slow_server) as s:
+        s.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        got, took = _recv_all(s, 10)
+    assert got.startswith(b"HTTP/1.1 408") and took < 5, (got, took)
+    with socket.create_connection(slow_server) as s:
+        start = time.monotonic()
+        closed = False
+        for b in b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaa":
+            try:
+                s.sendall(bytes([b]))
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.2)
+        got, took = _recv_all(s, 10)
+        assert closed or got.startswith(b"HTTP/1.1 408"), got
+        assert time.monotonic() - start < 8  # the deadline is not reset by each byte
+    with socket.create_connection(slow_server) as s:
+        got, took = _recv_all(s, 10)
+    assert took < 5, took
+    # a complete request on a fresh connection is answered as before
+    with socket.create_connection(slow_server) as s:
+        s.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        got, _ = _recv_all(s, 10)
+    assert got.startswith(b"HTTP/1.1 200"), got
+
+
+@pytest.mark.parametrize("kind", ["json", "multipart"])
+def test_partial_body_is_cut_off(slow_server, kind):
+    if kind == "json":
+        head = (
+            b"POST /api/collections/photos/search HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        )
+        first = b'{"text": "x'
+    else:
+        head = (
+            b"POST /api/collections/photos/search/image HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+        )
+        first = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+    with socket.create_connection(slow_server) as s:
+        s.sendall(head + first)
+        start = time.monotonic()
+        for _ in range(10):  # keep trickling: the deadline covers the whole body
+            time.sleep(0.3)
+            try:
+                s.sendall(b"x")
+            except OSError:
+                break
+        got, _ = _recv_all(s, 10)
+        took = time.monotonic() - start
+    assert got.startswith(b"HTTP/1.1 408"), got
+    assert b"connection: close" in got.lower() and b'"status":408' in got.replace(b" ", b""), got
+    assert took < 8, took
+
+
+def test_connections_are_capped(slow_server):
+    idle = [socket.create_connection(slow_server) for _ in range(4)]
+    try:
+        time.sleep(0.2)
+        with socket.create_connection(slow_server) as s:
+            s.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            got, _ = _recv_all(s, 10)
+        assert got.startswith(b"HTTP/1.1 503"), got
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(1.5)  # the idle ones are gone: served again
+    with socket.create_connection(slow_server) as s:
+        s.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        got, _ = _recv_all(s, 10)
+    assert got.startswith(b"HTTP/1.1 200"), got
+
+
+def test_serve_passes_limits_and_hosts_to_uvicorn(coll_path, monkeypatch):
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from vlmsearch.cli.app import app as cli
+
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    args = ["serve", str(coll_path), "--header-timeout", "3", "--body-timeout", "7",
+            "--max-connections", "9", "--allowed-host", "pics.lan"]  # fmt: skip
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert seen["http"].header_timeout == 3.0 and seen["limit_concurrency"] == 9
+    assert seen["timeout_keep_alive"] > 0
+    config = seen["app"].state.ctx.config
+    assert config.body_timeout == 7.0 and config.allowed_hosts == ("pics.lan",)
+    c = TestClient(seen["app"])
+    assert c.get("/api/health", headers={"host": "pics.lan"}).status_code == 200
+    assert c.get("/api/health", headers={"host": "evil.example"}).status_code == 421

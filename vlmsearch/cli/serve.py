@@ -80,6 +80,15 @@ def serve(
     max_k: Annotated[
         int, typer.Option(min=1, max=10_000, help="Largest k a request may ask.")
     ] = 1000,
+    header_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a client has to send a request header.")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a client has to send a whole request body.")
+    ] = 60.0,
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Open connections at most (503 beyond).")
+    ] = 100,
     rerank: Annotated[
         list[str] | None,
         typer.Option(help="Reranker specs clients may use (repeatable); 'none' for none."),
@@ -111,6 +120,9 @@ def serve(
         rerankers=rerankers,
         lm=lm,
         device=device,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        max_connections=max_connections,
     )
     if not is_loopback(host):
         output.err.print(
@@ -127,6 +139,7 @@ def serve(
         import uvicorn
 
         from vlmsearch.server.app import create_app
+        from vlmsearch.server.timeouts import uvicorn_options
     except ImportError as e:  # pragma: no cover - the server deps are core dependencies
         raise VlmsearchError(f"the server needs FastAPI and uvicorn: {e}") from None
     app = create_app(config)
@@ -136,4 +149,11 @@ def serve(
     else:
         names = ", ".join(sorted(config.collections))
         output.err.print(f"serving {escape(names)} at {url} (API docs at {url}docs)")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
+        **uvicorn_options(config),
+    )

@@ -20,6 +20,7 @@ from vlmsearch.server.hosts import HostCheckMiddleware, allowed_names
 from vlmsearch.server.metrics import Metrics, MetricsMiddleware
 from vlmsearch.server.registry import Registry, UnknownCollection
 from vlmsearch.server.security import ApiKeyMiddleware, BodyLimitMiddleware
+from vlmsearch.server.timeouts import BodyTimeoutMiddleware
 
 log = logging.getLogger("vlmsearch.server")
 
@@ -85,9 +86,10 @@ def create_app(config: ServerConfig) -> FastAPI:
         return _error(500, f"internal error: {type(e).__name__}")
 
     # Each middleware wraps the ones added before it: the key (or, without one, the Host)
-    # is checked first, then the size limit, then the request is timed.
+    # is checked first, then the body's deadline and size limit, then the request is timed.
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, limit=config.max_upload_bytes)
+    app.add_middleware(BodyTimeoutMiddleware, timeout=config.body_timeout)
     if config.api_key:
         app.add_middleware(ApiKeyMiddleware, key=config.api_key)
     elif "*" not in config.allowed_hosts:

@@ -34,6 +34,13 @@ class ServerConfig:
     lm: str | None = None  # causal LM for captions (a cached name or a local folder)
     device: str | None = None
     thumb_size: int = 256  # longest side of a thumbnail, pixels
+    # Slow clients (slowloris): a request header must be complete, and its body received,
+    # within these many seconds; idle keep-alive connections close after keep_alive_timeout;
+    # at most max_connections are open at once (503 beyond).
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    keep_alive_timeout: float = 5.0
+    max_connections: int = 100
     title: str = "vlmsearch"
 
 
