@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 
 import pytest
@@ -371,3 +372,151 @@ def test_serve_passes_limits_and_hosts_to_uvicorn(coll_path, monkeypatch):
     c = TestClient(seen["app"])
     assert c.get("/api/health", headers={"host": "pics.lan"}).status_code == 200
     assert c.get("/api/health", headers={"host": "evil.example"}).status_code == 421
+
+
+# -- item 16: bounded work per request; one request does not starve the others ---------------
+
+
+def test_oversized_requests_are_refused_before_any_model_call(client):
+    url = "/api/collections/photos"
+    encoder = client.app.state.ctx.registry.get("photos").current().encoder
+    calls = []
+    inner = encoder._inner
+    encoder._inner = _Recording(inner, calls)
+    try:
+        cases = [
+            (f"{url}/search", {"text": [f"term {i}" for i in range(20_000)]}, "text terms"),
+            (f"{url}/search", {"text": "a", "negative": ["n"] * 40}, "text terms"),
+            (f"{url}/search", {"text": "x" * 5000}, "characters"),
+            (f"{url}/classify", {"labels": [f"l{i}" for i in range(101)]}, "labels"),
+            (
+                f"{url}/classify",
+                {"labels": [f"l{i}" for i in range(30)], "templates": "openai"},
+                "prompts",
+            ),  # fmt: skip
+            (f"{url}/classify", {"labels": ["a", "b" * 5000]}, "characters"),
+        ]
+        for path, body, needle in cases:
+            start = time.monotonic()
+            res = client.post(path, json=body)
+            assert_error(res, 422, needle)
+            assert "--max-" in res.json()["error"]
+            assert time.monotonic() - start < 5
+        files = [("image", (f"{i}.png", _png(), "image/png")) for i in range(17)]
+        res = client.post(f"{url}/search/image", files=files)
+        assert_error(res, 422, "query images")
+        assert calls == []  # refused before the model ran at all
+        # within the limits all is as before
+        res = client.post(
+            f"{url}/classify", json={"labels": ["red", "blue"], "templates": "openai"}
+        )
+        assert res.status_code == 200 and calls
+    finally:
+        encoder._inner = inner
+
+
+class _Recording:
+    """An encoder proxy that records (and can slow down or hold) its text calls."""
+
+    def __init__(self, inner, calls, per_text: float = 0.0, hold=None):
+        self.inner, self.calls, self.per_text, self.hold = inner, calls, per_text, hold
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode_texts(self, texts):
+        self.calls.append(len(texts))
+        if self.hold is not None:
+            self.hold()
+        time.sleep(self.per_text * len(texts))
+        return self.inner.encode_texts(texts)
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def two_client(tmp_path_factory, tiny_encoder, coll_path):
+    other = build_collection(tmp_path_factory.mktemp("other") / "more", tiny_encoder, n=4)
+    app = create_app(ServerConfig(collections={"a": coll_path, "b": other}))
+    return TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
+
+
+def test_a_long_request_does_not_block_another_collection(two_client):
+    encoder = two_client.app.state.ctx.registry.get("a").current().encoder
+    entered, release = threading.Event(), threading.Event()
+    inner = encoder._inner
+    encoder._inner = _Recording(inner, [], hold=lambda: (entered.set(), release.wait(30)))
+    results: list = []
+    heavy = threading.Thread(
+        target=lambda: results.append(
+            two_client.post("/api/collections/a/classify", json={"labels": ["x", "y"]})
+        )
+    )
+    heavy.start()
+    try:
+        assert entered.wait(20)  # collection a's model is busy (and its lock held)
+        done: list = []
+        light = threading.Thread(
+            target=lambda: done.append(
+                two_client.post("/api/collections/b/search", json={"text": "x", "k": 2})
+            )
+        )
+        light.start()
+        light.join(10)
+        assert done and done[0].status_code == 200, "collection b waited for collection a"
+    finally:
+        release.set()
+        heavy.join(30)
+        encoder._inner = inner
+    assert results[0].status_code == 200
+
+
+def test_a_long_request_shares_its_collection_fairly(two_client):
+    encoder = two_client.app.state.ctx.registry.get("a").current().encoder
+    inner = encoder._inner
+    calls: list = []
+    encoder._inner = _Recording(inner, calls, per_text=0.01)  # 700 prompts: about 7 s
+    results: list = []
+    labels = [f"label {i}" for i in range(100)]
+    heavy = threading.Thread(
+        target=lambda: results.append(
+            two_client.post("/api/collections/a/classify", json={"labels": labels})
+        )
+    )
+    heavy.start()
+    try:
+        while not calls:
+            time.sleep(0.01)
+        start = time.monotonic()
+        res = two_client.post("/api/collections/a/search", json={"text": "x", "k": 2})
+        took = time.monotonic() - start
+        assert res.status_code == 200
+        assert heavy.is_alive() and took < 3.5, took  # served between the big one's slices
+    finally:
+        heavy.join(60)
+        encoder._inner = inner
+    assert results[0].status_code == 200 and results[0].json()["total"] == 6
+
+
+def test_fair_lock_hands_over_in_arrival_order():
+    from vlmsearch.server.scheduling import FairLock
+
+    lock, order = FairLock(), []
+    lock.acquire()
+    with lock:  # re-entrant
+        pass
+    threads = []
+    for i in range(4):
+        t = threading.Thread(target=lambda i=i: (lock.acquire(), order.append(i), lock.release()))
+        t.start()
+        threads.append(t)
+        while len(lock._queue) < i + 1:
+            time.sleep(0.001)
+    lock.release()
+    for t in threads:
+        t.join(5)
+    assert order == [0, 1, 2, 3]

@@ -80,6 +80,19 @@ def serve(
     max_k: Annotated[
         int, typer.Option(min=1, max=10_000, help="Largest k a request may ask.")
     ] = 1000,
+    max_terms: Annotated[
+        int, typer.Option(min=1, help="Text terms (and negatives) one search may have.")
+    ] = 32,
+    max_images: Annotated[
+        int, typer.Option(min=1, help="Uploaded images (and negatives) one search may have.")
+    ] = 16,
+    max_labels: Annotated[int, typer.Option(min=2, help="Labels one classify may have.")] = 100,
+    max_prompts: Annotated[
+        int, typer.Option(min=2, help="Labels x templates one classify may embed.")
+    ] = 2000,
+    max_text_chars: Annotated[
+        int, typer.Option(min=1, help="Characters in one text term or label.")
+    ] = 1000,
     header_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a client has to send a request header.")
     ] = 10.0,
@@ -117,6 +130,11 @@ def serve(
         max_upload_bytes=int(max_upload_mb * 2**20),
         max_pixels=max_pixels,
         max_k=max_k,
+        max_terms=max_terms,
+        max_images=max_images,
+        max_labels=max_labels,
+        max_prompts=max_prompts,
+        max_text_chars=max_text_chars,
         rerankers=rerankers,
         lm=lm,
         device=device,

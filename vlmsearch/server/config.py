@@ -28,6 +28,12 @@ class ServerConfig:
     # 40 Mpx covers full-resolution photos from current phone and DSLR sensors.
     max_pixels: int = 40_000_000
     max_k: int = 1000
+    # Work per request (every text, label and prompt is a model call): refused with 422 above.
+    max_terms: int = 32  # text + negative terms of one search
+    max_images: int = 16  # uploaded query + negative images of one search
+    max_labels: int = 100  # labels of one classify request
+    max_prompts: int = 2000  # labels x templates (openai: 80 templates, simple: 7)
+    max_text_chars: int = 1000  # one term or label (the models read about 77 tokens anyway)
     max_where_chars: int = 2000
     rerankers: tuple[str, ...] = ("region",)  # the only rerank specs a client may ask for
     max_rerank_top: int = 100

@@ -4,9 +4,9 @@ A request takes the current :class:`~vlmsearch.collection.Collection` object and
 the end; a newer commit is loaded into a *new* object beside it and swapped in by one
 reference assignment. Nothing a request reads is mutated under it, and since the vectors
 and index are loaded eagerly, a writer's garbage collection of old files cannot pull
-them away mid-request. Encoders are shared across generations and wrapped so that model
-calls run one at a time (torch on the GPU must not interleave; on CPU it avoids
-oversubscribing the cores).
+them away mid-request. Encoders are shared across generations and wrapped so that a
+collection's model calls run one at a time, fairly (see :mod:`.scheduling`); collections
+do not wait for each other.
 """
 
 from __future__ import annotations
@@ -18,44 +18,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from vlmsearch.collection import Collection
 from vlmsearch.errors import CollectionError
 from vlmsearch.indexes.layout import Layout
 from vlmsearch.retrieval.encoders.base import Encoder
+from vlmsearch.server.scheduling import FairLock, SerialEncoder
 
 log = logging.getLogger("vlmsearch.server")
 
 # Distinct values listed for a text column's filter (a drop-down); more and it is free text.
 MAX_FACET_VALUES = 50
-
-
-class SerialEncoder:
-    """An encoder whose model calls hold one lock: GPU work is serialised."""
-
-    def __init__(self, inner: Encoder, lock: threading.RLock) -> None:
-        self._inner = inner
-        self._lock = lock
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def encode_texts(self, texts: Any) -> np.ndarray:
-        with self._lock:
-            return self._inner.encode_texts(texts)
-
-    def encode_images(self, images: Any) -> np.ndarray:
-        with self._lock:
-            return self._inner.encode_images(images)
-
-    def encode_pixels(self, pixels: Any) -> np.ndarray:
-        with self._lock:
-            return self._inner.encode_pixels(pixels)
-
-    def student_features(self, pixels: Any) -> np.ndarray:
-        with self._lock:
-            return self._inner.student_features(pixels)
 
 
 def _stamp(layout: Layout) -> tuple[int, int, int] | None:
@@ -70,11 +42,11 @@ def _stamp(layout: Layout) -> tuple[int, int, int] | None:
 class ServedCollection:
     """One collection as the server sees it: the latest committed state, reloaded on change."""
 
-    def __init__(self, name: str, path: Path, device: str | None, model_lock: threading.RLock):
+    def __init__(self, name: str, path: Path, device: str | None) -> None:
         self.name = name
         self.layout = Layout(path)
         self.device = device
-        self.model_lock = model_lock
+        self.model_lock = FairLock()  # this collection's model only
         self._reload_lock = threading.Lock()
         self._encoder: Any = None
         self._stamp: tuple[int, int, int] | None = None
@@ -164,10 +136,10 @@ class Registry:
     """Every served collection by URL name."""
 
     def __init__(self, collections: dict[str, Path], device: str | None = None) -> None:
-        self.model_lock = threading.RLock()
+        # a reranker runs its own models and keeps a cache shared by all collections
+        self.rerank_lock = FairLock()
         self.items = {
-            name: ServedCollection(name, path, device, self.model_lock)
-            for name, path in collections.items()
+            name: ServedCollection(name, path, device) for name, path in collections.items()
         }
 
     def get(self, name: str) -> ServedCollection:

@@ -24,6 +24,7 @@ from vlmsearch.server.context import (
     jsonable,
     require_row,
 )
+from vlmsearch.server.limits import check_classify, check_search
 from vlmsearch.server.schemas import ClassifyRequest, SearchRequest
 from vlmsearch.server.security import check_where
 from vlmsearch.server.uploads import read_images
@@ -41,6 +42,7 @@ def _run_search(
     ctx: ServerContext, name: str, req: SearchRequest, images: list[Any], negatives: list[Any]
 ) -> dict[str, Any]:
     _check_k(ctx, req.k)
+    check_search(ctx.config, req, len(images) + len(negatives))
     where = check_where(req.where, ctx.config.max_where_chars)
     if req.rerank is not None and req.rerank not in ctx.config.rerankers:
         allowed = ", ".join(ctx.config.rerankers) or "none"
@@ -57,9 +59,8 @@ def _run_search(
     if req.ef_search:
         params["efSearch"] = req.ef_search
     coll = ctx.registry.get(name).current()
-    # a reranker runs its own models (and keeps a cache): one reranked search at a time,
-    # under the same re-entrant lock as the encoders
-    lock = ctx.registry.model_lock if req.rerank else contextlib.nullcontext()
+    # a reranker runs its own models (and keeps a cache): one reranked search at a time
+    lock = ctx.registry.rerank_lock if req.rerank else contextlib.nullcontext()
     with lock:
         hits = _search(coll, req, where, weighted, negative_weighted, params)
     return {
@@ -123,6 +124,7 @@ async def search_image(
     except ValidationError as e:
         raise HTTPException(422, _validation_summary(e)) from None
     ctx.registry.get(name)  # an unknown collection before reading any image
+    check_search(ctx.config, req, len(image or []) + len(negative_image or []))
     images = await read_images(image or [], ctx.config.max_pixels)
     negatives = await read_images(negative_image or [], ctx.config.max_pixels)
     return await run_in_threadpool(_run_search, ctx, name, req, images, negatives)
@@ -160,6 +162,7 @@ def similar(
 @router.post("/classify", summary="Zero-shot classification of the stored images")
 def classify(name: str, req: ClassifyRequest, ctx: Ctx) -> dict[str, Any]:
     _check_k(ctx, req.limit)
+    check_classify(ctx.config, req)
     where = check_where(req.where, ctx.config.max_where_chars)
     coll = ctx.registry.get(name).current()
     preds = coll.classify(
