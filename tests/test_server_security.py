@@ -520,3 +520,51 @@ def test_fair_lock_hands_over_in_arrival_order():
     for t in threads:
         t.join(5)
     assert order == [0, 1, 2, 3]
+
+
+# -- item 21: a text-column search does not write to the collection ---------------------------
+
+
+def _snapshot(coll_path) -> dict:
+    """Every file of the collection but the thumbnail cache: name -> (size, mtime_ns)."""
+    out = {}
+    for p in sorted(coll_path.rglob("*")):
+        if p.is_file() and "thumbs" not in p.relative_to(coll_path).parts:
+            st = p.stat()
+            out[str(p.relative_to(coll_path))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def test_text_column_search_never_writes(tmp_path, tiny_encoder):
+    root = tmp_path / "photos"
+    coll_path = build_collection(root, tiny_encoder, n=6)
+    writer = Collection.open(coll_path)
+    writer.use_encoder(tiny_encoder)
+    writer.classify(["red", "blue", "green"], templates="simple", write_column="colour")
+    before, generation = _snapshot(coll_path), Collection.open(coll_path).manifest["generation"]
+    assert "text_vectors" not in Collection.open(coll_path).manifest
+    app = create_app(ServerConfig(collections={"c": coll_path}))
+    c = TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
+    body = {"text": "red", "text_column": "colour", "k": 6}
+    for _ in range(2):
+        res = c.post("/api/collections/c/search", json=body)
+        assert res.status_code == 200, res.text
+        assert len(res.json()["hits"]) == 6 and res.json()["generation"] == generation
+    res = c.post("/api/collections/c/search", json={**body, "text_weight": 0.5})
+    assert res.status_code == 200, res.text
+    assert _snapshot(coll_path) == before  # no new generation, no embeddings file, no lock
+    assert Collection.open(coll_path).manifest["generation"] == generation
+    # more texts to embed than the server allows: refused, with the way out
+    app = create_app(ServerConfig(collections={"c": coll_path}, max_text_embed=2))
+    c = TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
+    for _ in range(2):
+        res = c.post("/api/collections/c/search", json=body)
+        assert_error(res, 409, "--text-column colour")
+    assert _snapshot(coll_path) == before
+    # once stored from the command line, the server uses them
+    writer = Collection.open(coll_path)
+    writer.use_encoder(tiny_encoder)
+    writer.search("red", text_column="colour")
+    assert "colour" in Collection.open(coll_path).manifest["text_vectors"]
+    res = c.post("/api/collections/c/search", json=body)
+    assert res.status_code == 200, res.text

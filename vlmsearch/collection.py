@@ -168,6 +168,8 @@ class Collection:
         self._filter: metadata.MetadataFilter | None = None
         self._row_index: tuple[pa.Table, np.ndarray, np.ndarray | None] | None = None
         self.notices: list[str] = []
+        # set by the server: nothing is committed (text-column embeddings stay in memory)
+        self.read_only = False
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -479,6 +481,8 @@ class Collection:
         their manifest ``column_info``), or side files passed on to
         :meth:`CollectionWriter.commit` -- under the writer lock, on top of the latest
         committed state."""
+        if self.read_only:
+            raise CollectionError(f"collection {self.path} is open read-only here")
         with self.layout.lock():
             manifest = self.layout.read_manifest()
             table = metadata.read_table(self.layout.file(manifest["metadata_file"]))
@@ -654,7 +658,7 @@ class Collection:
             if entry.get("encoder") == identity and path is not None and path.is_file():
                 cached = TextVectors.read(path)
         tv, embedded = refresh(cached, ids, texts, self.encoder.encode_texts, self.sparse, progress)
-        if save and (embedded or len(tv) != len(cached)):
+        if save and not self.read_only and (embedded or len(tv) != len(cached)):
             info = {"encoder": identity, "encoder_name": self.manifest["encoder"].get("name")}
             try:
                 self._commit_text_vectors(column, tv, info)

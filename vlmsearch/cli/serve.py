@@ -93,6 +93,12 @@ def serve(
     max_text_chars: Annotated[
         int, typer.Option(min=1, help="Characters in one text term or label.")
     ] = 1000,
+    max_text_embed: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Texts of a --text-column the server embeds in memory (never stored)."
+        ),
+    ] = 1000,
     header_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a client has to send a request header.")
     ] = 10.0,
@@ -135,6 +141,7 @@ def serve(
         max_labels=max_labels,
         max_prompts=max_prompts,
         max_text_chars=max_text_chars,
+        max_text_embed=max_text_embed,
         rerankers=rerankers,
         lm=lm,
         device=device,

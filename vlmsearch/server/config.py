@@ -34,6 +34,9 @@ class ServerConfig:
     max_labels: int = 100  # labels of one classify request
     max_prompts: int = 2000  # labels x templates (openai: 80 templates, simple: 7)
     max_text_chars: int = 1000  # one term or label (the models read about 77 tokens anyway)
+    # A text column's texts without stored embeddings, embedded in memory (never committed)
+    # for the generation served; above this a text-column search is refused with 409.
+    max_text_embed: int = 1000
     max_where_chars: int = 2000
     rerankers: tuple[str, ...] = ("region",)  # the only rerank specs a client may ask for
     max_rerank_top: int = 100

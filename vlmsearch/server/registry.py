@@ -61,6 +61,7 @@ class ServedCollection:
             stamp = _stamp(self.layout)
             try:
                 coll = Collection(self.layout, device=self.device)
+                coll.read_only = True  # the server never commits (thumbnails aside)
                 enc = self._encoder
                 if enc is None or Encoder.identity(enc.spec) != Encoder.identity(
                     coll.manifest["encoder"]

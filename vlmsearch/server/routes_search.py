@@ -27,6 +27,7 @@ from vlmsearch.server.context import (
 from vlmsearch.server.limits import check_classify, check_search
 from vlmsearch.server.schemas import ClassifyRequest, SearchRequest
 from vlmsearch.server.security import check_where
+from vlmsearch.server.text_columns import prepare_text_column
 from vlmsearch.server.uploads import read_images
 
 router = APIRouter(prefix="/api/collections/{name}", tags=["search"])
@@ -59,6 +60,8 @@ def _run_search(
     if req.ef_search:
         params["efSearch"] = req.ef_search
     coll = ctx.registry.get(name).current()
+    if req.text_column is not None:
+        prepare_text_column(coll, req.text_column, ctx.config.max_text_embed)
     # a reranker runs its own models (and keeps a cache): one reranked search at a time
     lock = ctx.registry.rerank_lock if req.rerank else contextlib.nullcontext()
     with lock:

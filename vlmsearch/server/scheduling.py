@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -76,12 +77,34 @@ def _stack(parts: list[Any]) -> Any:
     return sp.vstack(parts, format="csr")
 
 
+class BudgetExceeded(Exception):
+    """More texts than :meth:`SerialEncoder.budget` allows were to be embedded."""
+
+
 class SerialEncoder:
     """An encoder whose model calls hold ``lock``, a slice of the inputs at a time."""
 
     def __init__(self, inner: Any, lock: FairLock) -> None:
         self._inner = inner
         self._lock = lock
+        self._local = threading.local()  # the calling thread's text budget, if any
+
+    @contextmanager
+    def budget(self, texts: int) -> Iterator[None]:
+        """Within the block, this thread may embed at most ``texts`` texts; a call that would
+        pass the budget raises :class:`BudgetExceeded` before it runs."""
+        self._local.left = texts
+        try:
+            yield
+        finally:
+            self._local.left = None
+
+    def _spend(self, n: int) -> None:
+        left = getattr(self._local, "left", None)
+        if left is not None:
+            if n > left:
+                raise BudgetExceeded(n)
+            self._local.left = left - n
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -97,6 +120,8 @@ class SerialEncoder:
         return _stack(parts)
 
     def encode_texts(self, texts: Any) -> np.ndarray:
+        texts = list(texts)
+        self._spend(len(texts))
         return self._sliced(self._inner.encode_texts, list(texts), TEXT_SLICE)
 
     def encode_images(self, images: Any) -> np.ndarray:
