@@ -179,7 +179,7 @@ def main() -> None:
         port = free_port()
         env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_STATE_HOME": tmp}
         cmd = [sys.executable, "-m", "vlmsearch", "serve", f"bench={path}", "--port", str(port),
-               "--device", "cpu"]  # fmt: skip
+               "--device", "cpu", "--max-connections", str(args.clients + 16)]  # fmt: skip
         server = subprocess.Popen(cmd, env=env)
         base = f"http://127.0.0.1:{port}"
         try:
