@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
+from vlmsearch import names
 from vlmsearch.indexes.decode import ImageDecodeError
 from vlmsearch.server.context import ServerContext, get_ctx, require_row
 from vlmsearch.thumbnails import cached_thumbnail
@@ -48,7 +49,7 @@ def static(name: str) -> Response:
 def image(name: str, image_id: int, ctx: Ctx) -> FileResponse:
     coll = ctx.registry.get(name).current()
     row = require_row(coll, image_id)
-    path = coll.root / row["path"]
+    path = coll.root / names.row_path(row)
     if not path.is_file():
         raise HTTPException(404, f"image {image_id} is no longer on disk")
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -59,7 +60,7 @@ def image(name: str, image_id: int, ctx: Ctx) -> FileResponse:
 def thumbnail(name: str, image_id: int, ctx: Ctx) -> Response:
     coll = ctx.registry.get(name).current()
     row = require_row(coll, image_id)
-    path = coll.root / row["path"]
+    path = coll.root / names.row_path(row)
     try:
         data, made = cached_thumbnail(coll.path, image_id, path, ctx.config.thumb_size)
     except OSError:
