@@ -251,3 +251,20 @@ def test_control_characters_are_escaped_in_tables_reports_and_errors(image_dir, 
     # a user error naming such a file is one escaped line too
     res = _cli("search", "--image", str(image_dir / "gone\x1b[31m\n.png"), "-c", coll)
     assert res.exit_code == 1 and res.stderr.count("\n") == 1 and "\x1b" not in res.stderr
+
+
+def test_non_utf8_indexed_folder_needs_a_utf8_collection_path(tmp_path, tiny_encoder):
+    raw_root = os.fsencode(tmp_path) + b"/r\xe9sum\xe9"
+    os.makedirs(raw_root)
+    root = Path(os.fsdecode(raw_root))
+    make_images(root, 2)
+    with pytest.raises(CollectionError, match="not valid UTF-8"):
+        _index(root, tiny_encoder)  # DIR/.vlmsearch: Arrow cannot open that path
+    coll = Collection.index(root, tmp_path / "coll", encoder=tiny_encoder,
+                            options=IngestOptions(workers=0))  # fmt: skip
+    hit = coll.search("red", k=1)[0]
+    assert os.path.isfile(hit.path) and hit.to_dict()["path"].startswith(
+        str(tmp_path) + "/r\\xe9sum\\xe9/"
+    )
+    res = _cli("info", str(tmp_path / "coll"), "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["root"].endswith("r\\xe9sum\\xe9")

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
+
+from vlmsearch.errors import CollectionError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # C0, DEL and C1 controls; bidi marks, embeddings, overrides and isolates; line and
@@ -87,3 +90,14 @@ def column_paths(table: Any) -> list[str]:
         return paths
     raw = table["path_bytes"].to_pylist()
     return [from_columns(p, b) for p, b in zip(paths, raw, strict=True)]
+
+
+def require_utf8_folder(path: Path) -> None:
+    """Refuse a collection folder whose path is not UTF-8: Arrow and FAISS take paths as
+    UTF-8 text and cannot open it (the indexed folder and its files may have any name)."""
+    if readable(str(path)) != str(path):
+        raise CollectionError(
+            f"the collection folder {readable(str(path))} has a path that is not valid UTF-8, "
+            "which the Parquet and FAISS libraries cannot open; pass --collection with a "
+            "UTF-8 path"
+        )

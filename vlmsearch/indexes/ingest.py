@@ -148,6 +148,7 @@ def ingest(
     if not root.is_dir():
         raise CollectionError(f"not a directory: {root}")
     root = root.resolve()
+    names.require_utf8_folder(layout.path)
     t0 = time.perf_counter()
     layout.prepare()
     with layout.lock():
