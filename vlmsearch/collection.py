@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from vlmsearch import names
 from vlmsearch.errors import CollectionError, ModelError, QueryError
 from vlmsearch.indexes import faiss_store, metadata
 from vlmsearch.indexes.ingest import (
@@ -84,7 +85,7 @@ class Hit:
             if d[key] is None:
                 del d[key]
         d.update(extra)
-        return d
+        return names.readable_data(d)  # a name that is not UTF-8 cannot go into JSON as is
 
 
 @dataclass
@@ -99,7 +100,7 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "path": self.path,
+            "path": names.readable(self.path),
             "label": self.label,
             "score": self.score,
             "top": [{"label": lab, "score": s} for lab, s in self.top],
@@ -735,7 +736,8 @@ class Collection:
             rel = p.relative_to(self.root.resolve()).as_posix()
         except ValueError:
             return None
-        rows = self.table.filter(pc.equal(self.table["path"], rel)).to_pylist()
+        rows = self.table.filter(pc.equal(self.table["path"], names.readable(rel))).to_pylist()
+        rows = [r for r in rows if names.row_path(r) == rel]
         if not rows or rows[0]["status"] != "ok":
             return None
         st = p.stat()
@@ -756,8 +758,8 @@ class Collection:
                     rank=rank,
                     score=float(s),
                     id=int(i),
-                    path=str(self.root / r["path"]),
-                    relpath=r["path"],
+                    path=str(self.root / names.row_path(r)),
+                    relpath=names.row_path(r),
                     width=r["width"],
                     height=r["height"],
                     extra={c: r[c] for c in extra_cols},
@@ -1017,7 +1019,8 @@ def predictions(
         order = np.argsort(-probs[n])[:k]
         top = [(labels[j], float(probs[n, j])) for j in order]
         r = rows.get(i, {})
-        out.append(Prediction(i, str(root / r.get("path", "")), top[0][0], top[0][1], top))
+        rel = names.row_path(r) if r else ""
+        out.append(Prediction(i, str(root / rel), top[0][0], top[0][1], top))
     return out
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vlmsearch import names
 from vlmsearch.indexes.atomic import atomic_write_text
 from vlmsearch.indexes.decode import ImageDecodeError
 from vlmsearch.thumbnails import cached_thumbnail, make_thumbnail
@@ -126,5 +127,5 @@ def classify_sheet(
 
 def write(path: str | Path, text: str) -> Path:
     p = Path(path).expanduser()
-    atomic_write_text(p, text)
+    atomic_write_text(p, names.readable(text))  # file names that are not UTF-8 as \xNN
     return p

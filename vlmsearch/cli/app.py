@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from vlmsearch._version import __version__
 from vlmsearch.cli import output
@@ -264,10 +263,10 @@ def _watch(
             )
 
     def on_error(e: Exception) -> None:
-        output.err.print(f"[yellow]note:[/yellow] {escape(str(e))}; retrying", soft_wrap=True)
+        output.err.print(f"[yellow]note:[/yellow] {output.text(e)}; retrying", soft_wrap=True)
 
     if not quiet and not json_:
-        output.err.print(f"watching {escape(str(directory))} every {interval:g}s; Ctrl-C stops")
+        output.err.print(f"watching {output.text(directory)} every {interval:g}s; Ctrl-C stops")
     watch(
         directory,
         collection,
@@ -284,20 +283,20 @@ def _watch(
 
 def _report(coll: Any, rep: Any, quiet: bool, json_: bool) -> None:
     for notice in rep.notices:
-        output.err.print(f"[bold yellow]note:[/bold yellow] {escape(notice)}", soft_wrap=True)
+        output.err.print(f"[bold yellow]note:[/bold yellow] {output.text(notice)}", soft_wrap=True)
     if json_:
         output.emit_json(rep.to_dict())
         return
     if not quiet:
         name = coll.manifest["encoder"].get("name")
         output.err.print(
-            f"[bold]{escape(str(coll.path))}[/bold]: {rep.scanned} files scanned, {rep.new} new, "
+            f"[bold]{output.text(coll.path)}[/bold]: {rep.scanned} files scanned, {rep.new} new, "
             f"{rep.changed} changed, {rep.deleted} deleted, {rep.unchanged} unchanged; "
             f"{rep.encoded} encoded ({rep.images_per_second:.1f} img/s), {rep.errors} errors; "
-            f"index {rep.index_factory}; model {escape(str(name))}; {rep.seconds:.1f}s"
+            f"index {rep.index_factory}; model {output.text(name)}; {rep.seconds:.1f}s"
         )
         for path, msg in rep.error_samples[:10]:
-            output.err.print(f"  [red]error[/red] {escape(path)}: {escape(msg)}")
+            output.err.print(f"  [red]error[/red] {output.text(path)}: {output.text(msg)}")
         if rep.errors > 10:
             output.err.print(f"  ... {rep.errors - 10} more (see metadata column 'error')")
 
@@ -405,7 +404,7 @@ def search(
             progress=progress,
         )
     for note in coll.notices:
-        output.err.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
+        output.err.print(f"[yellow]note:[/yellow] {output.text(note)}", soft_wrap=True)
     if coll.index_is_stale and fmt == "table":
         output.err.print(
             "[yellow]note:[/yellow] the stored index is behind the data (an interrupted index "
@@ -422,7 +421,7 @@ def search(
             meta=f"{len(hits)} results from {coll.root}" + (f" where {where}" if where else ""),
         )
         written = contact_sheet.write(html, page)
-        output.err.print(f"wrote {escape(str(written))} ({len(hits)} images)")
+        output.err.print(f"wrote {output.text(written)} ({len(hits)} images)")
     output.hits(hits, fmt, text_column)
 
 
@@ -497,7 +496,7 @@ def classify(
         )
         if write_column and fmt == "table":
             output.err.print(
-                escape(
+                output.text(
                     f"wrote columns {write_column!r} and {write_column + '_score'!r}; filter "
                     f"with --where \"{write_column} = '{label_list[0]}'\""
                 )
@@ -513,7 +512,7 @@ def classify(
             meta=f"{len(preds)} images, templates {templates}, rule {rule}",
         )
         written = contact_sheet.write(html, page)
-        output.err.print(f"wrote {escape(str(written))} ({len(preds)} images)")
+        output.err.print(f"wrote {output.text(written)} ({len(preds)} images)")
     if parquet:
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from vlmsearch.cli import output
 from vlmsearch.cli.errors import user_errors
@@ -97,10 +96,10 @@ def build(
         output.emit_json(data)
         return
     for p, e in failed[:10]:
-        output.err.print(f"  [red]skipped[/red] {escape(p)}: {escape(e)}")
+        output.err.print(f"  [red]skipped[/red] {output.text(p)}: {output.text(e)}")
     data.pop("images_failed")
     output.mapping(data)
-    output.err.print(escape(f"use it with: vlmsearch index DIR --anchors {aset.path}"))
+    output.err.print(output.text(f"use it with: vlmsearch index DIR --anchors {aset.path}"))
 
 
 @anchors_app.command("info")

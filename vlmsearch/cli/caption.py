@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
 
+from vlmsearch import names
 from vlmsearch.cli import output
 from vlmsearch.cli.errors import user_errors
 from vlmsearch.errors import VlmsearchError
@@ -84,7 +84,9 @@ def caption(
                 cap, write_column=write_column, progress=progress, ids=targets
             ) if cap is not None else []  # fmt: skip
         rr = coll.rows([i for i, _ in done])
-        rows = [{"id": i, "path": str(coll.root / rr[i]["path"]), "caption": t} for i, t in done]
+        rows = [
+            {"id": i, "path": str(coll.root / names.row_path(rr[i])), "caption": t} for i, t in done
+        ]
     else:
         rows = _caption_files(paths or [], lm, settings, model, device)
     if json_:
@@ -93,10 +95,10 @@ def caption(
     for r in rows:
         if r.get("error"):
             output.err.print(
-                f"[red]error[/red] {escape(str(r['path']))}: {escape(str(r['error']))}"
+                f"[red]error[/red] {output.text(r['path'])}: {output.text(r['error'])}"
             )
         else:
-            output.out.print(f"{escape(str(r['path']))}\t{escape(str(r['caption']))}")
+            output.out.print(f"{output.text(r['path'])}\t{output.text(r['caption'])}")
 
 
 def _caption_files(
@@ -143,7 +145,7 @@ def _caption_files(
                 enc, notices = choose_encoder(model, None, device, {}, IngestOptions())
                 for n in notices:
                     output.err.print(
-                        f"[bold yellow]note:[/bold yellow] {escape(n)}", soft_wrap=True
+                        f"[bold yellow]note:[/bold yellow] {output.text(n)}", soft_wrap=True
                     )
             captioners[key] = Captioner(enc, language_model, settings, device)
         cap = captioners[key]

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from vlmsearch.cli import output
 from vlmsearch.cli.errors import user_errors
@@ -60,7 +59,7 @@ def distill(
         output.emit_json(data)
         return
     output.out.print(
-        f"region student for [bold]{escape(str(coll.path))}[/bold]: {report.images} images "
+        f"region student for [bold]{output.text(coll.path)}[/bold]: {report.images} images "
         f"({report.held_out} held out), {report.regions} regions, {report.epochs} epochs; "
         f"held-out cosine to the teacher {report.held_out_cosine_before:.3f} -> "
         f"{report.held_out_cosine_after:.3f}; {report.speedup:.1f}x faster than the teacher "

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
-from rich.markup import escape
 
 from vlmsearch.cli import output
 from vlmsearch.errors import VlmsearchError
@@ -24,7 +23,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except VlmsearchError as e:
-            output.err.print(f"[bold red]error:[/bold red] {escape(str(e))}", soft_wrap=True)
+            output.err.print(f"[bold red]error:[/bold red] {output.text(e)}", soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             output.err.print("interrupted: committed work is kept; run the command again to resume")

@@ -12,19 +12,29 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from vlmsearch import names
+
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
 
 
+def text(value: Any) -> str:
+    """``value`` for a table cell or message: control characters and undecodable bytes
+    escaped (a file name cannot drive the terminal or forge a row), rich markup quoted."""
+    return escape(names.terminal(str(value)))
+
+
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    # exact: JSON escapes control characters itself; names that are not UTF-8 as \xNN
+    sys.stdout.write(json.dumps(names.readable_data(data), indent=2, default=str) + "\n")
 
 
 def emit_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    # exact: the csv module quotes fields holding newlines; names not UTF-8 as \xNN
     w = csv.DictWriter(sys.stdout, fieldnames=list(columns), extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow(r)
+        w.writerow(names.readable_data(r))
 
 
 def hits(items: Sequence[Any], fmt: str, text_column: str | None = None) -> None:
@@ -58,13 +68,13 @@ def hits(items: Sequence[Any], fmt: str, text_column: str | None = None) -> None
             cells = [str(r["rank"]), f"{r['score']:.4f}"]
             if parts:
                 cells.append(" ".join(f"{v:.3f}" for v in r["scores"].values()))
-            cells.append(escape(r["path"]))
+            cells.append(text(r["path"]))
             if text_column:
-                cells.append(escape(str(r.get(text_column) or "")))
+                cells.append(text(r.get(text_column) or ""))
             if boxes:
                 box = r.get("box")
                 note = " ".join(f"{v:.0f}" for v in box) if box else ""
-                cells.append(escape(r.get("error") or note))
+                cells.append(text(r.get("error") or note))
             t.add_row(*cells)
         out.print(t)
 
@@ -84,13 +94,13 @@ def predictions(items: Sequence[Any], fmt: str) -> None:
     t.add_column("path", overflow="fold")
     for r in rows:
         if r["error"]:
-            t.add_row("[red]error[/red]", "", escape(f"{r['path']}  ({r['error']})"))
+            t.add_row("[red]error[/red]", "", text(f"{r['path']}  ({r['error']})"))
         else:
             label = r["label"]
             if len(r["top"]) > 1:  # --top-k: the runners-up follow the best label
                 rest = ", ".join(f"{t['label']} {t['score']:.3f}" for t in r["top"][1:])
                 label = f"{label}  ({rest})"
-            t.add_row(escape(label), f"{r['score']:.3f}", escape(r["path"]))
+            t.add_row(text(label), f"{r['score']:.3f}", text(r["path"]))
     out.print(t)
 
 
@@ -103,5 +113,5 @@ def mapping(data: dict[str, Any], title: str = "") -> None:
             v = ", ".join(f"{a}={b}" for a, b in v.items() if not isinstance(b, dict | list))
         elif isinstance(v, list):
             v = ", ".join(map(str, v)) or "-"
-        t.add_row(escape(str(k)), escape(str(v)))
+        t.add_row(text(k), text(v))
     out.print(t)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from vlmsearch.cli import output
 from vlmsearch.cli.errors import user_errors
@@ -151,7 +150,7 @@ def serve(
     )
     if not is_loopback(host):
         output.err.print(
-            f"[bold yellow]warning:[/bold yellow] serving on {escape(host)}, not loopback: "
+            f"[bold yellow]warning:[/bold yellow] serving on {output.text(host)}, not loopback: "
             + (
                 "requests need the API key."
                 if config.api_key
@@ -173,7 +172,7 @@ def serve(
         output.emit_json({"url": url, "collections": sorted(config.collections)})
     else:
         names = ", ".join(sorted(config.collections))
-        output.err.print(f"serving {escape(names)} at {url} (API docs at {url}docs)")
+        output.err.print(f"serving {output.text(names)} at {url} (API docs at {url}docs)")
     uvicorn.run(
         app,
         host=host,

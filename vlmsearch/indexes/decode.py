@@ -130,6 +130,7 @@ class Decoded:
     content_hash: str | None = None
     error: str | None = None
     unchanged: bool = False
+    read_failed: bool = False  # the file could not be read (not: its bytes do not decode)
 
 
 class ImageFileDataset:
@@ -156,7 +157,8 @@ class ImageFileDataset:
             with open(task.path, "rb") as f:
                 data = f.read()
         except OSError as e:
-            return Decoded(task.index, None, error=f"cannot read file: {e.strerror or e}")
+            msg = f"cannot read file: {e.strerror or e}"
+            return Decoded(task.index, None, error=msg, read_failed=True)
         digest = content_hash(data)
         if task.known_hash is not None and digest == task.known_hash:
             return Decoded(task.index, None, content_hash=digest, unchanged=True)

@@ -210,7 +210,8 @@ def _read(task: DecodeTask, max_pixels: int, pin: bool) -> _Read:
         with open(task.path, "rb") as f:
             data = f.read()
     except OSError as e:
-        return _Read(Decoded(task.index, None, error=f"cannot read file: {e.strerror or e}"))
+        msg = f"cannot read file: {e.strerror or e}"
+        return _Read(Decoded(task.index, None, error=msg, read_failed=True))
     digest = content_hash(data)
     if task.known_hash is not None and digest == task.known_hash:
         return _Read(Decoded(task.index, None, content_hash=digest, unchanged=True))

@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from vlmsearch import names
 from vlmsearch.errors import CollectionError, ModelError
 from vlmsearch.indexes import faiss_store, metadata
 from vlmsearch.indexes.decode import DEFAULT_MAX_PIXELS, DecodeTask, iter_decoded
 from vlmsearch.indexes.layout import FORMAT_VERSION, Layout, now_iso
 from vlmsearch.indexes.postings import FACTORY as POSTINGS
 from vlmsearch.indexes.postings import PostingIndex
-from vlmsearch.indexes.scan import normalise_extensions, scan
+from vlmsearch.indexes.scan import ScanError, is_under, normalise_extensions, scan
 from vlmsearch.indexes.store import CollectionWriter
 from vlmsearch.indexes.vectors import VectorTable, shard_rows, stack, to_storage
 from vlmsearch.retrieval.encoders.base import Encoder
@@ -83,7 +84,7 @@ class IngestReport:
         d = dict(self.__dict__)
         d["error_samples"] = [{"path": p, "error": e} for p, e in self.error_samples]
         d["images_per_second"] = round(self.images_per_second, 2)
-        return d
+        return names.readable_data(d)
 
 
 def new_manifest(root: Path, encoder: Encoder, opts: IngestOptions) -> dict[str, Any]:
@@ -147,6 +148,7 @@ def ingest(
     if not root.is_dir():
         raise CollectionError(f"not a directory: {root}")
     root = root.resolve()
+    names.require_utf8_folder(layout.path)
     t0 = time.perf_counter()
     layout.prepare()
     with layout.lock():
@@ -217,18 +219,37 @@ def _run(
 ) -> set[int]:
     """Scan, diff and encode; returns the dirty ids (deleted, new or re-encoded)."""
     table = writer.table
-    old_rows = {
-        r["path"]: r
-        for r in table.select(
-            ["id", "path", "size", "mtime_ns", "content_hash", "status"]
-        ).to_pylist()
-    }
-    scanned = list(scan(root, opts.extensions, opts.include_hidden, exclude=[writer.layout.path]))
+    old_rows = dict(
+        zip(
+            names.column_paths(table),  # OS form: the scan's names compare equal
+            table.select(["id", "size", "mtime_ns", "content_hash", "status"]).to_pylist(),
+            strict=True,
+        )
+    )
+    problems: list[ScanError] = []
+    scanned = list(
+        scan(
+            root,
+            opts.extensions,
+            opts.include_hidden,
+            exclude=[writer.layout.path],
+            on_error=problems.append,
+        )
+    )
+    for p in problems:
+        if p.path == ".":
+            raise CollectionError(f"{root}: {p.message}; the collection was left as it was")
+        report.errors += 1
+        if len(report.error_samples) < 20:
+            report.error_samples.append((p.path, p.message))
     report.scanned = len(scanned)
     if progress:
         progress("scan", len(scanned), len(scanned))
     seen = {f.path for f in scanned}
-    gone = [r["id"] for p, r in old_rows.items() if p not in seen]
+    # rows under a folder that could not be listed are unknown this time, not deleted:
+    # they keep their ids, vectors and labels
+    unknown = {p.path for p in problems}
+    gone = [r["id"] for p, r in old_rows.items() if p not in seen and not is_under(p, unknown)]
     report.deleted = len(gone)
     dirty: set[int] = set(gone)
 
@@ -249,7 +270,7 @@ def _run(
             known = old["content_hash"] if old["status"] == "ok" else None
             report.changed += 1
         tasks.append(DecodeTask(len(tasks), str(root / f.path), known))
-        info.append((fid, f))
+        info.append((fid, f, old is not None))
     writer.manifest["next_id"] = next_id
     if gone:
         writer.table = metadata.drop_ids(writer.table, gone)
@@ -294,14 +315,23 @@ def _run(
         now = dt.datetime.now(dt.timezone.utc)
         ok_ids = []
         for rec in records:
-            fid, f = info[rec.index]
+            fid, f, indexed = info[rec.index]
             if rec.unchanged:
                 touched[fid] = (f.size, f.mtime_ns)
                 continue
+            if rec.read_failed and indexed:
+                # there but unreadable now: keep the indexed row and vector (its old size
+                # and mtime make the next run try again)
+                report.errors += 1
+                if len(report.error_samples) < 20:
+                    report.error_samples.append((f.path, f"{rec.error}; the indexed row is kept"))
+                continue
             dirty.add(fid)
+            shown, raw = names.to_columns(f.path)
             row = {
                 "id": fid,
-                "path": f.path,
+                "path": shown,
+                "path_bytes": raw,
                 "size": f.size,
                 "mtime_ns": f.mtime_ns,
                 "content_hash": rec.content_hash,

@@ -31,6 +31,9 @@ BASE_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("error", pa.string()),
         ("indexed_at", pa.timestamp("us", tz="UTC")),
+        # the exact bytes of a name that is not valid UTF-8 (null otherwise); ``path`` then
+        # holds it with \xNN escapes (vlmsearch.names)
+        ("path_bytes", pa.binary()),
     ]
 )
 BASE_COLUMNS = tuple(BASE_SCHEMA.names)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ DEFAULT_EXTENSIONS = (
 
 @dataclass(frozen=True)
 class ScannedFile:
-    path: str  # POSIX path relative to the scan root
+    path: str  # POSIX path relative to the scan root, OS form (vlmsearch.names)
     size: int
     mtime_ns: int
 
@@ -36,18 +36,30 @@ def normalise_extensions(extensions: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(sorted({("." + e.strip().lstrip(".")).lower() for e in extensions if e.strip()}))
 
 
+@dataclass(frozen=True)
+class ScanError:
+    """A folder that could not be listed, or an entry that could not be examined: what
+    is under ``path`` is unknown this time, which is not the same as gone."""
+
+    path: str  # POSIX path relative to the scan root ("." for the root itself)
+    message: str
+
+
 def scan(
     root: str | Path,
     extensions: Iterable[str] | None = None,
     include_hidden: bool = False,
     exclude: Iterable[str | Path] = (),
+    on_error: Callable[[ScanError], None] | None = None,
 ) -> Iterator[ScannedFile]:
     """Yield image files under ``root`` in a stable (sorted) order.
 
     Symlinked directories are followed once each: a directory whose real path was
     already visited is skipped, which breaks symlink loops. Links (to folders or files)
     that resolve outside ``root`` are skipped: the server serves only files inside the
-    root (:mod:`vlmsearch.safe_open`), and the index must not promise others.
+    root (:mod:`vlmsearch.safe_open`), and the index must not promise others. A folder
+    that cannot be listed, or an entry that cannot be examined (permission denied, I/O
+    error), goes to ``on_error`` and is skipped; one that vanished is simply not there.
     """
     root = Path(root)
     root_real = os.path.realpath(root)
@@ -55,6 +67,12 @@ def scan(
     excluded = {os.path.realpath(p) for p in exclude}
     seen: set[str] = set()
     stack = [str(root)]
+
+    def failed(path: str, what: str, e: OSError) -> None:
+        if on_error is not None:
+            rel = Path(path).relative_to(root).as_posix()
+            on_error(ScanError(rel, f"{what} ({e.strerror or e})"))
+
     while stack:
         current = stack.pop()
         real = os.path.realpath(current)
@@ -63,7 +81,10 @@ def scan(
         seen.add(real)
         try:
             entries = sorted(os.scandir(current), key=lambda e: e.name)
-        except OSError:
+        except FileNotFoundError:
+            continue  # removed since its parent was listed
+        except OSError as e:
+            failed(current, "cannot list folder", e)
             continue
         subdirs = []
         for entry in entries:
@@ -78,6 +99,16 @@ def scan(
                     st = entry.stat(follow_symlinks=True)
                     rel = Path(entry.path).relative_to(root).as_posix()
                     yield ScannedFile(rel, st.st_size, st.st_mtime_ns)
-            except OSError:
-                continue  # vanished or unreadable directory entry
+            except FileNotFoundError:
+                continue  # vanished since the folder was listed
+            except OSError as e:
+                failed(entry.path, "cannot examine", e)
         stack.extend(reversed(subdirs))
+
+
+def is_under(path: str, unknown: set[str]) -> bool:
+    """Whether relative ``path`` is one of ``unknown`` or inside one of them (folders)."""
+    if not unknown:
+        return False
+    parts = path.split("/")
+    return any("/".join(parts[:n]) in unknown for n in range(1, len(parts) + 1))

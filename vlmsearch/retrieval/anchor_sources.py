@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from vlmsearch import names
 from vlmsearch.errors import CollectionError, ModelError, QueryError
 from vlmsearch.indexes.anchors import AnchorSet, check_destination, write_anchor_set
 from vlmsearch.retrieval.unimodal import ImageEncoder, TextEncoder
@@ -116,7 +117,7 @@ def read_captioned_source(
                 f"{', '.join(coll.table.column_names)}); pass --caption-column"
             )
         table = coll.table.filter(pa.compute.equal(coll.table["status"], "ok"))
-        paths = [str(coll.root / p) for p in table["path"].to_pylist()]
+        paths = [str(coll.root / p) for p in names.column_paths(table)]
         base, caps = _explode(paths, table[col].to_pylist())
         return base, caps, {"collection": str(coll.path), "caption_column": col}
     if not src.is_file():

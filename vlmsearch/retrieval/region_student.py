@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vlmsearch import names
 from vlmsearch.errors import CollectionError, ModelError, QueryError
 from vlmsearch.retrieval.rerankers.base import Box
 
@@ -371,7 +372,7 @@ def distill(
     input_size = INPUT_SIZE
     for i in ids.tolist():
         try:
-            image = load_image(collection.root / rows[i]["path"])
+            image = load_image(collection.root / names.row_path(rows[i]))
         except ImageDecodeError:
             continue  # a file gone or changed since indexing: skipped
         boxes = region_boxes(image)

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import HTTPException
 
+from vlmsearch import names
 from vlmsearch.collection import Collection
 from vlmsearch.safe_open import UnsafeFile, open_inside
 
@@ -20,7 +21,7 @@ def open_indexed(
     """(descriptor, fstat) of the image of ``row``; the caller closes it. HTTPException 404
     when it is gone or no longer a regular file inside the root, 409 when it changed."""
     try:
-        fd, st = open_inside(coll.root, row["path"])
+        fd, st = open_inside(coll.root, names.row_path(row))
     except UnsafeFile:
         raise HTTPException(
             404, f"image {image_id} is no longer a regular file inside the indexed folder"

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Upload
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from vlmsearch import names
 from vlmsearch.collection import Collection
 from vlmsearch.errors import ModelError, QueryError
 from vlmsearch.server.context import (
@@ -179,7 +180,7 @@ def classify(name: str, req: ClassifyRequest, ctx: Ctx) -> dict[str, Any]:
     for p in preds[: req.limit]:
         d = p.to_dict()
         d.pop("path", None)
-        d["relpath"] = _relpath(coll, p.path)
+        d["relpath"] = names.readable(_relpath(coll, p.path))
         d["thumb_url"] = f"/api/collections/{name}/thumbs/{p.id}"
         out.append(d)
     return jsonable({"collection": name, "total": len(preds), "counts": counts, "predictions": out})
