@@ -184,7 +184,8 @@ def test_non_utf8_names_index_search_info_and_serve(image_dir, tiny_encoder, wid
     from vlmsearch.server.app import create_app
     from vlmsearch.server.config import ServerConfig
 
-    client = TestClient(create_app(ServerConfig(collections={"p": Path(coll_dir)})))
+    app = create_app(ServerConfig(collections={"p": Path(coll_dir)}))
+    client = TestClient(app, base_url="http://127.0.0.1")  # a loopback Host (DNS-rebinding check)
     got = client.get(f"/api/collections/p/images/{cafe_id}")
     assert got.status_code == 200 and got.content == Path(os.fsdecode(cafe)).read_bytes()
     assert client.get(f"/api/collections/p/thumbs/{cafe_id}").status_code == 200
