@@ -72,6 +72,9 @@ def serve(
     max_k: Annotated[
         int, typer.Option(min=1, max=10_000, help="Largest k a request may ask.")
     ] = 1000,
+    filter_timeout: Annotated[
+        float, typer.Option(min=0.01, help="Time budget of one where filter, seconds.")
+    ] = 10.0,
     rerank: Annotated[
         list[str] | None,
         typer.Option(help="Reranker specs clients may use (repeatable); 'none' for none."),
@@ -98,6 +101,7 @@ def serve(
         max_upload_bytes=int(max_upload_mb * 2**20),
         max_pixels=max_pixels,
         max_k=max_k,
+        filter_timeout_s=filter_timeout,
         rerankers=rerankers,
         lm=lm,
         device=device,

@@ -25,6 +25,7 @@ class ServerConfig:
     max_pixels: int = 40_000_000
     max_k: int = 1000
     max_where_chars: int = 2000
+    filter_timeout_s: float = 10.0  # a where filter past this is interrupted (400)
     rerankers: tuple[str, ...] = ("region",)  # the only rerank specs a client may ask for
     max_rerank_top: int = 100
     lm: str | None = None  # causal LM for captions (a cached name or a local folder)

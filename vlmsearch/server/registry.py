@@ -22,6 +22,7 @@ import numpy as np
 
 from vlmsearch.collection import Collection
 from vlmsearch.errors import CollectionError
+from vlmsearch.indexes.filter_budget import FilterBudget
 from vlmsearch.indexes.layout import Layout
 from vlmsearch.retrieval.encoders.base import Encoder
 
@@ -70,8 +71,16 @@ def _stamp(layout: Layout) -> tuple[int, int, int] | None:
 class ServedCollection:
     """One collection as the server sees it: the latest committed state, reloaded on change."""
 
-    def __init__(self, name: str, path: Path, device: str | None, model_lock: threading.RLock):
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        device: str | None,
+        model_lock: threading.RLock,
+        filter_budget: FilterBudget | None = None,
+    ):
         self.name = name
+        self.filter_budget = filter_budget
         self.layout = Layout(path)
         self.device = device
         self.model_lock = model_lock
@@ -89,6 +98,7 @@ class ServedCollection:
             stamp = _stamp(self.layout)
             try:
                 coll = Collection(self.layout, device=self.device)
+                coll.filter_budget = self.filter_budget  # before anything filters
                 enc = self._encoder
                 if enc is None or Encoder.identity(enc.spec) != Encoder.identity(
                     coll.manifest["encoder"]
@@ -120,6 +130,15 @@ class ServedCollection:
                 log.warning("%s: keeping generation %s: %s", self.name, self.generation, e)
             finally:
                 self._reload_lock.release()
+        return self._coll
+
+    def needs_reload(self) -> bool:
+        stamp = _stamp(self.layout)
+        return stamp is not None and stamp != self._stamp
+
+    @property
+    def loaded(self) -> Collection:
+        """The state loaded last, without looking for a newer one."""
         return self._coll
 
     @property
@@ -163,10 +182,15 @@ class ServedCollection:
 class Registry:
     """Every served collection by URL name."""
 
-    def __init__(self, collections: dict[str, Path], device: str | None = None) -> None:
+    def __init__(
+        self,
+        collections: dict[str, Path],
+        device: str | None = None,
+        filter_budget: FilterBudget | None = None,
+    ) -> None:
         self.model_lock = threading.RLock()
         self.items = {
-            name: ServedCollection(name, path, device, self.model_lock)
+            name: ServedCollection(name, path, device, self.model_lock, filter_budget)
             for name, path in collections.items()
         }
 
