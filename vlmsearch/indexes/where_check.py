@@ -284,7 +284,8 @@ def _check_function(node: dict[str, Any], state: dict[str, int], fail: Any) -> N
         raise fail(f"{shown} takes no named arguments")
     lname = name.lower()
     if lname in _CONCAT:
-        state["concat"] += len(args)
+        # a || b || c nests binary calls: count the leaves
+        state["concat"] += sum(1 for a in args if not _is_concat(a))
         if state["concat"] > MAX_CONCAT_OPERANDS:
             raise fail(f"string concatenation has more than {MAX_CONCAT_OPERANDS} operands")
     if lname in _REGEX:
@@ -300,6 +301,14 @@ def _check_function(node: dict[str, Any], state: dict[str, int], fail: Any) -> N
                 f"the format of {shown} must be a string constant of at most "
                 f"{MAX_FORMAT_CHARS} characters"
             )
+
+
+def _is_concat(node: Any) -> bool:
+    return (
+        isinstance(node, dict)
+        and node.get("class") == "FUNCTION"
+        and str(node.get("function_name", "")).lower() in _CONCAT
+    )
 
 
 def _string_constant(node: Any) -> str | None:
