@@ -105,8 +105,10 @@ ATTACKS = [
     ('"range"(0, 10) IS NOT NULL', "range()"),
     ("\"lpad\"(path, 1000, 'x') <> ''", "lpad()"),
     # replace() multiplies memory by its nesting
-    ("replace(replace(replace(path, 'g', 'gggggggggg'), 'g', 'gggggggggg'), 'g', 'x') <> ''",
-     "replace()"),  # fmt: skip
+    (
+        "replace(replace(replace(path, 'g', 'gggggggggg'), 'g', 'gggggggggg'), 'g', 'x') <> ''",
+        "replace()",
+    ),
     # subqueries without the word SELECT
     ("EXISTS (TABLE metadata)", "subquery"),
     ("id IN (VALUES (1), (2))", "subquery"),
@@ -121,8 +123,7 @@ ATTACKS = [
     ("main.lower(path) <> ''", "qualified"),
     ("CAST(id AS INT[]) IS NOT NULL", "CAST to"),
     ("regexp_matches(path, '(a|.){999}z')", "too large"),
-    ("path || path || path || path || path || path || path || path || path <> ''",
-     "concatenation"),  # fmt: skip
+    ("path || path || path || path || path || path || path || path || path <> ''", "concatenation"),
 ]
 
 
@@ -246,9 +247,7 @@ def test_a_slow_filter_leaves_a_turn_for_quick_ones(big_path):
         t = threading.Thread(
             target=lambda: box.setdefault(
                 "slow",
-                c.post(
-                    "/api/collections/photos/search", json={"text": "x", "where": slow_where()}
-                ),
+                c.post("/api/collections/photos/search", json={"text": "x", "where": slow_where()}),
             )
         )
         t.start()

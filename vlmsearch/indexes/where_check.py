@@ -19,6 +19,7 @@ are not offered.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Sequence
@@ -107,7 +108,11 @@ def validate_where(where: str, columns: Sequence[str] | None = None) -> None:
     """Accept only one boolean expression built from allowed nodes, else raise
     :class:`QueryError` naming the offending construct. With ``columns``, every column
     reference must name one of them."""
+    _validate(where, None if columns is None else tuple(columns))
 
+
+@functools.lru_cache(maxsize=256)  # a repeated filter (paging, the web page) parses once
+def _validate(where: str, columns: tuple[str, ...] | None) -> None:
     def fail(reason: str) -> QueryError:
         return QueryError(f"invalid --where filter {_shown(where)}: {reason}")
 
