@@ -72,7 +72,7 @@ def test_bad_filters_and_k(coll):
         ("widht > 3", "not found"),
         ("width >", "invalid"),
         ("1=1; DROP TABLE metadata", "not allowed"),
-        ("id IN (SELECT 1)", "SELECT is not allowed"),
+        ("id IN (SELECT 1)", "subquery .* is not allowed"),
     ]:
         with pytest.raises(QueryError, match=msg):
             coll.search("x", where=bad)

@@ -19,6 +19,7 @@ import pyarrow as pa
 from vlmsearch import names
 from vlmsearch.errors import CollectionError, ModelError, QueryError
 from vlmsearch.indexes import faiss_store, metadata
+from vlmsearch.indexes.filter_budget import FilterBudget
 from vlmsearch.indexes.ingest import (
     IngestOptions,
     IngestReport,
@@ -167,6 +168,7 @@ class Collection:
         self._text_vectors: dict[str, tuple[pa.Table, TextVectors]] = {}
         # caches that stay valid while self.table is the same object (commits replace it)
         self._filter: metadata.MetadataFilter | None = None
+        self.filter_budget: FilterBudget | None = None  # None: no time limit (the server sets one)
         self._row_index: tuple[pa.Table, np.ndarray, np.ndarray | None] | None = None
         self.notices: list[str] = []
         # set by the server: nothing is committed (text-column embeddings stay in memory)
@@ -321,7 +323,7 @@ class Collection:
         if f is None or f.table is not self.table:
             if f is not None:
                 f.close()
-            f = self._filter = metadata.MetadataFilter(self.table)
+            f = self._filter = metadata.MetadataFilter(self.table, self.filter_budget)
         return f.ids(where)
 
     @property

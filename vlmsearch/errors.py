@@ -17,3 +17,7 @@ class ModelError(VlmsearchError):
 
 class QueryError(VlmsearchError):
     """A query, filter or parameter is invalid."""
+
+
+class BusyError(VlmsearchError):
+    """Enough work of this kind is running; the same request may succeed later."""

@@ -107,6 +107,9 @@ def serve(
     max_connections: Annotated[
         int, typer.Option(min=1, help="Open connections at most (503 beyond).")
     ] = 100,
+    filter_timeout: Annotated[
+        float, typer.Option(min=0.01, help="Time budget of one where filter, seconds.")
+    ] = 10.0,
     rerank: Annotated[
         list[str] | None,
         typer.Option(help="Reranker specs clients may use (repeatable); 'none' for none."),
@@ -141,6 +144,7 @@ def serve(
         max_prompts=max_prompts,
         max_text_chars=max_text_chars,
         max_text_embed=max_text_embed,
+        filter_timeout_s=filter_timeout,
         rerankers=rerankers,
         lm=lm,
         device=device,

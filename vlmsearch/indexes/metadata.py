@@ -6,7 +6,6 @@ captions) add columns, which are carried through incremental updates.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,8 @@ import pyarrow.parquet as pq
 
 from vlmsearch.errors import QueryError
 from vlmsearch.indexes.atomic import atomic_write
+from vlmsearch.indexes.filter_budget import FilterBudget, QueryRunner, configure, describe_error
+from vlmsearch.indexes.where_check import validate_where
 
 BASE_SCHEMA = pa.schema(
     [
@@ -104,11 +105,13 @@ def set_column(table: pa.Table, name: str, ids: np.ndarray, values: pa.Array) ->
     return table.append_column(name, column)
 
 
-def filter_ids(table: pa.Table, where: str | None, only_ok: bool = True) -> np.ndarray:
+def filter_ids(
+    table: pa.Table, where: str | None, only_ok: bool = True, budget: FilterBudget | None = None
+) -> np.ndarray:
     """Ids of the rows satisfying ``where`` (a SQL boolean over the metadata columns).
 
     A one-off :class:`MetadataFilter`; callers that filter repeatedly keep one instead."""
-    with MetadataFilter(table) as f:
+    with MetadataFilter(table, budget) as f:
         return f.ids(where, only_ok)
 
 
@@ -119,26 +122,28 @@ class MetadataFilter:
     its string columns on every query (~20 ms at 1M rows); a native copy made once (~0.3 s
     at 1M rows) answers a filter in a few ms (benchmarks/RESULTS.md, issue 6). External
     access is disabled and the configuration locked, so a filter can read nothing but this
-    table. One query at a time: a DuckDB connection is not safe for concurrent use."""
+    table. Queries run within ``budget`` (time, memory, a few at a time, one thread each)
+    and stop on Ctrl-C: see :mod:`vlmsearch.indexes.filter_budget`."""
 
-    def __init__(self, table: pa.Table) -> None:
+    def __init__(self, table: pa.Table, budget: FilterBudget | None = None) -> None:
         import duckdb
 
         self.table = table
-        self._lock = threading.Lock()
+        self.budget = budget or FilterBudget()
         self._con = duckdb.connect(":memory:")
         try:
             self._con.register("_arrow", table)
             self._con.execute(f"CREATE TABLE {TABLE_NAME} AS SELECT * FROM _arrow")
             self._con.unregister("_arrow")
-            # one thread: a filter over 1M rows takes ~3 ms either way, and a second thread
-            # only waits for a core on a busy machine
-            self._con.execute("SET threads = 1")
+            # one thread per query: a filter over 1M rows takes ~3 ms either way, and a
+            # second thread only waits for a core on a busy machine
+            configure(self._con, self.budget)
             self._con.execute("SET enable_external_access = false")
             self._con.execute("SET lock_configuration = true")
         except BaseException:
             self._con.close()
             raise
+        self._runner = QueryRunner(self._con, self.budget)
 
     def __enter__(self) -> MetadataFilter:
         return self
@@ -147,15 +152,14 @@ class MetadataFilter:
         self.close()
 
     def close(self) -> None:
-        with self._lock:
-            self._con.close()
+        self._runner.close()
 
     def ids(self, where: str | None, only_ok: bool = True) -> np.ndarray:
         """Sorted unique ids of the rows satisfying ``where`` (and status 'ok')."""
         import duckdb
 
         if where and where.strip():
-            validate_where(where)
+            validate_where(where, self.table.column_names)
         clauses = []
         if only_ok:
             clauses.append("status = 'ok'")
@@ -164,16 +168,15 @@ class MetadataFilter:
         sql = f"SELECT id FROM {TABLE_NAME}" + (
             f" WHERE {' AND '.join(clauses)}" if clauses else ""
         )
-        with self._lock:
-            try:
-                result = self._con.execute(sql).fetchnumpy()
-            except duckdb.BinderException as e:
-                raise QueryError(
-                    f"invalid --where filter {where!r}: {_first_line(e)} "
-                    f"(columns: {', '.join(self.table.column_names)})"
-                ) from None
-            except duckdb.Error as e:
-                raise QueryError(f"invalid --where filter {where!r}: {_first_line(e)}") from None
+        try:
+            result = self._runner.fetchnumpy(sql)
+        except duckdb.BinderException as e:
+            raise QueryError(
+                f"invalid --where filter {where!r}: {describe_error(e)} "
+                f"(columns: {', '.join(self.table.column_names)})"
+            ) from None
+        except duckdb.Error as e:
+            raise QueryError(f"invalid --where filter {where!r}: {describe_error(e)}") from None
         if len(result) != 1:
             raise QueryError(f"invalid --where filter {where!r}")
         col = next(iter(result.values()))
@@ -184,48 +187,3 @@ class MetadataFilter:
         if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
             ids = np.unique(ids)
         return ids
-
-
-# Keywords that would turn a filter into more than a boolean expression over the table.
-_FORBIDDEN_KEYWORDS = frozenset(
-    (
-        "select union intersect except from with pragma attach detach copy install load set "
-        "reset create drop alter insert update delete call export import vacuum checkpoint "
-        "describe show summarize use begin commit rollback"
-    ).split()
-)
-
-
-def validate_where(where: str) -> None:
-    """Accept only a single boolean expression: no statements, subqueries or comments."""
-    import duckdb
-
-    try:
-        tokens = duckdb.tokenize(where)
-    except duckdb.Error as e:
-        raise QueryError(f"invalid --where filter {where!r}: {_first_line(e)}") from None
-    depth = 0
-    for i, (pos, kind) in enumerate(tokens):
-        end = tokens[i + 1][0] if i + 1 < len(tokens) else len(where)
-        text = where[pos:end].strip()
-        if kind == duckdb.token_type.comment:
-            raise QueryError(f"invalid --where filter {where!r}: comments are not allowed")
-        if kind == duckdb.token_type.keyword and text.lower() in _FORBIDDEN_KEYWORDS:
-            raise QueryError(
-                f"invalid --where filter {where!r}: {text.upper()} is not allowed; "
-                "write one boolean expression over the metadata columns"
-            )
-        if kind == duckdb.token_type.operator:
-            if ";" in text:
-                raise QueryError(f"invalid --where filter {where!r}: ';' is not allowed")
-            depth += text.count("(") - text.count(")")
-            if depth < 0:
-                raise QueryError(f"invalid --where filter {where!r}: unbalanced parentheses")
-    if depth != 0:
-        raise QueryError(f"invalid --where filter {where!r}: unbalanced parentheses")
-
-
-def _first_line(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    msg = lines[0] if lines else type(e).__name__
-    return msg[:300]

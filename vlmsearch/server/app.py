@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from vlmsearch._version import __version__
-from vlmsearch.errors import CollectionError, ModelError, QueryError, VlmsearchError
+from vlmsearch.errors import BusyError, CollectionError, ModelError, QueryError, VlmsearchError
+from vlmsearch.indexes.filter_budget import FilterBudget
 from vlmsearch.server import routes_media, routes_meta, routes_search
 from vlmsearch.server.config import ServerConfig
 from vlmsearch.server.context import ServerContext
@@ -36,6 +37,8 @@ def _status(e: VlmsearchError) -> int:
         return 400
     if isinstance(e, ModelError):
         return 503  # a model the server cannot load now (e.g. no LM configured)
+    if isinstance(e, BusyError):
+        return 503  # e.g. every filter slot of a collection taken: try again later
     if isinstance(e, CollectionError):
         return 409  # empty, or being rewritten
     return 400
@@ -54,7 +57,11 @@ def _validation_message(e: RequestValidationError) -> tuple[int, str]:
 
 def create_app(config: ServerConfig) -> FastAPI:
     """Load every collection (and its model) now, then build the app."""
-    registry = Registry(config.collections, device=config.device)
+    registry = Registry(
+        config.collections,
+        device=config.device,
+        filter_budget=FilterBudget(timeout_s=config.filter_timeout_s),
+    )
     metrics = Metrics(registry)
     app = FastAPI(
         title="vlmsearch",

@@ -38,6 +38,7 @@ class ServerConfig:
     # for the generation served; above this a text-column search is refused with 409.
     max_text_embed: int = 1000
     max_where_chars: int = 2000
+    filter_timeout_s: float = 10.0  # a where filter past this is interrupted (400)
     rerankers: tuple[str, ...] = ("region",)  # the only rerank specs a client may ask for
     max_rerank_top: int = 100
     lm: str | None = None  # causal LM for captions (a cached name or a local folder)

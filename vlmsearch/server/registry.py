@@ -20,6 +20,7 @@ from typing import Any
 
 from vlmsearch.collection import Collection
 from vlmsearch.errors import CollectionError
+from vlmsearch.indexes.filter_budget import FilterBudget
 from vlmsearch.indexes.layout import Layout
 from vlmsearch.retrieval.encoders.base import Encoder
 from vlmsearch.server.scheduling import FairLock, SerialEncoder
@@ -42,8 +43,11 @@ def _stamp(layout: Layout) -> tuple[int, int, int] | None:
 class ServedCollection:
     """One collection as the server sees it: the latest committed state, reloaded on change."""
 
-    def __init__(self, name: str, path: Path, device: str | None) -> None:
+    def __init__(
+        self, name: str, path: Path, device: str | None, filter_budget: FilterBudget | None = None
+    ) -> None:
         self.name = name
+        self.filter_budget = filter_budget
         self.layout = Layout(path)
         self.device = device
         self.model_lock = FairLock()  # this collection's model only
@@ -62,6 +66,7 @@ class ServedCollection:
             try:
                 coll = Collection(self.layout, device=self.device)
                 coll.read_only = True  # the server never commits (thumbnails aside)
+                coll.filter_budget = self.filter_budget  # before anything filters
                 enc = self._encoder
                 if enc is None or Encoder.identity(enc.spec) != Encoder.identity(
                     coll.manifest["encoder"]
@@ -93,6 +98,15 @@ class ServedCollection:
                 log.warning("%s: keeping generation %s: %s", self.name, self.generation, e)
             finally:
                 self._reload_lock.release()
+        return self._coll
+
+    def needs_reload(self) -> bool:
+        stamp = _stamp(self.layout)
+        return stamp is not None and stamp != self._stamp
+
+    @property
+    def loaded(self) -> Collection:
+        """The state loaded last, without looking for a newer one."""
         return self._coll
 
     @property
@@ -136,11 +150,17 @@ class ServedCollection:
 class Registry:
     """Every served collection by URL name."""
 
-    def __init__(self, collections: dict[str, Path], device: str | None = None) -> None:
+    def __init__(
+        self,
+        collections: dict[str, Path],
+        device: str | None = None,
+        filter_budget: FilterBudget | None = None,
+    ) -> None:
         # a reranker runs its own models and keeps a cache shared by all collections
         self.rerank_lock = FairLock()
         self.items = {
-            name: ServedCollection(name, path, device) for name, path in collections.items()
+            name: ServedCollection(name, path, device, filter_budget)
+            for name, path in collections.items()
         }
 
     def get(self, name: str) -> ServedCollection:

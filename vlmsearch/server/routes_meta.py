@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
 
 from vlmsearch.server.context import ServerContext, get_ctx, jsonable
 from vlmsearch.server.registry import ServedCollection
@@ -33,10 +34,15 @@ def _summary(served: ServedCollection, ctx: ServerContext) -> dict[str, Any]:
 
 
 @router.get("/api/health", summary="Liveness, and each collection's generation")
-def health(ctx: Ctx) -> dict[str, Any]:
+async def health(ctx: Ctx) -> dict[str, Any]:
+    # on the event loop, so that it answers while slow requests hold every worker thread;
+    # only a new commit to load takes one
+    served_all = list(ctx.registry.items.values())
+    if any(s.needs_reload() for s in served_all):
+        await run_in_threadpool(lambda: [s.current() for s in served_all])
     cols = {}
     for name, served in ctx.registry.items.items():
-        coll = served.current()
+        coll = served.loaded
         cols[name] = {
             "generation": served.generation,
             "images": len(coll),

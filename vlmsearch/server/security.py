@@ -9,13 +9,13 @@ from __future__ import annotations
 import base64
 import hmac
 import json
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.exceptions import HTTPException
 
 from vlmsearch.errors import QueryError
+from vlmsearch.indexes.where_check import validate_where
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -132,25 +132,14 @@ class BodyLimitMiddleware:
                 await send_json(send, 413, error, [(b"connection", b"close")])
 
 
-# Functions whose arguments size an allocation: one call can ask DuckDB for gigabytes
-# (e.g. repeat('x', 2000000000)), which its memory limit does not cover.
-_COSTLY_FUNCTIONS = re.compile(
-    r"\b(repeat|lpad|rpad|range|generate_series|list_resize|array_resize|format|printf|"
-    r"bar|unnest)\s*\(",
-    re.IGNORECASE,
-)
-
-
 def check_where(where: str | None, max_chars: int) -> str | None:
-    """Server-side limits on a filter, on top of :func:`metadata.validate_where` (which
-    admits one boolean expression over the metadata and nothing else)."""
+    """The server's length limit, then the same validation as ``--where`` (see
+    :mod:`vlmsearch.indexes.where_check`): checked before any model runs."""
     if where is None or not where.strip():
         return None
     if len(where) > max_chars:
         raise QueryError(f"the where filter is over {max_chars} characters")
     if "\x00" in where:
         raise QueryError("the where filter contains a NUL character")
-    m = _COSTLY_FUNCTIONS.search(where)
-    if m:
-        raise QueryError(f"{m.group(1)}() is not allowed in filters served over HTTP")
+    validate_where(where)
     return where
