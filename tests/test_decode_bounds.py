@@ -9,6 +9,7 @@ bounded size.
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -95,3 +96,114 @@ def test_photo_between_89_and_179_megapixels_decodes():
     over = _encode(Image.new("1", (13400, 13400)), "PNG")  # 179.6 Mpx
     with pytest.raises(ImageDecodeError, match=f"{DEFAULT_MAX_PIXELS}-pixel limit"):
         decode_image(over)
+
+
+# -- item 17: only regular files of a bounded size are read -----------------------------------
+
+
+def _in_thread(fn, timeout: float = 30.0):
+    """fn()'s result or exception; a call still blocked after ``timeout`` fails the test
+    (a FIFO open used to hang forever)."""
+    import threading
+
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # reported to the test
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "blocked reading the file"
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    import os
+
+    path = tmp_path / "pipe.png"
+    os.mkfifo(path)
+    yield path
+    # a reader still blocked in open() (the old behaviour) is released by a writer
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+@pytest.fixture
+def sparse(tmp_path):
+    path = tmp_path / "huge.png"
+    with open(path, "wb") as f:
+        f.truncate(3 * 1024**3)  # 3 GB, sparse: no disk used
+    return path
+
+
+def test_load_image_refuses_devices_fifos_and_huge_files(fifo, sparse):
+    from vlmsearch.indexes.decode import load_image
+
+    cases = [
+        ("/dev/zero", "not a regular file (a character device)"),
+        (str(fifo), "not a regular file (a FIFO)"),
+        (str(sparse), "over the 1073741824-byte limit"),
+    ]
+    for path, needle in cases:
+        with pytest.raises(ImageDecodeError, match=r"cannot read .*") as info:
+            _in_thread(lambda p=path: load_image(p))
+        assert needle in str(info.value), path
+
+
+def test_read_image_file_bounds_the_read(tmp_path):
+    from vlmsearch.indexes.file_read import read_image_file
+
+    path = tmp_path / "a.png"
+    path.write_bytes(b"x" * 1000)
+    assert read_image_file(path, max_bytes=1000) == b"x" * 1000
+    with pytest.raises(OSError, match="over the 999-byte limit"):
+        read_image_file(path, max_bytes=999)
+    with pytest.raises(OSError, match="a directory"):
+        read_image_file(tmp_path)
+
+
+def test_indexing_reader_gives_error_records_for_special_files(fifo, sparse):
+    from vlmsearch.indexes.decode import DecodeTask, ImageFileDataset
+
+    tasks = [DecodeTask(0, "/dev/zero"), DecodeTask(1, str(fifo)), DecodeTask(2, str(sparse))]
+    ds = ImageFileDataset(tasks, transform=lambda im: im)
+    records = [_in_thread(lambda i=i: ds[i]) for i in range(3)]
+    assert [r.pixels for r in records] == [None, None, None]
+    assert "character device" in (records[0].error or "")
+    assert "FIFO" in (records[1].error or "")
+    assert "byte limit" in (records[2].error or "")
+
+
+def test_cli_query_image_special_files_are_one_line_errors(image_dir, fifo, sparse):
+    from typer.testing import CliRunner
+
+    from tests.conftest import TINY
+    from vlmsearch.cli.app import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["index", str(image_dir), "--model", TINY, "--workers", "0", "-q"])
+    assert res.exit_code == 0, res.output
+    coll = str(image_dir / ".vlmsearch")
+    cases = [("/dev/zero", "character device"), (str(fifo), "FIFO"), (str(sparse), "byte limit")]
+    for path, needle in cases:
+        res = _in_thread(lambda p=path: runner.invoke(app, ["search", "--image", p, "-c", coll]))
+        assert res.exit_code == 1, res.output
+        assert needle in res.output and "error:" in res.output
+        assert "Traceback" not in res.output
+    # classify PATHS: one error row per file, the others go on
+    args = ["classify", *(p for p, _ in cases), "--labels", "a,b", "--model", TINY, "--json"]
+    res = _in_thread(lambda: runner.invoke(app, args))
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    errors = {row["path"]: row["error"] for row in json.loads(res.stdout)}
+    for path, needle in cases:
+        assert needle in errors[path], errors

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlmsearch.indexes.file_read import read_image_file
+
 # Images over this many pixels are refused before their pixels are decoded (the manifest's
 # documented ``max_pixels``); see :func:`allow_pixels` for how Pillow's own limit relates.
 DEFAULT_MAX_PIXELS = 178_956_970
@@ -129,7 +131,7 @@ def decode_image_sized(
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
     """Read and decode one image file for a query, with a clear error."""
     try:
-        data = Path(path).read_bytes()
+        data = read_image_file(path)
     except OSError as e:
         raise ImageDecodeError(f"cannot read {path}: {e.strerror or e}") from None
     try:
@@ -178,8 +180,7 @@ class ImageFileDataset:
     def __getitem__(self, i: int) -> Decoded:
         task = self.tasks[i]
         try:
-            with open(task.path, "rb") as f:
-                data = f.read()
+            data = read_image_file(task.path)
         except OSError as e:
             return Decoded(task.index, None, error=f"cannot read file: {e.strerror or e}")
         digest = content_hash(data)

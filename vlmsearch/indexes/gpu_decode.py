@@ -45,6 +45,7 @@ from vlmsearch.indexes.decode import (
     content_hash,
     decode_image_sized,
 )
+from vlmsearch.indexes.file_read import read_image_file
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2}  # baseline, extended sequential, progressive (Huffman)
 
@@ -207,8 +208,7 @@ def _read(task: DecodeTask, max_pixels: int, pin: bool) -> _Read:
     import torch
 
     try:
-        with open(task.path, "rb") as f:
-            data = f.read()
+        data = read_image_file(task.path)
     except OSError as e:
         return _Read(Decoded(task.index, None, error=f"cannot read file: {e.strerror or e}"))
     digest = content_hash(data)
