@@ -207,3 +207,95 @@ def test_cli_query_image_special_files_are_one_line_errors(image_dir, fifo, spar
     errors = {row["path"]: row["error"] for row in json.loads(res.stdout)}
     for path, needle in cases:
         assert needle in errors[path], errors
+
+
+# -- item 15: memory bounded by the output size, whatever the aspect ratio --------------------
+
+
+def _strip(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(1, 20000), (20000, 1), (3, 7001), (300, 5000), (37, 1000)])
+def test_bounded_transform_gives_the_full_resize_pixels(tiny_encoder, shape):
+    import torch
+
+    from vlmsearch.indexes.bounded_resize import BoundedTransform, is_extreme
+
+    transform = tiny_encoder.image_transform()
+    img = _strip(*shape)
+    assert is_extreme(*img.size)  # the bounded path is taken
+    ref, out = transform(img), BoundedTransform(transform)(img)
+    assert ref.shape == out.shape
+    # Same pixels, up to one 8-bit level where Pillow's float box offsets round differently.
+    std = torch.tensor(transform.transforms[-1].std).view(3, 1, 1)
+    levels = ((ref - out).abs() * std * 255).round()
+    assert levels.max() <= 1 and (levels > 0).float().mean() < 0.01
+
+
+def test_unknown_transform_gets_the_central_part():
+    from vlmsearch.indexes.bounded_resize import MAX_ASPECT, BoundedTransform
+
+    seen = []
+    out = BoundedTransform(lambda im: seen.append(im.size) or "ok")(_strip(2, 100000))
+    assert out == "ok" and seen == [(2, 2 * MAX_ASPECT)]
+
+
+STRIP_CHILD = r"""
+import io, json, os, resource, sys
+import numpy as np
+from PIL import Image
+from vlmsearch.indexes.decode import DecodeTask, ImageFileDataset, load_image
+from vlmsearch.retrieval.encoders import load_encoder
+from vlmsearch.retrieval.query import build_terms, query_vector
+
+path = sys.argv[1]
+enc = load_encoder("vlms-tiny", device="cpu")
+query_vector(enc, build_terms(texts=["warm up"]))
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out = {"start": peak_mb()}
+vec = query_vector(enc, build_terms(images=[path]))  # --image, uploads: encode_images
+out["query"] = peak_mb()
+out["finite"] = bool(np.isfinite(vec).all())
+rec = ImageFileDataset([DecodeTask(0, path)], enc.image_transform())[0]  # indexing
+out["index"] = peak_mb()
+out["index_ok"] = rec.error is None and tuple(rec.pixels.shape) == (3, 32, 32)
+from vlmsearch.indexes.gpu_decode import TensorImagePipeline  # the GPU path, run on the CPU
+pipe = TensorImagePipeline([DecodeTask(0, path)], enc.tensor_preprocess(), 1, "cpu")
+records, pixels = next(iter(pipe))
+out["tensor"] = peak_mb()
+out["tensor_ok"] = records[0].error is None and tuple(pixels.shape) == (1, 3, 32, 32)
+out["same"] = float((pixels[0] - rec.pixels).abs().max())
+print(json.dumps(out))
+"""
+
+
+def test_strip_query_and_indexing_memory_is_bounded(tmp_path):
+    """A 1 x 200000 strip (a few hundred bytes as PNG) used to be resized to 32 x 6.4
+    million pixels by the tiny model's transform (600 MB; 30 GB at 224 px)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import CONFIG_DIR
+
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (1, 200_000), (200, 40, 40)).save(path)
+    assert path.stat().st_size < 4096
+    env = {**os.environ, "VLMSEARCH_MODEL_CONFIGS": str(CONFIG_DIR)}
+    res = subprocess.run(
+        [sys.executable, "-c", STRIP_CHILD, str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["finite"] and out["index_ok"] and out["tensor_ok"], out
+    assert out["same"] < 1e-6, out  # the tensor pipeline gives the Pillow path's pixels
+    # peak RSS: each step would raise it by over 1 GB without the bound
+    for step in ("query", "index", "tensor"):
+        assert out[step] - out["start"] < 150, (step, out)  # MB

@@ -169,8 +169,10 @@ class ImageFileDataset:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         draft: tuple[int, int] | None = None,
     ) -> None:
+        from vlmsearch.indexes.bounded_resize import bounded
+
         self.tasks = list(tasks)
-        self.transform = transform
+        self.transform = bounded(transform)  # extreme aspect ratios: bounded memory
         self.max_pixels = max_pixels
         self.draft = draft
 

@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from vlmsearch.indexes.bounded_resize import is_extreme, resize_centre_crop
 from vlmsearch.indexes.decode import (
     DEFAULT_MAX_PIXELS,
     Decoded,
@@ -356,6 +357,9 @@ class TensorImagePipeline:
             if img is not None:
                 images[i] = img.to(self.device, non_blocking=True)
                 self.stats["pillow"] += 1
+        for i, img in images.items():  # extreme aspect ratios: resized with bounded memory
+            if is_extreme(img.shape[-1], img.shape[-2]):
+                images[i] = self._bounded_square(img)
         # Images of one size (common in photo collections) are resized in one call.
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i in sorted(images):
@@ -407,6 +411,21 @@ class TensorImagePipeline:
             result[i] = img
             self.stats["nvjpeg" if self.cuda else "libjpeg"] += 1
         return result
+
+    def _bounded_square(self, img: Any) -> Any:
+        """The ``size x size`` uint8 square the resize and centre crop keep of an image with
+        an extreme aspect ratio, made by Pillow from that region only (a 1 x 60000 strip
+        would otherwise be interpolated to 224 x 13 million on the device). The tensor
+        resize then leaves it as it is."""
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        pil = Image.fromarray(img.permute(1, 2, 0).cpu().numpy())
+        resample = Image.BICUBIC if self.pp.interpolation == "bicubic" else Image.BILINEAR
+        square = resize_centre_crop(pil, self.pp.size, self.pp.size, resample)
+        arr = torch.from_numpy(np.asarray(square, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return arr.to(img.device)
 
     def _pillow(self, r: _Read) -> Any:
         import numpy as np
