@@ -16,14 +16,17 @@ import contextlib
 import hashlib
 import io
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Pillow's own default warns above 89.5 Mpx; we refuse anything above this instead of
-# decoding it, because a bomb can exhaust memory before the warning is seen.
+from vlmsearch.indexes.file_read import read_image_file
+
+# Images over this many pixels are refused before their pixels are decoded (the manifest's
+# documented ``max_pixels``); see :func:`allow_pixels` for how Pillow's own limit relates.
 DEFAULT_MAX_PIXELS = 178_956_970
 
 WORKER_NICE = 10
@@ -35,6 +38,36 @@ programs load the machine (SCHED_IDLE would starve them there). 0 disables."""
 
 class ImageDecodeError(ValueError):
     """The bytes are not a decodable image (or exceed the pixel limit)."""
+
+
+_pillow_limit_lock = threading.Lock()
+_warning_quieted = False
+
+
+def allow_pixels(max_pixels: int) -> None:
+    """Let Pillow open images up to ``max_pixels``; the caller enforces its own limit.
+
+    Pillow checks every image at ``Image.open`` against its process-wide
+    ``MAX_IMAGE_PIXELS`` (89.5 Mpx by default): a warning above it, an error above twice
+    it. Escalating that warning refused photos between 89.5 and 179 Mpx although the
+    documented limit is ``max_pixels``. The global is only ever raised, never lowered (under
+    a lock), so a thread using a larger limit is never cut short by one using a smaller
+    one; each call still refuses anything over its own limit before decoding. Worker
+    processes import this module and raise their own copy the same way.
+    """
+    global _warning_quieted
+    from PIL import Image
+
+    with _pillow_limit_lock:
+        current = Image.MAX_IMAGE_PIXELS
+        if current is not None and current < max_pixels:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+        if not _warning_quieted:
+            # Pillow now warns only about images over a limit that the caller refuses
+            # with its own message; the warning would be a duplicate on stderr. Installed
+            # once, since ``warnings.catch_warnings`` per call is not thread-safe.
+            warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+            _warning_quieted = True
 
 
 def content_hash(data: bytes) -> str:
@@ -62,34 +95,28 @@ def decode_image_sized(
     """
     from PIL import Image, ImageOps
 
+    from vlmsearch.indexes.pixel_modes import to_rgb
+
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
+    allow_pixels(max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            fmt = img.format or "unknown"
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageDecodeError(
-                    f"image is {w}x{h} = {w * h} pixels, over the {max_pixels}-pixel limit "
-                    "(decompression-bomb guard)"
-                )
-            if draft is not None and fmt == "JPEG":
-                img.draft("RGB", draft)
-            img.load()
-            loaded = img.size
-            img = ImageOps.exif_transpose(img)
-            if img.size != loaded:  # rotated by 90 or 270 degrees
-                w, h = h, w
-            if img.mode != "RGB":
-                if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-                    rgba = img.convert("RGBA")
-                    bg = Image.new("RGB", rgba.size, (255, 255, 255))
-                    bg.paste(rgba, mask=rgba.getchannel("A"))
-                    img = bg
-                else:
-                    img = img.convert("RGB")
+        img = Image.open(io.BytesIO(data))
+        fmt = img.format or "unknown"
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageDecodeError(
+                f"image is {w}x{h} = {w * h} pixels, over the {max_pixels}-pixel limit "
+                "(decompression-bomb guard)"
+            )
+        if draft is not None and fmt == "JPEG":
+            img.draft("RGB", draft)
+        img.load()
+        loaded = img.size
+        img = ImageOps.exif_transpose(img)
+        if img.size != loaded:  # rotated by 90 or 270 degrees
+            w, h = h, w
+        img = to_rgb(img)
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -104,7 +131,7 @@ def decode_image_sized(
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
     """Read and decode one image file for a query, with a clear error."""
     try:
-        data = Path(path).read_bytes()
+        data = read_image_file(path)
     except OSError as e:
         raise ImageDecodeError(f"cannot read {path}: {e.strerror or e}") from None
     try:
@@ -143,8 +170,10 @@ class ImageFileDataset:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         draft: tuple[int, int] | None = None,
     ) -> None:
+        from vlmsearch.indexes.bounded_resize import bounded
+
         self.tasks = list(tasks)
-        self.transform = transform
+        self.transform = bounded(transform)  # extreme aspect ratios: bounded memory
         self.max_pixels = max_pixels
         self.draft = draft
 
@@ -154,8 +183,7 @@ class ImageFileDataset:
     def __getitem__(self, i: int) -> Decoded:
         task = self.tasks[i]
         try:
-            with open(task.path, "rb") as f:
-                data = f.read()
+            data = read_image_file(task.path)
         except OSError as e:
             msg = f"cannot read file: {e.strerror or e}"
             return Decoded(task.index, None, error=msg, read_failed=True)

@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from vlmsearch.indexes.bounded_resize import is_extreme, resize_centre_crop
 from vlmsearch.indexes.decode import (
     DEFAULT_MAX_PIXELS,
     Decoded,
@@ -45,6 +46,7 @@ from vlmsearch.indexes.decode import (
     content_hash,
     decode_image_sized,
 )
+from vlmsearch.indexes.file_read import read_image_file
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2}  # baseline, extended sequential, progressive (Huffman)
 
@@ -207,8 +209,7 @@ def _read(task: DecodeTask, max_pixels: int, pin: bool) -> _Read:
     import torch
 
     try:
-        with open(task.path, "rb") as f:
-            data = f.read()
+        data = read_image_file(task.path)
     except OSError as e:
         msg = f"cannot read file: {e.strerror or e}"
         return _Read(Decoded(task.index, None, error=msg, read_failed=True))
@@ -357,6 +358,9 @@ class TensorImagePipeline:
             if img is not None:
                 images[i] = img.to(self.device, non_blocking=True)
                 self.stats["pillow"] += 1
+        for i, img in images.items():  # extreme aspect ratios: resized with bounded memory
+            if is_extreme(img.shape[-1], img.shape[-2]):
+                images[i] = self._bounded_square(img)
         # Images of one size (common in photo collections) are resized in one call.
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i in sorted(images):
@@ -408,6 +412,21 @@ class TensorImagePipeline:
             result[i] = img
             self.stats["nvjpeg" if self.cuda else "libjpeg"] += 1
         return result
+
+    def _bounded_square(self, img: Any) -> Any:
+        """The ``size x size`` uint8 square the resize and centre crop keep of an image with
+        an extreme aspect ratio, made by Pillow from that region only (a 1 x 60000 strip
+        would otherwise be interpolated to 224 x 13 million on the device). The tensor
+        resize then leaves it as it is."""
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        pil = Image.fromarray(img.permute(1, 2, 0).cpu().numpy())
+        resample = Image.BICUBIC if self.pp.interpolation == "bicubic" else Image.BILINEAR
+        square = resize_centre_crop(pil, self.pp.size, self.pp.size, resample)
+        arr = torch.from_numpy(np.asarray(square, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return arr.to(img.device)
 
     def _pillow(self, r: _Read) -> Any:
         import numpy as np

@@ -105,7 +105,9 @@ class Encoder(ABC):
 
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        transform = self.image_transform()
+        from vlmsearch.indexes.bounded_resize import bounded
+
+        transform = bounded(self.image_transform())  # a 1 x 200000 strip stays small
         return self.encode_pixels(torch.stack([transform(im) for im in images]))
 
     # -- torch-free text queries (vlmsearch.retrieval.text_onnx) ------------------------------

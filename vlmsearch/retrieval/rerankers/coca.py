@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from vlmsearch.errors import ModelError
+from vlmsearch.indexes.bounded_resize import bounded
 from vlmsearch.retrieval.rerankers import register
 from vlmsearch.retrieval.rerankers.base import BatchedImageReranker
 
@@ -79,7 +80,7 @@ class CocaReranker(BatchedImageReranker):
         from vlmsearch.runtime import autocast
 
         enc = self.encoder
-        transform = enc.image_transform()
+        transform = bounded(enc.image_transform())
         tokens = enc._tokenizer([text]).to(enc.device).expand(len(images), -1)
         pixels = torch.stack([transform(im) for im in images]).to(enc.device)
         with torch.inference_mode(), autocast(enc.device, enc.precision):

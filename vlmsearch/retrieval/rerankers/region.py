@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from vlmsearch.errors import QueryError
+from vlmsearch.indexes.bounded_resize import bounded
 from vlmsearch.retrieval.rerankers import register
 from vlmsearch.retrieval.rerankers.base import (
     Box,
@@ -72,7 +73,7 @@ def teacher_targets(
     w, h = image.size
     crops = [image.crop(tuple(round(v) for v in b)) for b in boxes]
     crops += [image.crop(tuple(round(v) for v in expand(b, CONTEXT, w, h))) for b in boxes]
-    transform = encoder.image_transform()
+    transform = bounded(encoder.image_transform())
     parts = [
         encoder.student_features(torch.stack([transform(c) for c in crops[i : i + batch_size]]))
         for i in range(0, len(crops), batch_size)

@@ -92,7 +92,9 @@ class ImageEncoder(UnimodalEncoder):
 
         if not images:
             return np.zeros((0, self.dim), np.float32)
-        t = self.image_transform()
+        from vlmsearch.indexes.bounded_resize import bounded
+
+        t = bounded(self.image_transform())  # a 1 x 200000 strip stays small
         return self.encode_pixels(torch.stack([t(im) for im in images]), normalize=normalize)
 
 
