@@ -512,7 +512,9 @@ class Collection:
         """Nearest stored images to an embedding in this collection's space."""
         q = self._query_row(vector, k)
         n = len(self)
-        params = {**(self.manifest.get("index") or {}).get("search_params", {}), **(params or {})}
+        index_info = self.manifest.get("index") or {}
+        faiss_store.check_search_params(params, index_info.get("factory", ""), self.sparse)
+        params = {**index_info.get("search_params", {}), **(params or {})}
         allowed = None
         if where and where.strip():
             # ids without a stored vector are never returned by the index, so only the

@@ -148,6 +148,7 @@ def ingest(
         raise CollectionError(f"not a directory: {root}")
     root = root.resolve()
     t0 = time.perf_counter()
+    _check_index_option(layout, encoder, opts)
     layout.prepare()
     with layout.lock():
         manifest: dict[str, Any] | None = None
@@ -179,6 +180,19 @@ def ingest(
         report.generation = int(writer.manifest["generation"])
         report.seconds = time.perf_counter() - t0
         return report
+
+
+def _check_index_option(layout: Layout, encoder: Encoder, opts: IngestOptions) -> None:
+    """A bad ``--index`` fails before anything is created or encoded; the collection's own
+    dimension and vector kind when it has them (the encoder must match them anyway)."""
+    if opts.index is None:
+        return
+    if layout.exists() and not opts.rebuild:
+        m = layout.read_manifest()
+        dim, sparse = int(m["dim"]), m.get("vectors") == "sparse"
+    else:
+        dim, sparse = encoder.dim, encoder.sparse_output
+    faiss_store.check_index_request(opts.index, dim, sparse)
 
 
 def _settle_fast_decode(manifest: dict[str, Any], opts: IngestOptions) -> None:
