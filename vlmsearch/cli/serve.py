@@ -121,9 +121,9 @@ def serve(
         from vlmsearch.server.app import create_app
     except ImportError as e:  # pragma: no cover - the server deps are core dependencies
         raise VlmsearchError(f"the server needs FastAPI and uvicorn: {e}") from None
-    sock = bind_socket(host, port)  # a busy port fails before the models load
+    app = create_app(config)  # a bad collection is reported first, whatever the port
+    sock = bind_socket(host, port)
     port = sock.getsockname()[1]  # the one bound: --port 0 lets the system choose
-    app = create_app(config)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     if json_:
         output.emit_json({"url": url, "collections": sorted(config.collections)})
