@@ -73,8 +73,9 @@ def test_incremental_add_change_delete(image_dir):
     os.utime(image_dir / "img0003.png", (later, later))
     coll2 = _index(image_dir)
     rep = coll2.last_report
-    assert (rep.new, rep.changed, rep.deleted) == (2, 2, 1)
-    assert rep.encoded == 3  # the touched file's hash matched: not re-encoded
+    # the touched file's hash matched: unchanged, not re-encoded
+    assert (rep.new, rep.changed, rep.deleted, rep.unchanged) == (2, 1, 1, 13)
+    assert rep.encoded == 3
     assert len(coll2.table) == 16 and "img0002.png" not in _paths(coll2)
     ids_after = dict(
         zip(coll2.table["path"].to_pylist(), coll2.table["id"].to_pylist(), strict=False)

@@ -360,9 +360,23 @@ def test_serve_passes_limits_and_hosts_to_uvicorn(coll_path, monkeypatch):
     from vlmsearch.cli.app import app as cli
 
     seen: dict = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
-    args = ["serve", str(coll_path), "--header-timeout", "3", "--body-timeout", "7",
-            "--max-connections", "9", "--allowed-host", "pics.lan"]  # fmt: skip
+
+    class Server:  # serve binds its own socket and hands it to uvicorn.Server(config)
+        def __init__(self, config: uvicorn.Config) -> None:
+            seen.update(
+                app=config.app,
+                http=config.http,
+                limit_concurrency=config.limit_concurrency,
+                timeout_keep_alive=config.timeout_keep_alive,
+            )
+
+        def run(self, sockets: list) -> None:
+            for sock in sockets:
+                sock.close()
+
+    monkeypatch.setattr(uvicorn, "Server", Server)
+    args = ["serve", str(coll_path), "--port", "0", "--header-timeout", "3", "--body-timeout",
+            "7", "--max-connections", "9", "--allowed-host", "pics.lan"]  # fmt: skip
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 0, res.output
     assert seen["http"].header_timeout == 3.0 and seen["limit_concurrency"] == 9

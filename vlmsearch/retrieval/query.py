@@ -43,6 +43,15 @@ def _image_weight(im: Any) -> tuple[float, Any]:
     return 1.0, im
 
 
+def _text_term(term: str, what: str) -> tuple[float, str]:
+    """(weight, text); an empty or blank text is refused: its embedding is a point that
+    every image is near by chance, so it would rank them all without meaning."""
+    w, v = parse_weight(str(term))
+    if not v.strip():
+        raise QueryError(f"empty {what} text {term!r}: give words to search for")
+    return w, v
+
+
 def build_terms(
     texts: Sequence[str] = (),
     images: Sequence[Any] = (),
@@ -51,13 +60,13 @@ def build_terms(
 ) -> list[Term]:
     terms: list[Term] = []
     for t in texts:
-        w, v = parse_weight(t)
+        w, v = _text_term(t, "query")
         terms.append(Term("text", v, w))
     for im in images:
         w, v = _image_weight(im)
         terms.append(Term("image", v, w))
     for t in negatives:
-        w, v = parse_weight(t)
+        w, v = _text_term(t, "negative")
         terms.append(Term("text", v, -w))
     for im in negative_images:
         w, v = _image_weight(im)
