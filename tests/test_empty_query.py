@@ -54,7 +54,8 @@ def test_http_api_refuses_blank_query_text(coll_path: Path) -> None:
     from vlmsearch.server.app import create_app
     from vlmsearch.server.config import ServerConfig
 
-    client = TestClient(create_app(ServerConfig(collections={"p": coll_path})))
+    app = create_app(ServerConfig(collections={"p": coll_path}))
+    client = TestClient(app, base_url="http://127.0.0.1")  # a loopback Host
     for body in ({"text": " "}, {"text": [""]}, {"text": "a cat", "negative": [" "]}):
         res = client.post("/api/collections/p/search", json=body)
         assert res.status_code == 400, (body, res.text)
