@@ -310,7 +310,12 @@ def search(
         typer.Argument(help="Text query; several are summed. Weight with a prefix: '2:a dog'."),
     ] = None,
     image: Annotated[
-        list[str] | None, typer.Option("--image", "-i", help="Query image path (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--image",
+            "-i",
+            help="Query image path (repeatable). Weight with a prefix: '0.5:cat.jpg'.",
+        ),
     ] = None,
     negative: Annotated[
         list[str] | None, typer.Option("--negative", "-n", help="Text to move away from.")
@@ -586,7 +591,11 @@ app.command("serve")(serve)
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    from typer.main import get_command
+
+    from vlmsearch.cli.help_format import tidy
+
+    tidy(get_command(app))(prog_name="vlmsearch")
 
 
 if __name__ == "__main__":
