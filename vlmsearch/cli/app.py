@@ -11,6 +11,7 @@ from rich.markup import escape
 from vlmsearch._version import __version__
 from vlmsearch.cli import output
 from vlmsearch.cli.errors import user_errors
+from vlmsearch.cli.which import open_collection
 from vlmsearch.errors import VlmsearchError
 
 app = typer.Typer(
@@ -375,12 +376,11 @@ def search(
     ] = None,
 ) -> None:
     """Search a collection by text, image, or a weighted mix with negatives."""
-    from vlmsearch.collection import Collection
 
     fmt = _fmt(json_, csv_)
     if k < 1:
         raise VlmsearchError(f"-k must be at least 1 (got {k})")
-    coll = Collection.open(collection, device=device)
+    coll = open_collection(collection, device, "searching")
     if model:
         coll.check_model(model)
     params = {}
@@ -470,7 +470,7 @@ def classify(
     ] = None,
 ) -> None:
     """Zero-shot classification from label text, of PATHS or of a collection's stored vectors."""
-    from vlmsearch.collection import Collection, classify_files
+    from vlmsearch.collection import classify_files
     from vlmsearch.retrieval.zeroshot import parse_labels
 
     fmt = _fmt(json_, csv_)
@@ -489,7 +489,7 @@ def classify(
             device=device,
         )
     else:
-        coll = Collection.open(collection, device=device)
+        coll = open_collection(collection, device, "classifying")
         if model:
             coll.check_model(model)
         preds = coll.classify(
