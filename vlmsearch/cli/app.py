@@ -38,10 +38,10 @@ CsvOpt = Annotated[bool, typer.Option("--csv", help="Print CSV.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 
 
-def _fmt(json_: bool, csv_: bool = False) -> str:
-    if json_ and csv_:
-        raise VlmsearchError("choose one of --json and --csv")
-    return "json" if json_ else "csv" if csv_ else "table"
+def _fmt(json_: bool, csv_: bool = False, paths: bool = False) -> str:
+    if json_ + csv_ + paths > 1:
+        raise VlmsearchError("choose one of --json, --csv and --paths")
+    return "json" if json_ else "csv" if csv_ else "paths" if paths else "table"
 
 
 def _options(pairs: list[str] | None) -> dict[str, object]:
@@ -370,6 +370,9 @@ def search(
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
     csv_: CsvOpt = False,
+    paths_only: Annotated[
+        bool, typer.Option("--paths", help="Print only the paths, one per line (for xargs).")
+    ] = False,
     html: Annotated[
         Path | None,
         typer.Option("--html", help="Also write a self-contained contact sheet (HTML) here."),
@@ -377,7 +380,7 @@ def search(
 ) -> None:
     """Search a collection by text, image, or a weighted mix with negatives."""
 
-    fmt = _fmt(json_, csv_)
+    fmt = _fmt(json_, csv_, paths_only)
     if k < 1:
         raise VlmsearchError(f"-k must be at least 1 (got {k})")
     coll = open_collection(collection, device, "searching")
@@ -428,7 +431,10 @@ def search(
         )
         written = contact_sheet.write(html, page)
         output.err.print(f"wrote {escape(str(written))} ({len(hits)} images)")
-    output.hits(hits, fmt, text_column)
+    if fmt == "paths":
+        output.paths(hits)
+    else:
+        output.hits(hits, fmt, text_column)
 
 
 @app.command()
