@@ -78,3 +78,41 @@ def test_search_page_end_to_end(browser, tmp_path, tiny_encoder):
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 1000
         assert errors == []
+
+
+def test_page_folds_away_hits_scoring_near_zero(browser, tmp_path, tiny_encoder):
+    """ASIF-like scores (one match at 1.0, the rest 0.000) show one card and a button; the
+    button shows the rest; a min score typed by the user replaces the automatic cut."""
+    from vlmsearch.server.app import create_app
+    from vlmsearch.server.config import ServerConfig
+
+    path = build_collection(tmp_path / "photos", tiny_encoder, n=4)
+    app = create_app(ServerConfig(collections={"photos": path}))
+    with live_server(app) as base:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(base + "/")
+        page.wait_for_selector("body[data-ready='1']")
+        hits = [
+            {"id": i, "score": s, "relpath": f"img{i}.png", "thumb_url": f"/x/{i}"}
+            for i, s in enumerate([1.0, 0.0004, 0.0001, 0.0])
+        ]
+        page.evaluate("hits => render({hits}, '')", hits)
+        assert page.locator("#results .card").count() == 1
+        assert page.is_visible("#more-hits")
+        assert page.inner_text("#more-hits").startswith("show 3 more")
+        assert "3 low-scoring hidden" in page.inner_text("#status")
+        page.click("#more-hits")
+        assert page.locator("#results .card").count() == 4
+        assert not page.is_visible("#more-hits")
+        # CLIP-like scores are close together: nothing is folded
+        clip = [dict(h, score=s) for h, s in zip(hits, [0.31, 0.27, 0.22, 0.2], strict=True)]
+        page.evaluate("hits => render({hits}, '')", clip)
+        assert page.locator("#results .card").count() == 4
+        # the user's own cut wins
+        page.click("#more summary")
+        page.fill("#minscore", "0.25")
+        page.evaluate("hits => render({hits}, '')", clip)
+        assert page.locator("#results .card").count() == 2
+        assert errors == []

@@ -6,9 +6,15 @@ The public API is :class:`Collection`; it is imported lazily so that
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from vlmsearch._version import __version__
+
+# onnxruntime (torch-free queries) otherwise writes a telemetry device id and database to
+# ~/.cache/Microsoft/DeveloperTools/.onnxruntime/ on first use; set before it is imported.
+# A user who wants its telemetry sets ORT_DISABLE_TELEMETRY=0 themselves.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 if TYPE_CHECKING:
     from vlmsearch.collection import Collection, Hit

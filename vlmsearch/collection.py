@@ -122,6 +122,12 @@ def _remember(path: Path) -> None:
 def resolve_collection_path(path: str | Path | None) -> Path:
     """--collection, else $VLMSEARCH_COLLECTION, else .vlmsearch at or above the cwd,
     else the collection indexed last."""
+    return locate_collection(path)[0]
+
+
+def locate_collection(path: str | Path | None) -> tuple[Path, str]:
+    """The collection a command uses and why: ``(path, source)``, where source says which
+    rule chose it (``--collection``, ``$VLMSEARCH_COLLECTION``, ``nearest``, ``last indexed``)."""
     if path:
         p = Path(path).expanduser()
         # an indexed folder stands for the collection inside it
@@ -129,19 +135,19 @@ def resolve_collection_path(path: str | Path | None) -> Path:
             not (p / "manifest.json").is_file()
             and (p / DEFAULT_DIRNAME / "manifest.json").is_file()
         ):
-            return p / DEFAULT_DIRNAME
-        return p
+            return p / DEFAULT_DIRNAME, "--collection"
+        return p, "--collection"
     env = os.environ.get("VLMSEARCH_COLLECTION")
     if env:
-        return Path(env).expanduser()
+        return Path(env).expanduser(), "$VLMSEARCH_COLLECTION"
     found = find_collection()
     if found is not None:
-        return found
+        return found, "nearest"
     last = state_dir() / "last-collection"
     if last.is_file():
         p = Path(last.read_text(encoding="utf-8").strip())
         if (p / "manifest.json").is_file():
-            return p
+            return p, "last indexed"
     raise CollectionError(
         "no collection given: pass --collection PATH, set VLMSEARCH_COLLECTION, "
         "or run `vlmsearch index DIR` first"

@@ -11,6 +11,7 @@ from vlmsearch._version import __version__
 from vlmsearch.cli import output
 from vlmsearch.cli.errors import user_errors
 from vlmsearch.cli.outpaths import check_output_file, write_output
+from vlmsearch.cli.which import open_collection
 from vlmsearch.errors import VlmsearchError
 
 app = typer.Typer(
@@ -37,10 +38,10 @@ CsvOpt = Annotated[bool, typer.Option("--csv", help="Print CSV.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 
 
-def _fmt(json_: bool, csv_: bool = False) -> str:
-    if json_ and csv_:
-        raise VlmsearchError("choose one of --json and --csv")
-    return "json" if json_ else "csv" if csv_ else "table"
+def _fmt(json_: bool, csv_: bool = False, paths: bool = False) -> str:
+    if json_ + csv_ + paths > 1:
+        raise VlmsearchError("choose one of --json, --csv and --paths")
+    return "json" if json_ else "csv" if csv_ else "paths" if paths else "table"
 
 
 def _options(pairs: list[str] | None) -> dict[str, object]:
@@ -310,7 +311,12 @@ def search(
         typer.Argument(help="Text query; several are summed. Weight with a prefix: '2:a dog'."),
     ] = None,
     image: Annotated[
-        list[str] | None, typer.Option("--image", "-i", help="Query image path (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--image",
+            "-i",
+            help="Query image path (repeatable). Weight with a prefix: '0.5:cat.jpg'.",
+        ),
     ] = None,
     negative: Annotated[
         list[str] | None, typer.Option("--negative", "-n", help="Text to move away from.")
@@ -364,19 +370,21 @@ def search(
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
     csv_: CsvOpt = False,
+    paths_only: Annotated[
+        bool, typer.Option("--paths", help="Print only the paths, one per line (for xargs).")
+    ] = False,
     html: Annotated[
         Path | None,
         typer.Option("--html", help="Also write a self-contained contact sheet (HTML) here."),
     ] = None,
 ) -> None:
     """Search a collection by text, image, or a weighted mix with negatives."""
-    from vlmsearch.collection import Collection
 
-    fmt = _fmt(json_, csv_)
+    fmt = _fmt(json_, csv_, paths_only)
     if k < 1:
         raise VlmsearchError(f"-k must be at least 1 (got {k})")
     html = check_output_file(html, "--html")
-    coll = Collection.open(collection, device=device)
+    coll = open_collection(collection, device, "searching")
     if model:
         coll.check_model(model)
     params = {}
@@ -424,7 +432,10 @@ def search(
         )
         written = write_output(html, "--html", lambda p: contact_sheet.write(p, page))
         output.err.print(f"wrote {output.text(written)} ({len(hits)} images)")
-    output.hits(hits, fmt, text_column)
+    if fmt == "paths":
+        output.paths(hits)
+    else:
+        output.hits(hits, fmt, text_column)
 
 
 @app.command()
@@ -472,7 +483,7 @@ def classify(
     ] = None,
 ) -> None:
     """Zero-shot classification from label text, of PATHS or of a collection's stored vectors."""
-    from vlmsearch.collection import Collection, classify_files
+    from vlmsearch.collection import classify_files
     from vlmsearch.retrieval.zeroshot import parse_labels
 
     fmt = _fmt(json_, csv_)
@@ -499,7 +510,7 @@ def classify(
                 f"[bold yellow]note:[/bold yellow] {output.text(note)}", soft_wrap=True
             )
     else:
-        coll = Collection.open(collection, device=device)
+        coll = open_collection(collection, device, "classifying")
         if write_column:
             coll.check_label_column(write_column)
         if model:
@@ -604,7 +615,11 @@ app.command("serve")(serve)
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    from typer.main import get_command
+
+    from vlmsearch.cli.help_format import tidy
+
+    tidy(get_command(app))(prog_name="vlmsearch")
 
 
 if __name__ == "__main__":

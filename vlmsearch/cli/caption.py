@@ -38,7 +38,9 @@ def caption(
         bool, typer.Option(help="Re-caption rows that already have a caption.")
     ] = False,
     method: Annotated[str, typer.Option(help="magic, contrastive (beta=0) or greedy.")] = "magic",
-    k: Annotated[int, typer.Option("-k", min=1, help="Candidate tokens per step.")] = 45,
+    k: Annotated[
+        int, typer.Option("--candidates", "-k", min=1, help="Candidate tokens per step.")
+    ] = 45,
     alpha: Annotated[float, typer.Option(help="Degeneration penalty weight.")] = 0.1,
     beta: Annotated[float, typer.Option(help="Image guidance weight.")] = 2.0,
     max_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate.")] = 16,
@@ -57,7 +59,7 @@ def caption(
 ) -> None:
     """Caption images with MAGIC: a language model guided by the image-text model."""
     from vlmsearch.retrieval.captioner import Captioner
-    from vlmsearch.retrieval.magic import MagicSettings
+    from vlmsearch.retrieval.magic import MagicSettings, check_language_model_name
 
     if bool(paths) == (collection is not None):
         raise VlmsearchError("give image PATHS or --collection, not both (and not neither)")
@@ -65,6 +67,7 @@ def caption(
         raise VlmsearchError("--where, --write-column and --overwrite need --collection")
     settings = MagicSettings(method, k, alpha, beta, max_tokens, prompt)
     settings.effective()  # bad settings fail before any model is loaded
+    check_language_model_name(lm)
     rows: list[dict[str, object]] = []
     if collection is not None:
         from vlmsearch.cli.progress import ingest_progress

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -76,7 +78,7 @@ def hits(items: Sequence[Any], fmt: str, text_column: str | None = None) -> None
                 note = " ".join(f"{v:.0f}" for v in box) if box else ""
                 cells.append(text(r.get("error") or note))
             t.add_row(*cells)
-        out.print(t)
+        print_table(t)
 
 
 def predictions(items: Sequence[Any], fmt: str) -> None:
@@ -101,7 +103,7 @@ def predictions(items: Sequence[Any], fmt: str) -> None:
                 rest = ", ".join(f"{t['label']} {t['score']:.3f}" for t in r["top"][1:])
                 label = f"{label}  ({rest})"
             t.add_row(text(label), f"{r['score']:.3f}", text(r["path"]))
-    out.print(t)
+    print_table(t)
 
 
 def mapping(data: dict[str, Any], title: str = "") -> None:
@@ -114,4 +116,31 @@ def mapping(data: dict[str, Any], title: str = "") -> None:
         elif isinstance(v, list):
             v = ", ".join(map(str, v)) or "-"
         t.add_row(text(k), text(v))
-    out.print(t)
+    print_table(t)
+
+
+
+# Wide enough that no row of a table is ever wrapped when printed to a pipe or a file.
+_PIPE_WIDTH = 1_000_000
+
+
+def print_table(t: Table) -> None:
+    """A table on stdout: fitted to the terminal, or -- piped or redirected -- one row per
+    line with nothing wrapped or folded (and no trailing blanks), so ``grep``/``cut`` work."""
+    if out.is_terminal:
+        out.print(t)
+        return
+    wide = Console(width=_PIPE_WIDTH, highlight=False, color_system=None, file=io.StringIO())
+    with wide.capture() as cap:
+        wide.print(t)
+    for line in cap.get().splitlines():
+        sys.stdout.write(line.rstrip() + "\n")
+
+
+def paths(items: Sequence[Any]) -> None:
+    """One absolute path per line (``search --paths``), for ``xargs`` and friends: the exact
+    bytes the file system has, also for names that are not UTF-8."""
+    sys.stdout.flush()
+    for h in items:
+        sys.stdout.buffer.write(os.fsencode(h.path) + b"\n")
+    sys.stdout.buffer.flush()

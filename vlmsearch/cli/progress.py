@@ -23,7 +23,8 @@ from vlmsearch.cli.output import err
 class _Rate(ProgressColumn):
     """Items per second, or seconds per item when slower than one a second (captions)."""
 
-    UNITS = {"embed": "text", "train": "epoch"}  # every other phase counts images
+    # every other phase counts images
+    UNITS = {"embed": "text", "train": "epoch", "caption": "caption"}
 
     def render(self, task: Any) -> Text:
         unit = self.UNITS.get(task.description.strip(), "img")

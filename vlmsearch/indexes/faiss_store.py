@@ -128,8 +128,52 @@ def plan_index(requested: str, n: int, d: int, memory_budget: int | None = None)
             return _named("ivf", req, n, d, "fp32 vectors fit the memory budget: IVF")
         return _named("ivfpq", req, n, d, "fp32 vectors exceed the memory budget: IVF-PQ")
     if kind in NAMED_KINDS:
-        return _named(kind, req, n, d, f"--index {kind}")
-    return IndexPlan(req, req, _default_params_for(req, n), "custom FAISS factory string")
+        plan = _named(kind, req, n, d, f"--index {kind}")
+    else:
+        plan = IndexPlan(req, req, _default_params_for(req, n), "custom FAISS factory string")
+    return _flat_until_trainable(plan, n, d)
+
+
+# FAISS k-means warns below 39 training points per centroid (faiss/Clustering.cpp).
+MIN_POINTS_PER_CENTROID = 39
+
+
+def _flat_until_trainable(plan: IndexPlan, n: int, d: int) -> IndexPlan:
+    """Exact search while a collection is too small to train the planned index well: every
+    IVF list and every PQ/SQ codebook centroid needs 39 points, or FAISS prints warnings and
+    the lists are noise. The requested kind stays in the manifest, so a later run that has
+    enough vectors builds it."""
+    need = min_training_points(plan.factory, d)
+    if n >= need:
+        return plan
+    return IndexPlan(
+        plan.requested,
+        "Flat",
+        {},
+        f"{n} vectors are too few to train {plan.factory} (needs {need}): exact search",
+    )
+
+
+def min_training_points(factory: str, d: int) -> int:
+    """Training vectors ``factory`` needs: 39 per IVF list and per PQ centroid; 0 when it
+    needs no training (or is not a valid factory string: building it reports that)."""
+    import faiss
+
+    try:
+        base = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError:
+        return 0
+    if base.is_trained:
+        return 0
+    centroids = 1
+    ivf = _ivf_of(base)
+    if ivf is not None:
+        centroids = max(centroids, int(ivf.nlist))
+    index = faiss.downcast_index(ivf if ivf is not None else base)
+    pq = getattr(index, "pq", None)
+    if pq is not None:
+        centroids = max(centroids, int(pq.ksub))
+    return MIN_POINTS_PER_CENTROID * centroids
 
 
 def check_index_request(requested: str | None, dim: int, sparse: bool) -> None:

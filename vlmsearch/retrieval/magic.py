@@ -202,6 +202,23 @@ def _scored_text(tokenizer: Any, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
+def check_language_model_name(name: str) -> None:
+    """Refuse, before anything loads, a ``--lm`` that names a folder which does not exist.
+
+    Hub names are ``NAME`` or ``ORG/NAME``; anything starting with ``.``, ``/`` or ``~``, or
+    with more than one ``/``, can only be a local path."""
+    from pathlib import Path
+
+    from vlmsearch.errors import ModelError
+
+    path_like = name.startswith((".", "/", "~")) or name.count("/") > 1
+    local = Path(name).expanduser()
+    if path_like and not local.exists():
+        raise ModelError(f"language model folder {name!r} does not exist")
+    if local.exists() and not local.is_dir():
+        raise ModelError(f"language model {name!r} is a file; give the folder that holds it")
+
+
 def load_language_model(name: str = "gpt2", device: str | None = None) -> tuple[Any, Any]:
     """A causal LM and its tokenizer, by hub name (cached) or local path."""
     import contextlib
@@ -213,6 +230,7 @@ def load_language_model(name: str = "gpt2", device: str | None = None) -> tuple[
     from vlmsearch.retrieval.encoders.openclip import _hf_offline, _hub_reachable
     from vlmsearch.runtime import resolve_device
 
+    check_language_model_name(name)
     # a hub name with no network: offline mode loads cached files at once instead of
     # retrying for about a minute
     local = Path(name).expanduser()

@@ -122,48 +122,76 @@ function addImages(files) {
   renderChips();
 }
 
-function render(result, label) {
+// Hits scoring under this fraction of the best hit are folded away behind a button: with
+// sharp scores (ASIF) every hit after the matches scores 0.000, and a page of them is noise.
+const LOW_SCORE_FRACTION = 0.01;
+
+// Which hits to show at once: at or above the "min score" option if set, else those scoring
+// at least LOW_SCORE_FRACTION of the best one (when the best is positive).
+function splitByScore(hits) {
+  const raw = $("#minscore") ? $("#minscore").value.trim() : "";
+  let cut = raw === "" ? null : Number(raw);
+  if (cut === null && hits.length) {
+    const best = Math.max(...hits.map((h) => h.score));
+    if (best > 0) cut = best * LOW_SCORE_FRACTION;
+  }
+  if (cut === null || Number.isNaN(cut)) return { shown: hits, low: [] };
+  return { shown: hits.filter((h) => h.score >= cut), low: hits.filter((h) => h.score < cut) };
+}
+
+function card(hit) {
+  const fig = document.createElement("figure");
+  fig.className = "card";
+  fig.tabIndex = 0;
+  fig.setAttribute("role", "button");
+  fig.setAttribute("aria-label", "More like " + hit.relpath + ", score " + hit.score.toFixed(3));
+  fig.dataset.id = hit.id;
+  const frame = document.createElement("div");
+  frame.className = "frame";
+  if (hit.width && hit.height) frame.style.aspectRatio = hit.width + " / " + hit.height;
+  const img = document.createElement("img");
+  img.loading = "lazy";
+  img.alt = hit.relpath;
+  img.src = hit.thumb_url;
+  frame.appendChild(img);
+  if (hit.box && hit.width && hit.height) {
+    // the region a region reranker matched, in pixels of the original image
+    const [x0, y0, x1, y1] = hit.box;
+    const b = document.createElement("div");
+    b.className = "box";
+    b.title = "best region (" + (hit.reranker || "reranker") + ")";
+    b.style.left = (100 * x0 / hit.width) + "%";
+    b.style.top = (100 * y0 / hit.height) + "%";
+    b.style.width = (100 * (x1 - x0) / hit.width) + "%";
+    b.style.height = (100 * (y1 - y0) / hit.height) + "%";
+    frame.appendChild(b);
+  }
+  const cap = document.createElement("figcaption");
+  const score = document.createElement("span");
+  score.className = "score";
+  score.textContent = hit.score.toFixed(3);
+  cap.append(score, document.createTextNode(" " + hit.relpath));
+  if (hit.error) cap.append(document.createTextNode(" (" + hit.error + ")"));
+  fig.append(frame, cap);
+  fig.addEventListener("click", () => moreLike(hit));
+  return fig;
+}
+
+function render(result, label, showAll) {
   const grid = $("#results");
   grid.textContent = "";
-  for (const hit of result.hits) {
-    const fig = document.createElement("figure");
-    fig.className = "card";
-    fig.tabIndex = 0;
-    fig.setAttribute("role", "button");
-    fig.setAttribute("aria-label", "More like " + hit.relpath + ", score " + hit.score.toFixed(3));
-    fig.dataset.id = hit.id;
-    const frame = document.createElement("div");
-    frame.className = "frame";
-    if (hit.width && hit.height) frame.style.aspectRatio = hit.width + " / " + hit.height;
-    const img = document.createElement("img");
-    img.loading = "lazy";
-    img.alt = hit.relpath;
-    img.src = hit.thumb_url;
-    frame.appendChild(img);
-    if (hit.box && hit.width && hit.height) {
-      // the region a region reranker matched, in pixels of the original image
-      const [x0, y0, x1, y1] = hit.box;
-      const b = document.createElement("div");
-      b.className = "box";
-      b.title = "best region (" + (hit.reranker || "reranker") + ")";
-      b.style.left = (100 * x0 / hit.width) + "%";
-      b.style.top = (100 * y0 / hit.height) + "%";
-      b.style.width = (100 * (x1 - x0) / hit.width) + "%";
-      b.style.height = (100 * (y1 - y0) / hit.height) + "%";
-      frame.appendChild(b);
-    }
-    const cap = document.createElement("figcaption");
-    const score = document.createElement("span");
-    score.className = "score";
-    score.textContent = hit.score.toFixed(3);
-    cap.append(score, document.createTextNode(" " + hit.relpath));
-    if (hit.error) cap.append(document.createTextNode(" (" + hit.error + ")"));
-    fig.append(frame, cap);
-    fig.addEventListener("click", () => moreLike(hit));
-    grid.appendChild(fig);
+  const { shown, low } = showAll ? { shown: result.hits, low: [] } : splitByScore(result.hits);
+  for (const hit of shown) grid.appendChild(card(hit));
+  const more = $("#more-hits");
+  more.hidden = !low.length;
+  if (low.length) {
+    const best = Math.max(...low.map((h) => h.score));
+    more.textContent = "show " + low.length + " more (scores " + best.toFixed(3) + " and below)";
+    more.onclick = () => render(result, label, true);
   }
   const ms = result.ms !== undefined ? " in " + result.ms + " ms" : "";
-  $("#status").textContent = result.hits.length + " results" + ms + (label ? " — " + label : "");
+  const count = shown.length + " results" + (low.length ? " (" + low.length + " low-scoring hidden)" : "");
+  $("#status").textContent = count + ms + (label ? " — " + label : "");
   if (!result.hits.length) $("#status").textContent = "no results" + (label ? " — " + label : "");
 }
 

@@ -1,0 +1,69 @@
+"""The README's Quick tour, run top to bottom as a new user would: a fresh HOME, no
+network, the default model (which falls back to the offline ASIF default), every command
+exactly as written. Needs the [offline] extra (CI installs it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def quick_tour_commands() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n## Quick tour", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+        for line in block.splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                commands.append(line)
+    return commands
+
+
+def write_tiny_gpt2(folder: Path) -> None:
+    """A random two-layer GPT-2 with a word-level tokenizer, saved as a local LM folder."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = "<eos> a an the cat dog sofa on photo of picture rocket coffee cup coins".split()
+    vocab = {w: i for i, w in enumerate(words)}
+    vocab["<unk>"] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", unk_token="<unk>")
+    cfg = GPT2Config(vocab_size=len(vocab), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                     eos_token_id=0, bos_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    GPT2LMHeadModel(cfg).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+
+def test_quick_tour_runs_offline_top_to_bottom(tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("sentence_transformers")
+    commands = quick_tour_commands()
+    assert any(c.startswith("vlmsearch caption") for c in commands)  # the parse found them all
+    write_tiny_gpt2(tmp_path / "my-gpt2")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("XDG_", "VLMSEARCH_", "HF_", "TRANSFORMERS_"))
+    }
+    env["HOME"] = str(home)  # a fresh user (this machine has no model hub)
+    for command in commands:
+        r = subprocess.run(
+            ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+        assert r.returncode == 0, f"{command}\n{r.stderr}"
+        assert "Traceback" not in r.stderr, f"{command}\n{r.stderr}"
+    assert (tmp_path / "predictions.parquet").is_file()
+    assert (tmp_path / "photos" / ".vlmsearch" / "manifest.json").is_file()

@@ -1,0 +1,29 @@
+"""vlmsearch keeps third-party state out of the user's home."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def _home_after(tmp_path, code: str) -> list[str]:
+    home = tmp_path / "home"
+    home.mkdir()
+    drop = ("XDG_CACHE_HOME", "ORT_DISABLE_TELEMETRY")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["HOME"] = str(home)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return sorted(str(p.relative_to(home)) for p in home.rglob("*"))
+
+
+def test_onnxruntime_writes_nothing_under_home(tmp_path) -> None:
+    code = "import vlmsearch, onnxruntime; onnxruntime.get_available_providers()"
+    assert _home_after(tmp_path, code) == []
+
+
+def test_the_check_can_fail(tmp_path) -> None:
+    # without vlmsearch, onnxruntime does write its telemetry folder: the test above is real
+    written = _home_after(tmp_path, "import onnxruntime; onnxruntime.get_available_providers()")
+    assert any("Microsoft" in p for p in written)

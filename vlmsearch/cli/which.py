@@ -1,0 +1,32 @@
+"""Opening the collection a command works on, saying which one when the user did not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.markup import escape
+
+from vlmsearch.cli.output import err
+
+if TYPE_CHECKING:
+    from vlmsearch.collection import Collection
+
+_WHY = {
+    "$VLMSEARCH_COLLECTION": "from $VLMSEARCH_COLLECTION",
+    "nearest": "the nearest .vlmsearch folder",
+    "last indexed": "the collection indexed last",
+}
+
+
+def open_collection(collection: Path | None, device: str | None, verb: str) -> Collection:
+    """Open ``--collection`` or the default one; an implicit choice is named on stderr
+    (``searching PATH (the collection indexed last; -c chooses another)``)."""
+    from vlmsearch.collection import Collection, locate_collection
+
+    path, source = locate_collection(collection)
+    if source in _WHY:
+        err.print(
+            f"{verb} {escape(str(path))} ({_WHY[source]}; -c chooses another)", soft_wrap=True
+        )
+    return Collection.open(path, device=device)
