@@ -205,6 +205,7 @@ class Collection:
         if not root_path.is_dir():
             raise CollectionError(f"not a directory: {root_path}")
         layout = Layout(collection or default_collection_for(root_path))
+        layout.check_writable()  # before any model loads
         opts = options or IngestOptions()
         notices: list[str] = []
         if encoder is None:
@@ -239,7 +240,7 @@ class Collection:
             note = prepare_text_queries(encoder)
             if note:
                 notices.append(note)
-        report.notices = notices
+        report.notices = notices + report.notices
         _remember(layout.path)
         coll = cls(layout, device=device)
         coll._encoder = encoder
@@ -481,7 +482,8 @@ class Collection:
         committed state."""
         with self.layout.lock():
             manifest = self.layout.read_manifest()
-            table = metadata.read_table(self.layout.file(manifest["metadata_file"]))
+            name = manifest.get("metadata_file")
+            table = metadata.read_table(self.layout.file(name)) if name else self.table
             for name, values in (columns or {}).items():
                 assert ids is not None
                 table = metadata.set_column(table, name, ids, values)
