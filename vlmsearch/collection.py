@@ -7,17 +7,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from vlmsearch.errors import CollectionError, ModelError, QueryError
-from vlmsearch.indexes import faiss_store, metadata
+from vlmsearch.indexes import faiss_store, metadata, snapshot
 from vlmsearch.indexes.ingest import (
     IngestOptions,
     IngestReport,
@@ -53,6 +54,8 @@ from vlmsearch.retrieval.zeroshot import (
     softmax_scores,
 )
 from vlmsearch.runtime import state_dir
+
+T = TypeVar("T")
 
 # Below this many allowed rows a filtered query scans the allowed vectors exactly:
 # cheaper than an ANN walk that skips most nodes, and it always fills k.
@@ -151,11 +154,8 @@ class Collection:
     def __init__(self, layout: Layout, device: str | None = None) -> None:
         self.layout = layout
         self.device = device
-        self.manifest = layout.read_manifest()
-        name = self.manifest.get("metadata_file")
-        self.table: pa.Table = (
-            metadata.read_table(layout.file(name)) if name else metadata.empty_table()
-        )
+        self.table: pa.Table
+        self.manifest, self.table = snapshot.read_snapshot(layout)
         self._encoder: Encoder | None = None
         self._text_queries: TextEmbedder | Literal[False] | None = None  # False: none exported
         self._vectors: VectorTable | None = None
@@ -330,12 +330,14 @@ class Collection:
     @property
     def vectors(self) -> VectorTable:
         if self._vectors is None:
-            self._vectors = VectorTable.load(
-                self.layout.vectors_dir,
-                self.manifest.get("shards", []),
-                self.dim,
-                self.live_ids(),
-                sparse=self.sparse,
+            self._vectors = self._load_current(
+                lambda: VectorTable.load(
+                    self.layout.vectors_dir,
+                    self.manifest.get("shards", []),
+                    self.dim,
+                    self.live_ids(),
+                    sparse=self.sparse,
+                )
             )
         return self._vectors
 
@@ -344,27 +346,43 @@ class Collection:
         """The stored index; an in-memory exact index when the stored one is behind the data
         (an interrupted run that had not reached its index step)."""
         if self._index is None:
-            info = self.manifest.get("index") or {}
-            current = info.get("file") and int(info.get("generation", -1)) >= int(
-                self.manifest.get("data_generation", 0)
-            )
-            if current and self.layout.file(info["file"]).is_file():
-                path = self.layout.file(info["file"])
-                if self.sparse:
-                    self._index = PostingIndex.read(path)
-                else:
-                    self._index = faiss_store.read_index(path)
-            elif self.sparse:
-                self.index_is_stale = True
-                self._index = PostingIndex.build(self.vectors.ids, self.vectors.vectors)
-            else:
-                self.index_is_stale = True
-                plan = faiss_store.plan_index("flat", len(self.vectors), self.dim)
-                vt = self.vectors
-                self._index = faiss_store.build_index(
-                    plan, self.dim, vt.ids, vt.vectors.astype(np.float32)
-                )
+            self._index = self._load_current(self._read_index)
         return self._index
+
+    def _read_index(self) -> Any:
+        info = self.manifest.get("index") or {}
+        current = info.get("file") and int(info.get("generation", -1)) >= int(
+            self.manifest.get("data_generation", 0)
+        )
+        if current:
+            path = self.layout.file(info["file"])
+            if path.is_file():
+                return PostingIndex.read(path) if self.sparse else faiss_store.read_index(path)
+            if snapshot.newer_manifest(self.layout, self.manifest) is not None:
+                raise FileNotFoundError(errno.ENOENT, "collected by a newer commit", str(path))
+        self.index_is_stale = True
+        vt = self.vectors
+        if self.sparse:
+            return PostingIndex.build(vt.ids, vt.vectors)
+        plan = faiss_store.plan_index("flat", len(vt), self.dim)
+        return faiss_store.build_index(plan, self.dim, vt.ids, vt.vectors.astype(np.float32))
+
+    def _load_current(self, load: Callable[[], T]) -> T:
+        """``load()`` from this object's commit; when a newer commit has since collected a
+        file it needs, this object moves to that commit (manifest, table, caches) and
+        loads again: a reader never fails because of a writer."""
+        for _ in range(snapshot.ATTEMPTS):
+            try:
+                return load()
+            except FileNotFoundError:
+                newer = snapshot.reread(self.layout, self.manifest)
+                if newer is None:
+                    raise
+                self.manifest, self.table = newer
+                self._vectors = self._index = None
+                self._text_vectors.clear()
+                self.index_is_stale = False
+        return load()
 
     def __len__(self) -> int:
         return int(self.manifest.get("counts", {}).get("ok", 0))
