@@ -27,15 +27,18 @@ def _numpy_short_write(*_a, **_k):
     raise OSError("8192 requested and 8128 written")
 
 
-def _faiss_write_error(*_a, **_k):
+def _faiss_write_error(*_a, **_k):  # as faiss words it (seen writing to /dev/full)
     raise RuntimeError(
-        "Error in void faiss::write_index(...) at impl/index_write.cpp:101: "
-        "write error in /x/.vlmsearch-index-000004.faiss.tmp: 0 != 1 (Success)"
+        "Error in void faiss::write_index(const Index*, IOWriter*, int) at "
+        "/project/faiss/impl/index_write.cpp:499: Error: 'ret == (size * 4)' failed: "
+        "write error in /x/.vlmsearch-index-000004.faiss.tmp: 4051 != 256000 (Success)"
     )
 
 
-def _pyarrow_enospc(*_a, **_k):
-    raise OSError("Error writing bytes to file. Detail: [errno 28] No space left on device")
+def _pyarrow_enospc(*_a, **_k):  # as pyarrow words it (seen writing to /dev/full)
+    raise OSError(
+        "[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device"
+    )
 
 
 def _patch_manifest_write(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,3 +118,4 @@ def test_classify_write_column_on_full_disk(image_dir: Path, monkeypatch: pytest
         coll.classify(["red", "blue"], write_column="colour")
     monkeypatch.undo()
     assert "colour" not in Collection.open(coll.path).table.column_names
+
