@@ -118,4 +118,3 @@ def test_classify_write_column_on_full_disk(image_dir: Path, monkeypatch: pytest
         coll.classify(["red", "blue"], write_column="colour")
     monkeypatch.undo()
     assert "colour" not in Collection.open(coll.path).table.column_names
-

@@ -55,7 +55,10 @@ def named_files(manifest: dict[str, Any] | None) -> set[str]:
 
 
 def retire(
-    collection: Path, new: dict[str, Any], replaced: dict[str, Any] | None, now: float,
+    collection: Path,
+    new: dict[str, Any],
+    replaced: dict[str, Any] | None,
+    now: float,
     retain: float | None = None,
 ) -> list[str]:
     """Record in ``new`` what it no longer names (and what ``replaced`` had retired), and
