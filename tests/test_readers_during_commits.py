@@ -114,6 +114,7 @@ def test_reader_moves_to_the_newer_commit_when_its_files_are_collected(
     opts = IngestOptions(batch_size=8, workers=0)
     coll = Collection.index(image_dir, model=TINY, options=opts, device="cpu")
     reader = Collection(Layout(coll.path), device="cpu")  # manifest and table only so far
+    filtered = Collection(Layout(coll.path), device="cpu")
     old = [coll.path / "vectors" / f"{s}.f16.npy" for s in coll.manifest["shards"]]
     make_images(image_dir / "more", 2)
     opts = IngestOptions(batch_size=8, workers=0, rebuild=True)
@@ -126,6 +127,10 @@ def test_reader_moves_to_the_newer_commit_when_its_files_are_collected(
     assert {h.id for h in hits} <= set(coll.vectors.ids.tolist())  # the new commit's ids
     assert reader.manifest["generation"] == coll.manifest["generation"]
     assert len(reader.table) == 17 and not reader.index_is_stale
+    # a filter computed on the old table is computed again on the new one (a rebuild
+    # gave every file a new id)
+    hits = filtered.search_vector(q, k=3, where="width > 0")
+    assert len(hits) == 3 and hits[0].score > 0.99 and filtered.moves == 1
 
 
 def test_a_missing_file_without_a_newer_commit_is_still_an_error(image_dir: Path) -> None:

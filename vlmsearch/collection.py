@@ -161,6 +161,7 @@ class Collection:
         self._vectors: VectorTable | None = None
         self._index: Any = None
         self.index_is_stale = False
+        self.moves = 0  # times a lazy load moved this object to a newer commit
         self.last_report: IngestReport | None = None
         # column -> (the metadata table they were checked against, embeddings)
         self._text_vectors: dict[str, tuple[pa.Table, TextVectors]] = {}
@@ -379,6 +380,7 @@ class Collection:
                 if newer is None:
                     raise
                 self.manifest, self.table = newer
+                self.moves += 1
                 self._vectors = self._index = None
                 self._text_vectors.clear()
                 self.index_is_stale = False
@@ -512,6 +514,7 @@ class Collection:
             writer.commit(data_changed=False, **commit)
             self.manifest, self.table = writer.manifest, writer.table
 
+    @snapshot.on_one_commit
     def search_vector(
         self,
         vector: np.ndarray,
@@ -558,6 +561,7 @@ class Collection:
             return []
         return self._hits(*self._exact(q, min(k, len(allowed)), allowed)[::-1])
 
+    @snapshot.on_one_commit
     def similar(
         self,
         id: int,
@@ -586,6 +590,7 @@ class Collection:
             raise QueryError(f"query vector has dim {q.shape[1]}, collection has {self.dim}")
         return q
 
+    @snapshot.on_one_commit
     def search_fused(
         self,
         vector: np.ndarray,

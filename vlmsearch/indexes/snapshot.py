@@ -9,7 +9,9 @@ and is raised as it is.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -17,6 +19,7 @@ from vlmsearch.indexes import metadata
 from vlmsearch.indexes.layout import Layout
 
 ATTEMPTS = 5
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def read_snapshot(layout: Layout) -> tuple[dict[str, Any], pa.Table]:
@@ -55,3 +58,20 @@ def reread(layout: Layout, manifest: dict[str, Any]) -> tuple[dict[str, Any], pa
 def _table(layout: Layout, manifest: dict[str, Any]) -> pa.Table:
     name = manifest.get("metadata_file")
     return metadata.read_table(layout.file(name)) if name else metadata.empty_table()
+
+
+def on_one_commit(method: F) -> F:
+    """A read whose answer comes from one commit: when the object moved to a newer commit
+    during the call (``self.moves`` changed; ids from the old table may not exist in the
+    new one), the call runs again, now wholly on the newer commit."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        for _ in range(ATTEMPTS):
+            before = self.moves
+            result = method(self, *args, **kwargs)
+            if self.moves == before:
+                break
+        return result
+
+    return wrapper  # type: ignore[return-value]
