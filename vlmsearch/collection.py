@@ -7,11 +7,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +21,7 @@ from vlmsearch import names
 from vlmsearch.encoder_choice import choose_encoder as choose_encoder_for
 from vlmsearch.encoder_choice import parse_model_option
 from vlmsearch.errors import CollectionError, ModelError, QueryError
-from vlmsearch.indexes import faiss_store, metadata
+from vlmsearch.indexes import faiss_store, metadata, snapshot
 from vlmsearch.indexes.filter_budget import FilterBudget
 from vlmsearch.indexes.ingest import (
     IngestOptions,
@@ -56,6 +57,8 @@ from vlmsearch.retrieval.zeroshot import (
     softmax_scores,
 )
 from vlmsearch.runtime import state_dir
+
+T = TypeVar("T")
 
 # Below this many allowed rows a filtered query scans the allowed vectors exactly:
 # cheaper than an ANN walk that skips most nodes, and it always fills k.
@@ -160,16 +163,14 @@ class Collection:
     def __init__(self, layout: Layout, device: str | None = None) -> None:
         self.layout = layout
         self.device = device
-        self.manifest = layout.read_manifest()
-        name = self.manifest.get("metadata_file")
-        self.table: pa.Table = (
-            metadata.read_table(layout.file(name)) if name else metadata.empty_table()
-        )
+        self.table: pa.Table
+        self.manifest, self.table = snapshot.read_snapshot(layout)
         self._encoder: Encoder | None = None
         self._text_queries: TextEmbedder | Literal[False] | None = None  # False: none exported
         self._vectors: VectorTable | None = None
         self._index: Any = None
         self.index_is_stale = False
+        self.moves = 0  # times a lazy load moved this object to a newer commit
         self.last_report: IngestReport | None = None
         # column -> (the metadata table they were checked against, embeddings)
         self._text_vectors: dict[str, tuple[pa.Table, TextVectors]] = {}
@@ -217,6 +218,7 @@ class Collection:
         if not root_path.is_dir():
             raise CollectionError(f"not a directory: {root_path}")
         layout = Layout(collection or default_collection_for(root_path))
+        layout.check_writable()  # before any model loads
         opts = options or IngestOptions()
         notices: list[str] = []
         model, encoder_kind = parse_model_option(model, encoder_kind)
@@ -252,7 +254,7 @@ class Collection:
             note = prepare_text_queries(encoder)
             if note:
                 notices.append(note)
-        report.notices = notices
+        report.notices = notices + report.notices
         _remember(layout.path)
         coll = cls(layout, device=device)
         coll._encoder = encoder
@@ -350,12 +352,14 @@ class Collection:
     @property
     def vectors(self) -> VectorTable:
         if self._vectors is None:
-            self._vectors = VectorTable.load(
-                self.layout.vectors_dir,
-                self.manifest.get("shards", []),
-                self.dim,
-                self.live_ids(),
-                sparse=self.sparse,
+            self._vectors = self._load_current(
+                lambda: VectorTable.load(
+                    self.layout.vectors_dir,
+                    self.manifest.get("shards", []),
+                    self.dim,
+                    self.live_ids(),
+                    sparse=self.sparse,
+                )
             )
         return self._vectors
 
@@ -364,27 +368,44 @@ class Collection:
         """The stored index; an in-memory exact index when the stored one is behind the data
         (an interrupted run that had not reached its index step)."""
         if self._index is None:
-            info = self.manifest.get("index") or {}
-            current = info.get("file") and int(info.get("generation", -1)) >= int(
-                self.manifest.get("data_generation", 0)
-            )
-            if current and self.layout.file(info["file"]).is_file():
-                path = self.layout.file(info["file"])
-                if self.sparse:
-                    self._index = PostingIndex.read(path)
-                else:
-                    self._index = faiss_store.read_index(path)
-            elif self.sparse:
-                self.index_is_stale = True
-                self._index = PostingIndex.build(self.vectors.ids, self.vectors.vectors)
-            else:
-                self.index_is_stale = True
-                plan = faiss_store.plan_index("flat", len(self.vectors), self.dim)
-                vt = self.vectors
-                self._index = faiss_store.build_index(
-                    plan, self.dim, vt.ids, vt.vectors.astype(np.float32)
-                )
+            self._index = self._load_current(self._read_index)
         return self._index
+
+    def _read_index(self) -> Any:
+        info = self.manifest.get("index") or {}
+        current = info.get("file") and int(info.get("generation", -1)) >= int(
+            self.manifest.get("data_generation", 0)
+        )
+        if current:
+            path = self.layout.file(info["file"])
+            if path.is_file():
+                return PostingIndex.read(path) if self.sparse else faiss_store.read_index(path)
+            if snapshot.newer_manifest(self.layout, self.manifest) is not None:
+                raise FileNotFoundError(errno.ENOENT, "collected by a newer commit", str(path))
+        self.index_is_stale = True
+        vt = self.vectors
+        if self.sparse:
+            return PostingIndex.build(vt.ids, vt.vectors)
+        plan = faiss_store.plan_index("flat", len(vt), self.dim)
+        return faiss_store.build_index(plan, self.dim, vt.ids, vt.vectors.astype(np.float32))
+
+    def _load_current(self, load: Callable[[], T]) -> T:
+        """``load()`` from this object's commit; when a newer commit has since collected a
+        file it needs, this object moves to that commit (manifest, table, caches) and
+        loads again: a reader never fails because of a writer."""
+        for _ in range(snapshot.ATTEMPTS):
+            try:
+                return load()
+            except FileNotFoundError:
+                newer = snapshot.reread(self.layout, self.manifest)
+                if newer is None:
+                    raise
+                self.manifest, self.table = newer
+                self.moves += 1
+                self._vectors = self._index = None
+                self._text_vectors.clear()
+                self.index_is_stale = False
+        return load()
 
     def __len__(self) -> int:
         return int(self.manifest.get("counts", {}).get("ok", 0))
@@ -504,7 +525,8 @@ class Collection:
             raise CollectionError(f"collection {self.path} is open read-only here")
         with self.layout.lock():
             manifest = self.layout.read_manifest()
-            table = metadata.read_table(self.layout.file(manifest["metadata_file"]))
+            name = manifest.get("metadata_file")
+            table = metadata.read_table(self.layout.file(name)) if name else self.table
             for name, values in (columns or {}).items():
                 assert ids is not None
                 table = metadata.set_column(table, name, ids, values)
@@ -515,6 +537,7 @@ class Collection:
             writer.commit(data_changed=False, **commit)
             self.manifest, self.table = writer.manifest, writer.table
 
+    @snapshot.on_one_commit
     def search_vector(
         self,
         vector: np.ndarray,
@@ -563,6 +586,7 @@ class Collection:
             return []
         return self._hits(*self._exact(q, min(k, len(allowed)), allowed)[::-1])
 
+    @snapshot.on_one_commit
     def similar(
         self,
         id: int,
@@ -591,6 +615,7 @@ class Collection:
             raise QueryError(f"query vector has dim {q.shape[1]}, collection has {self.dim}")
         return q
 
+    @snapshot.on_one_commit
     def search_fused(
         self,
         vector: np.ndarray,

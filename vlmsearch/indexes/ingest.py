@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from vlmsearch import names
 from vlmsearch.errors import CollectionError, ModelError
@@ -154,13 +155,16 @@ def ingest(
     t0 = time.perf_counter()
     _check_index_option(layout, encoder, opts)
     layout.prepare()
+    notices: list[str] = []
     with layout.lock():
         manifest: dict[str, Any] | None = None
         if layout.exists() and not opts.rebuild:
             manifest = layout.read_manifest()
             check_encoder_matches(manifest, encoder, "this index run")
             _check_root(manifest, root, layout)
-            table = metadata.read_table(layout.file(manifest["metadata_file"]))
+            name = manifest.get("metadata_file")
+            table = metadata.read_table(layout.file(name)) if name else metadata.empty_table()
+            notices += repair_next_id(manifest, table, name)
             if opts.extensions is None:
                 opts.extensions = tuple(manifest["scan"]["extensions"])
         if manifest is None:
@@ -172,12 +176,16 @@ def ingest(
                 old = layout.read_manifest()
                 manifest["generation"] = int(old.get("generation", 0))
                 manifest["next_id"] = int(old.get("next_id", 0))
+            else:
+                # an empty commit first: from now on the folder is a collection, and every
+                # file written into it is one a manifest will name
+                layout.write_manifest(manifest)
         manifest["root"] = str(root)
         _settle_fast_decode(manifest, opts)
         writer = CollectionWriter(layout, manifest, table)
         if layout.exists():
             writer.previous = layout.read_manifest()
-        report = IngestReport(str(root), str(layout.path))
+        report = IngestReport(str(root), str(layout.path), notices=notices)
         start_data_generation = int(manifest.get("data_generation", 0))
         dirty = _run(writer, root, encoder, opts, report, progress)
         _finish_index(writer, opts, report, start_data_generation, dirty, progress)
@@ -213,6 +221,23 @@ def _settle_fast_decode(manifest: dict[str, Any], opts: IngestOptions) -> None:
             f"(JPEG draft mode); pass {keep} to keep its preprocessing, or re-index "
             "everything with --rebuild"
         )
+
+
+def repair_next_id(manifest: dict[str, Any], table: pa.Table, source: str | None) -> list[str]:
+    """Ids are handed out from ``next_id``; one not above every id in the metadata (a
+    hand-edited or damaged manifest) would give new files existing ids and evict their
+    rows. It is raised past the largest id -- nothing is lost -- and said in a notice."""
+    if not table.num_rows:
+        return []
+    largest = int(pc.max(table["id"]).as_py())
+    next_id = manifest.get("next_id")
+    if isinstance(next_id, int) and not isinstance(next_id, bool) and next_id > largest:
+        return []
+    manifest["next_id"] = largest + 1
+    return [
+        f"the manifest's next_id ({next_id!r}) was not above the largest id in {source} "
+        f"({largest}); new files are numbered from {largest + 1}"
+    ]
 
 
 def _check_root(manifest: dict[str, Any], root: Path, layout: Layout) -> None:

@@ -3,9 +3,11 @@
 Commit protocol: every data file is written under a new, generation-numbered name
 (temp file + fsync + rename); the manifest is replaced last, atomically. A reader
 loads the manifest once and then only files it names, so a crash at any moment
-leaves the previous commit readable. Files no longer named by the current or the
-previous manifest are removed by the next writer (keeping the previous generation
-lets a reader that opened it a moment ago finish loading).
+leaves the previous commit readable. Files a commit stops naming are recorded in its
+manifest as retired and deleted by a later commit once they are old enough for readers
+to have finished with them (see gc.py). A directory is a collection once it has a
+manifest: a new collection commits an empty one before writing anything else, and a
+writer refuses an existing folder without one unless it is empty.
 
 Layout::
 
@@ -23,24 +25,25 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
-import re
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from vlmsearch._version import __version__
 from vlmsearch.errors import CollectionError
-from vlmsearch.indexes.atomic import atomic_write_text, fsync_dir
+from vlmsearch.indexes import gc
+from vlmsearch.indexes.atomic import atomic_write_text, is_temp_name
+from vlmsearch.indexes.lock import LOCK_NAME, WriterLock
+from vlmsearch.indexes.nospace import commit_guard
+
+__all__ = ["Layout", "WriterLock", "default_collection_for", "find_collection", "now_iso"]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DEFAULT_DIRNAME = ".vlmsearch"
-_DATA_FILE = re.compile(
-    r"^(metadata-\d+\.parquet|index-\d+\.(faiss|postings\.npz)|textvec-\d+-[0-9a-f]{8}\.npz|student-\d+\.pt)$"
-)
-_SHARD_FILE = re.compile(r"^(shard-\d+)\.(ids\.npy|f16\.npy|sparse\.npz)$")
 
 
 def now_iso() -> str:
@@ -85,93 +88,69 @@ class Layout:
         return self.path / name
 
     # -- writing ------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Refuse to write into an existing folder that is not a collection (no manifest)
+        and holds anything but what a first run leaves before its first commit: a writer
+        there could overwrite the user's files."""
+        if self.exists() or not os.path.lexists(self.path):
+            return
+        if not self.path.is_dir():
+            raise CollectionError(f"{self.path} exists and is not a directory")
+        others = sorted(p.name for p in self.path.iterdir() if not _left_by_first_run(p))
+        if others:
+            more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+            raise CollectionError(
+                f"{self.path} is not empty and is not a vlmsearch collection (it holds "
+                f"{others[0]!r}{more}); pass a new or empty folder to --collection"
+            )
+
     def prepare(self) -> None:
+        self.check_writable()
         self.path.mkdir(parents=True, exist_ok=True)
+        if self.vectors_dir.is_symlink() or (
+            self.vectors_dir.exists() and not self.vectors_dir.is_dir()
+        ):
+            raise CollectionError(
+                f"{self.vectors_dir} is not a folder (a symbolic link or a file); a "
+                "collection writes its vectors only into its own folder"
+            )
         self.vectors_dir.mkdir(exist_ok=True)
 
-    def write_manifest(self, manifest: dict[str, Any], previous: dict[str, Any] | None) -> None:
-        """Commit: replace the manifest atomically, then drop unreferenced files."""
+    def write_manifest(
+        self, manifest: dict[str, Any], previous: dict[str, Any] | None = None
+    ) -> None:
+        """Commit: replace the manifest atomically, then delete what is old enough.
+
+        What is retired is worked out against the manifest being replaced, read from disk
+        (``previous`` stands in when it cannot be read)."""
+        replaced = self._committed() or previous
         manifest["updated_at"] = now_iso()
         manifest["vlmsearch_version"] = __version__
+        expired = gc.retire(self.path, manifest, replaced, time.time())
         atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True))
-        self.collect_garbage(manifest, previous)
+        gc.delete(self.path, expired)
 
-    def collect_garbage(self, current: dict[str, Any], previous: dict[str, Any] | None) -> None:
-        keep_files: set[str] = set()
-        keep_shards: set[str] = set()
-        for m in (current, previous):
-            if not m:
-                continue
-            keep_files.update(referenced_files(m))
-            keep_shards.update(m.get("shards", []))
-        for p in self.path.iterdir():
-            if (_DATA_FILE.match(p.name) and p.name not in keep_files) or _is_stale_tmp(p):
-                with contextlib.suppress(OSError):
-                    p.unlink()
-        if self.vectors_dir.is_dir():
-            for p in self.vectors_dir.iterdir():
-                m = _SHARD_FILE.match(p.name)
-                if (m and m.group(1) not in keep_shards) or _is_stale_tmp(p):
-                    with contextlib.suppress(OSError):
-                        p.unlink()
-        fsync_dir(self.path)
-
-    def lock(self) -> WriterLock:
-        return WriterLock(self.path / ".lock")
-
-
-def referenced_files(manifest: dict[str, Any]) -> set[str]:
-    names = {manifest.get("metadata_file")}
-    names.add((manifest.get("index") or {}).get("file"))
-    for col in (manifest.get("text_vectors") or {}).values():
-        names.add(col.get("file"))
-    names.add((manifest.get("region_student") or {}).get("file"))
-    return {n for n in names if n}
-
-
-def _is_stale_tmp(p: Path) -> bool:
-    # Temp files are only left behind by a writer that died; we hold the lock now.
-    return p.name.startswith(".") and p.name.endswith(".tmp")
-
-
-class WriterLock:
-    """One writer at a time, via flock: the kernel releases it even after kill -9."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def __enter__(self) -> WriterLock:
+    def _committed(self) -> dict[str, Any] | None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise CollectionError(
-                f"cannot write to collection {self.path.parent}: {e.strerror or e}"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = ""
-            with contextlib.suppress(OSError, ValueError):
-                holder = f" (pid {int(os.pread(fd, 32, 0).decode().strip())})"
-            os.close(fd)
-            raise CollectionError(
-                f"collection {self.path.parent} is being written by another vlmsearch "
-                f"process{holder}; wait for it to finish"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._fd = fd
-        return self
+            m = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return m if isinstance(m, dict) else None
 
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[WriterLock]:
+        """The writer lock, for one writer's work; a full disk in it becomes one line."""
+        with WriterLock(self.path / LOCK_NAME) as held, commit_guard(self.path):
+            yield held
+
+
+def _left_by_first_run(p: Path) -> bool:
+    # a first run writes nothing else before its empty manifest
+    if p.name == LOCK_NAME or is_temp_name(p.name):
+        return True
+    if p.name == "vectors" and p.is_dir() and not p.is_symlink():
+        return all(is_temp_name(q.name) for q in p.iterdir())
+    return False
 
 
 def default_collection_for(root: str | Path) -> Path:

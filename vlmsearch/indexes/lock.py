@@ -1,0 +1,92 @@
+"""The writer lock of a collection: one writer at a time, via ``flock`` on ``.lock``.
+
+The kernel releases an flock even after ``kill -9``. A collection directory may come from
+elsewhere (copied, unpacked, shared), so its ``.lock`` is not trusted: it is opened
+without following a symbolic link, must be a regular file, and is never written to or
+truncated -- it could be a hard link to someone's file. The holder's pid, for the
+"being written" message, comes from the kernel's lock table instead of the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+from pathlib import Path
+
+from vlmsearch.errors import CollectionError
+
+LOCK_NAME = ".lock"
+
+
+class WriterLock:
+    """An exclusive, non-blocking flock on a collection's ``.lock`` file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> WriterLock:
+        fd = _open_lock(self.path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = holder_pid(fd)
+            os.close(fd)
+            holder = f" (pid {pid})" if pid else ""
+            raise CollectionError(
+                f"collection {self.path.parent} is being written by another vlmsearch "
+                f"process{holder}; wait for it to finish"
+            ) from None
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _open_lock(path: Path) -> int:
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CollectionError(
+                f"{path} is a symbolic link, not a lock file; a collection's .lock must be a "
+                "regular file (remove the link if you trust this collection)"
+            ) from None
+        raise CollectionError(
+            f"cannot write to collection {path.parent}: {e.strerror or e}"
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CollectionError(
+            f"{path} is not a regular file; a collection's .lock must be one (remove it if "
+            "you trust this collection)"
+        )
+    return fd
+
+
+def holder_pid(fd: int) -> int | None:
+    """The pid holding an flock on ``fd``'s file, from /proc/locks (Linux); None if unknown."""
+    st = os.fstat(fd)
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" ("->" marks waiters)
+                if "->" in parts or len(parts) < 6 or parts[1] != "FLOCK":
+                    continue
+                if parts[5] == key and parts[4].isdigit():
+                    return int(parts[4])
+    except OSError:
+        pass
+    return None
