@@ -94,7 +94,7 @@ def test_failed_write_leaves_no_label_columns(
             "classify", "-c", coll, "--labels", "red,blue", "--write-column", "q",
             "--parquet", out, "--templates", "simple",
         )  # fmt: skip
-    one_line_error(res, "--parquet", "No space left on device")
+    one_line_error(res, "--parquet", "no space left on device")
     assert "q" not in columns(coll) and "q_score" not in columns(coll)
     assert not out.exists() and not list(tmp_path.glob(".x.parquet*"))
 
