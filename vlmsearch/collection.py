@@ -17,13 +17,14 @@ import numpy as np
 import pyarrow as pa
 
 from vlmsearch.errors import CollectionError, ModelError, QueryError
-from vlmsearch.indexes import faiss_store, metadata
+from vlmsearch.indexes import faiss_store, integrity, metadata
 from vlmsearch.indexes.ingest import (
     IngestOptions,
     IngestReport,
     ProgressFn,
     check_encoder_matches,
     ingest,
+    readable_manifest,
 )
 from vlmsearch.indexes.layout import (
     DEFAULT_DIRNAME,
@@ -154,7 +155,7 @@ class Collection:
         self.manifest = layout.read_manifest()
         name = self.manifest.get("metadata_file")
         self.table: pa.Table = (
-            metadata.read_table(layout.file(name)) if name else metadata.empty_table()
+            self._read(name, metadata.read_table) if name else metadata.empty_table()
         )
         self._encoder: Encoder | None = None
         self._text_queries: TextEmbedder | Literal[False] | None = None  # False: none exported
@@ -208,7 +209,10 @@ class Collection:
         opts = options or IngestOptions()
         notices: list[str] = []
         if encoder is None:
-            existing = layout.read_manifest()["encoder"] if layout.exists() else None
+            existing = None
+            if layout.exists():  # --rebuild starts over even from a damaged manifest
+                found = readable_manifest(layout) if opts.rebuild else layout.read_manifest()
+                existing = found["encoder"] if found else None
             keep = (
                 existing is not None
                 and not opts.rebuild
@@ -239,7 +243,7 @@ class Collection:
             note = prepare_text_queries(encoder)
             if note:
                 notices.append(note)
-        report.notices = notices
+        report.notices = notices + report.notices  # (those of a --repair first)
         _remember(layout.path)
         coll = cls(layout, device=device)
         coll._encoder = encoder
@@ -326,9 +330,18 @@ class Collection:
         """Sparse vectors (ASIF): searched with posting lists instead of FAISS."""
         return self.manifest.get("vectors") == "sparse"
 
+    def _read(self, name: str, reader: Any) -> Any:
+        """``reader(path)`` of a file the manifest names, verified first (see
+        :mod:`vlmsearch.indexes.integrity`): damage is a one-line CollectionError."""
+        return integrity.read_checked(self.layout.path, self.manifest, name, reader)
+
     @property
     def vectors(self) -> VectorTable:
         if self._vectors is None:
+            shards = self.manifest.get("shards", [])
+            for shard in shards:
+                for name in integrity.shard_files(shard, self.sparse):
+                    integrity.verify(self.layout.path, self.manifest, name)
             self._vectors = VectorTable.load(
                 self.layout.vectors_dir,
                 self.manifest.get("shards", []),
@@ -347,12 +360,9 @@ class Collection:
             current = info.get("file") and int(info.get("generation", -1)) >= int(
                 self.manifest.get("data_generation", 0)
             )
-            if current and self.layout.file(info["file"]).is_file():
-                path = self.layout.file(info["file"])
-                if self.sparse:
-                    self._index = PostingIndex.read(path)
-                else:
-                    self._index = faiss_store.read_index(path)
+            if current:
+                reader = PostingIndex.read if self.sparse else faiss_store.read_index
+                self._index = self._read(info["file"], reader)
             elif self.sparse:
                 self.index_is_stale = True
                 self._index = PostingIndex.build(self.vectors.ids, self.vectors.vectors)
@@ -481,7 +491,9 @@ class Collection:
         committed state."""
         with self.layout.lock():
             manifest = self.layout.read_manifest()
-            table = metadata.read_table(self.layout.file(manifest["metadata_file"]))
+            table = integrity.read_checked(
+                self.layout.path, manifest, manifest["metadata_file"], metadata.read_table
+            )
             for name, values in (columns or {}).items():
                 assert ids is not None
                 table = metadata.set_column(table, name, ids, values)
@@ -650,9 +662,8 @@ class Collection:
         if cached is None:
             entry = (self.manifest.get("text_vectors") or {}).get(column) or {}
             cached = TextVectors.empty(self.dim, self.sparse)
-            path = self.layout.file(entry["file"]) if entry.get("file") else None
-            if entry.get("encoder") == identity and path is not None and path.is_file():
-                cached = TextVectors.read(path)
+            if entry.get("encoder") == identity and entry.get("file"):
+                cached = self._read(entry["file"], TextVectors.read)
         tv, embedded = refresh(cached, ids, texts, self.encoder.encode_texts, self.sparse, progress)
         if save and (embedded or len(tv) != len(cached)):
             info = {"encoder": identity, "encoder_name": self.manifest["encoder"].get("name")}
