@@ -120,6 +120,13 @@ def serve(
     except ImportError as e:  # pragma: no cover - the server deps are core dependencies
         raise VlmsearchError(f"the server needs FastAPI and uvicorn: {e}") from None
     app = create_app(config)
+    for name, served in app.state.ctx.registry.items.items():
+        if not served.available:
+            output.err.print(
+                f"[bold yellow]warning:[/bold yellow] collection {escape(name)} is unavailable: "
+                f"{escape(str(served.reload_error))}",
+                soft_wrap=True,
+            )
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     if json_:
         output.emit_json({"url": url, "collections": sorted(config.collections)})

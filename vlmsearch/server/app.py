@@ -17,7 +17,7 @@ from vlmsearch.server import routes_media, routes_meta, routes_search
 from vlmsearch.server.config import ServerConfig
 from vlmsearch.server.context import ServerContext
 from vlmsearch.server.metrics import Metrics, MetricsMiddleware
-from vlmsearch.server.registry import Registry, UnknownCollection
+from vlmsearch.server.registry import CollectionUnavailable, Registry, UnknownCollection
 from vlmsearch.server.security import ApiKeyMiddleware, BodyLimitMiddleware
 
 log = logging.getLogger("vlmsearch.server")
@@ -32,7 +32,7 @@ def _status(e: VlmsearchError) -> int:
         return 404
     if isinstance(e, QueryError):
         return 400
-    if isinstance(e, ModelError):
+    if isinstance(e, ModelError | CollectionUnavailable):
         return 503  # a model the server cannot load now (e.g. no LM configured)
     if isinstance(e, CollectionError):
         return 409  # empty, or being rewritten

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from vlmsearch.server.context import ServerContext, get_ctx, jsonable
-from vlmsearch.server.registry import ServedCollection
+from vlmsearch.server.registry import CollectionUnavailable, ServedCollection
 
 router = APIRouter(tags=["info"])
 Ctx = Annotated[ServerContext, Depends(get_ctx)]
@@ -36,10 +36,15 @@ def _summary(served: ServedCollection, ctx: ServerContext) -> dict[str, Any]:
 def health(ctx: Ctx) -> dict[str, Any]:
     cols = {}
     for name, served in ctx.registry.items.items():
-        coll = served.current()
+        try:
+            images = len(served.current())
+        except CollectionUnavailable:
+            cols[name] = {"available": False, "error": served.reload_error}
+            continue
         cols[name] = {
+            "available": True,
             "generation": served.generation,
-            "images": len(coll),
+            "images": images,
             "reload_error": served.reload_error,
         }
     return {"status": "ok", "collections": cols}
@@ -47,7 +52,12 @@ def health(ctx: Ctx) -> dict[str, Any]:
 
 @router.get("/api/collections", summary="The served collections")
 def collections(ctx: Ctx) -> list[dict[str, Any]]:
-    return jsonable([_summary(s, ctx) for s in ctx.registry.items.values()])
+    return jsonable(
+        [
+            _summary(s, ctx) if s.available else {"name": s.name, "error": s.reload_error}
+            for s in ctx.registry.items.values()
+        ]
+    )
 
 
 @router.get("/api/collections/{name}", summary="Everything about one collection")
