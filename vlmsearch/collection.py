@@ -21,7 +21,7 @@ from vlmsearch import names
 from vlmsearch.encoder_choice import choose_encoder as choose_encoder_for
 from vlmsearch.encoder_choice import parse_model_option
 from vlmsearch.errors import CollectionError, ModelError, QueryError
-from vlmsearch.indexes import faiss_store, metadata, snapshot
+from vlmsearch.indexes import faiss_store, integrity, metadata, snapshot
 from vlmsearch.indexes.filter_budget import FilterBudget
 from vlmsearch.indexes.ingest import (
     IngestOptions,
@@ -29,6 +29,7 @@ from vlmsearch.indexes.ingest import (
     ProgressFn,
     check_encoder_matches,
     ingest,
+    readable_manifest,
 )
 from vlmsearch.indexes.layout import (
     DEFAULT_DIRNAME,
@@ -223,7 +224,10 @@ class Collection:
         notices: list[str] = []
         model, encoder_kind = parse_model_option(model, encoder_kind)
         if encoder is None:
-            existing = layout.read_manifest()["encoder"] if layout.exists() else None
+            existing = None
+            if layout.exists():  # --rebuild starts over even from a damaged manifest
+                found = readable_manifest(layout) if opts.rebuild else layout.read_manifest()
+                existing = found["encoder"] if found else None
             keep = (
                 existing is not None
                 and not opts.rebuild
@@ -254,7 +258,7 @@ class Collection:
             note = prepare_text_queries(encoder)
             if note:
                 notices.append(note)
-        report.notices = notices + report.notices
+        report.notices = notices + report.notices  # (those of a --repair first)
         _remember(layout.path)
         coll = cls(layout, device=device)
         coll._encoder = encoder
@@ -349,18 +353,28 @@ class Collection:
         """Sparse vectors (ASIF): searched with posting lists instead of FAISS."""
         return self.manifest.get("vectors") == "sparse"
 
+    def _read(self, name: str, reader: Any) -> Any:
+        """``reader(path)`` of a file the manifest names, verified first (see
+        :mod:`vlmsearch.indexes.integrity`): damage is a one-line CollectionError."""
+        return integrity.read_checked(self.layout.path, self.manifest, name, reader)
+
     @property
     def vectors(self) -> VectorTable:
         if self._vectors is None:
-            self._vectors = self._load_current(
-                lambda: VectorTable.load(
+
+            def load() -> VectorTable:
+                for shard in self.manifest.get("shards", []):
+                    for name in integrity.shard_files(shard, self.sparse):
+                        integrity.verify(self.layout.path, self.manifest, name)
+                return VectorTable.load(
                     self.layout.vectors_dir,
                     self.manifest.get("shards", []),
                     self.dim,
                     self.live_ids(),
                     sparse=self.sparse,
                 )
-            )
+
+            self._vectors = self._load_current(load)
         return self._vectors
 
     @property
@@ -378,10 +392,11 @@ class Collection:
         )
         if current:
             path = self.layout.file(info["file"])
-            if path.is_file():
-                return PostingIndex.read(path) if self.sparse else faiss_store.read_index(path)
-            if snapshot.newer_manifest(self.layout, self.manifest) is not None:
+            if not path.is_file() and snapshot.newer_manifest(self.layout, self.manifest):
                 raise FileNotFoundError(errno.ENOENT, "collected by a newer commit", str(path))
+            # verified first; a missing or damaged index is a one-line error naming it
+            reader = PostingIndex.read if self.sparse else faiss_store.read_index
+            return self._read(info["file"], reader)
         self.index_is_stale = True
         vt = self.vectors
         if self.sparse:
@@ -396,7 +411,7 @@ class Collection:
         for _ in range(snapshot.ATTEMPTS):
             try:
                 return load()
-            except FileNotFoundError:
+            except (FileNotFoundError, integrity.MissingFileError):
                 newer = snapshot.reread(self.layout, self.manifest)
                 if newer is None:
                     raise
@@ -526,7 +541,11 @@ class Collection:
         with self.layout.lock():
             manifest = self.layout.read_manifest()
             name = manifest.get("metadata_file")
-            table = metadata.read_table(self.layout.file(name)) if name else self.table
+            table = (
+                integrity.read_checked(self.layout.path, manifest, name, metadata.read_table)
+                if name
+                else self.table
+            )
             for name, values in (columns or {}).items():
                 assert ids is not None
                 table = metadata.set_column(table, name, ids, values)
@@ -700,9 +719,8 @@ class Collection:
         if cached is None:
             entry = (self.manifest.get("text_vectors") or {}).get(column) or {}
             cached = TextVectors.empty(self.dim, self.sparse)
-            path = self.layout.file(entry["file"]) if entry.get("file") else None
-            if entry.get("encoder") == identity and path is not None and path.is_file():
-                cached = TextVectors.read(path)
+            if entry.get("encoder") == identity and entry.get("file"):
+                cached = self._read(entry["file"], TextVectors.read)
         tv, embedded = refresh(cached, ids, texts, self.encoder.encode_texts, self.sparse, progress)
         if save and not self.read_only and (embedded or len(tv) != len(cached)):
             info = {"encoder": identity, "encoder_name": self.manifest["encoder"].get("name")}

@@ -143,6 +143,9 @@ def index(
         ),
     ] = None,
     rebuild: Annotated[bool, typer.Option(help="Start over: re-encode every file.")] = False,
+    repair: Annotated[
+        bool, typer.Option(help="First repair a damaged collection (see `vlmsearch check`).")
+    ] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 64,
     workers: Annotated[int | None, typer.Option(min=0, help="Decoding processes.")] = None,
     ext: Annotated[
@@ -189,6 +192,7 @@ def index(
     opts = IngestOptions(
         index=index_type,
         rebuild=rebuild,
+        repair=repair,
         batch_size=batch_size,
         workers=workers,
         extensions=tuple(ext.split(",")) if ext else None,
@@ -604,11 +608,13 @@ def info(
 
 from vlmsearch.cli.asif import asif_app  # noqa: E402  (sub-command group)
 from vlmsearch.cli.caption import caption  # noqa: E402
+from vlmsearch.cli.check import check  # noqa: E402
 from vlmsearch.cli.distill import distill  # noqa: E402
 from vlmsearch.cli.serve import serve  # noqa: E402
 
 app.add_typer(asif_app, name="asif")
 app.command("caption")(caption)
+app.command("check")(check)
 app.command("distill")(distill)
 app.command("serve")(serve)
 

@@ -172,7 +172,14 @@ def serve(
         from vlmsearch.server.timeouts import uvicorn_options
     except ImportError as e:  # pragma: no cover - the server deps are core dependencies
         raise VlmsearchError(f"the server needs FastAPI and uvicorn: {e}") from None
-    app = create_app(config)  # a bad collection is reported first, whatever the port
+    app = create_app(config)
+    for name, served in app.state.ctx.registry.items.items():
+        if not served.available:
+            output.err.print(
+                f"[bold yellow]warning:[/bold yellow] collection {output.text(name)} is "
+                f"unavailable: {output.text(served.reload_error)}",
+                soft_wrap=True,
+            )
     sock = bind_socket(host, port)
     port = sock.getsockname()[1]  # the one bound: --port 0 lets the system choose
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from vlmsearch import names
 from vlmsearch.errors import CollectionError, ModelError
-from vlmsearch.indexes import faiss_store, metadata
+from vlmsearch.indexes import faiss_store, integrity, metadata
 from vlmsearch.indexes.decode import DEFAULT_MAX_PIXELS, DecodeTask, iter_decoded
 from vlmsearch.indexes.layout import FORMAT_VERSION, Layout, now_iso
 from vlmsearch.indexes.postings import FACTORY as POSTINGS
@@ -42,6 +42,7 @@ ProgressFn = Callable[[str, int, int], None]
 class IngestOptions:
     index: str | None = None  # None: keep the collection's choice (auto for a new one)
     rebuild: bool = False
+    repair: bool = False  # first repair a damaged collection (see vlmsearch.indexes.repair)
     batch_size: int = 64
     workers: int | None = None
     extensions: tuple[str, ...] | None = None
@@ -157,35 +158,50 @@ def ingest(
     layout.prepare()
     notices: list[str] = []
     with layout.lock():
+        repairs: list[str] = []
+        if opts.repair and not opts.rebuild and layout.exists():
+            from vlmsearch.indexes.repair import repair
+
+            repairs = repair(layout, progress, locked=True).repaired
         manifest: dict[str, Any] | None = None
         if layout.exists() and not opts.rebuild:
             manifest = layout.read_manifest()
             check_encoder_matches(manifest, encoder, "this index run")
             _check_root(manifest, root, layout)
             name = manifest.get("metadata_file")
-            table = metadata.read_table(layout.file(name)) if name else metadata.empty_table()
+            table = (
+                integrity.read_checked(layout.path, manifest, name, metadata.read_table)
+                if name
+                else metadata.empty_table()
+            )
             notices += repair_next_id(manifest, table, name)
             if opts.extensions is None:
                 opts.extensions = tuple(manifest["scan"]["extensions"])
+        previous = None
         if manifest is None:
             manifest = new_manifest(root, encoder, opts)
             table = metadata.empty_table()
             if layout.exists():
                 # --rebuild: keep numbering past the old generation so no file name is
-                # reused while the old manifest (still the committed state) names it.
-                old = layout.read_manifest()
-                manifest["generation"] = int(old.get("generation", 0))
+                # reused while the old manifest (still the committed state) names it;
+                # an unreadable old manifest is no obstacle: number past every file.
+                previous = readable_manifest(layout)
+                old = previous or {}
+                manifest["generation"] = max(
+                    int(old.get("generation", 0)), integrity.highest_generation(layout.path)
+                )
                 manifest["next_id"] = int(old.get("next_id", 0))
             else:
                 # an empty commit first: from now on the folder is a collection, and every
                 # file written into it is one a manifest will name
                 layout.write_manifest(manifest)
+        else:
+            previous = layout.read_manifest()
         manifest["root"] = str(root)
         _settle_fast_decode(manifest, opts)
         writer = CollectionWriter(layout, manifest, table)
-        if layout.exists():
-            writer.previous = layout.read_manifest()
-        report = IngestReport(str(root), str(layout.path), notices=notices)
+        writer.previous = previous
+        report = IngestReport(str(root), str(layout.path), notices=repairs + notices)
         start_data_generation = int(manifest.get("data_generation", 0))
         dirty = _run(writer, root, encoder, opts, report, progress)
         _finish_index(writer, opts, report, start_data_generation, dirty, progress)
@@ -205,6 +221,14 @@ def _check_index_option(layout: Layout, encoder: Encoder, opts: IngestOptions) -
     else:
         dim, sparse = encoder.dim, encoder.sparse_output
     faiss_store.check_index_request(opts.index, dim, sparse)
+
+
+def readable_manifest(layout: Layout) -> dict[str, Any] | None:
+    """The committed manifest, or None where it is damaged or of another format."""
+    try:
+        return layout.read_manifest()
+    except CollectionError:
+        return None
 
 
 def _settle_fast_decode(manifest: dict[str, Any], opts: IngestOptions) -> None:
@@ -508,6 +532,8 @@ def _finish_index(
     dim = int(m["dim"])
     ok_ids = metadata.filter_ids(writer.table, None)
     sparse = m.get("vectors") == "sparse"
+    for shard in m.get("shards", []):
+        integrity.verify_all(writer.layout.path, m, integrity.shard_files(shard, sparse))
     live = VectorTable.load(writer.layout.vectors_dir, m.get("shards", []), dim, ok_ids, sparse)
     if sparse:
         _finish_postings(writer, opts, report, start_data_generation, live, progress)
@@ -521,14 +547,14 @@ def _finish_index(
         int(old.get("generation", -1)) >= start_data_generation
         and old.get("factory") == plan.factory
         and old.get("file")
-        and writer.layout.file(old["file"]).is_file()
         and not opts.rebuild
+        and _index_intact(writer, old["file"], report)
     )
     if old_current and int(m.get("data_generation", 0)) == start_data_generation:
         return  # nothing changed since the index was written
     index = None
     if old_current:
-        index = faiss_store.read_index(writer.layout.file(old["file"]))
+        index = integrity.read_checked(writer.layout.path, m, old["file"], faiss_store.read_index)
         dirty_ids = np.fromiter(dirty, np.int64, len(dirty))
         if len(dirty_ids) and not faiss_store.supports_remove(index):
             index = None  # HNSW cannot remove; rebuild from the stored vectors
@@ -556,6 +582,19 @@ def _finish_index(
     if tuning:
         info["tuning"] = tuning
     _commit_index(writer, live, index, info)
+
+
+def _index_intact(writer: CollectionWriter, name: str, report: IngestReport) -> bool:
+    """Whether the stored index can be kept; a damaged one is rebuilt (it is derived from
+    the vectors), and the report says so."""
+    try:
+        integrity.verify(writer.layout.path, writer.manifest, name)
+        return True
+    except integrity.MissingFileError:
+        return False
+    except integrity.DamagedFileError as e:
+        report.notices.append(f"the index {name} was damaged ({e.problem}); rebuilt it")
+        return False
 
 
 def _commit_index(
@@ -588,7 +627,7 @@ def _finish_postings(
         and int(m.get("data_generation", 0)) == start_data_generation
         and int(old.get("generation", -1)) >= start_data_generation
         and old.get("file")
-        and writer.layout.file(old["file"]).is_file()
+        and _index_intact(writer, old["file"], report)
     ):
         return
     report.index_rebuilt = True

@@ -36,6 +36,7 @@ from vlmsearch._version import __version__
 from vlmsearch.errors import CollectionError
 from vlmsearch.indexes import gc
 from vlmsearch.indexes.atomic import atomic_write_text, is_temp_name
+from vlmsearch.indexes.integrity import check_manifest
 from vlmsearch.indexes.lock import LOCK_NAME, WriterLock
 from vlmsearch.indexes.nospace import commit_guard
 
@@ -75,13 +76,19 @@ class Layout:
         try:
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise CollectionError(f"cannot read {self.manifest_path}: {e}") from None
+            raise CollectionError(
+                f"cannot read {self.manifest_path}: {e}; re-index with "
+                f"`vlmsearch index FOLDER --rebuild -c {self.path}`"
+            ) from None
+        if not isinstance(manifest, dict):
+            check_manifest(manifest, self.manifest_path)  # raises: not a JSON object
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise CollectionError(
                 f"{self.path} has collection format {version}; this vlmsearch "
                 f"({__version__}) reads format {FORMAT_VERSION}. Re-index with --rebuild."
             )
+        check_manifest(manifest, self.manifest_path)
         return manifest
 
     def file(self, name: str) -> Path:

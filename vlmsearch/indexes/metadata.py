@@ -50,11 +50,15 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def read_table(path: Path) -> pa.Table:
-    return pq.read_table(path)
+    # page checksums catch damage inside a page even where the manifest has no digest
+    return pq.read_table(path, page_checksum_verification=True)
 
 
 def write_table(path: Path, table: pa.Table) -> None:
-    atomic_write(path, lambda p: pq.write_table(table, p, compression="zstd"))
+    atomic_write(
+        path,
+        lambda p: pq.write_table(table, p, compression="zstd", write_page_checksum=True),
+    )
 
 
 def drop_ids(table: pa.Table, ids: np.ndarray | list[int]) -> pa.Table:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from vlmsearch.indexes import metadata
+from vlmsearch.indexes import integrity, metadata
 from vlmsearch.indexes.layout import Layout
 
 ATTEMPTS = 5
@@ -28,7 +28,7 @@ def read_snapshot(layout: Layout) -> tuple[dict[str, Any], pa.Table]:
     for attempt in range(ATTEMPTS):
         try:
             return manifest, _table(layout, manifest)
-        except FileNotFoundError:
+        except (FileNotFoundError, integrity.MissingFileError):
             newer = newer_manifest(layout, manifest)
             if newer is None or attempt == ATTEMPTS - 1:
                 raise
@@ -57,7 +57,9 @@ def reread(layout: Layout, manifest: dict[str, Any]) -> tuple[dict[str, Any], pa
 
 def _table(layout: Layout, manifest: dict[str, Any]) -> pa.Table:
     name = manifest.get("metadata_file")
-    return metadata.read_table(layout.file(name)) if name else metadata.empty_table()
+    if not name:
+        return metadata.empty_table()
+    return integrity.read_checked(layout.path, manifest, name, metadata.read_table)
 
 
 def on_one_commit(method: F) -> F:

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vlmsearch.indexes import faiss_store, metadata
+from vlmsearch.indexes import faiss_store, integrity, metadata
 from vlmsearch.indexes.layout import Layout
 from vlmsearch.indexes.postings import PostingIndex
 from vlmsearch.indexes.text_vectors import TextVectors
@@ -71,5 +71,6 @@ class CollectionWriter:
         status = self.table["status"]
         ok = int(pc.sum(pc.equal(status, "ok")).as_py() or 0) if self.table.num_rows else 0
         m["counts"] = {"files": self.table.num_rows, "ok": ok, "error": self.table.num_rows - ok}
+        integrity.record(self.layout.path, m)  # sizes and digests of every named file
         self.layout.write_manifest(m, self.previous)
         self.previous, self.manifest = self.manifest, m

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from vlmsearch.indexes.atomic import atomic_write
+from vlmsearch.indexes.integrity import reading
 
 
 def shard_files(directory: Path, name: str) -> tuple[Path, Path]:
@@ -127,11 +128,17 @@ class VectorTable:
         all_vecs = []
         for name in shards:
             ids_path, vec_path = shard_files(directory, name)
-            all_ids.append(np.load(ids_path))
-            if sparse:
-                all_vecs.append(_load_csr(sparse_file(directory, name)))
-            else:
-                all_vecs.append(np.load(vec_path, mmap_mode="r"))
+            with reading(ids_path, directory.parent):
+                shard_ids = np.load(ids_path)
+                if shard_ids.ndim != 1 or shard_ids.dtype != np.int64:
+                    raise ValueError(f"ids of shape {shard_ids.shape} and type {shard_ids.dtype}")
+            data_path = sparse_file(directory, name) if sparse else vec_path
+            with reading(data_path, directory.parent):
+                vecs = _load_csr(data_path) if sparse else np.load(vec_path, mmap_mode="r")
+                if vecs.shape != (len(shard_ids), dim):  # a mismatch would mix up rows
+                    raise ValueError(f"shape {vecs.shape}, expected ({len(shard_ids)}, {dim})")
+            all_ids.append(shard_ids)
+            all_vecs.append(vecs)
         ids = np.concatenate(all_ids)
         # last occurrence wins: unique over the reversed order gives the last position
         rev_unique, rev_pos = np.unique(ids[::-1], return_index=True)

@@ -256,7 +256,9 @@ def load_student(collection: Any, device: str | None = None) -> RegionStudent | 
         return None
     if entry.get("encoder") != Encoder.identity(collection.manifest["encoder"]):
         return None  # trained for another encoder: its embeddings are not comparable
-    path = collection.layout.file(entry["file"])
+    from vlmsearch.indexes.integrity import verify
+
+    path = verify(collection.layout.path, collection.manifest, entry["file"])
     dev = resolve_device(device)
     key = (str(path), dev)
     if key not in _CACHE:

@@ -19,7 +19,7 @@ from vlmsearch.server.config import ServerConfig
 from vlmsearch.server.context import ServerContext
 from vlmsearch.server.hosts import HostCheckMiddleware, allowed_names
 from vlmsearch.server.metrics import Metrics, MetricsMiddleware
-from vlmsearch.server.registry import Registry, UnknownCollection
+from vlmsearch.server.registry import CollectionUnavailable, Registry, UnknownCollection
 from vlmsearch.server.security import ApiKeyMiddleware, BodyLimitMiddleware
 from vlmsearch.server.timeouts import BodyTimeoutMiddleware
 
@@ -35,7 +35,7 @@ def _status(e: VlmsearchError) -> int:
         return 404
     if isinstance(e, QueryError):
         return 400
-    if isinstance(e, ModelError):
+    if isinstance(e, ModelError | CollectionUnavailable):
         return 503  # a model the server cannot load now (e.g. no LM configured)
     if isinstance(e, BusyError):
         return 503  # e.g. every filter slot of a collection taken: try again later

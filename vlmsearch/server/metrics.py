@@ -60,6 +60,8 @@ class _CollectionCollector:
             "vlmsearch_collection_reloads", "Reloads after a new commit.", labels=["name"]
         )
         for name, served in self.source.items.items():
+            if not served.available:
+                continue
             rows.add_metric([name], len(served.current()))
             gen.add_metric([name], served.generation)
             reloads.add_metric([name], served.reloads)

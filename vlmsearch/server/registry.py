@@ -56,8 +56,47 @@ class ServedCollection:
         self._stamp: tuple[int, int, int] | None = None
         self.reload_error: str | None = None
         self.reloads = 0
-        self._coll = self._load()
+        self._coll: Collection | None = None
+        self._failed_stamp: tuple[int, int, int] | None = None
         self._facets: tuple[int, dict[str, Any]] | None = None
+        try:
+            self._coll = self._load()
+        except CollectionError as e:  # damaged: served as unavailable, the server starts
+            self._unavailable(e)
+
+    @property
+    def available(self) -> bool:
+        return self._coll is not None
+
+    def _unavailable(self, e: CollectionError) -> None:
+        self._failed_stamp = _stamp(self.layout)
+        path = getattr(e.__cause__ or e, "path", None)
+        problem = getattr(e.__cause__ or e, "problem", None)
+        # the reason without server paths: the file's name and what is wrong with it
+        self.reload_error = (
+            f"damaged file {path.name}: {problem}; run `vlmsearch check --repair` on the server"
+            if path is not None and problem
+            else "the collection cannot be loaded (see the server log)"
+        )
+        log.error("%s: unavailable: %s", self.name, e)
+
+    def _retry(self) -> Collection:
+        """An unavailable collection is loaded again once its manifest changes (a repair
+        commits a new one); until then every request gets the reason, status 503."""
+        stamp = _stamp(self.layout)
+        if stamp != self._failed_stamp and self._reload_lock.acquire(False):
+            try:
+                self._coll = self._load()
+                self.reload_error = None
+            except CollectionError as e:
+                self._unavailable(e)
+            finally:
+                self._reload_lock.release()
+        if self._coll is None:
+            raise CollectionUnavailable(
+                f"collection {self.name!r} is unavailable: {self.reload_error}"
+            )
+        return self._coll
 
     def _load(self) -> Collection:
         last: Exception | None = None
@@ -81,11 +120,13 @@ class ServedCollection:
             except (OSError, CollectionError, ValueError, KeyError) as e:
                 last = e
                 time.sleep(0.05 * (attempt + 1))
-        raise CollectionError(f"cannot load collection {self.layout.path}: {last}")
+        raise CollectionError(f"cannot load collection {self.layout.path}: {last}") from last
 
     def current(self) -> Collection:
         """The latest committed state; a changed manifest is loaded first (one thread
         loads, the others keep answering from the previous state meanwhile)."""
+        if self._coll is None:
+            return self._retry()
         stamp = _stamp(self.layout)
         if stamp is not None and stamp != self._stamp and self._reload_lock.acquire(False):
             try:
@@ -111,7 +152,7 @@ class ServedCollection:
 
     @property
     def generation(self) -> int:
-        return int(self._coll.manifest.get("generation", 0))
+        return int(self._coll.manifest.get("generation", 0)) if self._coll is not None else -1
 
     def facets(self) -> dict[str, Any]:
         """Metadata columns for filters: type, and for text columns with few distinct
@@ -173,3 +214,7 @@ class Registry:
 
 class UnknownCollection(CollectionError):
     """A request named a collection this server does not serve."""
+
+
+class CollectionUnavailable(CollectionError):
+    """A served collection that cannot be loaded now (damaged files)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -10,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from vlmsearch.server.context import ServerContext, get_ctx, jsonable
-from vlmsearch.server.registry import ServedCollection
+from vlmsearch.server.registry import CollectionUnavailable, ServedCollection
 
 router = APIRouter(tags=["info"])
 Ctx = Annotated[ServerContext, Depends(get_ctx)]
@@ -33,19 +34,30 @@ def _summary(served: ServedCollection, ctx: ServerContext) -> dict[str, Any]:
     }
 
 
+def _refresh(served_all: list[ServedCollection]) -> None:
+    for served in served_all:
+        with contextlib.suppress(CollectionUnavailable):  # reported with its reason
+            served.current()
+
+
 @router.get("/api/health", summary="Liveness, and each collection's generation")
 async def health(ctx: Ctx) -> dict[str, Any]:
     # on the event loop, so that it answers while slow requests hold every worker thread;
     # only a new commit to load takes one
     served_all = list(ctx.registry.items.values())
-    if any(s.needs_reload() for s in served_all):
-        await run_in_threadpool(lambda: [s.current() for s in served_all])
+    if any(s.needs_reload() or not s.available for s in served_all):
+        await run_in_threadpool(_refresh, served_all)
     cols = {}
     for name, served in ctx.registry.items.items():
         coll = served.loaded
+        if coll is None:
+            cols[name] = {"available": False, "error": served.reload_error}
+            continue
+        images = len(coll)
         cols[name] = {
+            "available": True,
             "generation": served.generation,
-            "images": len(coll),
+            "images": images,
             "reload_error": served.reload_error,
         }
     return {"status": "ok", "collections": cols}
@@ -53,7 +65,12 @@ async def health(ctx: Ctx) -> dict[str, Any]:
 
 @router.get("/api/collections", summary="The served collections")
 def collections(ctx: Ctx) -> list[dict[str, Any]]:
-    return jsonable([_summary(s, ctx) for s in ctx.registry.items.values()])
+    return jsonable(
+        [
+            _summary(s, ctx) if s.available else {"name": s.name, "error": s.reload_error}
+            for s in ctx.registry.items.values()
+        ]
+    )
 
 
 @router.get("/api/collections/{name}", summary="Everything about one collection")
