@@ -300,7 +300,9 @@ def test_server_starts_with_a_damaged_collection_and_reports_it(photos, pristine
     name = target(photos, "index")
     damage(coll_dir(photos) / name, "truncate")
     config = ServerConfig(collections={"bad": coll_dir(photos), "good": coll_dir(good)})
-    client = TestClient(create_app(config), raise_server_exceptions=False)
+    client = TestClient(
+        create_app(config), base_url="http://127.0.0.1", raise_server_exceptions=False
+    )
     health = client.get("/api/health").json()
     assert health["collections"]["good"]["available"] is True
     bad = health["collections"]["bad"]
