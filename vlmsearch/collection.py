@@ -392,11 +392,13 @@ class Collection:
         )
         if current:
             path = self.layout.file(info["file"])
-            if not path.is_file() and snapshot.newer_manifest(self.layout, self.manifest):
+            if path.is_file():
+                # verified first: a damaged index is a one-line error naming it
+                reader = PostingIndex.read if self.sparse else faiss_store.read_index
+                return self._read(info["file"], reader)
+            if snapshot.newer_manifest(self.layout, self.manifest) is not None:
                 raise FileNotFoundError(errno.ENOENT, "collected by a newer commit", str(path))
-            # verified first; a missing or damaged index is a one-line error naming it
-            reader = PostingIndex.read if self.sparse else faiss_store.read_index
-            return self._read(info["file"], reader)
+        # no index, or one behind the data (or deleted): exact search over the vectors
         self.index_is_stale = True
         vt = self.vectors
         if self.sparse:

@@ -27,7 +27,12 @@ def caption(
     ] = None,
     collection: Annotated[
         Path | None,
-        typer.Option("--collection", "-c", help="Caption a collection's stored images."),
+        typer.Option(
+            "--collection",
+            "-c",
+            help="Caption this collection's stored images (the default when no PATHS are "
+            "given: see `vlmsearch search --help`).",
+        ),
     ] = None,
     where: Annotated[str | None, typer.Option(help="With --collection: SQL filter.")] = None,
     write_column: Annotated[
@@ -61,19 +66,22 @@ def caption(
     from vlmsearch.retrieval.captioner import Captioner
     from vlmsearch.retrieval.magic import MagicSettings, check_language_model_name
 
-    if bool(paths) == (collection is not None):
-        raise VlmsearchError("give image PATHS or --collection, not both (and not neither)")
+    if paths and collection is not None:
+        raise VlmsearchError("give image PATHS or --collection, not both")
     if paths and (where or write_column or overwrite):
-        raise VlmsearchError("--where, --write-column and --overwrite need --collection")
+        raise VlmsearchError(
+            "--where, --write-column and --overwrite need --collection (or the default "
+            "collection), not PATHS"
+        )
     settings = MagicSettings(method, k, alpha, beta, max_tokens, prompt)
     settings.effective()  # bad settings fail before any model is loaded
     check_language_model_name(lm)
     rows: list[dict[str, object]] = []
-    if collection is not None:
+    if not paths:  # a collection's stored images: -c, else the default one (named)
         from vlmsearch.cli.progress import ingest_progress
-        from vlmsearch.collection import Collection
+        from vlmsearch.cli.which import open_collection
 
-        coll = Collection.open(collection, device=device)
+        coll = open_collection(collection, device, "captioning")
         targets = coll.caption_targets(where, write_column, overwrite)  # fails before any load
         if len(targets) == 0:
             output.err.print(
