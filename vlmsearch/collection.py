@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from vlmsearch.retrieval.encoders import (
 )
 from vlmsearch.retrieval.encoders.base import Encoder, TextEmbedder
 from vlmsearch.retrieval.encoders.openclip import DEFAULT_MODEL
+from vlmsearch.retrieval.lazy_encoder import LazyEncoder
 from vlmsearch.retrieval.query import Term, build_terms, query_vector
 from vlmsearch.retrieval.zeroshot import (
     class_scores,
@@ -191,9 +193,10 @@ class Collection:
     ) -> Collection:
         """Index (or update) the images under ``root``; returns the opened collection.
 
-        With ``text_onnx`` the encoder's text tower is also exported to ONNX once per model
-        (cached; see :mod:`vlmsearch.retrieval.text_onnx`), so that later text queries need
-        not import torch.
+        With ``text_onnx`` the encoder's text (and image) towers are also exported to ONNX
+        once per model (cached; see :mod:`vlmsearch.retrieval.query_exports`), so that later
+        queries need not import torch. An existing collection's encoder is built only when
+        a file must be encoded or an export is missing.
 
         Without ``model``/``encoder_kind``, an existing collection keeps its own encoder
         and a new one uses :data:`DEFAULT_MODEL`, or -- when those CLIP weights cannot be
@@ -201,12 +204,14 @@ class Collection:
         ``last_report.notices`` and recorded in the manifest as ``encoder_choice``).
         The run's report is in ``.last_report``.
         """
+        t0 = time.perf_counter()
         root_path = Path(root).expanduser()
         if not root_path.is_dir():
             raise CollectionError(f"not a directory: {root_path}")
         layout = Layout(collection or default_collection_for(root_path))
         opts = options or IngestOptions()
         notices: list[str] = []
+        source: LazyEncoder | None = LazyEncoder.ready(encoder) if encoder is not None else None
         if encoder is None:
             existing = layout.read_manifest()["encoder"] if layout.exists() else None
             keep = (
@@ -227,22 +232,29 @@ class Collection:
                 encoder_kind = "asif"
             if keep:
                 assert existing is not None
-                encoder = encoder_from_spec(existing, device=device)
+                spec = existing
+                encoder_class(spec.get("kind", DEFAULT_KIND)).check_spec(spec)
+                # built only if a file must be encoded or a query export is missing
+                source = LazyEncoder(spec, lambda: encoder_from_spec(spec, device=device))
             else:
-                encoder, notices = choose_encoder(
+                t_load = time.perf_counter()
+                loaded, notices = choose_encoder(
                     model, encoder_kind, device, encoder_options or {}, opts
                 )
-        report = ingest(layout, root_path, encoder, opts, progress)
+                source = LazyEncoder.ready(loaded)
+                source.load_seconds = time.perf_counter() - t_load
+        assert source is not None
+        report = ingest(layout, root_path, source, opts, progress)
         if text_onnx:
-            from vlmsearch.retrieval.text_onnx import prepare_text_queries
+            from vlmsearch.retrieval.query_exports import prepare_query_exports
 
-            note = prepare_text_queries(encoder)
-            if note:
-                notices.append(note)
+            notices += prepare_query_exports(source)
         report.notices = notices
         _remember(layout.path)
         coll = cls(layout, device=device)
-        coll._encoder = encoder
+        coll._encoder = source.loaded
+        report.load_seconds = source.load_seconds
+        report.seconds = time.perf_counter() - t0  # everything: model loading included
         coll.last_report = report
         return coll
 

@@ -295,6 +295,7 @@ def _report(coll: Any, rep: Any, quiet: bool, json_: bool) -> None:
             f"{rep.changed} changed, {rep.deleted} deleted, {rep.unchanged} unchanged; "
             f"{rep.encoded} encoded ({rep.images_per_second:.1f} img/s), {rep.errors} errors; "
             f"index {rep.index_factory}; model {escape(str(name))}; {rep.seconds:.1f}s"
+            + (f" (model load {rep.load_seconds:.1f}s)" if rep.load_seconds >= 0.05 else "")
         )
         for path, msg in rep.error_samples[:10]:
             output.err.print(f"  [red]error[/red] {escape(path)}: {escape(msg)}")

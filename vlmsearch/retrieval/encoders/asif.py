@@ -168,28 +168,34 @@ class AsifEncoder(Encoder):
 
         a = spec["anchors"]
         path = Path(a["path"])
+        cls.check_spec(spec)  # before building either model
         if not is_anchor_set(path) and a.get("default"):
             img = unimodal_from_spec("image", spec["image_encoder"], device=device)
             txt = unimodal_from_spec("text", spec["text_encoder"], device=device)
             anchors = ensure_default_anchors(img, txt, path)  # type: ignore[arg-type]
         else:
-            if not is_anchor_set(path):
-                raise ModelError(
-                    f"this collection was built with the anchor set at {path}, which is not "
-                    "there any more; move it back, or re-index with --rebuild --anchors NEW"
-                )
             anchors = AnchorSet.open(path)
             img = unimodal_from_spec("image", spec["image_encoder"], device=device)
             txt = unimodal_from_spec("text", spec["text_encoder"], device=device)
-        if anchors.fingerprint != a["fingerprint"]:
-            raise ModelError(
-                f"the anchor set {path} has changed since this collection was built "
-                f"(fingerprint {anchors.fingerprint[:12]}… != {a['fingerprint'][:12]}…); "
-                "restore it or re-index with --rebuild"
-            )
+        _check_fingerprint(path, anchors.fingerprint, a["fingerprint"])
         p_image = spec.get("p_image", spec.get("p"))
         p_text = spec.get("p_text", spec.get("p"))
         return cls(anchors, img, txt, spec["k"], p_image, p_text)  # type: ignore[arg-type]
+
+    @classmethod
+    def check_spec(cls, spec: dict[str, Any]) -> None:
+        """The anchor set is there and unchanged (read from its manifest; no model built).
+        A missing default set is fine: it is rebuilt from the packaged encoders."""
+        a = spec["anchors"]
+        path = Path(a["path"])
+        if not is_anchor_set(path):
+            if a.get("default"):
+                return
+            raise ModelError(
+                f"this collection was built with the anchor set at {path}, which is not "
+                "there any more; move it back, or re-index with --rebuild --anchors NEW"
+            )
+        _check_fingerprint(path, AnchorSet.open(path).fingerprint, a["fingerprint"])
 
     def _make_spec(self) -> dict[str, Any]:
         a = self.anchors
@@ -283,6 +289,10 @@ class AsifEncoder(Encoder):
         return self.text_encoder.spec, self.text_encoder.onnx_text_export
 
     @classmethod
+    def text_export_spec(cls, spec: dict[str, Any]) -> dict[str, Any] | None:
+        return dict(spec["text_encoder"])
+
+    @classmethod
     def text_query_encoder(cls, spec: dict[str, Any]) -> TextEmbedder | None:
         from vlmsearch.retrieval.text_onnx import open_tower
 
@@ -296,6 +306,14 @@ class AsifEncoder(Encoder):
         p_text = spec.get("p_text", spec.get("p"))
         p_text = anchors.powers["text"] if p_text is None else p_text
         return AsifTextQueries(anchors, tower, int(spec["k"]), float(p_text))
+
+
+def _check_fingerprint(path: Path, have: str, want: str) -> None:
+    if have != want:
+        raise ModelError(
+            f"the anchor set {path} has changed since this collection was built "
+            f"(fingerprint {have[:12]}… != {want[:12]}…); restore it or re-index with --rebuild"
+        )
 
 
 class AsifTextQueries:

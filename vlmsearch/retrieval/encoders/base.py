@@ -48,6 +48,12 @@ class Encoder(ABC):
     def from_spec(cls, spec: dict[str, Any], device: str | None = None) -> Encoder:
         """Rebuild from a manifest spec; must refuse weights that differ from the spec."""
 
+    @classmethod
+    def check_spec(cls, spec: dict[str, Any]) -> None:
+        """Cheap checks that the files a manifest spec names are still the same (without
+        building the model; :meth:`from_spec` makes them too). Raises ModelError."""
+        return None
+
     @property
     @abstractmethod
     def spec(self) -> dict[str, Any]:
@@ -114,6 +120,12 @@ class Encoder(ABC):
     ) -> tuple[dict[str, Any], Callable[[], TowerExport | None]] | None:
         """(the spec keying the export, a function building it) for the model that embeds
         text; None when this encoder has no exportable text tower."""
+        return None
+
+    @classmethod
+    def text_export_spec(cls, spec: dict[str, Any]) -> dict[str, Any] | None:
+        """The spec :meth:`onnx_text_export` would key its export by, read from a manifest
+        spec without building the encoder; None: this kind exports no text tower."""
         return None
 
     @classmethod

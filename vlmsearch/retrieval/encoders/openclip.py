@@ -119,6 +119,15 @@ class OpenClipEncoder(Encoder):
         return enc
 
     @classmethod
+    def check_spec(cls, spec: dict[str, Any]) -> None:
+        ckpt = spec.get("checkpoint")
+        if ckpt:
+            path = Path(ckpt)
+            if not path.is_file():
+                raise ModelError(f"checkpoint not found: {path}")
+            check_checkpoint(spec, {"sha256": file_sha256(path)})  # hash cached by mtime
+
+    @classmethod
     def _create(
         cls,
         arch: str,
@@ -231,6 +240,10 @@ class OpenClipEncoder(Encoder):
         self,
     ) -> tuple[dict[str, Any], Callable[[], TowerExport | None]] | None:
         return self.spec, self._text_tower
+
+    @classmethod
+    def text_export_spec(cls, spec: dict[str, Any]) -> dict[str, Any] | None:
+        return spec
 
     @classmethod
     def text_query_encoder(cls, spec: dict[str, Any]) -> TextEmbedder | None:
