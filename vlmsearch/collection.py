@@ -45,7 +45,7 @@ from vlmsearch.retrieval.encoders import (
 from vlmsearch.retrieval.encoders.base import Encoder, TextEmbedder
 from vlmsearch.retrieval.encoders.openclip import DEFAULT_MODEL
 from vlmsearch.retrieval.lazy_encoder import LazyEncoder
-from vlmsearch.retrieval.query import Term, build_terms, query_vector
+from vlmsearch.retrieval.query import Term, build_terms, decode_images, query_vector
 from vlmsearch.retrieval.zeroshot import (
     class_scores,
     class_weights,
@@ -308,16 +308,12 @@ class Collection:
         self._encoder = encoder
 
     def check_model(self, model: str, kind: str = DEFAULT_KIND) -> None:
-        """Refuse a query model that differs from the collection's (without loading it)."""
-        from vlmsearch.retrieval.encoders.openclip import parse_model_name
+        """Refuse a query model that differs from the collection's; decided from names and
+        file hashes where possible, so the model is then not built here at all."""
+        from vlmsearch.retrieval.preflight import model_matches
 
-        spec = self.manifest["encoder"]
-        if kind == "open_clip" and spec.get("kind") == "open_clip":
-            arch, tag, ckpt = parse_model_name(model)
-            # cheap check before loading anything; checkpoints are compared by sha256 below
-            if arch != spec.get("arch") or (ckpt is None and tag != spec.get("pretrained")):
-                raise_mismatch(self.manifest, model)
-        self.use_encoder(load_encoder(model, kind=kind, device=self.device))
+        if not model_matches(self.manifest, model, kind):
+            self.use_encoder(load_encoder(model, kind=kind, device=self.device))
 
     # -- storage ------------------------------------------------------------------------------
     def live_ids(self) -> np.ndarray:
@@ -409,10 +405,24 @@ class Collection:
         (captions, embedded once and stored; see :meth:`text_vectors`). The score is then
         ``text_weight * caption score + (1 - text_weight) * image score``: 1 (the default)
         searches the captions alone, 0.5 weighs both equally."""
+        from vlmsearch.retrieval.preflight import check_search
+
         terms = build_terms(
             _as_list(text), _as_list(image), _as_list(negative), _as_list(negative_image)
         )
         self._require_vectors()
+        if k < 1:
+            raise QueryError(f"k must be at least 1 (got {k})")
+        # every argument is checked, and query images decoded, before a model is built
+        terms = decode_images(terms)
+        check_search(
+            self,
+            where=where,
+            text_column=text_column,
+            text_weight=text_weight,
+            rerank=rerank,
+            rerank_top=rerank_top,
+        )
         vector = query_vector(self._query_encoder(terms), terms)
         first_k = max(k, rerank_top) if rerank is not None else k
         if text_column is not None:
@@ -787,7 +797,15 @@ class Collection:
         """Classify the stored vectors (no image is re-encoded); optionally store the labels
         as a metadata column so that ``where="COLUMN = 'label'"`` filters on them.
         ``rule``: ``mean`` (CLIP's averaged prompts) or ``best`` (ASIF's best prompt)."""
+        from vlmsearch.retrieval.zeroshot import RULES
+
         label_list = parse_labels(labels)
+        # checked before the text encoder is built
+        if write_column:
+            metadata.check_column_name(write_column)
+        if rule not in RULES:
+            raise QueryError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+        tmpl = load_templates(templates)
         ids = self.vectors.ids
         if where and where.strip():
             ids = sorted_intersection(self.filter_ids(where), ids)
@@ -797,7 +815,7 @@ class Collection:
                     self._text_encoder(),  # type: ignore[arg-type]
                     self.vectors.get(ids),
                     label_list,
-                    load_templates(templates),
+                    tmpl,
                     rule,
                 )
             )
@@ -1001,14 +1019,6 @@ def choose_encoder(
             f"the default CLIP model {DEFAULT_MODEL} cannot be loaded ({reason}); using the "
             f"offline default instead: {enc.spec['name']}. Pass --model to choose another."
         ]
-
-
-def raise_mismatch(manifest: dict[str, Any], model: str) -> None:
-    raise ModelError(
-        f"model mismatch: the collection was built with "
-        f"{manifest['encoder'].get('name')}, but the query asks for {model}; their embeddings "
-        "are not comparable (drop --model, or re-index with --rebuild --model ...)"
-    )
 
 
 def predictions(
