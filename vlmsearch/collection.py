@@ -44,6 +44,7 @@ from vlmsearch.retrieval.encoders import (
 )
 from vlmsearch.retrieval.encoders.base import Encoder, TextEmbedder
 from vlmsearch.retrieval.encoders.openclip import DEFAULT_MODEL
+from vlmsearch.retrieval.label_cache import LazyTextEmbedder
 from vlmsearch.retrieval.lazy_encoder import LazyEncoder
 from vlmsearch.retrieval.query import Term, build_terms, decode_images, query_vector
 from vlmsearch.retrieval.zeroshot import (
@@ -812,11 +813,12 @@ class Collection:
         probs = (
             softmax_scores(
                 class_scores(
-                    self._text_encoder(),  # type: ignore[arg-type]
+                    LazyTextEmbedder(self._text_encoder),  # not built when all are cached
                     self.vectors.get(ids),
                     label_list,
                     tmpl,
                     rule,
+                    spec=self.manifest["encoder"],
                 )
             )
             if len(ids)
@@ -1069,7 +1071,7 @@ def classify_files(
     label_list = parse_labels(list(labels))
     enc = encoder or load_encoder(model or DEFAULT_MODEL, device=device)
     tmpl = load_templates(templates)
-    weights = class_weights(enc, label_list, tmpl) if rule == "mean" else None
+    weights = class_weights(enc, label_list, tmpl, enc.spec) if rule == "mean" else None
     tasks = [DecodeTask(i, str(f)) for i, f in enumerate(files)]
     n_workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     out: list[Prediction] = []
@@ -1080,7 +1082,7 @@ def classify_files(
             probs = (
                 probabilities(vecs, weights)
                 if weights is not None
-                else softmax_scores(class_scores(enc, vecs, label_list, tmpl, rule))
+                else softmax_scores(class_scores(enc, vecs, label_list, tmpl, rule, enc.spec))
             )
         row = 0
         for rec in records:
