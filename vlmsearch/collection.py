@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -171,6 +171,16 @@ class Collection:
         self._filter: metadata.MetadataFilter | None = None
         self._row_index: tuple[pa.Table, np.ndarray, np.ndarray | None] | None = None
         self.notices: list[str] = []
+        # set by a caller that shows notes as they come (else they wait in self.notices)
+        self.on_notice: Callable[[str], None] | None = None
+
+    def notify(self, note: str) -> None:
+        """A line for the user: shown now through :attr:`on_notice`, else kept in
+        :attr:`notices`."""
+        if self.on_notice is not None:
+            self.on_notice(note)
+        elif note not in self.notices and len(self.notices) < 100:  # bounded in a server
+            self.notices.append(note)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -391,7 +401,7 @@ class Collection:
         text_column: str | None = None,
         text_weight: float = 1.0,
         rerank: str | Any | None = None,
-        rerank_top: int = 50,
+        rerank_top: int | None = None,
         fusion: float | None = None,
         rerank_options: dict[str, Any] | None = None,
         progress: ProgressFn | None = None,
@@ -400,7 +410,8 @@ class Collection:
 
         ``rerank`` (a spec such as ``"region"`` or ``"coca:ARCH/TAG"``, or a loaded
         :class:`~vlmsearch.retrieval.rerankers.Reranker`) rescores the first stage's top
-        ``rerank_top`` hits; see :meth:`rerank_hits` for ``fusion``.
+        ``rerank_top`` hits (default: the reranker's, 50; 10 for the region teacher on a
+        CPU); see :meth:`rerank_hits` for ``fusion``.
 
         With ``text_column`` the query is also compared with that metadata column's text
         (captions, embedded once and stored; see :meth:`text_vectors`). The score is then
@@ -424,24 +435,30 @@ class Collection:
             rerank=rerank,
             rerank_top=rerank_top,
         )
+        reranker = None
+        if rerank is not None:
+            from vlmsearch.retrieval.rerankers import load_reranker
+
+            reranker = (
+                load_reranker(rerank, device=self.device, **(rerank_options or {}))
+                if isinstance(rerank, str)
+                else rerank
+            )
+            if rerank_top is None:
+                rerank_top = reranker.default_top(self)
         vector = query_vector(self._query_encoder(terms), terms)
-        first_k = max(k, rerank_top) if rerank is not None else k
+        first_k = max(k, rerank_top) if reranker is not None and rerank_top else k
         if text_column is not None:
             hits = self.search_fused(
                 vector, text_column, text_weight, k=first_k, where=where, params=params
             )
         else:
             hits = self.search_vector(vector, k=first_k, where=where, params=params)
-        if rerank is None:
+        if reranker is None:
             return hits
-        from vlmsearch.retrieval.rerankers import load_reranker
         from vlmsearch.retrieval.rerankers.base import RerankQuery
 
-        reranker = (
-            load_reranker(rerank, device=self.device, **(rerank_options or {}))
-            if isinstance(rerank, str)
-            else rerank
-        )
+        assert rerank_top is not None
         texts = [str(t.value) for t in terms if t.kind == "text" and t.weight > 0]
         query = RerankQuery(" ".join(texts) or None, vector, self)
         return self.rerank_hits(hits, reranker, query, rerank_top, fusion, progress)[:k]
@@ -469,6 +486,9 @@ class Collection:
         head, tail = hits[:top], hits[top:]
         if not head:
             return hits
+        note = reranker.plan_note(self, len(head)) if hasattr(reranker, "plan_note") else None
+        if note:
+            self.notify(note)
         result = reranker.score(query, [Candidate(h.id, h.path, h.score) for h in head], progress)
         first = np.asarray([h.score for h in head], np.float64)
         final = fuse(first, result.scores, fusion)

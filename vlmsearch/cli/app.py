@@ -347,7 +347,13 @@ def search(
             help="Rescore the top hits: region[:teacher|student], coca:MODEL, vqa:MODEL, itm:MODEL."
         ),
     ] = None,
-    rerank_top: Annotated[int, typer.Option(help="How many first-stage hits to rerank.")] = 50,
+    rerank_top: Annotated[
+        int | None,
+        typer.Option(
+            help="How many first-stage hits to rerank. Default 50; 10 for region reranking "
+            "with the teacher on a CPU (no `vlmsearch distill` student)."
+        ),
+    ] = None,
     fusion: Annotated[
         float | None,
         typer.Option(
@@ -387,7 +393,10 @@ def search(
     from vlmsearch.cli.progress import ingest_progress
 
     # a bar only when reranking many hits: a plain search prints nothing but its results
-    quiet = fmt != "table" or rerank is None or rerank_top < 20
+    quiet = fmt != "table" or rerank is None or (rerank_top is not None and rerank_top < 20)
+    coll.on_notice = lambda note: output.err.print(
+        f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True
+    )
     with ingest_progress(quiet) as progress:
         hits = coll.search(
             query or None,

@@ -22,7 +22,7 @@ def check_search(
     text_column: str | None,
     text_weight: float,
     rerank: Any,
-    rerank_top: int,
+    rerank_top: int | None,
 ) -> None:
     """Everything about a search but the query terms (decoded separately)."""
     if text_column is not None:
@@ -32,7 +32,7 @@ def check_search(
     if where and where.strip():
         coll.filter_ids(where)  # parses the filter; kept per table version, so not redone
     if rerank is not None:
-        if rerank_top < 1:
+        if rerank_top is not None and rerank_top < 1:
             raise QueryError(f"--rerank-top must be at least 1 (got {rerank_top})")
         if isinstance(rerank, str):
             check_reranker(rerank)

@@ -16,7 +16,10 @@ def prepare_query_exports(source: LazyEncoder) -> list[str]:
     """Export what is missing; returns one-line notices for queries that will use torch."""
     from vlmsearch.retrieval import text_onnx
 
-    cls = encoder_class(source.spec.get("kind", DEFAULT_KIND))
+    # a loaded encoder may be one the registry does not know (built by the caller)
+    loaded = source.loaded
+    kind = source.spec.get("kind", DEFAULT_KIND)
+    cls = type(loaded) if loaded is not None else encoder_class(kind)
     notes: list[str] = []
     text_spec = cls.text_export_spec(source.spec)
     if text_spec is not None and not text_onnx.export_ready(text_spec):
