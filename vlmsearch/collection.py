@@ -161,6 +161,7 @@ class Collection:
         )
         self._encoder: Encoder | None = None
         self._text_queries: TextEmbedder | Literal[False] | None = None  # False: none exported
+        self._image_queries: Any = None  # the same for image queries (image_onnx)
         self._vectors: VectorTable | None = None
         self._index: Any = None
         self.index_is_stale = False
@@ -298,7 +299,31 @@ class Collection:
             if first and enc is self._text_queries:
                 _ = self.faiss_index  # loads while the ONNX session loads in its thread
             return enc
-        return self.encoder
+        light = self._image_query_encoder(any(t.kind == "text" for t in terms))
+        return light if light is not None else self.encoder
+
+    def _image_query_encoder(self, with_text: bool) -> Any:
+        """On the CPU, before the torch encoder is built: the image tower's ONNX export
+        (with the text export when the query has texts), else None."""
+        if self._encoder is not None or self.device not in (None, "auto", "cpu"):
+            return None
+        texts = self._text_encoder() if with_text else None
+        if self._encoder is not None:
+            return None  # the text side needed torch: use it for the images too
+        if self._image_queries is None:
+            spec = self.manifest["encoder"]
+            cls = encoder_class(spec.get("kind", DEFAULT_KIND))
+            self._image_queries = cls.image_query_encoder(spec, None) or False
+            if self._image_queries:
+                _ = self.faiss_index  # loads while the ONNX session loads in its thread
+                problem = self._image_queries.tower.load_error()
+                if problem:  # a damaged export: torch it is
+                    self.notify(f"image queries use torch (cached ONNX image tower: {problem})")
+                    self._image_queries = False
+        if not self._image_queries:
+            return None
+        self._image_queries.texts = texts
+        return self._image_queries
 
     def _text_encoder(self) -> TextEmbedder:
         """What embeds texts: on the CPU, the text tower's ONNX export when there is one (no
