@@ -166,3 +166,27 @@ def test_image_query_imports_no_torch(tiny_coll: Collection) -> None:
     ids, heavy = json.loads(out.stdout.strip().splitlines()[-1])
     assert heavy == []
     assert ids == [h.id for h in tiny_coll.search(image=query, k=3)]
+
+
+def test_asif_offline_default_image_queries_equal_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vlmsearch.retrieval.encoders.asif import offline_extra_available
+
+    if not offline_extra_available():
+        pytest.skip("needs the offline extra (EfficientNet-Lite0 + MiniLM)")
+    root = tmp_path / "imgs"
+    make_images(root, 6)
+    Collection.index(root, encoder_kind="asif", options=IngestOptions(workers=0), device="cpu")
+    spec = Collection.open(root / ".vlmsearch").manifest["encoder"]
+    assert image_onnx.export_ready(spec["image_encoder"])
+    query = draw_image(tmp_path / "q.png", (30, 200, 30), size=(90, 60), seed=5)
+    light = Collection.open(root / ".vlmsearch", device="cpu")
+    hits = light.search(image=str(query), k=6)
+    assert light._encoder is None
+    want = light.encoder.encode_images([Image.open(query).convert("RGB")])
+    got = light._image_queries.encode_images([Image.open(query).convert("RGB")])
+    np.testing.assert_allclose(got, want, atol=1e-4)  # sparse relative vectors
+    monkeypatch.setenv(image_onnx.ENV_SWITCH, "0")
+    heavy = Collection.open(root / ".vlmsearch", device="cpu")
+    _same_hits(hits, heavy.search(image=str(query), k=6))
