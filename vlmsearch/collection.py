@@ -322,8 +322,13 @@ class Collection:
                     self._image_queries = False
         if not self._image_queries:
             return None
-        self._image_queries.texts = texts
-        return self._image_queries
+        if texts is None:
+            return self._image_queries
+        import copy
+
+        paired = copy.copy(self._image_queries)  # shared by concurrent server queries
+        paired.texts = texts
+        return paired
 
     def _text_encoder(self) -> TextEmbedder:
         """What embeds texts: on the CPU, the text tower's ONNX export when there is one (no
