@@ -87,7 +87,8 @@ def build_100k(path: Path, n: int, env: dict[str, str]) -> None:
     from vlmsearch.retrieval.query_exports import prepare_query_exports
 
     enc = load_encoder("ViT-B-32", device="cpu")
-    vecs = load_or_make_vectors(path.parent / "vectors.npy", n, enc.dim, 0)
+    # bench_search.py's defaults: 10 clusters, noise 1.0 in a 32-dim subspace each
+    vecs = np.asarray(load_or_make_vectors(path.parent / "vectors", n, enc.dim, 10, 1.0, 32, 0))
     write_collection(path, vecs, enc.spec)
     plan = faiss_store.plan_index("auto", n, enc.dim)
     index = faiss_store.build_index(plan, enc.dim, np.arange(n), vecs.astype(np.float32))
@@ -103,6 +104,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--sections", default="reindex,image,classify,region")
+    ap.add_argument("--merge", action="store_true", help="update --json, keep other sections")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     work = a.work.resolve()
@@ -183,6 +185,8 @@ def main() -> None:
         print("region", out, flush=True)
     res["load_after"] = os.getloadavg()
     if a.json:
+        if a.merge and a.json.is_file():
+            res = {**json.loads(a.json.read_text()), **res}
         a.json.write_text(json.dumps(res, indent=2) + "\n")
 
 
