@@ -108,10 +108,16 @@ def test_cold_text_search_imports_no_torch(tiny_coll: Path) -> None:
 def test_image_queries_and_switch_off_use_torch(
     tiny_coll: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from vlmsearch.retrieval import image_onnx
+
     coll = Collection.open(tiny_coll)
     first = str(tiny_coll.parent / "img0000.png")
     assert coll.search("a red square", image=first, k=3)
-    assert coll._encoder is not None  # an image term needs the full encoder
+    assert coll._encoder is None  # the image tower is exported too (issue 15)
+    monkeypatch.setenv(image_onnx.ENV_SWITCH, "0")
+    coll = Collection.open(tiny_coll)
+    assert coll.search("a red square", image=first, k=3)
+    assert coll._encoder is not None  # without it, an image term needs the full encoder
 
     monkeypatch.setenv(text_onnx.ENV_SWITCH, "0")
     coll = Collection.open(tiny_coll)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import pyarrow as pa
 from vlmsearch import names
 from vlmsearch.encoder_choice import choose_encoder as choose_encoder_for
 from vlmsearch.encoder_choice import parse_model_option
-from vlmsearch.errors import CollectionError, ModelError, QueryError
+from vlmsearch.errors import CollectionError, QueryError
 from vlmsearch.indexes import faiss_store, integrity, metadata, snapshot
 from vlmsearch.indexes.filter_budget import FilterBudget
 from vlmsearch.indexes.ingest import (
@@ -48,7 +49,9 @@ from vlmsearch.retrieval.encoders import (
     load_encoder,
 )
 from vlmsearch.retrieval.encoders.base import Encoder, TextEmbedder
-from vlmsearch.retrieval.query import Term, build_terms, query_vector
+from vlmsearch.retrieval.label_cache import LazyTextEmbedder
+from vlmsearch.retrieval.lazy_encoder import LazyEncoder
+from vlmsearch.retrieval.query import Term, build_terms, decode_images, query_vector
 from vlmsearch.retrieval.zeroshot import (
     class_scores,
     class_weights,
@@ -168,6 +171,7 @@ class Collection:
         self.manifest, self.table = snapshot.read_snapshot(layout)
         self._encoder: Encoder | None = None
         self._text_queries: TextEmbedder | Literal[False] | None = None  # False: none exported
+        self._image_queries: Any = None  # the same for image queries (image_onnx)
         self._vectors: VectorTable | None = None
         self._index: Any = None
         self.index_is_stale = False
@@ -182,6 +186,16 @@ class Collection:
         self.notices: list[str] = []
         # set by the server: nothing is committed (text-column embeddings stay in memory)
         self.read_only = False
+        # set by a caller that shows notes as they come (else they wait in self.notices)
+        self.on_notice: Callable[[str], None] | None = None
+
+    def notify(self, note: str) -> None:
+        """A line for the user: shown now through :attr:`on_notice`, else kept in
+        :attr:`notices`."""
+        if self.on_notice is not None:
+            self.on_notice(note)
+        elif note not in self.notices and len(self.notices) < 100:  # bounded in a server
+            self.notices.append(note)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -205,9 +219,10 @@ class Collection:
     ) -> Collection:
         """Index (or update) the images under ``root``; returns the opened collection.
 
-        With ``text_onnx`` the encoder's text tower is also exported to ONNX once per model
-        (cached; see :mod:`vlmsearch.retrieval.text_onnx`), so that later text queries need
-        not import torch.
+        With ``text_onnx`` the encoder's text (and image) towers are also exported to ONNX
+        once per model (cached; see :mod:`vlmsearch.retrieval.query_exports`), so that later
+        queries need not import torch. An existing collection's encoder is built only when
+        a file must be encoded or an export is missing.
 
         Without ``model``/``encoder_kind``, an existing collection keeps its own encoder
         and a new one uses the default CLIP model, or -- when those CLIP weights cannot be
@@ -215,6 +230,7 @@ class Collection:
         ``last_report.notices`` and recorded in the manifest as ``encoder_choice``).
         The run's report is in ``.last_report``.
         """
+        t0 = time.perf_counter()
         root_path = Path(root).expanduser()
         if not root_path.is_dir():
             raise CollectionError(f"not a directory: {root_path}")
@@ -223,6 +239,7 @@ class Collection:
         opts = options or IngestOptions()
         notices: list[str] = []
         model, encoder_kind = parse_model_option(model, encoder_kind)
+        source: LazyEncoder | None = LazyEncoder.ready(encoder) if encoder is not None else None
         if encoder is None:
             existing = None
             if layout.exists():  # --rebuild starts over even from a damaged manifest
@@ -246,22 +263,29 @@ class Collection:
                 encoder_kind = "asif"
             if keep:
                 assert existing is not None
-                encoder = encoder_from_spec(existing, device=device)
+                spec = existing
+                encoder_class(spec.get("kind", DEFAULT_KIND)).check_spec(spec)
+                # built only if a file must be encoded or a query export is missing
+                source = LazyEncoder(spec, lambda: encoder_from_spec(spec, device=device))
             else:
-                encoder, notices = choose_encoder(
+                t_load = time.perf_counter()
+                loaded, notices = choose_encoder(
                     model, encoder_kind, device, encoder_options or {}, opts
                 )
-        report = ingest(layout, root_path, encoder, opts, progress)
+                source = LazyEncoder.ready(loaded)
+                source.load_seconds = time.perf_counter() - t_load
+        assert source is not None
+        report = ingest(layout, root_path, source, opts, progress)
         if text_onnx:
-            from vlmsearch.retrieval.text_onnx import prepare_text_queries
+            from vlmsearch.retrieval.query_exports import prepare_query_exports
 
-            note = prepare_text_queries(encoder)
-            if note:
-                notices.append(note)
+            notices += prepare_query_exports(source)
         report.notices = notices + report.notices  # (those of a --repair first)
         _remember(layout.path)
         coll = cls(layout, device=device)
-        coll._encoder = encoder
+        coll._encoder = source.loaded
+        report.load_seconds = source.load_seconds
+        report.seconds = time.perf_counter() - t0  # everything: model loading included
         coll.last_report = report
         return coll
 
@@ -294,7 +318,36 @@ class Collection:
             if first and enc is self._text_queries:
                 _ = self.faiss_index  # loads while the ONNX session loads in its thread
             return enc
-        return self.encoder
+        light = self._image_query_encoder(any(t.kind == "text" for t in terms))
+        return light if light is not None else self.encoder
+
+    def _image_query_encoder(self, with_text: bool) -> Any:
+        """On the CPU, before the torch encoder is built: the image tower's ONNX export
+        (with the text export when the query has texts), else None."""
+        if self._encoder is not None or self.device not in (None, "auto", "cpu"):
+            return None
+        texts = self._text_encoder() if with_text else None
+        if self._encoder is not None:
+            return None  # the text side needed torch: use it for the images too
+        if self._image_queries is None:
+            spec = self.manifest["encoder"]
+            cls = encoder_class(spec.get("kind", DEFAULT_KIND))
+            self._image_queries = cls.image_query_encoder(spec, None) or False
+            if self._image_queries:
+                _ = self.faiss_index  # loads while the ONNX session loads in its thread
+                problem = self._image_queries.tower.load_error()
+                if problem:  # a damaged export: torch it is
+                    self.notify(f"image queries use torch (cached ONNX image tower: {problem})")
+                    self._image_queries = False
+        if not self._image_queries:
+            return None
+        if texts is None:
+            return self._image_queries
+        import copy
+
+        paired = copy.copy(self._image_queries)  # shared by concurrent server queries
+        paired.texts = texts
+        return paired
 
     def _text_encoder(self) -> TextEmbedder:
         """What embeds texts: on the CPU, the text tower's ONNX export when there is one (no
@@ -315,21 +368,17 @@ class Collection:
         self._encoder = encoder
 
     def check_model(self, model: str, kind: str = DEFAULT_KIND) -> None:
-        """Refuse a query model that differs from the collection's (without loading it)."""
-        from vlmsearch.retrieval.encoders.openclip import parse_model_name
+        """Refuse a query model that differs from the collection's; decided from names and
+        file hashes where possible, so the model is then not built here at all."""
+        from vlmsearch.retrieval.preflight import model_matches
 
         spec = self.manifest["encoder"]
         asked, parsed = parse_model_option(model, None)  # "asif[:ANCHORS]" names ASIF
         kind = parsed or kind
+        if model_matches(self.manifest, model, kind):
+            return  # the collection's own model: nothing to build here
         options: dict[str, Any] = {}
-        if kind != spec.get("kind", DEFAULT_KIND):
-            raise_mismatch(self.manifest, model)
-        if kind == "open_clip":
-            arch, tag, ckpt = parse_model_name(model)
-            # cheap check before loading anything; checkpoints are compared by sha256 below
-            if arch != spec.get("arch") or (ckpt is None and tag != spec.get("pretrained")):
-                raise_mismatch(self.manifest, model)
-        elif kind == "asif":  # k, p and the towers are the collection's unless named
+        if kind == "asif":  # k, p and the towers are the collection's unless named
             asked, options = asif_defaults_from(spec, asked, None)
         assert asked is not None
         self.use_encoder(load_encoder(asked, kind=kind, device=self.device, **options))
@@ -441,7 +490,7 @@ class Collection:
         text_column: str | None = None,
         text_weight: float = 1.0,
         rerank: str | Any | None = None,
-        rerank_top: int = 50,
+        rerank_top: int | None = None,
         fusion: float | None = None,
         rerank_options: dict[str, Any] | None = None,
         progress: ProgressFn | None = None,
@@ -450,34 +499,55 @@ class Collection:
 
         ``rerank`` (a spec such as ``"region"`` or ``"coca:ARCH/TAG"``, or a loaded
         :class:`~vlmsearch.retrieval.rerankers.Reranker`) rescores the first stage's top
-        ``rerank_top`` hits; see :meth:`rerank_hits` for ``fusion``.
+        ``rerank_top`` hits (default: the reranker's, 50; 10 for the region teacher on a
+        CPU); see :meth:`rerank_hits` for ``fusion``.
 
         With ``text_column`` the query is also compared with that metadata column's text
         (captions, embedded once and stored; see :meth:`text_vectors`). The score is then
         ``text_weight * caption score + (1 - text_weight) * image score``: 1 (the default)
         searches the captions alone, 0.5 weighs both equally."""
+        from vlmsearch.retrieval.preflight import check_search
+
         terms = build_terms(
             _as_list(text), _as_list(image), _as_list(negative), _as_list(negative_image)
         )
         self._require_vectors()
+        if k < 1:
+            raise QueryError(f"k must be at least 1 (got {k})")
+        # every argument is checked, and query images decoded, before a model is built
+        terms = decode_images(terms)
+        check_search(
+            self,
+            where=where,
+            text_column=text_column,
+            text_weight=text_weight,
+            rerank=rerank,
+            rerank_top=rerank_top,
+        )
+        reranker = None
+        if rerank is not None:
+            from vlmsearch.retrieval.rerankers import load_reranker
+
+            reranker = (
+                load_reranker(rerank, device=self.device, **(rerank_options or {}))
+                if isinstance(rerank, str)
+                else rerank
+            )
+            if rerank_top is None:
+                rerank_top = reranker.default_top(self)
         vector = query_vector(self._query_encoder(terms), terms)
-        first_k = max(k, rerank_top) if rerank is not None else k
+        first_k = max(k, rerank_top) if reranker is not None and rerank_top else k
         if text_column is not None:
             hits = self.search_fused(
                 vector, text_column, text_weight, k=first_k, where=where, params=params
             )
         else:
             hits = self.search_vector(vector, k=first_k, where=where, params=params)
-        if rerank is None:
+        if reranker is None:
             return hits
-        from vlmsearch.retrieval.rerankers import load_reranker
         from vlmsearch.retrieval.rerankers.base import RerankQuery
 
-        reranker = (
-            load_reranker(rerank, device=self.device, **(rerank_options or {}))
-            if isinstance(rerank, str)
-            else rerank
-        )
+        assert rerank_top is not None
         texts = [str(t.value) for t in terms if t.kind == "text" and t.weight > 0]
         query = RerankQuery(" ".join(texts) or None, vector, self)
         return self.rerank_hits(hits, reranker, query, rerank_top, fusion, progress)[:k]
@@ -505,6 +575,9 @@ class Collection:
         head, tail = hits[:top], hits[top:]
         if not head:
             return hits
+        note = reranker.plan_note(self, len(head)) if hasattr(reranker, "plan_note") else None
+        if note:
+            self.notify(note)
         result = reranker.score(query, [Candidate(h.id, h.path, h.score) for h in head], progress)
         first = np.asarray([h.score for h in head], np.float64)
         final = fuse(first, result.scores, fusion)
@@ -846,20 +919,27 @@ class Collection:
         """Classify the stored vectors (no image is re-encoded); optionally store the labels
         as a metadata column so that ``where="COLUMN = 'label'"`` filters on them.
         ``rule``: ``mean`` (CLIP's averaged prompts) or ``best`` (ASIF's best prompt)."""
+        from vlmsearch.retrieval.zeroshot import RULES
+
         label_list = parse_labels(labels)
+        # checked before the text encoder is built
         if write_column:
-            self.check_label_column(write_column)  # before the work, not after it
+            self.check_label_column(write_column)
+        if rule not in RULES:
+            raise QueryError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+        tmpl = load_templates(templates)
         ids = self.vectors.ids
         if where and where.strip():
             ids = sorted_intersection(self.filter_ids(where), ids)
         probs = (
             softmax_scores(
                 class_scores(
-                    self._text_encoder(),  # type: ignore[arg-type]
+                    LazyTextEmbedder(self._text_encoder),  # not built when all are cached
                     self.vectors.get(ids),
                     label_list,
-                    load_templates(templates),
+                    tmpl,
                     rule,
+                    spec=self.manifest["encoder"],
                 )
             )
             if len(ids)
@@ -1050,14 +1130,6 @@ def choose_encoder(
     return choice.encoder, choice.notices
 
 
-def raise_mismatch(manifest: dict[str, Any], model: str) -> None:
-    raise ModelError(
-        f"model mismatch: the collection was built with "
-        f"{manifest['encoder'].get('name')}, but the query asks for {model}; their embeddings "
-        "are not comparable (drop --model, or re-index with --rebuild --model ...)"
-    )
-
-
 def predictions(
     ids: np.ndarray,
     probs: np.ndarray,
@@ -1115,7 +1187,7 @@ def classify_files(
         if notices is not None:
             notices += choice.notices
     tmpl = load_templates(templates)
-    weights = class_weights(enc, label_list, tmpl) if rule == "mean" else None
+    weights = class_weights(enc, label_list, tmpl, enc.spec) if rule == "mean" else None
     tasks = [DecodeTask(i, str(f)) for i, f in enumerate(files)]
     n_workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     out: list[Prediction] = []
@@ -1126,7 +1198,7 @@ def classify_files(
             probs = (
                 probabilities(vecs, weights)
                 if weights is not None
-                else softmax_scores(class_scores(enc, vecs, label_list, tmpl, rule))
+                else softmax_scores(class_scores(enc, vecs, label_list, tmpl, rule, enc.spec))
             )
         row = 0
         for rec in records:

@@ -300,6 +300,7 @@ def _report(coll: Any, rep: Any, quiet: bool, json_: bool) -> None:
             f"{rep.changed} changed, {rep.deleted} deleted, {rep.unchanged} unchanged; "
             f"{rep.encoded} encoded ({rep.images_per_second:.1f} img/s), {rep.errors} errors; "
             f"index {rep.index_factory}; model {output.text(name)}; {rep.seconds:.1f}s"
+            + (f" (model load {rep.load_seconds:.1f}s)" if rep.load_seconds >= 0.05 else "")
         )
         for path, msg in rep.error_samples[:10]:
             output.err.print(f"  [red]error[/red] {output.text(path)}: {output.text(msg)}")
@@ -356,7 +357,13 @@ def search(
             help="Rescore the top hits: region[:teacher|student], coca:MODEL, vqa:MODEL, itm:MODEL."
         ),
     ] = None,
-    rerank_top: Annotated[int, typer.Option(help="How many first-stage hits to rerank.")] = 50,
+    rerank_top: Annotated[
+        int | None,
+        typer.Option(
+            help="How many first-stage hits to rerank. Default 50; 10 for region reranking "
+            "with the teacher on a CPU (no `vlmsearch distill` student)."
+        ),
+    ] = None,
     fusion: Annotated[
         float | None,
         typer.Option(
@@ -399,7 +406,10 @@ def search(
     from vlmsearch.cli.progress import ingest_progress
 
     # a bar only when reranking many hits: a plain search prints nothing but its results
-    quiet = fmt != "table" or rerank is None or rerank_top < 20
+    quiet = fmt != "table" or rerank is None or (rerank_top is not None and rerank_top < 20)
+    coll.on_notice = lambda note: output.err.print(
+        f"[yellow]note:[/yellow] {output.text(note)}", soft_wrap=True
+    )
     with ingest_progress(quiet) as progress:
         hits = coll.search(
             query or None,

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from vlmsearch.cli import output
 from vlmsearch.cli.errors import user_errors
@@ -45,15 +44,19 @@ def check(
     else:
         for f in report.files:
             style = _STYLE.get(f.status, "white")
-            note = f": {escape(f.problem)}" if f.problem else ""
-            output.out.print(f"[{style}]{f.status:10}[/{style}] {f.kind:15} {escape(f.name)}{note}")
+            note = f": {output.text(f.problem)}" if f.problem else ""
+            name = output.text(f.name)
+            output.out.print(f"[{style}]{f.status:10}[/{style}] {f.kind:15} {name}{note}")
         for line in report.repaired:
-            output.err.print(f"[bold yellow]repaired:[/bold yellow] {escape(line)}", soft_wrap=True)
+            output.err.print(
+                f"[bold yellow]repaired:[/bold yellow] {output.text(line)}", soft_wrap=True
+            )
         if report.reencode:
             shown = ", ".join(report.reencode[:5]) + (" ..." if len(report.reencode) > 5 else "")
             output.err.print(
                 f"[bold yellow]to re-encode:[/bold yellow] {len(report.reencode)} files "
-                f"({escape(shown)}): run `vlmsearch index FOLDER -c {escape(str(layout.path))}`"
+                f"({output.text(shown)}): run `vlmsearch index FOLDER -c "
+                f"{output.text(layout.path)}`"
             )
     if report.manifest_error:
         raise CollectionError(report.manifest_error)
@@ -64,5 +67,5 @@ def check(
         raise CollectionError(f"{n} damaged files in {layout.path}: {names}{hint}")
     if not json_:
         output.err.print(
-            f"{escape(str(layout.path))}: {len(report.files)} files intact", soft_wrap=True
+            f"{output.text(layout.path)}: {len(report.files)} files intact", soft_wrap=True
         )

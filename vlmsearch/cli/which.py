@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.markup import escape
-
+from vlmsearch.cli import output
 from vlmsearch.cli.output import err
 
 if TYPE_CHECKING:
@@ -27,6 +26,6 @@ def open_collection(collection: Path | None, device: str | None, verb: str) -> C
     path, source = locate_collection(collection)
     if source in _WHY:
         err.print(
-            f"{verb} {escape(str(path))} ({_WHY[source]}; -c chooses another)", soft_wrap=True
+            f"{verb} {output.text(path)} ({_WHY[source]}; -c chooses another)", soft_wrap=True
         )
     return Collection.open(path, device=device)

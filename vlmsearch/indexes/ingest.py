@@ -33,6 +33,7 @@ from vlmsearch.indexes.store import CollectionWriter
 from vlmsearch.indexes.touched import same_bytes
 from vlmsearch.indexes.vectors import VectorTable, shard_rows, stack, to_storage
 from vlmsearch.retrieval.encoders.base import Encoder
+from vlmsearch.retrieval.lazy_encoder import LazyEncoder, as_lazy
 
 ProgressFn = Callable[[str, int, int], None]
 """progress(phase, advance, total): phase is 'scan', 'encode' or 'index'."""
@@ -72,8 +73,9 @@ class IngestReport:
     encoded: int = 0
     errors: int = 0
     error_samples: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole run, model loading and query exports included
     encode_seconds: float = 0.0
+    load_seconds: float = 0.0  # building the encoder (0 when nothing had to be encoded)
     index_factory: str = ""
     index_rebuilt: bool = False
     generation: int = 0
@@ -128,7 +130,9 @@ def new_manifest(root: Path, encoder: Encoder, opts: IngestOptions) -> dict[str,
     }
 
 
-def check_encoder_matches(manifest: dict[str, Any], encoder: Encoder, what: str) -> None:
+def check_encoder_matches(
+    manifest: dict[str, Any], encoder: Encoder | LazyEncoder, what: str
+) -> None:
     have, want = Encoder.identity(manifest["encoder"]), Encoder.identity(encoder.spec)
     if have != want:
         raise ModelError(
@@ -142,12 +146,15 @@ def check_encoder_matches(manifest: dict[str, Any], encoder: Encoder, what: str)
 def ingest(
     layout: Layout,
     root: str | Path,
-    encoder: Encoder,
+    encoder: Encoder | LazyEncoder,
     opts: IngestOptions | None = None,
     progress: ProgressFn | None = None,
 ) -> IngestReport:
-    """Bring the collection at ``layout`` up to date with the images under ``root``."""
+    """Bring the collection at ``layout`` up to date with the images under ``root``.
+
+    A :class:`LazyEncoder` is built only when some file must be encoded."""
     opts = opts or IngestOptions()
+    source = as_lazy(encoder)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise CollectionError(f"not a directory: {root}")
@@ -166,7 +173,7 @@ def ingest(
         manifest: dict[str, Any] | None = None
         if layout.exists() and not opts.rebuild:
             manifest = layout.read_manifest()
-            check_encoder_matches(manifest, encoder, "this index run")
+            check_encoder_matches(manifest, source, "this index run")
             _check_root(manifest, root, layout)
             name = manifest.get("metadata_file")
             table = (
@@ -179,7 +186,7 @@ def ingest(
                 opts.extensions = tuple(manifest["scan"]["extensions"])
         previous = None
         if manifest is None:
-            manifest = new_manifest(root, encoder, opts)
+            manifest = new_manifest(root, source.get(), opts)
             table = metadata.empty_table()
             if layout.exists():
                 # --rebuild: keep numbering past the old generation so no file name is
@@ -203,9 +210,10 @@ def ingest(
         writer.previous = previous
         report = IngestReport(str(root), str(layout.path), notices=repairs + notices)
         start_data_generation = int(manifest.get("data_generation", 0))
-        dirty = _run(writer, root, encoder, opts, report, progress)
+        dirty = _run(writer, root, source, opts, report, progress)
         _finish_index(writer, opts, report, start_data_generation, dirty, progress)
         report.generation = int(writer.manifest["generation"])
+        report.load_seconds = source.load_seconds
         report.seconds = time.perf_counter() - t0
         return report
 
@@ -277,7 +285,7 @@ def _check_root(manifest: dict[str, Any], root: Path, layout: Layout) -> None:
 def _run(
     writer: CollectionWriter,
     root: Path,
-    encoder: Encoder,
+    source: LazyEncoder,
     opts: IngestOptions,
     report: IngestReport,
     progress: ProgressFn | None,
@@ -352,6 +360,7 @@ def _run(
             writer.commit(data_changed=bool(gone))
         return dirty
 
+    encoder = source.get()  # only now: a run with nothing to encode never builds it
     workers = opts.workers if opts.workers is not None else min(4, os.cpu_count() or 1)
     pending_rows: list[dict[str, Any]] = []
     touched: dict[int, tuple[int, int]] = {}
@@ -529,6 +538,11 @@ def _finish_index(
 ) -> None:
     """Bring the FAISS index up to date: incremental where possible, else rebuilt."""
     m = writer.manifest
+    old = m.get("index") or {}
+    if _index_untouched(writer, opts, start_data_generation):
+        # no data change and no new index request: skip reading every vector shard
+        report.index_factory = str(old.get("factory", ""))
+        return
     dim = int(m["dim"])
     ok_ids = metadata.filter_ids(writer.table, None)
     sparse = m.get("vectors") == "sparse"
@@ -595,6 +609,21 @@ def _index_intact(writer: CollectionWriter, name: str, report: IngestReport) -> 
     except integrity.DamagedFileError as e:
         report.notices.append(f"the index {name} was damaged ({e.problem}); rebuilt it")
         return False
+def _index_untouched(
+    writer: CollectionWriter, opts: IngestOptions, start_data_generation: int
+) -> bool:
+    """The run changed no data and asks for nothing new, and the stored index is current."""
+    m = writer.manifest
+    old = m.get("index") or {}
+    return bool(
+        not opts.rebuild
+        and opts.index is None
+        and opts.memory_budget is None
+        and int(m.get("data_generation", 0)) == start_data_generation
+        and int(old.get("generation", -1)) >= start_data_generation
+        and old.get("file")
+        and writer.layout.file(old["file"]).is_file()
+    )
 
 
 def _commit_index(

@@ -78,28 +78,33 @@ def build_terms(
     return terms
 
 
+def decode_images(terms: Sequence[Term]) -> list[Term]:
+    """The terms with every image path read and decoded now (PIL, no model): a missing or
+    undecodable query image is refused before any encoder is built."""
+    from vlmsearch.indexes.decode import ImageDecodeError, load_image
+
+    out = []
+    for t in terms:
+        if t.kind == "image" and isinstance(t.value, str | Path):
+            try:
+                t = Term("image", load_image(t.value), t.weight)
+            except ImageDecodeError as e:
+                raise QueryError(f"query image: {e}") from None
+        out.append(t)
+    return out
+
+
 def query_vector(encoder: Encoder | TextEmbedder, terms: Sequence[Term]) -> np.ndarray:
     """sum(w_i * e_i) over L2-normalised term embeddings, L2-normalised again (image terms
     need an :class:`Encoder`)."""
-    from vlmsearch.indexes.decode import ImageDecodeError, load_image
-
     texts = [t for t in terms if t.kind == "text"]
-    images = [t for t in terms if t.kind == "image"]
+    images = [t for t in decode_images(terms) if t.kind == "image"]
     vec = np.zeros(encoder.dim, np.float32)
     if texts:
         emb = encoder.encode_texts([t.value for t in texts])
         vec += np.asarray([t.weight for t in texts], np.float32) @ emb
     if images:
-        pil = []
-        for t in images:
-            if isinstance(t.value, str | Path):
-                try:
-                    pil.append(load_image(t.value))
-                except ImageDecodeError as e:
-                    raise QueryError(f"query image: {e}") from None
-            else:
-                pil.append(t.value)
-        emb = encoder.encode_images(pil)  # type: ignore[union-attr]
+        emb = encoder.encode_images([t.value for t in images])  # type: ignore[union-attr]
         vec += np.asarray([t.weight for t in images], np.float32) @ emb
     norm = float(np.linalg.norm(vec))
     if norm == 0.0 or not np.isfinite(norm):

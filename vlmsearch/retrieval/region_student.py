@@ -246,6 +246,16 @@ class RegionStudent:
 _CACHE: dict[tuple[str, str], RegionStudent] = {}
 
 
+def has_student(collection: Any) -> bool:
+    """Whether the collection has a student for its current encoder (manifest only)."""
+    from vlmsearch.retrieval.encoders.base import Encoder
+
+    entry = collection.manifest.get("region_student")
+    return bool(entry) and entry.get("encoder") == Encoder.identity(
+        collection.manifest["encoder"]
+    )
+
+
 def load_student(collection: Any, device: str | None = None) -> RegionStudent | None:
     """The collection's student, if one was trained for its current encoder."""
     from vlmsearch.retrieval.encoders.base import Encoder

@@ -201,6 +201,12 @@ def _valid(folder: Path, spec: dict[str, Any]) -> bool:
     )
 
 
+def export_ready(spec: dict[str, Any]) -> bool:
+    """Nothing to export for ``spec``: a checked export is cached, or exports are off.
+    Reads files only (no torch), so a re-index can skip loading the model."""
+    return not enabled() or not runtime_available() or _valid(export_dir(spec), spec)
+
+
 def open_tower(spec: dict[str, Any]) -> OnnxTextTower | None:
     """The cached, checked export for ``spec``; None when there is none or it is disabled."""
     if not enabled() or not runtime_available():

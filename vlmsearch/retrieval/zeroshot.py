@@ -18,20 +18,19 @@ from typing import Any
 import numpy as np
 
 from vlmsearch.errors import QueryError
-from vlmsearch.retrieval.encoders.base import Encoder
+from vlmsearch.retrieval.encoders.base import TextEmbedder
 
 LOGIT_SCALE = 100.0  # CLIP's learned temperature, about 100 (algorithms notes)
 Template = Callable[[str], str]
 
 
 def load_templates(name: str = "openai") -> list[Template]:
-    """``openai`` (CLIP's 80 ImageNet templates), ``simple`` (7), or a file of lines with {}."""
-    from open_clip import zero_shot_metadata as zsm
+    """``openai`` (CLIP's 80 ImageNet templates), ``simple`` (7), or a file of lines with {}.
+    The built-in ones are data (:mod:`vlmsearch.retrieval.templates`): nothing is imported."""
+    from vlmsearch.retrieval.templates import BUILT_IN
 
-    if name == "openai":
-        return list(zsm.OPENAI_IMAGENET_TEMPLATES)
-    if name == "simple":
-        return list(zsm.SIMPLE_IMAGENET_TEMPLATES)
+    if name in BUILT_IN:
+        return [t.format for t in BUILT_IN[name]]
     path = Path(name).expanduser()
     if not path.is_file():
         raise QueryError(f"--templates must be openai, simple or a file; {name!r} is neither")
@@ -62,14 +61,26 @@ def parse_labels(labels: str | Sequence[str] | None, labels_file: str | None = N
 
 
 def class_weights(
-    encoder: Encoder, labels: Sequence[str], templates: Sequence[Template]
+    encoder: TextEmbedder,
+    labels: Sequence[str],
+    templates: Sequence[Template],
+    spec: dict[str, Any] | None = None,
 ) -> np.ndarray:
+    """Per-label mean prompt embeddings, normalised; with the encoder's ``spec`` they are
+    cached on disk (:mod:`vlmsearch.retrieval.label_cache`)."""
+    from vlmsearch.retrieval.label_cache import cached
+
     per = max(1, PROMPT_CHUNK // max(1, len(templates)))
     parts = []
     for lo in range(0, len(labels), per):
         chunk = labels[lo : lo + per]
-        emb = encoder.encode_texts([t(label) for label in chunk for t in templates])
-        parts.append(emb.reshape(len(chunk), len(templates), -1).mean(axis=1))
+        prompts = [t(label) for label in chunk for t in templates]
+
+        def mean_of(chunk: Sequence[str] = chunk, prompts: list[str] = prompts) -> np.ndarray:
+            emb = encoder.encode_texts(prompts)
+            return emb.reshape(len(chunk), len(templates), -1).mean(axis=1)
+
+        parts.append(cached(spec, f"mean/{len(templates)}", prompts, mean_of))
     mean = np.concatenate(parts)
     return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
 
@@ -79,22 +90,27 @@ PROMPT_CHUNK = 20_000  # prompts embedded at once (bounds memory for wide ASIF v
 
 
 def class_scores(
-    encoder: Encoder,
+    encoder: TextEmbedder,
     image_vectors: Any,
     labels: Sequence[str],
     templates: Sequence[Template],
     rule: str = "mean",
+    spec: dict[str, Any] | None = None,
 ) -> np.ndarray:
-    """(n_images, n_labels) scores; ``image_vectors`` may be a dense array or scipy sparse."""
+    """(n_images, n_labels) scores; ``image_vectors`` may be a dense array or scipy sparse.
+    ``spec`` (the encoder's) caches the label embeddings on disk."""
+    from vlmsearch.retrieval.label_cache import cached
+
     if rule not in RULES:
         raise QueryError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
     if rule == "mean":
-        return _matmul(image_vectors, class_weights(encoder, labels, templates))
+        return _matmul(image_vectors, class_weights(encoder, labels, templates, spec))
     per = max(1, PROMPT_CHUNK // max(1, len(templates)))
     out = np.zeros((image_vectors.shape[0], len(labels)), np.float32)
     for lo in range(0, len(labels), per):
         chunk = labels[lo : lo + per]
-        emb = encoder.encode_texts([t(label) for label in chunk for t in templates])
+        prompts = [t(label) for label in chunk for t in templates]
+        emb = cached(spec, "prompts", prompts, lambda p=prompts: encoder.encode_texts(p))
         s = _matmul(image_vectors, emb).reshape(-1, len(chunk), len(templates))
         out[:, lo : lo + len(chunk)] = s.max(axis=2)
     return out

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from vlmsearch.retrieval.encoders.base import TextEmbedder
+    from vlmsearch.retrieval.image_onnx import ImageTowerExport
     from vlmsearch.retrieval.text_onnx import OnnxTextTower, TowerExport
     from vlmsearch.retrieval.unimodal import ImageEncoder, TextEncoder
 
@@ -168,28 +169,34 @@ class AsifEncoder(Encoder):
 
         a = spec["anchors"]
         path = Path(a["path"])
+        cls.check_spec(spec)  # before building either model
         if not is_anchor_set(path) and a.get("default"):
             img = unimodal_from_spec("image", spec["image_encoder"], device=device)
             txt = unimodal_from_spec("text", spec["text_encoder"], device=device)
             anchors = ensure_default_anchors(img, txt, path)  # type: ignore[arg-type]
         else:
-            if not is_anchor_set(path):
-                raise ModelError(
-                    f"this collection was built with the anchor set at {path}, which is not "
-                    "there any more; move it back, or re-index with --rebuild --anchors NEW"
-                )
             anchors = AnchorSet.open(path)
             img = unimodal_from_spec("image", spec["image_encoder"], device=device)
             txt = unimodal_from_spec("text", spec["text_encoder"], device=device)
-        if anchors.fingerprint != a["fingerprint"]:
-            raise ModelError(
-                f"the anchor set {path} has changed since this collection was built "
-                f"(fingerprint {anchors.fingerprint[:12]}… != {a['fingerprint'][:12]}…); "
-                "restore it or re-index with --rebuild"
-            )
+        _check_fingerprint(path, anchors.fingerprint, a["fingerprint"])
         p_image = spec.get("p_image", spec.get("p"))
         p_text = spec.get("p_text", spec.get("p"))
         return cls(anchors, img, txt, spec["k"], p_image, p_text)  # type: ignore[arg-type]
+
+    @classmethod
+    def check_spec(cls, spec: dict[str, Any]) -> None:
+        """The anchor set is there and unchanged (read from its manifest; no model built).
+        A missing default set is fine: it is rebuilt from the packaged encoders."""
+        a = spec["anchors"]
+        path = Path(a["path"])
+        if not is_anchor_set(path):
+            if a.get("default"):
+                return
+            raise ModelError(
+                f"this collection was built with the anchor set at {path}, which is not "
+                "there any more; move it back, or re-index with --rebuild --anchors NEW"
+            )
+        _check_fingerprint(path, AnchorSet.open(path).fingerprint, a["fingerprint"])
 
     def _make_spec(self) -> dict[str, Any]:
         a = self.anchors
@@ -283,6 +290,42 @@ class AsifEncoder(Encoder):
         return self.text_encoder.spec, self.text_encoder.onnx_text_export
 
     @classmethod
+    def text_export_spec(cls, spec: dict[str, Any]) -> dict[str, Any] | None:
+        return dict(spec["text_encoder"])
+
+    # -- torch-free image queries: the image encoder's ONNX export, then the anchors -----------
+    @classmethod
+    def image_export_spec(cls, spec: dict[str, Any]) -> dict[str, Any] | None:
+        from vlmsearch.retrieval.unimodal import unimodal_class
+
+        img = spec["image_encoder"]
+        try:
+            exportable = getattr(unimodal_class("image", img["kind"]), "exports_image_tower", 0)
+        except ModelError:
+            return None
+        return dict(img) if exportable else None
+
+    def onnx_image_export(
+        self,
+    ) -> tuple[dict[str, Any], Callable[[], ImageTowerExport | None]] | None:
+        return self.image_encoder.spec, self.image_encoder.onnx_image_export
+
+    @classmethod
+    def image_query_encoder(cls, spec: dict[str, Any], texts: TextEmbedder | None) -> Any:
+        from vlmsearch.retrieval import image_onnx
+
+        a = spec["anchors"]
+        if cls.image_export_spec(spec) is None or not is_anchor_set(a["path"]):
+            return None
+        tower = image_onnx.open_tower(spec["image_encoder"])
+        anchors = AnchorSet.open(a["path"])
+        if tower is None or anchors.fingerprint != a["fingerprint"]:
+            return None  # the full encoder reports a changed anchor set
+        p_image = spec.get("p_image", spec.get("p"))
+        p_image = anchors.powers["image"] if p_image is None else p_image
+        return AsifImageQueries(anchors, tower, int(spec["k"]), float(p_image), texts)
+
+    @classmethod
     def text_query_encoder(cls, spec: dict[str, Any]) -> TextEmbedder | None:
         from vlmsearch.retrieval.text_onnx import open_tower
 
@@ -296,6 +339,48 @@ class AsifEncoder(Encoder):
         p_text = spec.get("p_text", spec.get("p"))
         p_text = anchors.powers["text"] if p_text is None else p_text
         return AsifTextQueries(anchors, tower, int(spec["k"]), float(p_text))
+
+
+def _check_fingerprint(path: Path, have: str, want: str) -> None:
+    if have != want:
+        raise ModelError(
+            f"the anchor set {path} has changed since this collection was built "
+            f"(fingerprint {have[:12]}… != {want[:12]}…); restore it or re-index with --rebuild"
+        )
+
+
+class AsifImageQueries:
+    """The image side of an ASIF encoder without torch: the image encoder's exported
+    tower (raw features), normalised as the anchors expect, then the anchors' relative
+    representations; texts through ``texts`` (an :class:`AsifTextQueries`)."""
+
+    def __init__(
+        self, anchors: AnchorSet, tower: Any, k: int, p_image: float, texts: Any = None
+    ) -> None:
+        self.anchors, self.tower, self.k, self.p_image, self.texts = (
+            anchors,
+            tower,
+            k,
+            p_image,
+            texts,
+        )
+
+    @property
+    def dim(self) -> int:
+        return self.anchors.count
+
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        from vlmsearch.retrieval.image_onnx import l2_normalize
+
+        feats = self.tower.features(list(images))
+        if self.anchors.similarity("image") != "softmax":  # as AsifEncoder.image_features
+            feats = l2_normalize(feats)
+        return self.anchors.relative("image", feats, self.k, self.p_image)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if self.texts is None:
+            raise RuntimeError("no torch-free text side")
+        return np.asarray(self.texts.encode_texts(texts), np.float32)
 
 
 class AsifTextQueries:

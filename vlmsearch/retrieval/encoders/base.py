@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from vlmsearch.indexes.gpu_decode import TensorPreprocess
+    from vlmsearch.retrieval.image_onnx import ImageTowerExport
     from vlmsearch.retrieval.text_onnx import TowerExport
 
 
@@ -47,6 +48,12 @@ class Encoder(ABC):
     @abstractmethod
     def from_spec(cls, spec: dict[str, Any], device: str | None = None) -> Encoder:
         """Rebuild from a manifest spec; must refuse weights that differ from the spec."""
+
+    @classmethod
+    def check_spec(cls, spec: dict[str, Any]) -> None:
+        """Cheap checks that the files a manifest spec names are still the same (without
+        building the model; :meth:`from_spec` makes them too). Raises ModelError."""
+        return None
 
     @property
     @abstractmethod
@@ -119,9 +126,35 @@ class Encoder(ABC):
         return None
 
     @classmethod
+    def text_export_spec(cls, spec: dict[str, Any]) -> dict[str, Any] | None:
+        """The spec :meth:`onnx_text_export` would key its export by, read from a manifest
+        spec without building the encoder; None: this kind exports no text tower."""
+        return None
+
+    @classmethod
     def text_query_encoder(cls, spec: dict[str, Any]) -> TextEmbedder | None:
         """A torch-free encoder of text queries for a collection with this spec, when its
         text tower was exported; None otherwise (the caller loads the full encoder)."""
+        return None
+
+    # -- torch-free image queries (vlmsearch.retrieval.image_onnx) ---------------------------
+    def onnx_image_export(
+        self,
+    ) -> tuple[dict[str, Any], Callable[[], ImageTowerExport | None]] | None:
+        """(the spec keying the export, a function building it) for the image side; None
+        when this encoder has no exportable image tower."""
+        return None
+
+    @classmethod
+    def image_export_spec(cls, spec: dict[str, Any]) -> dict[str, Any] | None:
+        """The spec :meth:`onnx_image_export` keys its export by, from a manifest spec
+        without building the encoder; None: this kind exports no image tower."""
+        return None
+
+    @classmethod
+    def image_query_encoder(cls, spec: dict[str, Any], texts: TextEmbedder | None) -> Any:
+        """A torch-free query encoder (``dim``, ``encode_images`` and, through ``texts``,
+        ``encode_texts``) when the image tower was exported; None otherwise."""
         return None
 
     @staticmethod

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from vlmsearch.indexes.gpu_decode import TensorPreprocess
     from vlmsearch.retrieval.encoders.base import TextEmbedder
+    from vlmsearch.retrieval.image_onnx import ImageTowerExport
     from vlmsearch.retrieval.text_onnx import TowerExport
 
 DEFAULT_MODEL = "ViT-B-32/laion2b_s34b_b79k"
@@ -117,6 +118,15 @@ class OpenClipEncoder(Encoder):
         enc = cls._create(spec["arch"], spec.get("pretrained"), spec.get("checkpoint"), device)
         check_checkpoint(spec, enc.spec)
         return enc
+
+    @classmethod
+    def check_spec(cls, spec: dict[str, Any]) -> None:
+        ckpt = spec.get("checkpoint")
+        if ckpt:
+            path = Path(ckpt)
+            if not path.is_file():
+                raise ModelError(f"checkpoint not found: {path}")
+            check_checkpoint(spec, {"sha256": file_sha256(path)})  # hash cached by mtime
 
     @classmethod
     def _create(
@@ -233,10 +243,68 @@ class OpenClipEncoder(Encoder):
         return self.spec, self._text_tower
 
     @classmethod
+    def text_export_spec(cls, spec: dict[str, Any]) -> dict[str, Any] | None:
+        return spec
+
+    @classmethod
     def text_query_encoder(cls, spec: dict[str, Any]) -> TextEmbedder | None:
         from vlmsearch.retrieval.text_onnx import open_tower
 
         return open_tower(spec)
+
+    # -- torch-free image queries ---------------------------------------------------------------
+    @classmethod
+    def image_export_spec(cls, spec: dict[str, Any]) -> dict[str, Any] | None:
+        from vlmsearch.indexes.gpu_decode import TensorPreprocess
+
+        return spec if TensorPreprocess.from_open_clip(spec.get("preprocess") or {}) else None
+
+    def onnx_image_export(
+        self,
+    ) -> tuple[dict[str, Any], Callable[[], ImageTowerExport | None]] | None:
+        return self.spec, self._image_tower
+
+    @classmethod
+    def image_query_encoder(cls, spec: dict[str, Any], texts: TextEmbedder | None) -> Any:
+        from vlmsearch.retrieval import image_onnx
+
+        tower = image_onnx.open_tower(spec)
+        return image_onnx.OnnxImageQueries(tower, texts, int(spec["dim"])) if tower else None
+
+    def _image_tower(self) -> ImageTowerExport | None:
+        """``encode_image(normalize=True)`` over pixels preprocessed as open_clip's
+        shortest-side transform does (others keep the torch path)."""
+        import torch
+
+        from vlmsearch.retrieval.image_onnx import ImageTowerExport, Preprocess
+
+        pp = self.tensor_preprocess()
+        if pp is None or not hasattr(self.model, "encode_image"):
+            return None
+        model, device, transform = self.model, self.device, self._preprocess
+
+        class Tower(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+                return self.model.encode_image(pixels, normalize=True).float()
+
+        def reference(images: list[Any]) -> np.ndarray:
+            if device == "cpu":  # exactly the path torch queries take
+                return self.encode_images(images)
+            with torch.inference_mode():  # fp32: the export runs without autocast
+                px = torch.stack([transform(im) for im in images]).to(device)
+                return model.encode_image(px, normalize=True).float().cpu().numpy()
+
+        return ImageTowerExport(
+            module=Tower().eval(),
+            example=torch.zeros(2, 3, pp.size, pp.size, device=device),
+            preprocess=Preprocess(pp.size, pp.size, pp.mean, pp.std, pp.interpolation),
+            reference=reference,
+            meta={"normalized": True, "dim": self.dim},
+        )
 
     def _text_tower(self) -> TowerExport | None:
         """``encode_text`` as a graph over (n, context) token ids, with open_clip's BPE

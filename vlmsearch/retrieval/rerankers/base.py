@@ -43,6 +43,7 @@ class RerankQuery:
 
 
 ProgressFn = Callable[[str, int, int], None]
+DEFAULT_TOP = 50
 
 
 class Reranker(ABC):
@@ -66,6 +67,15 @@ class Reranker(ABC):
         progress: ProgressFn | None = None,
     ) -> RerankScores:
         """Score every candidate; the order of candidates must not matter."""
+
+    def default_top(self, collection: Any) -> int:
+        """How many first-stage hits to rescore when the caller does not say."""
+        return DEFAULT_TOP
+
+    def plan_note(self, collection: Any, n: int) -> str | None:
+        """A line for the user before ``n`` candidates are scored (a slow path and how long
+        it will take), or None."""
+        return None
 
 
 class BatchedImageReranker(Reranker):

@@ -39,6 +39,10 @@ from vlmsearch.retrieval.rerankers.proposals import (
 )
 
 MODES = ("auto", "teacher", "student")
+# The teacher encodes each of 46 proposals twice (92 crops an image): on a CPU that is
+# seconds per image (157 s for 10 hits measured on 2 cores with ViT-B-32), so it reranks
+# fewer hits unless told otherwise; a distilled student needs one backbone pass an image.
+TEACHER_CPU_TOP = 10
 CACHE_IMAGES = 2048  # about 46 x 512 float32 each for a CLIP collection: ~190 MB at most
 
 
@@ -107,6 +111,23 @@ def region_boxes(
     return window_boxes(w, h, scales)
 
 
+def crop_seconds(encoder: Any, batch_size: int = 64) -> float:
+    """Measured seconds to encode one crop: a timed batch of blank crops after a warm-up
+    (the estimate printed before a slow teacher run)."""
+    import time
+
+    import torch
+    from PIL import Image
+
+    transform = encoder.image_transform()
+    one = transform(Image.new("RGB", (256, 256), (128, 128, 128)))
+    n = max(2, min(8, batch_size))
+    encoder.student_features(torch.stack([one] * 2))  # first-call overheads
+    t0 = time.perf_counter()
+    encoder.student_features(torch.stack([one] * n))
+    return (time.perf_counter() - t0) / n
+
+
 @register
 class RegionReranker(Reranker):
     kind = "region"
@@ -135,6 +156,40 @@ class RegionReranker(Reranker):
         # region embeddings do not depend on the query: a process that reranks again (a
         # server, a notebook, a benchmark) reuses them while the file is unchanged
         self._cache: OrderedDict[tuple[Any, ...], tuple[list[Box], np.ndarray]] = OrderedDict()
+        self._crop_seconds: tuple[Any, float] | None = None
+
+    def _teacher_on_cpu(self, collection: Any) -> bool:
+        from vlmsearch.retrieval.region_student import has_student
+        from vlmsearch.runtime import resolve_device
+
+        teacher = self.mode == "teacher" or (self.mode == "auto" and not has_student(collection))
+        return teacher and resolve_device(self.device) == "cpu"
+
+    def default_top(self, collection: Any) -> int:
+        if self._teacher_on_cpu(collection):
+            return TEACHER_CPU_TOP
+        return super().default_top(collection)
+
+    def plan_note(self, collection: Any, n: int) -> str | None:
+        if not self._teacher_on_cpu(collection):
+            return None
+        if self.boxes:  # the detector's boxes (a mean per image) plus the whole image
+            per = 1 + sum(len(b) for b in self.boxes.values()) / max(1, len(self.boxes))
+        else:
+            per = len(self.boxes_per_image())
+        crops = 2 * per
+        enc = collection.encoder
+        if self._crop_seconds is None or self._crop_seconds[0] is not enc:
+            self._crop_seconds = (enc, crop_seconds(enc, self.batch_size))  # measured once
+        seconds = n * crops * self._crop_seconds[1]
+        return (
+            f"region reranking with the teacher on CPU: about {seconds:.0f} s for {n} "
+            "candidates; run `vlmsearch distill` for a fast student"
+        )
+
+    def boxes_per_image(self) -> list[Box]:
+        """The sliding-window proposals (their number does not depend on the image size)."""
+        return window_boxes(100, 100, self.scales)
 
     def _remember(self, key: tuple[Any, ...], value: tuple[list[Box], np.ndarray]) -> None:
         self._cache[key] = value

@@ -52,6 +52,11 @@ def _lookup(modality: str, kind: str) -> type[UnimodalEncoder]:
     return cls
 
 
+def unimodal_class(modality: str, kind: str) -> type[UnimodalEncoder]:
+    """The class registered for ``kind`` (ModelError when there is none)."""
+    return _lookup(modality, kind)
+
+
 def _load(modality: str, name: str, device: str | None) -> UnimodalEncoder:
     kind, arg = parse_spec(name)
     return _lookup(modality, kind).from_name(arg, device=device)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from vlmsearch.retrieval.image_onnx import ImageTowerExport
     from vlmsearch.retrieval.text_onnx import TowerExport
 
 
@@ -85,6 +86,14 @@ class ImageEncoder(UnimodalEncoder):
 
     def classifier(self) -> Classifier | None:
         """The encoder's own classification head, if it has one."""
+        return None
+
+    # -- torch-free image queries (vlmsearch.retrieval.image_onnx) ---------------------------
+    exports_image_tower: ClassVar[bool] = False
+    """True when :meth:`onnx_image_export` can export this kind (read without building)."""
+
+    def onnx_image_export(self) -> ImageTowerExport | None:
+        """This model's raw features (``normalize=False``) as an exportable tower."""
         return None
 
     def encode_images(self, images: Sequence[Image.Image], normalize: bool = True) -> np.ndarray:

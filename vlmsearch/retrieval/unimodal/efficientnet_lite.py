@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from vlmsearch.retrieval.image_onnx import ImageTowerExport
+
 KIND = "efficientnet-lite0"
 DIM = 1280
 IMAGE_SIZE = 224
@@ -144,6 +146,31 @@ class EfficientNetLite0(ImageEncoder):
         if not out:
             return np.zeros((0, DIM), np.float32)
         return np.concatenate(out).astype(np.float32, copy=False)
+
+    exports_image_tower = True
+
+    def onnx_image_export(self) -> ImageTowerExport | None:
+        import torch
+
+        from vlmsearch.retrieval.image_onnx import ImageTowerExport, Preprocess
+
+        model = self.model
+
+        class Tower(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+                return self.model.extract_features(pixels).float().mean(dim=(2, 3))
+
+        return ImageTowerExport(
+            module=Tower().eval(),
+            example=torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE, device=self.device),
+            preprocess=Preprocess(RESIZE, IMAGE_SIZE, MEAN, STD, "bicubic"),
+            reference=lambda images: self.encode_images(images, normalize=False),
+            meta={"normalized": False, "dim": DIM},
+        )
 
     def classifier(self) -> Classifier:
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
