@@ -37,7 +37,7 @@ from vlmsearch.errors import CollectionError
 from vlmsearch.indexes import gc
 from vlmsearch.indexes.atomic import atomic_write_text, is_temp_name
 from vlmsearch.indexes.integrity import check_manifest
-from vlmsearch.indexes.lock import LOCK_NAME, WriterLock
+from vlmsearch.indexes.lock import LOCK_NAME, WriterLock, being_created
 from vlmsearch.indexes.nospace import commit_guard
 
 __all__ = ["Layout", "WriterLock", "default_collection_for", "find_collection", "now_iso"]
@@ -72,7 +72,10 @@ class Layout:
                 "or pass --collection PATH)"
             )
         if not self.exists():
-            raise CollectionError(f"{self.path} is not a vlmsearch collection (no {MANIFEST})")
+            raise CollectionError(
+                being_created(self.path)
+                or f"{self.path} is not a vlmsearch collection (no {MANIFEST})"
+            )
         try:
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:

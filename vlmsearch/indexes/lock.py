@@ -90,3 +90,37 @@ def holder_pid(fd: int) -> int | None:
     except OSError:
         pass
     return None
+
+
+def writer_pid(path: Path) -> int | None:
+    """The pid of the process holding the writer lock at ``path`` (0 when held by a process
+    whose pid is unknown); None when nobody holds it. Opens the file read-only, without
+    creating it or following a link, and never writes to it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return holder_pid(fd) or 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def being_created(collection: Path) -> str | None:
+    """The error for a reader that finds ``collection`` before its first commit while a
+    writer holds its lock: the first ``vlmsearch index`` is still running. None otherwise."""
+    pid = writer_pid(collection / LOCK_NAME)
+    if pid is None:
+        return None
+    by = f" by pid {pid}" if pid else ""
+    return (
+        f"collection {collection} is being created{by} (its first `vlmsearch index` has not "
+        "committed anything yet); try again when it has"
+    )

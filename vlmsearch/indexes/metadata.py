@@ -176,16 +176,16 @@ class MetadataFilter:
             result = self._runner.fetchnumpy(sql)
         except duckdb.BinderException as e:
             raise QueryError(
-                f"invalid --where filter {where!r}: {describe_error(e)} "
+                f"invalid where filter {where!r}: {describe_error(e)} "
                 f"(columns: {', '.join(self.table.column_names)})"
             ) from None
         except duckdb.Error as e:
-            raise QueryError(f"invalid --where filter {where!r}: {describe_error(e)}") from None
+            raise QueryError(f"invalid where filter {where!r}: {describe_error(e)}") from None
         if len(result) != 1:
-            raise QueryError(f"invalid --where filter {where!r}")
+            raise QueryError(f"invalid where filter {where!r}")
         col = next(iter(result.values()))
         if not np.issubdtype(col.dtype, np.integer):
-            raise QueryError(f"invalid --where filter {where!r}")
+            raise QueryError(f"invalid where filter {where!r}")
         ids = np.asarray(col, dtype=np.int64)
         # rows come back in table order, which is id order for tables written by upsert
         if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):

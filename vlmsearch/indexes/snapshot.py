@@ -15,8 +15,10 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
+from vlmsearch.errors import CollectionError
 from vlmsearch.indexes import integrity, metadata
 from vlmsearch.indexes.layout import Layout
+from vlmsearch.indexes.lock import being_created
 
 ATTEMPTS = 5
 F = TypeVar("F", bound=Callable[..., Any])
@@ -25,6 +27,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 def read_snapshot(layout: Layout) -> tuple[dict[str, Any], pa.Table]:
     """The committed manifest and the metadata table it names."""
     manifest = layout.read_manifest()
+    if int(manifest.get("generation") or 0) == 0:  # the empty manifest a first run writes
+        creating = being_created(layout.path)
+        if creating:
+            raise CollectionError(creating)
     for attempt in range(ATTEMPTS):
         try:
             return manifest, _table(layout, manifest)

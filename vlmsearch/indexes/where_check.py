@@ -114,13 +114,12 @@ def validate_where(where: str, columns: Sequence[str] | None = None) -> None:
 @functools.lru_cache(maxsize=256)  # a repeated filter (paging, the web page) parses once
 def _validate(where: str, columns: tuple[str, ...] | None) -> None:
     def fail(reason: str) -> QueryError:
-        return QueryError(f"invalid --where filter {_shown(where)}: {reason}")
+        return QueryError(f"invalid where filter {_shown(where)}: {reason}")
 
     _check_tokens(where, fail)
     tree = _parse(f"SELECT id FROM {TABLE_NAME} WHERE ({where})")
     if tree.get("error"):
-        msg = str(tree.get("error_message") or "syntax error").splitlines()[0][:200]
-        raise fail(msg)
+        raise fail(_syntax_error(where))
     statements = tree.get("statements") or []
     node = statements[0].get("node", {}) if len(statements) == 1 else {}
     if not _is_plain_select(node):
@@ -131,6 +130,13 @@ def _validate(where: str, columns: tuple[str, ...] | None) -> None:
         _check(node["where_clause"], 0, known, state, fail, list(columns or ()))
     except RecursionError:
         raise fail("the expression is nested too deeply") from None
+
+
+def _syntax_error(where: str) -> str:
+    """DuckDB's message for the filter as the user wrote it: parsed inside parentheses, an
+    incomplete ``width >`` is reported "near ')'", a character the user never typed."""
+    tree = _parse(f"SELECT id FROM {TABLE_NAME} WHERE {where}")
+    return str(tree.get("error_message") or "syntax error").splitlines()[0][:200]
 
 
 def _shown(where: str) -> str:
