@@ -85,8 +85,10 @@ class ServedCollection:
         self._facets: tuple[int, dict[str, Any]] | None = None
         try:
             self._coll = self._load()
-        except CollectionError as e:  # damaged: served as unavailable, the server starts
-            self._unavailable(e)
+        except CollectionError as e:
+            if not self.layout.exists():
+                raise  # no collection there at all: a mistake in the command line
+            self._unavailable(e)  # damaged: served as unavailable, the server starts
 
     @property
     def available(self) -> bool:
