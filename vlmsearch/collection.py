@@ -360,7 +360,9 @@ class Collection:
             current = info.get("file") and int(info.get("generation", -1)) >= int(
                 self.manifest.get("data_generation", 0)
             )
-            if current:
+            # a deleted index falls back to the exact search below (derived data, the note
+            # says it is behind); one that is there but damaged is an error naming it
+            if current and self.layout.file(info["file"]).is_file():
                 reader = PostingIndex.read if self.sparse else faiss_store.read_index
                 self._index = self._read(info["file"], reader)
             elif self.sparse:
