@@ -218,7 +218,9 @@ def ingest(
         return report
 
 
-def _check_index_option(layout: Layout, encoder: Encoder, opts: IngestOptions) -> None:
+def _check_index_option(
+    layout: Layout, encoder: Encoder | LazyEncoder, opts: IngestOptions
+) -> None:
     """A bad ``--index`` fails before anything is created or encoded; the collection's own
     dimension and vector kind when it has them (the encoder must match them anyway)."""
     if opts.index is None:
@@ -226,8 +228,9 @@ def _check_index_option(layout: Layout, encoder: Encoder, opts: IngestOptions) -
     if layout.exists() and not opts.rebuild:
         m = layout.read_manifest()
         dim, sparse = int(m["dim"]), m.get("vectors") == "sparse"
-    else:
-        dim, sparse = encoder.dim, encoder.sparse_output
+    else:  # a new collection: its encoder was chosen (so built) for this run already
+        enc = as_lazy(encoder).get()
+        dim, sparse = enc.dim, enc.sparse_output
     faiss_store.check_index_request(opts.index, dim, sparse)
 
 
