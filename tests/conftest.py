@@ -74,3 +74,21 @@ def image_dir(tmp_path: Path) -> Path:
     make_images(root, 12)
     make_images(root / "nested" / "deeper", 3, prefix="deep")
     return root
+
+
+def tiny_gpt2(words: list[str]):
+    """A random two-layer GPT-2 over a word-level vocabulary (``words[0]`` is the end token)
+    and its tokenizer: a causal LM for the caption tests, built in a moment."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(words)}
+    vocab["<unk>"] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=words[0], unk_token="<unk>")
+    cfg = GPT2Config(vocab_size=len(vocab), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                     eos_token_id=0, bos_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(cfg).eval(), tok

@@ -620,7 +620,7 @@ def test_offline_default_fallback(
 
     root = tmp_path / "samples"
     copy_samples(root)
-    res = run("index", root, "--workers", "0", "-q")
+    res = run("index", root, "--workers", "0")  # -q would hide the note (issue 15)
     ok(res)
     notes = [ln for ln in res.stderr.splitlines() if ln.startswith("note:")]
     assert len(notes) == 1

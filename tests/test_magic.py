@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import tiny_gpt2
 from vlmsearch.retrieval.magic import MagicSettings, generate, magic_scores
 
 WORDS = (
@@ -17,20 +18,7 @@ WORDS = (
 
 @pytest.fixture(scope="module")
 def lm():
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(WORDS)}
-    vocab["<unk>"] = len(vocab)
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", unk_token="<unk>")
-    cfg = GPT2Config(vocab_size=len(vocab), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                     eos_token_id=0, bos_token_id=0)  # fmt: skip
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(cfg).eval()
-    return model, tok
+    return tiny_gpt2(list(WORDS))
 
 
 def words(tok, ids):

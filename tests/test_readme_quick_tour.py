@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import tiny_gpt2
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -26,21 +28,10 @@ def quick_tour_commands() -> list[str]:
 
 
 def write_tiny_gpt2(folder: Path) -> None:
-    """A random two-layer GPT-2 with a word-level tokenizer, saved as a local LM folder."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
+    """A random tiny GPT-2 saved as a local LM folder (``--lm ./my-gpt2``)."""
     words = "<eos> a an the cat dog sofa on photo of picture rocket coffee cup coins".split()
-    vocab = {w: i for i, w in enumerate(words)}
-    vocab["<unk>"] = len(vocab)
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", unk_token="<unk>")
-    cfg = GPT2Config(vocab_size=len(vocab), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                     eos_token_id=0, bos_token_id=0)  # fmt: skip
-    torch.manual_seed(0)
-    GPT2LMHeadModel(cfg).eval().save_pretrained(folder)
+    model, tok = tiny_gpt2(words)
+    model.save_pretrained(folder)
     tok.save_pretrained(folder)
 
 

@@ -216,6 +216,7 @@ class Collection:
         device: str | None = None,
         encoder_options: dict[str, Any] | None = None,
         text_onnx: bool = True,
+        on_notice: Callable[[str], None] | None = None,
     ) -> Collection:
         """Index (or update) the images under ``root``; returns the opened collection.
 
@@ -227,7 +228,8 @@ class Collection:
         Without ``model``/``encoder_kind``, an existing collection keeps its own encoder
         and a new one uses the default CLIP model, or -- when those CLIP weights cannot be
         loaded and the offline extra is installed -- the offline ASIF default (said in
-        ``last_report.notices`` and recorded in the manifest as ``encoder_choice``).
+        ``last_report.notices``, and passed to ``on_notice`` as soon as it is made, before
+        any file is read; recorded in the manifest as ``encoder_choice``).
         The run's report is in ``.last_report``.
         """
         t0 = time.perf_counter()
@@ -274,6 +276,8 @@ class Collection:
                 )
                 source = LazyEncoder.ready(loaded)
                 source.load_seconds = time.perf_counter() - t_load
+                for note in notices if on_notice is not None else ():
+                    on_notice(note)  # the model choice, said before the work starts
         assert source is not None
         report = ingest(layout, root_path, source, opts, progress)
         if text_onnx:

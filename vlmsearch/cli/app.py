@@ -226,6 +226,13 @@ def index(
         args = (model, encoder, opts, device, enc_opts, quiet, json_, interval)
         _watch(directory, collection, *args)
         return
+    shown: list[str] = []
+
+    def notice(note: str) -> None:  # before the progress bars; none with -q
+        shown.append(note)
+        if not quiet:
+            _print_note(note)
+
     with ingest_progress(quiet or json_) as progress:
         coll = Collection.index(
             directory,
@@ -236,10 +243,11 @@ def index(
             progress=progress,
             device=device,
             encoder_options=enc_opts,
+            on_notice=notice,
         )
     rep = coll.last_report
     assert rep is not None
-    _report(coll, rep, quiet, json_)
+    _report(coll, rep, quiet, json_, shown)
 
 
 def _watch(
@@ -287,9 +295,16 @@ def _watch(
     )
 
 
-def _report(coll: Any, rep: Any, quiet: bool, json_: bool) -> None:
-    for notice in rep.notices:
-        output.err.print(f"[bold yellow]note:[/bold yellow] {output.text(notice)}", soft_wrap=True)
+def _print_note(note: str) -> None:
+    output.err.print(f"[bold yellow]note:[/bold yellow] {output.text(note)}", soft_wrap=True)
+
+
+def _report(
+    coll: Any, rep: Any, quiet: bool, json_: bool, shown: list[str] | None = None
+) -> None:
+    for note in rep.notices if not quiet else ():
+        if note not in (shown or []):
+            _print_note(note)
     if json_:
         output.emit_json(rep.to_dict())
         return
