@@ -14,17 +14,12 @@ decoded images. ``VLMSEARCH_IMAGE_ONNX=0`` turns exports and their use off (defa
 whatever ``VLMSEARCH_TEXT_ONNX`` says).
 
 Folder layout (``<cache>/image-onnx/<key>/``): ``model.onnx``, ``meta.json``. Written into
-a temporary sibling and renamed into place.
+a temporary sibling and renamed into place. The cache mechanics shared with
+:mod:`vlmsearch.retrieval.text_onnx` are in :mod:`vlmsearch.retrieval.onnx_cache`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from vlmsearch.retrieval import text_onnx
-from vlmsearch.runtime import cache_dir
+from vlmsearch.retrieval import onnx_cache, text_onnx
+from vlmsearch.retrieval.onnx_cache import ExportError as ExportError  # public here too
+from vlmsearch.retrieval.onnx_cache import l2_normalize as l2_normalize  # public here too
 
 EXPORT_FORMAT = 1
 MIN_COSINE = 0.9999
@@ -43,25 +39,19 @@ INTERPOLATIONS = ("bicubic", "bilinear")
 
 
 def enabled() -> bool:
-    raw = os.environ.get(ENV_SWITCH)
-    if raw is None:
-        return text_onnx.enabled()
-    return raw.strip().lower() not in ("0", "false", "no", "off")
+    return onnx_cache.env_switch(ENV_SWITCH, default=text_onnx.enabled())
 
 
 def runtime_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("onnxruntime") is not None
+    return onnx_cache.importable("onnxruntime")
 
 
 def export_key(spec: dict[str, Any]) -> str:
-    blob = json.dumps({"format": EXPORT_FORMAT, "spec": spec}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    return onnx_cache.export_key(spec, EXPORT_FORMAT)
 
 
 def export_dir(spec: dict[str, Any]) -> Path:
-    return cache_dir() / "image-onnx" / export_key(spec)
+    return onnx_cache.export_dir("image-onnx", export_key(spec))
 
 
 @dataclass
@@ -121,10 +111,6 @@ class ImageTowerExport:
     meta: dict[str, Any]
 
 
-class ExportError(RuntimeError):
-    """The tower could not be exported, or the export does not match the original."""
-
-
 def export_ready(spec: dict[str, Any]) -> bool:
     """Nothing to export: a checked export is cached, or exports are off (files only)."""
     return not enabled() or not runtime_available() or _valid(export_dir(spec), spec)
@@ -137,58 +123,45 @@ def prepare_image_queries(
     is in place (or exports are off), else a one-line notice; never raises."""
     if export_ready(spec):
         return None
-    try:
-        tower = build()
-        if tower is None:
-            return None  # this encoder's image side is not exportable: torch, silently
-        write_export(export_dir(spec), spec, tower)
-    except ExportError as e:
-        return f"image queries will use torch (no ONNX image tower: {e})"
-    except Exception as e:  # the exporter raises many kinds for unsupported graphs
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        return f"image queries will use torch (ONNX export failed: {first})"
-    return None
+    return onnx_cache.export_notice(
+        "image",
+        build,
+        lambda tower: write_export(export_dir(spec), spec, tower),
+        unexportable=None,  # this encoder's image side is not exportable: torch, silently
+    )
 
 
 def write_export(dest: Path, spec: dict[str, Any], tower: ImageTowerExport) -> None:
     """Export, check against the torch encoder, then move into place."""
     import torch
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     # nn.MultiheadAttention's inference fast path is one fused op the exporter cannot
     # translate; the plain path computes the same
     fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
         torch.backends.mha.set_fastpath_enabled(False)
-        with torch.no_grad(), text_onnx._quiet_export():
-            torch.onnx.export(
+        with onnx_cache.staged_folder(dest) as tmp:
+            onnx_cache.export_graph(
                 tower.module,
                 (tower.example,),
-                str(tmp / "model.onnx"),
+                tmp / "model.onnx",
                 input_names=["pixels"],
                 output_names=["features"],
                 dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}},
-                opset_version=text_onnx.OPSET,
-                dynamo=False,
             )
-        meta = {
-            **tower.meta,
-            "bytes": (tmp / "model.onnx").stat().st_size,
-            "format": EXPORT_FORMAT,
-            "key": export_key(spec),
-            "spec": spec,
-            "preprocess": tower.preprocess.to_json(),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        meta["check"] = _check(OnnxImageTower(tmp), tower)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if dest.exists():  # a concurrent export won, or a stale one is replaced
-            shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
+            meta = {
+                **tower.meta,
+                "bytes": (tmp / "model.onnx").stat().st_size,
+                "format": EXPORT_FORMAT,
+                "key": export_key(spec),
+                "spec": spec,
+                "preprocess": tower.preprocess.to_json(),
+            }
+            onnx_cache.write_meta(tmp, meta)
+            meta["check"] = _check(OnnxImageTower(tmp), tower)
+            onnx_cache.write_meta(tmp, meta)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_images() -> list[Any]:
@@ -209,42 +182,27 @@ def check_images() -> list[Any]:
 
 def _check(onnx_tower: OnnxImageTower, tower: ImageTowerExport) -> dict[str, Any]:
     images = check_images()
-    want = np.asarray(tower.reference(images), np.float32)
+    want = tower.reference(images)
     got = onnx_tower.features(images)
-    cos = np.sum(want * got, axis=1) / (
-        np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1) + 1e-12
-    )
-    worst = float(cos.min())
-    if not worst >= MIN_COSINE:
-        raise ExportError(f"its features drift from torch's (min cosine {worst:.6f})")
-    return {"images": len(images), "min_cosine": worst, "max_abs": float(np.abs(want - got).max())}
+    return {"images": len(images), **onnx_cache.cosine_check(want, got, MIN_COSINE, "features")}
 
 
 def _valid(folder: Path, spec: dict[str, Any]) -> bool:
-    try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    meta = onnx_cache.checked_meta(folder, EXPORT_FORMAT, export_key(spec))
+    if meta is None:
         return False
     try:
         size = (folder / "model.onnx").stat().st_size
     except OSError:
         return False
-    return (
-        meta.get("format") == EXPORT_FORMAT
-        and meta.get("key") == export_key(spec)
-        and "check" in meta
-        and meta.get("bytes") == size  # a truncated copy is not used
-    )
+    return meta.get("bytes") == size  # a truncated copy is not used
 
 
 def open_tower(spec: dict[str, Any]) -> OnnxImageTower | None:
     """The cached, checked export for ``spec``; None when there is none or it is off."""
-    if not enabled() or not runtime_available():
+    if not enabled() or not runtime_available() or not _valid(export_dir(spec), spec):
         return None
-    folder = export_dir(spec)
-    if not _valid(folder, spec):
-        return None
-    return OnnxImageTower(folder)
+    return OnnxImageTower(export_dir(spec))
 
 
 class OnnxImageTower:
@@ -253,39 +211,19 @@ class OnnxImageTower:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self.meta: dict[str, Any] = json.loads((self.folder / "meta.json").read_text())
+        self.meta: dict[str, Any] = onnx_cache.read_meta(self.folder)
         self.preprocess = Preprocess(**self.meta["preprocess"])
         self.normalized = bool(self.meta.get("normalized", True))
-        self._session: Any = None
-        self._error: BaseException | None = None
-        self._loader = threading.Thread(target=self._load, daemon=True)
-        self._loader.start()
-
-    def _load(self) -> None:
-        try:
-            import onnxruntime as ort
-
-            so = ort.SessionOptions()
-            so.log_severity_level = 3
-            self._session = ort.InferenceSession(
-                str(self.folder / "model.onnx"), so, providers=["CPUExecutionProvider"]
-            )
-        except BaseException as e:  # re-raised in the caller's thread
-            self._error = e
+        self._session = onnx_cache.load_session(self.folder / "model.onnx")
 
     @property
     def session(self) -> Any:
-        self._loader.join()
-        if self._error is not None:
-            raise self._error
-        return self._session
+        return self._session.result()
 
     def load_error(self) -> str | None:
         """Why the session could not be created (waits for it), or None."""
-        self._loader.join()
-        if self._error is None:
-            return None
-        return (str(self._error).strip().splitlines() or [type(self._error).__name__])[0][:200]
+        error = self._session.exception()
+        return None if error is None else onnx_cache.first_line(error)
 
     def features(self, images: Sequence[Any]) -> np.ndarray:
         """The exported graph's output (normalised or not, as ``self.normalized``)."""
@@ -296,10 +234,6 @@ class OnnxImageTower:
         if not out:
             return np.zeros((0, int(self.meta.get("dim", 0))), np.float32)
         return np.concatenate(out).astype(np.float32, copy=False)
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 class OnnxImageQueries:

@@ -12,18 +12,13 @@ An export is kept only if, on :data:`CHECK_TEXTS`, its token ids equal the origi
 tokenizer's and its embeddings have cosine >= :data:`MIN_COSINE` to the torch encoder's.
 
 Folder layout (``<cache>/text-onnx/<key>/``): ``model.onnx``, ``tokenizer.json``,
-``meta.json``. Written into a temporary sibling and renamed into place.
+``meta.json``. Written into a temporary sibling and renamed into place. The cache
+mechanics shared with :mod:`vlmsearch.retrieval.image_onnx` are in
+:mod:`vlmsearch.retrieval.onnx_cache`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
-import shutil
-import tempfile
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from vlmsearch.runtime import cache_dir
+from vlmsearch.retrieval import onnx_cache
+from vlmsearch.retrieval.onnx_cache import ExportError as ExportError  # public here too
 
 EXPORT_FORMAT = 1
 MIN_COSINE = 0.9999
 BATCH = 64
 ENV_SWITCH = "VLMSEARCH_TEXT_ONNX"
-OPSET = 17
+OPSET = onnx_cache.OPSET
 
 # Texts every export is checked on: plain, case, punctuation and contractions, digits,
 # non-Latin scripts, emoji, HTML entities, odd whitespace, empty, and over-long inputs
@@ -59,25 +55,22 @@ CHECK_TEXTS = (
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    return onnx_cache.env_switch(ENV_SWITCH, default=True)
 
 
 def runtime_available() -> bool:
     """onnxruntime and tokenizers importable (checked without importing them)."""
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "tokenizers"))
+    return onnx_cache.importable("onnxruntime", "tokenizers")
 
 
 def export_key(spec: dict[str, Any]) -> str:
     """The cache key of the text tower described by an encoder spec (the whole spec: it
     records the weights' sha256 or pretrained tag, the context length and the dimension)."""
-    blob = json.dumps({"format": EXPORT_FORMAT, "spec": spec}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    return onnx_cache.export_key(spec, EXPORT_FORMAT)
 
 
 def export_dir(spec: dict[str, Any]) -> Path:
-    return cache_dir() / "text-onnx" / export_key(spec)
+    return onnx_cache.export_dir("text-onnx", export_key(spec))
 
 
 @dataclass
@@ -99,10 +92,6 @@ class TowerExport:
     dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
 
 
-class ExportError(RuntimeError):
-    """The tower could not be exported, or the export does not match the original."""
-
-
 def prepare_text_queries(encoder: Any) -> str | None:
     """Export ``encoder``'s text tower for torch-free text queries unless it is cached.
     Silent when it works; a one-line notice when text queries will keep using torch.
@@ -119,54 +108,33 @@ def ensure_export(spec: dict[str, Any], source: Callable[[], TowerExport | None]
 
     Returns None when an export is in place (or exports are off), else a one-line notice.
     Never raises: a failed export only means text queries keep using torch."""
-    if not enabled() or not runtime_available():
+    if export_ready(spec):
         return None
-    dest = export_dir(spec)
-    if _valid(dest, spec):
-        return None
-    try:
-        tower = source()
-        if tower is None:
-            return "text queries will use torch (this model's text side cannot be exported)"
-        write_export(dest, spec, tower)
-    except ExportError as e:
-        return f"text queries will use torch (no ONNX text tower: {e})"
-    except Exception as e:  # the exporter raises many kinds for unsupported graphs
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        return f"text queries will use torch (ONNX export failed: {first})"
-    return None
+    return onnx_cache.export_notice(
+        "text",
+        source,
+        lambda tower: write_export(export_dir(spec), spec, tower),
+        unexportable="text queries will use torch (this model's text side cannot be exported)",
+    )
 
 
 def write_export(dest: Path, spec: dict[str, Any], tower: TowerExport) -> None:
     """Export, check against the torch encoder, then move into place."""
-    import torch
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
-        with torch.no_grad(), _quiet_export():
-            torch.onnx.export(
-                tower.module,
-                tower.example,
-                str(tmp / "model.onnx"),
-                input_names=tower.input_names,
-                output_names=["embedding"],
-                dynamic_axes=tower.dynamic_axes,
-                opset_version=OPSET,
-                dynamo=False,  # the TorchScript exporter needs only the onnx package
-            )
+    with onnx_cache.staged_folder(dest) as tmp:
+        onnx_cache.export_graph(
+            tower.module,
+            tower.example,
+            tmp / "model.onnx",
+            input_names=tower.input_names,
+            output_names=["embedding"],
+            dynamic_axes=tower.dynamic_axes,
+        )
         tower.tokenizer.save(str(tmp / "tokenizer.json"))
         meta = dict(tower.meta)
         meta.update(format=EXPORT_FORMAT, key=export_key(spec), spec=spec, inputs=tower.input_names)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        check = _check(OnnxTextTower(tmp), tower)
-        meta["check"] = check
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if dest.exists():  # a concurrent export won, or a stale one is replaced
-            shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        onnx_cache.write_meta(tmp, meta)
+        meta["check"] = _check(OnnxTextTower(tmp), tower)
+        onnx_cache.write_meta(tmp, meta)
 
 
 def _check(onnx_tower: OnnxTextTower, tower: TowerExport) -> dict[str, Any]:
@@ -176,26 +144,14 @@ def _check(onnx_tower: OnnxTextTower, tower: TowerExport) -> dict[str, Any]:
     for text, want, got in zip(texts, want_ids, got_ids, strict=True):
         if list(want) != list(got):
             raise ExportError(f"its tokenizer differs from the model's on {text[:40]!r}")
-    want = np.asarray(tower.reference(texts), np.float32)
+    want = tower.reference(texts)
     got = onnx_tower.encode_texts(texts)
-    cos = np.sum(want * got, axis=1) / (
-        np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1) + 1e-12
-    )
-    worst = float(cos.min())
-    if not worst >= MIN_COSINE:
-        raise ExportError(f"its embeddings drift from torch's (min cosine {worst:.6f})")
-    return {"texts": len(texts), "min_cosine": worst, "max_abs": float(np.abs(want - got).max())}
+    return {"texts": len(texts), **onnx_cache.cosine_check(want, got, MIN_COSINE, "embeddings")}
 
 
 def _valid(folder: Path, spec: dict[str, Any]) -> bool:
-    try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
     return (
-        meta.get("format") == EXPORT_FORMAT
-        and meta.get("key") == export_key(spec)
-        and "check" in meta
+        onnx_cache.checked_meta(folder, EXPORT_FORMAT, export_key(spec)) is not None
         and (folder / "model.onnx").is_file()
         and (folder / "tokenizer.json").is_file()
     )
@@ -209,12 +165,9 @@ def export_ready(spec: dict[str, Any]) -> bool:
 
 def open_tower(spec: dict[str, Any]) -> OnnxTextTower | None:
     """The cached, checked export for ``spec``; None when there is none or it is disabled."""
-    if not enabled() or not runtime_available():
+    if not enabled() or not runtime_available() or not _valid(export_dir(spec), spec):
         return None
-    folder = export_dir(spec)
-    if not _valid(folder, spec):
-        return None
-    return OnnxTextTower(folder)
+    return OnnxTextTower(export_dir(spec))
 
 
 class OnnxTextTower:
@@ -234,36 +187,18 @@ class OnnxTextTower:
         from tokenizers import Tokenizer
 
         self.folder = Path(folder)
-        self.meta: dict[str, Any] = json.loads((self.folder / "meta.json").read_text())
+        self.meta: dict[str, Any] = onnx_cache.read_meta(self.folder)
         self.dim = int(self.meta["spec"]["dim"])
         self._tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
         self._tokenizer.no_padding()  # padded here, per batch
         self._tokenizer.no_truncation()
         if self.meta["style"] == "hf":  # the ids keep their special tokens when truncated
             self._tokenizer.enable_truncation(int(self.meta["max_length"]))
-        self._session: Any = None
-        self._error: BaseException | None = None
-        self._loader = threading.Thread(target=self._load, daemon=True)
-        self._loader.start()
-
-    def _load(self) -> None:
-        try:
-            import onnxruntime as ort
-
-            so = ort.SessionOptions()
-            so.log_severity_level = 3  # errors only: its optimiser warns about benign things
-            self._session = ort.InferenceSession(
-                str(self.folder / "model.onnx"), so, providers=["CPUExecutionProvider"]
-            )
-        except BaseException as e:  # re-raised in the caller's thread
-            self._error = e
+        self._session = onnx_cache.load_session(self.folder / "model.onnx")
 
     @property
     def session(self) -> Any:
-        self._loader.join()
-        if self._error is not None:
-            raise self._error
-        return self._session
+        return self._session.result()
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids as the model sees them (before padding for ``hf``)."""
@@ -294,8 +229,7 @@ class OnnxTextTower:
         for i in range(0, len(texts), BATCH):
             out.append(self._run(list(texts[i : i + BATCH])))
         emb = np.concatenate(out).astype(np.float32, copy=False)
-        norm = np.linalg.norm(emb, axis=1, keepdims=True)  # exported normalised; cheap to keep
-        return emb / np.maximum(norm, 1e-12)
+        return onnx_cache.l2_normalize(emb)  # exported normalised; cheap to keep
 
     def _run(self, texts: list[str]) -> np.ndarray:
         m = self.meta
@@ -323,13 +257,3 @@ def clip_clean(text: str) -> str:
 
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return " ".join(text.split()).lower()
-
-
-@contextlib.contextmanager
-def _quiet_export() -> Any:
-    """The TorchScript exporter warns about tracing Python control flow in every model."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
