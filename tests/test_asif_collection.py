@@ -15,38 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
+from tests.cli_helpers import ok, one_line_error, run
 from tests.conftest import TINY, draw_image
 from vlmsearch import Collection
-from vlmsearch.cli.app import app
 from vlmsearch.errors import ModelError
 from vlmsearch.indexes.anchors import AnchorSet
 from vlmsearch.retrieval.zeroshot import class_scores, load_templates, softmax_scores
 
-runner = CliRunner()
 TOWER = f"open_clip:{TINY}"
 TOWERS = ("--image-encoder", TOWER, "--text-encoder", TOWER)
 ASIF_K, ASIF_P = 16, 8.0
-
-
-def run(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def ok(res) -> None:
-    assert res.exit_code == 0, res.output
-
-
-def one_line_error(res, *needles: str) -> str:
-    """Exit 1, a single 'error:' line on stderr, no traceback; returns the line."""
-    assert res.exit_code == 1, res.output
-    assert "Traceback" not in res.output
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def photos(root: Path, n: int, seed: int, prefix: str = "p") -> list[Path]:

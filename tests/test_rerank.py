@@ -351,7 +351,8 @@ def test_region_embeddings_are_reused_until_the_file_changes(coll: Collection) -
 
 
 def test_asif_student_predicts_features_then_projects(tmp_path: Path) -> None:
-    from tests.test_asif_collection import build_anchors, ok, photos, run, write_pairs_csv
+    from tests.cli_helpers import ok, run
+    from tests.test_asif_collection import build_anchors, photos, write_pairs_csv
     from vlmsearch.retrieval.region_student import distill, load_student
     from vlmsearch.retrieval.rerankers.proposals import CONTEXT, expand
     from vlmsearch.retrieval.rerankers.region import region_boxes, teacher_targets
