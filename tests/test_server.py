@@ -494,3 +494,15 @@ def test_server_sees_new_commits_without_restart(tmp_path, tiny_encoder):
     assert health["images"] == 18 and health["reload_error"] is None
     res = c.post("/api/collections/live/search", json={"text": "x", "k": 100})
     assert len(res.json()["hits"]) == 18
+
+
+def test_rerank_depth_defaults_to_the_rerankers_own(client):
+    """Without rerank_top the server uses the reranker's default, as the CLI does: the region
+    teacher on a CPU reranks 10 hits, not 50 (issue 15)."""
+    res = client.post(
+        "/api/collections/photos/search", json={"text": "a square", "k": 12, "rerank": "region"}
+    )
+    assert res.status_code == 200, res.text
+    hits = res.json()["hits"]
+    assert len(hits) == 12
+    assert sum(1 for h in hits if (h.get("reranker") or "").startswith("region")) == 10

@@ -51,7 +51,7 @@ def _run_search(
         raise QueryError(
             f"reranker {req.rerank!r} is not enabled on this server (enabled: {allowed})"
         )
-    if req.rerank_top > ctx.config.max_rerank_top:
+    if req.rerank_top is not None and req.rerank_top > ctx.config.max_rerank_top:
         raise HTTPException(422, f"rerank_top must be at most {ctx.config.max_rerank_top}")
     weighted = _weighted(images, req.image_weights, "image_weights")
     negative_weighted = _weighted(negatives, req.negative_image_weights, "negative_image_weights")

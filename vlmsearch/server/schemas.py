@@ -21,7 +21,8 @@ class SearchRequest(_Strict):
     where: str | None = Field(None, description="SQL boolean over the metadata columns.")
     k: int = Field(10, ge=1, description="Number of results (at most the server's max_k).")
     rerank: str | None = Field(None, description="A reranker the server allows, e.g. region.")
-    rerank_top: int = Field(50, ge=1)
+    # None: the reranker's own default (50; 10 for the region teacher on a CPU)
+    rerank_top: int | None = Field(None, ge=1)
     fusion: float | None = Field(None, ge=0.0, le=1.0)
     text_column: str | None = None
     text_weight: float = Field(1.0, ge=0.0, le=1.0)

@@ -212,7 +212,8 @@ async function search() {
   if (neg) req.negative = neg;
   const where = whereClause();
   if (where) req.where = where;
-  if ($("#rerank").value) { req.rerank = $("#rerank").value; req.rerank_top = Math.min(req.k, 50); }
+  // the depth is the reranker's own default (the region teacher on a CPU takes 10)
+  if ($("#rerank").value) req.rerank = $("#rerank").value;
   $("#status").textContent = "searching…";
   try {
     let result;
