@@ -35,7 +35,6 @@ EXPORT_FORMAT = 1
 MIN_COSINE = 0.9999
 BATCH = 32
 ENV_SWITCH = "VLMSEARCH_IMAGE_ONNX"
-INTERPOLATIONS = ("bicubic", "bilinear")
 
 
 def enabled() -> bool:

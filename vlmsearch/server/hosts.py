@@ -5,9 +5,9 @@ so answering only to known names defeats it."""
 
 from __future__ import annotations
 
+from vlmsearch.server.config import LOOPBACK
 from vlmsearch.server.security import ASGIApp, Receive, Scope, Send, send_json
 
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 WILDCARD_BINDS = ("0.0.0.0", "::", "")
 
 
@@ -23,7 +23,7 @@ def host_name(value: str) -> str:
 
 def allowed_names(bound_host: str, extra: tuple[str, ...] | list[str]) -> frozenset[str]:
     """Loopback names, the bound address (unless a wildcard) and the extra names."""
-    names = set(LOOPBACK_NAMES) | {host_name(h) for h in extra if h.strip()}
+    names = set(LOOPBACK) | {host_name(h) for h in extra if h.strip()}
     bound = bound_host.strip("[]").lower()
     if bound not in WILDCARD_BINDS:
         names.add(bound)
