@@ -11,6 +11,7 @@ import pytest
 
 COMMANDS = [
     [], ["index"], ["search"], ["classify"], ["info"], ["caption"], ["distill"], ["serve"],
+    ["check"],
     ["asif"], ["asif", "anchors"], ["asif", "anchors", "build"], ["asif", "anchors", "info"],
 ]  # fmt: skip
 

@@ -38,7 +38,13 @@ def check(
     layout = Layout(resolve_collection_path(collection))
     if not layout.path.is_dir():
         raise CollectionError(f"no collection at {layout.path}")
-    report = rp.repair(layout) if repair else rp.check(layout)
+    if repair:
+        from vlmsearch.cli.progress import ingest_progress
+
+        with ingest_progress(json_) as progress:  # rebuilding an index can take a while
+            report = rp.repair(layout, progress)
+    else:
+        report = rp.check(layout)
     if json_:
         output.emit_json(report.to_dict())
     else:
