@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def _home_after(tmp_path, code: str) -> list[str]:
     home = tmp_path / "home"
@@ -24,6 +26,10 @@ def test_onnxruntime_writes_nothing_under_home(tmp_path) -> None:
 
 
 def test_the_check_can_fail(tmp_path) -> None:
-    # without vlmsearch, onnxruntime does write its telemetry folder: the test above is real
+    # Without vlmsearch, onnxruntime writes its telemetry folder on some machines, which shows
+    # that the test above can fail. Where this onnxruntime build writes nothing anyway (it did
+    # not on the CI machine), the control has nothing to show: skip rather than fail.
     written = _home_after(tmp_path, "import onnxruntime; onnxruntime.get_available_providers()")
-    assert any("Microsoft" in p for p in written)
+    if not written:
+        pytest.skip("this onnxruntime writes nothing under HOME here; the control cannot run")
+    assert any("Microsoft" in p for p in written), written
