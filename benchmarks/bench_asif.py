@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from vlmsearch.retrieval.asif import DEFAULT_K, DEFAULT_P
+from vlmsearch.models.asif.relative import DEFAULT_K, DEFAULT_P
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO.parent / "shared" / "data" / "imagenet-sample"
@@ -60,7 +60,7 @@ def sample_files(root: Path) -> tuple[list[Path], list[str]]:
 
 def image_features(img_enc: Any, files: list[Path]) -> np.ndarray:
     """Raw (unnormalised) image features, cached by encoder identity."""
-    from vlmsearch.indexes.decode import DecodeTask, iter_decoded
+    from vlmsearch.imaging.decode import DecodeTask, iter_decoded
 
     key = str(img_enc.spec.get("sha256", img_enc.name))[:16]
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -137,9 +137,9 @@ def main() -> None:
 
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-    from vlmsearch.retrieval.anchor_sources import build_prototype_anchors
-    from vlmsearch.retrieval.unimodal import load_image_encoder, load_text_encoder
-    from vlmsearch.retrieval.zeroshot import load_templates
+    from vlmsearch.models.asif.build import build_prototype_anchors
+    from vlmsearch.models.unimodal import load_image_encoder, load_text_encoder
+    from vlmsearch.models.zeroshot import load_templates
 
     files, wnids = sample_files(args.sample)
     truth = np.argsort(np.argsort(wnids))  # ImageNet class index = rank of the wnid
@@ -221,7 +221,7 @@ def main() -> None:
     a_idx, b_idx = np.sort(perm[:500]), np.sort(perm[500:])
     import pyarrow as pa
 
-    from vlmsearch.indexes.anchors import write_anchor_set
+    from vlmsearch.models.asif.anchors import write_anchor_set
 
     def data_anchors(path: Path, idx: np.ndarray, captions: list[str]) -> Any:
         return write_anchor_set(
@@ -310,8 +310,8 @@ def per_side(
     """Section 6: a power per side, through the anchor sets and AsifEncoder defaults."""
     import pyarrow as pa
 
-    from vlmsearch.indexes.anchors import write_anchor_set
-    from vlmsearch.retrieval.anchor_sources import build_prototype_anchors
+    from vlmsearch.models.asif.anchors import write_anchor_set
+    from vlmsearch.models.asif.build import build_prototype_anchors
 
     if not args.wordnet:
         raise SystemExit("--per-side needs --wordnet")
@@ -383,9 +383,9 @@ def scale(n: int, n_anchors: int, k: int, p: float, dense: bool) -> dict[str, An
     import faiss
     import scipy.sparse as sp
 
-    from vlmsearch.indexes import faiss_store
-    from vlmsearch.indexes.postings import PostingIndex
-    from vlmsearch.retrieval.asif import relative_representations
+    from vlmsearch.models.asif.relative import relative_representations
+    from vlmsearch.storage.ann import faiss_store
+    from vlmsearch.storage.ann.postings import PostingIndex
 
     rng = np.random.default_rng(0)
     d = 384

@@ -69,7 +69,7 @@ def measure(index: Any, queries: np.ndarray, truth: np.ndarray, k: int, search: 
 def worker_vlmsearch(args: argparse.Namespace) -> dict[str, Any]:
     import faiss
 
-    from vlmsearch.indexes import faiss_store
+    from vlmsearch.storage.ann import faiss_store
 
     t = time.perf_counter()
     x = np.load(args.vectors)

@@ -9,7 +9,7 @@ Three sections:
    text encoding is excluded), unfiltered and with a ``where`` filter, plus the time of a
    full text search (``Collection.search``, text encoding included).
 3. **Synthetic FAISS**: clustered random vectors indexed with
-   ``vlmsearch.indexes.faiss_store`` as flat / hnsw / ivf / auto: build time, single-query
+   ``vlmsearch.storage.ann.faiss_store`` as flat / hnsw / ivf / auto: build time, single-query
    latency and recall@k against the exact (flat) result.
 
 Run ``python benchmarks/bench_core.py --help``; see benchmarks/README.md.
@@ -143,7 +143,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def list_images(folder: Path) -> list[Path]:
-    from vlmsearch.indexes.scan import scan
+    from vlmsearch.imaging.scan import scan
 
     return [folder / f.path for f in scan(folder)]
 
@@ -176,8 +176,8 @@ def bench_images(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import torch
 
     from vlmsearch import Collection
-    from vlmsearch.indexes.ingest import IngestOptions
-    from vlmsearch.retrieval.encoders import load_encoder
+    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.models.encoders import load_encoder
 
     src = Path(args.images).expanduser().resolve()
     root, n_images = stage_images(src, work / "images", args.limit)
@@ -253,7 +253,7 @@ def bench_images(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     k = args.k
     allowed = None
     if args.where:
-        from vlmsearch.indexes import metadata
+        from vlmsearch.storage import metadata
 
         allowed = metadata.filter_ids(coll.table, args.where)
     out["collection_size"] = len(coll)
@@ -313,7 +313,7 @@ def clustered_vectors(
 def bench_synthetic(args: argparse.Namespace) -> dict[str, Any]:
     import faiss
 
-    from vlmsearch.indexes import faiss_store
+    from vlmsearch.storage.ann import faiss_store
 
     n, d, k = args.synthetic_n, args.dim, args.k
     rng = np.random.default_rng(args.seed)

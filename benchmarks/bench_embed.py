@@ -285,7 +285,7 @@ def decode_cost(folder: Path, names: list[str], draft: bool) -> dict[str, Any]:
     import open_clip
     import torch
 
-    from vlmsearch.indexes.decode import decode_image_sized
+    from vlmsearch.imaging.decode import decode_image_sized
 
     torch.set_num_threads(1)
     _, _, preprocess = open_clip.create_model_and_transforms(ARCH)
@@ -347,7 +347,7 @@ def main() -> None:
     args = ap.parse_args()
 
     sys.path.insert(0, str(REPO))
-    from vlmsearch.retrieval.encoders import load_encoder
+    from vlmsearch.models.encoders import load_encoder
 
     src = args.folder.expanduser().resolve()
     tmp = Path(tempfile.mkdtemp(prefix="bench-embed-"))

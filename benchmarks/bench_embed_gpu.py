@@ -24,8 +24,8 @@ Models are random-initialised in memory (seeded): nothing is downloaded. Runs on
 as well (``--device cpu --quick``: tiny sizes, for testing the script).
 
 Needs torch, torchvision, Pillow, numpy and open_clip (open_clip_torch with its
-ftfy/regex/wcwidth dependencies); from vlmsearch only ``vlmsearch.indexes.gpu_decode``,
-``vlmsearch.indexes.decode`` and ``vlmsearch.retrieval.encoders.openclip``, which need
+ftfy/regex/wcwidth dependencies); from vlmsearch only ``vlmsearch.imaging.gpu_decode``,
+``vlmsearch.imaging.decode`` and ``vlmsearch.models.encoders.openclip``, which need
 nothing else.
 
     python benchmarks/bench_embed_gpu.py --folder shared/data/imagenet-sample \\
@@ -70,7 +70,7 @@ def make_encoder(arch: str, device: str, precision: str) -> Any:
     import open_clip
     import torch
 
-    from vlmsearch.retrieval.encoders.openclip import OpenClipEncoder
+    from vlmsearch.models.encoders.openclip import OpenClipEncoder
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -88,7 +88,7 @@ def make_encoder(arch: str, device: str, precision: str) -> Any:
 
 
 def folder_tasks(folder: Path, repeat: int, limit: int | None) -> list[Any]:
-    from vlmsearch.indexes.decode import DecodeTask
+    from vlmsearch.imaging.decode import DecodeTask
 
     names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
     names = names[:limit] if limit else names
@@ -114,7 +114,7 @@ def time_model(fn: Any, x: Any, device: str, warmup: int, iters: int) -> dict[st
 
 def end_to_end(enc: Any, tasks: list[Any], batch: int, threads: int, model: bool) -> dict:
     """Images/s through the nvJPEG pipeline (and the encoder when ``model``)."""
-    from vlmsearch.indexes.gpu_decode import TensorImagePipeline
+    from vlmsearch.imaging.gpu_decode import TensorImagePipeline
 
     pp = enc.tensor_preprocess()
     pipe = TensorImagePipeline(tasks, pp, batch, enc.device, read_threads=threads)
@@ -144,7 +144,7 @@ def drift(enc_fast: Any, enc_fp32: Any, tasks: list[Any], batch: int) -> dict[st
     import torch
     from PIL import Image
 
-    from vlmsearch.indexes.gpu_decode import TensorImagePipeline
+    from vlmsearch.imaging.gpu_decode import TensorImagePipeline
 
     pipe = TensorImagePipeline(tasks, enc_fast.tensor_preprocess(), batch, enc_fast.device)
     got = np.concatenate([enc_fast.encode_pixels(p) for _, p in pipe if p is not None])

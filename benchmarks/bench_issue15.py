@@ -81,10 +81,10 @@ def build_100k(path: Path, n: int, env: dict[str, str]) -> None:
     os.environ.update(env)
     from synthetic_collection import commit_index, load_or_make_vectors, write_collection
 
-    from vlmsearch.indexes import faiss_store
-    from vlmsearch.retrieval.encoders import load_encoder
-    from vlmsearch.retrieval.lazy_encoder import LazyEncoder
-    from vlmsearch.retrieval.query_exports import prepare_query_exports
+    from vlmsearch.models.encoders import load_encoder
+    from vlmsearch.models.lazy_encoder import LazyEncoder
+    from vlmsearch.search.query_encoders import prepare_query_exports
+    from vlmsearch.storage.ann import faiss_store
 
     enc = load_encoder("ViT-B-32", device="cpu")
     # bench_search.py's defaults: 10 clusters, noise 1.0 in a 32-dim subspace each

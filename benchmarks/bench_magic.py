@@ -76,9 +76,9 @@ def main() -> None:
 
     import torch
 
-    from vlmsearch.retrieval.captioner import Captioner
-    from vlmsearch.retrieval.encoders import load_encoder, openclip
-    from vlmsearch.retrieval.magic import MagicSettings
+    from vlmsearch.caption.captioner import Captioner
+    from vlmsearch.caption.magic import MagicSettings
+    from vlmsearch.models.encoders import load_encoder, openclip
 
     torch.set_num_threads(os.cpu_count() or 1)
     tok = word_tokenizer()

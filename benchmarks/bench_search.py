@@ -3,7 +3,7 @@
 
 ``latency``: N synthetic 512-d vectors (a Gaussian mixture, see ``synthetic_collection``)
 are written as a real collection (float16 shards + N-row Parquet metadata), then for each
-index kind (flat, hnsw, ivf, auto) an index is built with ``vlmsearch.indexes.faiss_store``,
+index kind (flat, hnsw, ivf, auto) an index is built with ``vlmsearch.storage.ann.faiss_store``,
 committed to the collection, and queried through the Python API,
 ``Collection.search_vector`` (FAISS, id mapping, metadata rows into ``Hit`` objects): warm
 single-query p50/p99, recall@k against exact search, and a ``where`` filter keeping 1% of
@@ -80,7 +80,7 @@ def recall(found: list[np.ndarray], truth: np.ndarray, k: int) -> float:
 # -- target 2: latency ----------------------------------------------------------------------
 def bench_latency(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from vlmsearch import Collection
-    from vlmsearch.indexes import faiss_store
+    from vlmsearch.storage.ann import faiss_store
 
     n, d, k, nq = args.n, args.dim, args.k, args.queries
     t = time.perf_counter()
@@ -100,7 +100,7 @@ def bench_latency(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     base = base16.astype(np.float32)  # what the index sees: the stored float16 values
     where = args.where or where_for_fraction(args.where_fraction)
     coll0 = Collection.open(coll_path)
-    from vlmsearch.indexes import metadata
+    from vlmsearch.storage import metadata
 
     allowed = metadata.filter_ids(coll0.table, where)
     del coll0
@@ -290,7 +290,7 @@ print(json.dumps({
 }))
 """
 
-# The default path: the text tower's ONNX export (vlmsearch.retrieval.text_onnx), whose
+# The default path: the text tower's ONNX export (vlmsearch.models.onnx.text_tower), whose
 # session loads in a thread while the index loads; torch must not be imported.
 COLD_DRIVER_ONNX = r"""
 import sys, time, os, json
@@ -302,7 +302,7 @@ t_libs = time.perf_counter()
 import onnxruntime, tokenizers  # noqa
 t_ort = time.perf_counter()
 from vlmsearch import Collection
-from vlmsearch.retrieval.query import build_terms, query_vector
+from vlmsearch.search.query import build_terms, query_vector
 t_imports = time.perf_counter()
 coll = Collection.open(sys.argv[1])
 t_open = time.perf_counter()
@@ -386,7 +386,7 @@ def random_checkpoint(cache: Path, arch: str) -> str:
     if not path.is_file():
         import torch
 
-        from vlmsearch.retrieval.encoders import load_encoder
+        from vlmsearch.models.encoders import load_encoder
 
         cache.mkdir(parents=True, exist_ok=True)
         enc = load_encoder(arch)  # random init, seeded
@@ -395,8 +395,8 @@ def random_checkpoint(cache: Path, arch: str) -> str:
 
 
 def bench_cold(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from vlmsearch.indexes import faiss_store
-    from vlmsearch.retrieval.encoders import load_encoder
+    from vlmsearch.models.encoders import load_encoder
+    from vlmsearch.storage.ann import faiss_store
 
     n, runs = args.cold_n, args.cold_runs
     env = dict(os.environ)
@@ -429,7 +429,7 @@ def bench_cold(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         plan = faiss_store.plan_index("auto", n, d)
         index = faiss_store.build_index(plan, d, np.arange(n, dtype=np.int64), allv[:].astype("f4"))
         commit_index(coll_path, index, plan)
-        from vlmsearch.retrieval.text_onnx import prepare_text_queries
+        from vlmsearch.models.onnx.text_tower import prepare_text_queries
 
         t = time.perf_counter()
         note = prepare_text_queries(enc)  # what `vlmsearch index` does once per model

@@ -37,7 +37,7 @@ def build(root: Path, n: int, model: str) -> Path:
     sys.path.insert(0, str(REPO))
     from tests.conftest import make_images
     from vlmsearch import Collection
-    from vlmsearch.indexes.ingest import IngestOptions
+    from vlmsearch.ingest.pipeline import IngestOptions
 
     make_images(root, n)
     Collection.index(root, model=model, options=IngestOptions(workers=0))
@@ -49,7 +49,7 @@ def relabel(coll: Path, model: str, tmp: Path) -> Path:
     a synthetic-vector collection can be served; the original is not touched (only the copy's
     manifest is rewritten, as a new file)."""
     sys.path.insert(0, str(REPO))
-    from vlmsearch.retrieval.encoders import load_encoder
+    from vlmsearch.models.encoders import load_encoder
 
     out = tmp / "relabelled"
     subprocess.run(["cp", "-al", str(coll), str(out)], check=True)

@@ -104,7 +104,7 @@ def metadata_table(n: int, seed: int) -> Any:
     """``n`` rows of the base metadata schema (ids 0..n-1, all status 'ok')."""
     import pyarrow as pa
 
-    from vlmsearch.indexes import metadata
+    from vlmsearch.storage import metadata
 
     rng = np.random.default_rng(seed + 1)
     ids = np.arange(n, dtype=np.int64)
@@ -138,10 +138,10 @@ def write_collection(
 
     ``encoder_spec``: the manifest's encoder (a real encoder's ``spec`` for text queries
     from the CLI; a placeholder otherwise, when queries are given as vectors)."""
-    from vlmsearch.indexes.ingest import IngestOptions, new_manifest
-    from vlmsearch.indexes.layout import Layout
-    from vlmsearch.indexes.store import CollectionWriter
-    from vlmsearch.indexes.vectors import write_shard
+    from vlmsearch.ingest.pipeline import IngestOptions, new_manifest
+    from vlmsearch.storage.layout import Layout
+    from vlmsearch.storage.store import CollectionWriter
+    from vlmsearch.storage.vectors import write_shard
 
     n, dim = vectors16.shape
     spec = encoder_spec or {"kind": "synthetic", "name": "synthetic (vectors given)"}
@@ -169,9 +169,9 @@ def write_collection(
 
 def commit_index(path: Path, index: Any, plan: Any) -> float:
     """Store ``index`` (built from ``plan``) as the collection's current index; seconds."""
-    from vlmsearch.indexes.layout import Layout
-    from vlmsearch.indexes.metadata import read_table
-    from vlmsearch.indexes.store import CollectionWriter
+    from vlmsearch.storage.layout import Layout
+    from vlmsearch.storage.metadata import read_table
+    from vlmsearch.storage.store import CollectionWriter
 
     layout = Layout(path)
     m = layout.read_manifest()

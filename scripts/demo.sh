@@ -115,12 +115,12 @@ import json
 import sys
 from pathlib import Path
 
-from vlmsearch.retrieval.encoders.openclip import parse_model_name
+from vlmsearch.models.encoders.openclip import parse_model_name
 
 enc = json.loads(Path(sys.argv[1]).read_text())["encoder"]
 if not sys.argv[2]:
     # the default: CLIP's default tag, or the offline ASIF default it falls back to
-    from vlmsearch.retrieval.encoders.openclip import DEFAULT_MODEL
+    from vlmsearch.models.encoders.openclip import DEFAULT_MODEL
 
     if enc.get("kind") == "asif":
         sys.exit(0 if enc.get("anchors", {}).get("default") else 1)

@@ -63,7 +63,7 @@ def make_images(root: Path, n: int, prefix: str = "img", sizes=None) -> list[Pat
 
 @pytest.fixture(scope="session")
 def tiny_encoder():
-    from vlmsearch.retrieval.encoders import load_encoder
+    from vlmsearch.models.encoders import load_encoder
 
     return load_encoder(TINY, device="cpu")
 

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from vlmsearch.indexes.anchors import AnchorSet, write_anchor_set
-from vlmsearch.retrieval.asif import relative_from_topk, relative_representations
+from vlmsearch.models.asif.anchors import AnchorSet, write_anchor_set
+from vlmsearch.models.asif.relative import relative_from_topk, relative_representations
 
 D_IMG, D_TXT, LATENT = 48, 24, 16
 

@@ -20,8 +20,8 @@ from tests.cli_helpers import ok, one_line_error, run
 from tests.conftest import TINY, draw_image
 from vlmsearch import Collection
 from vlmsearch.errors import ModelError
-from vlmsearch.indexes.anchors import AnchorSet
-from vlmsearch.retrieval.zeroshot import class_scores, load_templates, softmax_scores
+from vlmsearch.models.asif.anchors import AnchorSet
+from vlmsearch.models.zeroshot import class_scores, load_templates, softmax_scores
 
 TOWER = f"open_clip:{TINY}"
 TOWERS = ("--image-encoder", TOWER, "--text-encoder", TOWER)
@@ -114,7 +114,7 @@ def assert_ranking(hits: list[dict], ids: np.ndarray, scores: np.ndarray, k: int
 
 # -- 1. data anchors from a CSV, through the CLI --------------------------------------------------
 def test_data_anchors_from_csv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vlmsearch.retrieval.unimodal import load_image_encoder, load_text_encoder
+    from vlmsearch.models.unimodal import load_image_encoder, load_text_encoder
 
     csv = write_pairs_csv(tmp_path / "data", 6, seed=5)
     monkeypatch.chdir(tmp_path)  # image paths are relative to the CSV, not the cwd
@@ -195,7 +195,7 @@ def test_anchor_build_refusals(tmp_path: Path) -> None:
 
 # -- 2. data anchors from a collection's caption column -------------------------------------------
 def test_data_anchors_from_collection_caption_column(tmp_path: Path) -> None:
-    from vlmsearch.retrieval.unimodal import load_text_encoder
+    from vlmsearch.models.unimodal import load_text_encoder
 
     root = tmp_path / "captioned"
     photos(root, 9, seed=7)
@@ -239,7 +239,7 @@ def test_data_anchors_from_collection_caption_column(tmp_path: Path) -> None:
 
 # -- 3. an ASIF collection: manifest, storage, search ---------------------------------------------
 def test_asif_collection_manifest_and_storage(asif_coll: AsifColl) -> None:
-    from vlmsearch.retrieval.unimodal import load_image_encoder
+    from vlmsearch.models.unimodal import load_image_encoder
 
     coll = Collection.open(asif_coll.path)
     m = coll.manifest
@@ -521,7 +521,7 @@ def test_asif_classify_rules(asif_coll: AsifColl, tmp_path: Path) -> None:
 def test_sparse_index_missing_or_behind(
     asif_coll: AsifColl, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vlmsearch.indexes.ingest as ingest_mod
+    import vlmsearch.ingest.pipeline as ingest_mod
 
     text = "caption number 5"
     m = json.loads((asif_coll.path / "manifest.json").read_text())
@@ -579,7 +579,7 @@ def no_clip_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The default CLIP weights cannot load: the hub is unreachable and the cache is empty."""
     from huggingface_hub import constants
 
-    from vlmsearch.retrieval.encoders import openclip
+    from vlmsearch.models.encoders import openclip
 
     monkeypatch.setattr(openclip, "_hub_reachable", lambda timeout=2.0: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
@@ -594,7 +594,7 @@ def test_offline_default_fallback(
     pytest.importorskip("sentence_transformers")
     # the searches below then run MiniLM through its ONNX export (tests/test_text_onnx.py)
     monkeypatch.setenv("VLMSEARCH_TEXT_ONNX", "1")
-    from vlmsearch.retrieval.encoders.openclip import DEFAULT_MODEL
+    from vlmsearch.models.encoders.openclip import DEFAULT_MODEL
     from vlmsearch.samples import copy_samples
 
     root = tmp_path / "samples"
@@ -643,9 +643,9 @@ def test_offline_default_fallback(
 def test_no_offline_extra_gives_one_line_error(
     tmp_path: Path, no_clip_weights: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vlmsearch.indexes.ingest import IngestOptions
-    from vlmsearch.retrieval.encoders import asif
-    from vlmsearch.retrieval.encoders.openclip import DEFAULT_MODEL
+    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.models.asif import encoder as asif
+    from vlmsearch.models.encoders.openclip import DEFAULT_MODEL
 
     monkeypatch.setattr(asif, "offline_extra_available", lambda: False)
     root = tmp_path / "pics"
@@ -665,7 +665,7 @@ def test_anchor_sources_tsv_and_jsonl_with_other_column_names(tmp_path: Path) ->
     """Common caption-file shapes: TSV and JSON lines, columns named file_name/comment."""
     import json as _json
 
-    from vlmsearch.retrieval.anchor_sources import read_captioned_source
+    from vlmsearch.models.asif.build import read_captioned_source
 
     imgs = photos(tmp_path / "pics", 3, seed=5, prefix="t")
     tsv = tmp_path / "pairs.tsv"
@@ -723,9 +723,9 @@ def test_per_side_powers_from_the_anchor_set_and_overrides(tmp_path: Path) -> No
     """Anchor sets carry recommended powers per side; p overrides both, p_image/p_text one."""
     import pyarrow as pa
 
-    from vlmsearch.indexes.anchors import write_anchor_set
-    from vlmsearch.retrieval.encoders.asif import AsifEncoder
-    from vlmsearch.retrieval.unimodal import load_image_encoder, load_text_encoder
+    from vlmsearch.models.asif.anchors import write_anchor_set
+    from vlmsearch.models.asif.encoder import AsifEncoder
+    from vlmsearch.models.unimodal import load_image_encoder, load_text_encoder
 
     img = load_image_encoder(f"open_clip:{TINY}", device="cpu")
     txt = load_text_encoder(f"open_clip:{TINY}", device="cpu")

@@ -14,9 +14,9 @@ import pytest
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.errors import CollectionError
-from vlmsearch.indexes import gc
-from vlmsearch.indexes.ingest import IngestOptions
-from vlmsearch.indexes.layout import Layout
+from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.storage import gc
+from vlmsearch.storage.layout import Layout
 
 USER_FILES = {  # the user's own files, named like a collection's
     "metadata-2024.parquet": b"my metadata",

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from vlmsearch.indexes.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from vlmsearch.imaging.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes:
@@ -147,7 +147,7 @@ def sparse(tmp_path):
 
 
 def test_load_image_refuses_devices_fifos_and_huge_files(fifo, sparse):
-    from vlmsearch.indexes.decode import load_image
+    from vlmsearch.imaging.decode import load_image
 
     cases = [
         ("/dev/zero", "not a regular file (a character device)"),
@@ -161,7 +161,7 @@ def test_load_image_refuses_devices_fifos_and_huge_files(fifo, sparse):
 
 
 def test_read_image_file_bounds_the_read(tmp_path):
-    from vlmsearch.indexes.file_read import read_image_file
+    from vlmsearch.imaging.file_read import read_image_file
 
     path = tmp_path / "a.png"
     path.write_bytes(b"x" * 1000)
@@ -173,7 +173,7 @@ def test_read_image_file_bounds_the_read(tmp_path):
 
 
 def test_indexing_reader_gives_error_records_for_special_files(fifo, sparse):
-    from vlmsearch.indexes.decode import DecodeTask, ImageFileDataset
+    from vlmsearch.imaging.decode import DecodeTask, ImageFileDataset
 
     tasks = [DecodeTask(0, "/dev/zero"), DecodeTask(1, str(fifo)), DecodeTask(2, str(sparse))]
     ds = ImageFileDataset(tasks, transform=lambda im: im)
@@ -221,7 +221,7 @@ def _strip(width: int, height: int, seed: int = 0) -> Image.Image:
 def test_bounded_transform_gives_the_full_resize_pixels(tiny_encoder, shape):
     import torch
 
-    from vlmsearch.indexes.bounded_resize import BoundedTransform, is_extreme
+    from vlmsearch.imaging.bounded_resize import BoundedTransform, is_extreme
 
     transform = tiny_encoder.image_transform()
     img = _strip(*shape)
@@ -235,7 +235,7 @@ def test_bounded_transform_gives_the_full_resize_pixels(tiny_encoder, shape):
 
 
 def test_unknown_transform_gets_the_central_part():
-    from vlmsearch.indexes.bounded_resize import MAX_ASPECT, BoundedTransform
+    from vlmsearch.imaging.bounded_resize import MAX_ASPECT, BoundedTransform
 
     seen = []
     out = BoundedTransform(lambda im: seen.append(im.size) or "ok")(_strip(2, 100000))
@@ -246,9 +246,9 @@ STRIP_CHILD = r"""
 import io, json, os, resource, sys
 import numpy as np
 from PIL import Image
-from vlmsearch.indexes.decode import DecodeTask, ImageFileDataset, load_image
-from vlmsearch.retrieval.encoders import load_encoder
-from vlmsearch.retrieval.query import build_terms, query_vector
+from vlmsearch.imaging.decode import DecodeTask, ImageFileDataset, load_image
+from vlmsearch.models.encoders import load_encoder
+from vlmsearch.search.query import build_terms, query_vector
 
 path = sys.argv[1]
 enc = load_encoder("vlms-tiny", device="cpu")
@@ -262,7 +262,7 @@ out["finite"] = bool(np.isfinite(vec).all())
 rec = ImageFileDataset([DecodeTask(0, path)], enc.image_transform())[0]  # indexing
 out["index"] = peak_mb()
 out["index_ok"] = rec.error is None and tuple(rec.pixels.shape) == (3, 32, 32)
-from vlmsearch.indexes.gpu_decode import TensorImagePipeline  # the GPU path, run on the CPU
+from vlmsearch.imaging.gpu_decode import TensorImagePipeline  # the GPU path, run on the CPU
 pipe = TensorImagePipeline([DecodeTask(0, path)], enc.tensor_preprocess(), 1, "cpu")
 records, pixels = next(iter(pipe))
 out["tensor"] = peak_mb()

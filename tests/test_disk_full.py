@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.cli.app import app
-from vlmsearch.indexes.ingest import IngestOptions
-from vlmsearch.indexes.nospace import NoSpaceError
+from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.storage.nospace import NoSpaceError
 
 
 def _enospc(*_a, **_k):
@@ -54,7 +54,7 @@ def _patch_manifest_write(monkeypatch: pytest.MonkeyPatch) -> None:
 
 PHASES: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
     "vector shard (ENOSPC)": (
-        lambda mp: mp.setattr("vlmsearch.indexes.vectors._save", _enospc),
+        lambda mp: mp.setattr("vlmsearch.storage.vectors._save", _enospc),
         "vectors/shard-",
     ),
     "vector shard (numpy short write)": (
@@ -103,7 +103,7 @@ def test_disk_full_is_one_line_from_the_cli(image_dir: Path, monkeypatch: pytest
     assert CliRunner().invoke(app, ["index", str(image_dir), "--model", TINY, "--workers", "0",
                                     "--quiet"]).exit_code == 0  # fmt: skip
     make_images(image_dir / "more", 2)
-    monkeypatch.setattr("vlmsearch.indexes.vectors._save", _enospc)
+    monkeypatch.setattr("vlmsearch.storage.vectors._save", _enospc)
     res = CliRunner().invoke(app, ["index", str(image_dir), "--workers", "0", "--quiet"])
     assert res.exit_code == 1
     lines = res.output.strip().splitlines()

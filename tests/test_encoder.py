@@ -9,8 +9,8 @@ from PIL import Image
 
 from tests.conftest import TINY, draw_image
 from vlmsearch.errors import ModelError
-from vlmsearch.retrieval.encoders import available_kinds, encoder_from_spec, load_encoder
-from vlmsearch.retrieval.encoders import openclip as oc
+from vlmsearch.models.encoders import available_kinds, encoder_from_spec, load_encoder
+from vlmsearch.models.encoders import openclip as oc
 
 
 def test_registry_lists_open_clip():

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from tests.conftest import TINY, draw_image
 from tests.test_asif_collection import no_clip_weights  # noqa: F401  (fixture)
 from vlmsearch.cli.app import app
-from vlmsearch.encoder_choice import parse_model_option
 from vlmsearch.errors import ModelError
+from vlmsearch.models.choice import parse_model_option
 
 runner = CliRunner()
 
@@ -72,7 +72,7 @@ def test_classify_paths_falls_back_offline_and_model_asif(
     """The Quick tour's classify commands work offline, as index does."""
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("sentence_transformers")
-    from vlmsearch.retrieval.encoders.openclip import DEFAULT_MODEL
+    from vlmsearch.models.encoders.openclip import DEFAULT_MODEL
     from vlmsearch.samples import copy_samples
 
     photos = tmp_path / "photos"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vlmsearch.errors import QueryError
-from vlmsearch.indexes import faiss_store as fs
+from vlmsearch.storage.ann import faiss_store as fs
 
 
 def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:

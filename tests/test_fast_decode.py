@@ -9,8 +9,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from tests.conftest import TINY
 from vlmsearch import Collection
 from vlmsearch.errors import CollectionError
-from vlmsearch.indexes.decode import decode_image, decode_image_sized
-from vlmsearch.indexes.ingest import IngestOptions
+from vlmsearch.imaging.decode import decode_image, decode_image_sized
+from vlmsearch.ingest.pipeline import IngestOptions
 
 
 def photo_like(path, size=(1200, 900), seed=0, orientation=None):

@@ -25,12 +25,12 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from tests.serve_helpers import build_collection, live_server  # noqa: E402
 from vlmsearch.errors import QueryError  # noqa: E402
-from vlmsearch.indexes import metadata  # noqa: E402
-from vlmsearch.indexes.filter_budget import FilterBudget, FilterTimeout  # noqa: E402
-from vlmsearch.indexes.layout import Layout  # noqa: E402
-from vlmsearch.indexes.store import CollectionWriter  # noqa: E402
 from vlmsearch.server.app import create_app  # noqa: E402
 from vlmsearch.server.config import ServerConfig  # noqa: E402
+from vlmsearch.storage import metadata  # noqa: E402
+from vlmsearch.storage.filter_budget import FilterBudget, FilterTimeout  # noqa: E402
+from vlmsearch.storage.layout import Layout  # noqa: E402
+from vlmsearch.storage.store import CollectionWriter  # noqa: E402
 
 TINY = "vlms-tiny"
 DEEP = "/".join(f"folder{j:02d}" for j in range(18))  # long paths: slow regexes per row

@@ -14,9 +14,9 @@ import pytest
 
 from vlmsearch.collection import Collection
 from vlmsearch.errors import CollectionError, QueryError
-from vlmsearch.indexes import metadata
-from vlmsearch.indexes.ingest import IngestOptions, new_manifest
-from vlmsearch.indexes.layout import Layout
+from vlmsearch.ingest.pipeline import IngestOptions, new_manifest
+from vlmsearch.storage import metadata
+from vlmsearch.storage.layout import Layout
 
 
 @pytest.mark.parametrize(
@@ -48,7 +48,7 @@ def test_http_filter_error_does_not_name_the_cli_flag(tmp_path: Path, tiny_encod
 def _hold_lock(coll: Path) -> subprocess.Popen:
     code = (
         "import sys, time; from pathlib import Path; "
-        "from vlmsearch.indexes.lock import WriterLock; "
+        "from vlmsearch.storage.lock import WriterLock; "
         "lock = WriterLock(Path(sys.argv[1]) / '.lock'); lock.__enter__(); "
         "print('held', flush=True); time.sleep(60)"
     )

@@ -15,15 +15,15 @@ from tests.conftest import TINY
 from tests.test_fast_decode import photo_like
 from vlmsearch import Collection
 from vlmsearch.errors import CollectionError
-from vlmsearch.indexes.decode import DecodeTask, content_hash, decode_image, iter_decoded
-from vlmsearch.indexes.gpu_decode import (
+from vlmsearch.imaging.decode import DecodeTask, content_hash, decode_image, iter_decoded
+from vlmsearch.imaging.gpu_decode import (
     TensorImagePipeline,
     TensorPreprocess,
     orient,
     parse_jpeg_header,
     resize_crop_normalise,
 )
-from vlmsearch.indexes.ingest import IngestOptions
+from vlmsearch.ingest.pipeline import IngestOptions
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -153,7 +153,7 @@ def test_ingest_gpu_decode_needs_cuda(tmp_path, mixed_dir):
 
 @cuda
 def test_cuda_pipeline_close_to_reference(mixed_dir):
-    from vlmsearch.retrieval.encoders import load_encoder
+    from vlmsearch.models.encoders import load_encoder
 
     enc = load_encoder(TINY, device="cuda")
     tasks = _tasks(mixed_dir)

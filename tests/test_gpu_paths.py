@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlmsearch.indexes import faiss_store as fs
+from vlmsearch.storage.ann import faiss_store as fs
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 

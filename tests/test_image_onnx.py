@@ -17,8 +17,8 @@ from PIL import Image
 
 from tests.conftest import TINY, draw_image, make_images
 from vlmsearch import Collection
-from vlmsearch.indexes.ingest import IngestOptions
-from vlmsearch.retrieval import image_onnx, text_onnx
+from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.models.onnx import image_tower, text_tower
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def _onnx_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(image_onnx.ENV_SWITCH, "1")
+    monkeypatch.setenv(image_tower.ENV_SWITCH, "1")
 
 
 @pytest.fixture
@@ -50,9 +50,9 @@ def odd_images() -> list[Image.Image]:
 
 def test_numpy_preprocessing_equals_torchvision(tiny_encoder) -> None:
     pp = tiny_encoder.tensor_preprocess()
-    ours = image_onnx.Preprocess(pp.size, pp.size, pp.mean, pp.std, pp.interpolation)
+    ours = image_tower.Preprocess(pp.size, pp.size, pp.mean, pp.std, pp.interpolation)
     transform = tiny_encoder.image_transform()
-    for im in odd_images() + image_onnx.check_images():
+    for im in odd_images() + image_tower.check_images():
         want = transform(im).numpy()
         got = ours(im)
         assert got.shape == want.shape and got.dtype == np.float32
@@ -61,26 +61,26 @@ def test_numpy_preprocessing_equals_torchvision(tiny_encoder) -> None:
 
 def test_numpy_preprocessing_equals_efficientnet_transform() -> None:
     pytest.importorskip("torchvision")
-    from vlmsearch.retrieval.unimodal import efficientnet_lite as eff
-    from vlmsearch.retrieval.unimodal.efficientnet_lite import EfficientNetLite0
+    from vlmsearch.models.unimodal import efficientnet_lite as eff
+    from vlmsearch.models.unimodal.efficientnet_lite import EfficientNetLite0
 
     transform = EfficientNetLite0.image_transform(None)  # type: ignore[arg-type]
-    ours = image_onnx.Preprocess(eff.RESIZE, eff.IMAGE_SIZE, eff.MEAN, eff.STD, "bicubic")
+    ours = image_tower.Preprocess(eff.RESIZE, eff.IMAGE_SIZE, eff.MEAN, eff.STD, "bicubic")
     for im in odd_images():
         np.testing.assert_allclose(ours(im), transform(im).numpy(), atol=2e-5)
 
 
 def test_index_exports_a_checked_image_tower(tiny_coll: Collection, tiny_encoder) -> None:
     spec = tiny_coll.manifest["encoder"]
-    meta = json.loads((image_onnx.export_dir(spec) / "meta.json").read_text())
-    assert meta["spec"] == spec and meta["check"]["min_cosine"] >= image_onnx.MIN_COSINE
-    tower = image_onnx.open_tower(spec)
+    meta = json.loads((image_tower.export_dir(spec) / "meta.json").read_text())
+    assert meta["spec"] == spec and meta["check"]["min_cosine"] >= image_tower.MIN_COSINE
+    tower = image_tower.open_tower(spec)
     assert tower is not None
     images = odd_images()
-    got = image_onnx.l2_normalize(tower.features(images))
+    got = image_tower.l2_normalize(tower.features(images))
     want = tiny_encoder.encode_images(images)
     cos = np.sum(got * want, axis=1)
-    assert cos.min() >= image_onnx.MIN_COSINE
+    assert cos.min() >= image_tower.MIN_COSINE
 
 
 def _same_hits(a, b) -> None:
@@ -96,7 +96,7 @@ def test_image_search_equals_torch_and_never_builds_the_encoder(
     hits = light.search(image=str(query), k=8)
     assert light._encoder is None  # the torch encoder was never built
     mixed = light.search("a red square", image=str(query), negative="blue", k=8)
-    monkeypatch.setenv(image_onnx.ENV_SWITCH, "0")
+    monkeypatch.setenv(image_tower.ENV_SWITCH, "0")
     heavy = Collection.open(tiny_coll.path, device="cpu")
     _same_hits(hits, heavy.search(image=str(query), k=8))
     assert heavy._encoder is not None
@@ -107,15 +107,15 @@ def test_image_search_equals_torch_and_never_builds_the_encoder(
 def test_text_and_image_query_uses_both_exports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(text_onnx.ENV_SWITCH, "1")
+    monkeypatch.setenv(text_tower.ENV_SWITCH, "1")
     root = tmp_path / "imgs"
     make_images(root, 8)
     Collection.index(root, model=TINY, options=IngestOptions(workers=0), device="cpu")
     light = Collection.open(root / ".vlmsearch", device="cpu")
     hits = light.search("a green square", image=str(root / "img0001.png"), k=5)
     assert light._encoder is None
-    monkeypatch.setenv(image_onnx.ENV_SWITCH, "0")
-    monkeypatch.setenv(text_onnx.ENV_SWITCH, "0")
+    monkeypatch.setenv(image_tower.ENV_SWITCH, "0")
+    monkeypatch.setenv(text_tower.ENV_SWITCH, "0")
     heavy = Collection.open(root / ".vlmsearch", device="cpu")
     _same_hits(hits, heavy.search("a green square", image=str(root / "img0001.png"), k=5))
 
@@ -126,7 +126,7 @@ def test_missing_or_damaged_export_falls_back_to_torch(
 ) -> None:
     query = str(tiny_coll.root / "img0002.png")
     want = Collection.open(tiny_coll.path, device="cpu").search(image=query, k=5)
-    folder = image_onnx.export_dir(tiny_coll.manifest["encoder"])
+    folder = image_tower.export_dir(tiny_coll.manifest["encoder"])
     model = folder / "model.onnx"
     if damage == "missing":
         model.unlink()
@@ -141,7 +141,7 @@ def test_missing_or_damaged_export_falls_back_to_torch(
         assert any("image queries use torch" in n for n in coll.notices)
     # the next index run puts a good export back
     Collection.index(tiny_coll.root, options=IngestOptions(workers=0), device="cpu")
-    assert image_onnx.open_tower(tiny_coll.manifest["encoder"]) is not None
+    assert image_tower.open_tower(tiny_coll.manifest["encoder"]) is not None
 
 
 CHILD = """
@@ -171,7 +171,7 @@ def test_image_query_imports_no_torch(tiny_coll: Collection) -> None:
 def test_asif_offline_default_image_queries_equal_torch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vlmsearch.retrieval.encoders.asif import offline_extra_available
+    from vlmsearch.models.asif.encoder import offline_extra_available
 
     if not offline_extra_available():
         pytest.skip("needs the offline extra (EfficientNet-Lite0 + MiniLM)")
@@ -179,7 +179,7 @@ def test_asif_offline_default_image_queries_equal_torch(
     make_images(root, 6)
     Collection.index(root, encoder_kind="asif", options=IngestOptions(workers=0), device="cpu")
     spec = Collection.open(root / ".vlmsearch").manifest["encoder"]
-    assert image_onnx.export_ready(spec["image_encoder"])
+    assert image_tower.export_ready(spec["image_encoder"])
     query = draw_image(tmp_path / "q.png", (30, 200, 30), size=(90, 60), seed=5)
     light = Collection.open(root / ".vlmsearch", device="cpu")
     hits = light.search(image=str(query), k=6)
@@ -187,6 +187,6 @@ def test_asif_offline_default_image_queries_equal_torch(
     want = light.encoder.encode_images([Image.open(query).convert("RGB")])
     got = light._image_queries.encode_images([Image.open(query).convert("RGB")])
     np.testing.assert_allclose(got, want, atol=1e-4)  # sparse relative vectors
-    monkeypatch.setenv(image_onnx.ENV_SWITCH, "0")
+    monkeypatch.setenv(image_tower.ENV_SWITCH, "0")
     heavy = Collection.open(root / ".vlmsearch", device="cpu")
     _same_hits(hits, heavy.search(image=str(query), k=6))

@@ -13,13 +13,13 @@ from tests.cli_helpers import one_line_error, run
 from tests.conftest import TINY, make_images
 from tests.test_asif_collection import AsifColl, asif_coll  # noqa: F401  (fixture)
 from vlmsearch.errors import QueryError
-from vlmsearch.indexes import faiss_store
+from vlmsearch.ingest import pipeline as ingest
+from vlmsearch.storage.ann import faiss_store
 
 
 @pytest.fixture
 def no_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any image encoded fails the test: the refusals must come first."""
-    from vlmsearch.indexes import ingest
 
     def encode(*a, **k):
         raise AssertionError("encoded images before refusing the index option")
@@ -74,7 +74,6 @@ def test_asif_collection_refuses_index_and_nprobe(
     asif_coll: AsifColl,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from vlmsearch.indexes import ingest
 
     def encode(*a, **k):
         raise AssertionError("encoded images before refusing --index")

@@ -12,8 +12,8 @@ from PIL import Image
 from tests.conftest import TINY, draw_image, make_images
 from vlmsearch import Collection
 from vlmsearch.errors import CollectionError, ModelError
-from vlmsearch.indexes.ingest import IngestOptions
-from vlmsearch.indexes.layout import Layout
+from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.storage.layout import Layout
 
 
 def _index(root, **kw):
@@ -170,7 +170,7 @@ def test_symlink_loop_terminates(image_dir):
 
 
 def test_exif_orientation_and_modes(tmp_path, tiny_encoder):
-    from vlmsearch.indexes.decode import decode_image
+    from vlmsearch.imaging.decode import decode_image
 
     im = Image.new("RGB", (60, 30), (200, 10, 10))
     exif = im.getexif()

@@ -17,9 +17,10 @@ import pytest
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.errors import CollectionError
-from vlmsearch.indexes import integrity, repair
-from vlmsearch.indexes.ingest import IngestOptions
-from vlmsearch.indexes.layout import Layout
+from vlmsearch.ingest import repair
+from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.storage import integrity
+from vlmsearch.storage.layout import Layout
 
 OPTS = dict(workers=0, batch_size=4, commit_every=4)  # 12 images -> 3 vector shards
 
@@ -175,7 +176,7 @@ def test_metadata_parquet_has_page_checksums(photos):
     every single-byte flip either fails to read or reads back the same table."""
     import pyarrow.parquet as pq
 
-    from vlmsearch.indexes import metadata
+    from vlmsearch.storage import metadata
 
     path = coll_dir(photos) / target(photos, "metadata")
     original = metadata.read_table(path)

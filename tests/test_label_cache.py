@@ -16,16 +16,16 @@ import pytest
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch import collection as collection_mod
-from vlmsearch.indexes.ingest import IngestOptions
-from vlmsearch.retrieval import label_cache
-from vlmsearch.retrieval.zeroshot import load_templates
+from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.models import label_cache
+from vlmsearch.models.zeroshot import load_templates
 
 REPO = Path(__file__).resolve().parent.parent
 LABELS = ["red", "green", "blue"]
 
 CHILD = """
 import json, sys
-from vlmsearch.retrieval.zeroshot import load_templates
+from vlmsearch.models.zeroshot import load_templates
 sizes = [len(load_templates("openai")), len(load_templates("simple"))]
 print(json.dumps([sizes, sorted(m for m in ("torch", "open_clip") if m in sys.modules)]))
 """

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import TINY, draw_image, make_images
 from vlmsearch import Collection
 from vlmsearch import collection as collection_mod
-from vlmsearch.indexes.ingest import IngestOptions
+from vlmsearch.ingest.pipeline import IngestOptions
 
 
 def _opts() -> IngestOptions:
@@ -75,13 +75,13 @@ def test_no_change_reindex_with_cached_text_export_builds_no_encoder(
 ) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from vlmsearch.retrieval import text_onnx
+    from vlmsearch.models.onnx import text_tower
 
-    monkeypatch.setenv(text_onnx.ENV_SWITCH, "1")
+    monkeypatch.setenv(text_tower.ENV_SWITCH, "1")
     root = tmp_path / "imgs"
     make_images(root, 3)
     first = Collection.index(root, model=TINY, options=_opts(), device="cpu")
-    assert text_onnx.export_ready(first.manifest["encoder"])
+    assert text_tower.export_ready(first.manifest["encoder"])
     _forbid_loading(monkeypatch)
     rep = Collection.index(root, options=_opts(), device="cpu").last_report
     assert rep is not None and rep.notices == [] and rep.encoded == 0
@@ -92,13 +92,13 @@ def test_missing_text_export_is_made_on_a_no_change_reindex(
 ) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from vlmsearch.retrieval import text_onnx
+    from vlmsearch.models.onnx import text_tower
 
     root = tmp_path / "imgs"
     make_images(root, 3)
     coll = Collection.index(root, model=TINY, options=_opts(), device="cpu")  # exports off
     spec = coll.manifest["encoder"]
-    monkeypatch.setenv(text_onnx.ENV_SWITCH, "1")
-    assert not text_onnx.export_ready(spec)
+    monkeypatch.setenv(text_tower.ENV_SWITCH, "1")
+    assert not text_tower.export_ready(spec)
     Collection.index(root, options=_opts(), device="cpu")
-    assert text_onnx.export_ready(spec)  # the encoder was built for the export
+    assert text_tower.export_ready(spec)  # the encoder was built for the export

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import tiny_gpt2
-from vlmsearch.retrieval.magic import MagicSettings, generate, magic_scores
+from vlmsearch.caption.magic import MagicSettings, generate, magic_scores
 
 WORDS = (
     "<eos> a picture of the cat dog red blue sky car on in with and small big house tree "
@@ -115,8 +115,8 @@ def test_stored_vector_gives_the_same_caption_as_encoding(lm, image_dir, tiny_en
 
     from tests.conftest import TINY
     from vlmsearch import Collection
-    from vlmsearch.indexes.ingest import IngestOptions
-    from vlmsearch.retrieval.captioner import Captioner
+    from vlmsearch.caption.captioner import Captioner
+    from vlmsearch.ingest.pipeline import IngestOptions
 
     coll = Collection.index(image_dir, model=TINY, options=IngestOptions(workers=0))
     cap = Captioner(coll.encoder, lm, MagicSettings(k=8, max_tokens=6, prompt="a picture of"))
@@ -205,7 +205,7 @@ def test_trimmed_text_tower_equals_the_padded_one(tiny_encoder, monkeypatch) -> 
     once; neither may change the embeddings."""
     import torch
 
-    from vlmsearch.retrieval.encoders import openclip
+    from vlmsearch.models.encoders import openclip
 
     assert openclip._can_trim(tiny_encoder.model)
     assert openclip._can_share_prefix(tiny_encoder.model)
@@ -243,8 +243,8 @@ def test_trimmed_text_tower_equals_the_padded_one(tiny_encoder, monkeypatch) -> 
 def test_interrupted_run_keeps_every_caption_made(lm, image_dir) -> None:
     from tests.conftest import TINY
     from vlmsearch import Collection
-    from vlmsearch.indexes.ingest import IngestOptions
-    from vlmsearch.retrieval.captioner import Captioner
+    from vlmsearch.caption.captioner import Captioner
+    from vlmsearch.ingest.pipeline import IngestOptions
 
     coll = Collection.index(image_dir, model=TINY, options=IngestOptions(workers=0))
     cap = Captioner(coll.encoder, lm, MagicSettings(k=3, max_tokens=2, prompt="a picture of"))
@@ -267,9 +267,9 @@ def test_interrupted_run_keeps_every_caption_made(lm, image_dir) -> None:
 def test_caption_refusals_before_any_work(lm, image_dir) -> None:
     from tests.conftest import TINY
     from vlmsearch import Collection
+    from vlmsearch.caption.magic import generate
     from vlmsearch.errors import CollectionError, QueryError
-    from vlmsearch.indexes.ingest import IngestOptions
-    from vlmsearch.retrieval.magic import generate
+    from vlmsearch.ingest.pipeline import IngestOptions
 
     coll = Collection.index(image_dir, model=TINY, options=IngestOptions(workers=0))
     with coll.layout.lock(), pytest.raises(CollectionError, match="being written"):

@@ -23,8 +23,8 @@ from vlmsearch import Collection
 from vlmsearch.cli import output
 from vlmsearch.cli.app import app
 from vlmsearch.errors import CollectionError
-from vlmsearch.indexes import decode
-from vlmsearch.indexes.ingest import IngestOptions
+from vlmsearch.imaging import decode
+from vlmsearch.ingest.pipeline import IngestOptions
 
 runner = CliRunner()
 
@@ -206,7 +206,7 @@ def test_watch_survives_non_utf8_names(tmp_path, tiny_encoder):
         reports.append(rep)
         stop.set()
 
-    from vlmsearch.watch import watch
+    from vlmsearch.ingest.watch import watch
 
     watch(root, interval=0.05, stop=stop, on_report=on_report, encoder=tiny_encoder,
           options=IngestOptions(workers=0))  # fmt: skip

@@ -22,21 +22,21 @@ import pytest
 
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
-from vlmsearch.indexes import gc, snapshot
-from vlmsearch.indexes.ingest import IngestOptions
-from vlmsearch.indexes.integrity import MissingFileError
-from vlmsearch.indexes.layout import Layout
+from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.storage import gc, snapshot
+from vlmsearch.storage.integrity import MissingFileError
+from vlmsearch.storage.layout import Layout
 
 WRITER = """
 import sys, time
 from pathlib import Path
 from tests.conftest import make_images
 from vlmsearch import Collection
-from vlmsearch.indexes.ingest import IngestOptions
-from vlmsearch.retrieval.encoders import load_encoder
+from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.models.encoders import load_encoder
 root, model, seconds = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 if sys.argv[4]:
-    from vlmsearch.indexes import gc
+    from vlmsearch.storage import gc
     gc.RETAIN_SECONDS = float(sys.argv[4])
 enc = load_encoder(model, device="cpu")
 opts = dict(batch_size=8, workers=0, commit_every=1)
@@ -140,6 +140,6 @@ def test_a_missing_file_without_a_newer_commit_is_still_an_error(image_dir: Path
     opts = IngestOptions(batch_size=8, workers=0)
     coll = Collection.index(image_dir, model=TINY, options=opts, device="cpu")
     (coll.path / "vectors" / f"{coll.manifest['shards'][0]}.ids.npy").unlink()
-    # a one-line error naming the file (see vlmsearch.indexes.integrity)
+    # a one-line error naming the file (see vlmsearch.storage.integrity)
     with pytest.raises(MissingFileError, match=r"shard-\d+\.ids\.npy: missing"):
         _ = Collection(Layout(coll.path)).vectors

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.cli.app import app
-from vlmsearch.indexes.ingest import IngestOptions
-from vlmsearch.retrieval.encoders.base import Encoder
-from vlmsearch.retrieval.rerankers import region
-from vlmsearch.retrieval.rerankers.base import DEFAULT_TOP
+from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.models.encoders.base import Encoder
+from vlmsearch.rerank.base import DEFAULT_TOP
+from vlmsearch.rerank.region import teacher
 
 runner = CliRunner()
 
@@ -36,20 +36,20 @@ def test_teacher_on_cpu_reranks_ten_by_default_and_says_so_first(
 ) -> None:
     events: list[str] = []
     coll.on_notice = lambda note: events.append(f"note: {note}")
-    score = region.RegionReranker.score
+    score = teacher.RegionReranker.score
 
     def recording_score(self, query, candidates, progress=None):
         events.append(f"score {len(candidates)}")
         return score(self, query, candidates, progress)
 
-    monkeypatch.setattr(region.RegionReranker, "score", recording_score)
+    monkeypatch.setattr(teacher.RegionReranker, "score", recording_score)
     hits = coll.search("a red square", k=3, rerank="region:teacher")
     assert len(hits) == 3
-    assert events[-1] == f"score {region.TEACHER_CPU_TOP}"
+    assert events[-1] == f"score {teacher.TEACHER_CPU_TOP}"
     assert len(events) == 2 and events[0].startswith(
         "note: region reranking with the teacher on CPU: about "
     )
-    assert f"s for {region.TEACHER_CPU_TOP} candidates" in events[0]
+    assert f"s for {teacher.TEACHER_CPU_TOP} candidates" in events[0]
     assert "vlmsearch distill" in events[0]
     # an explicit depth is kept
     all_hits = coll.search("a red square", k=14, rerank="region:teacher", rerank_top=12)
@@ -57,7 +57,7 @@ def test_teacher_on_cpu_reranks_ten_by_default_and_says_so_first(
 
 
 def test_estimate_scales_with_candidates_and_crops(coll: Collection) -> None:
-    r = region.RegionReranker(mode="teacher", device="cpu")
+    r = teacher.RegionReranker(mode="teacher", device="cpu")
     n_boxes = len(r.boxes_per_image())
     assert n_boxes == 46  # the whole image and the default windows, each cropped twice
     note = r.plan_note(coll, 10)
@@ -68,8 +68,8 @@ def test_estimate_scales_with_candidates_and_crops(coll: Collection) -> None:
 
 
 def test_a_student_keeps_the_usual_depth_and_no_note(coll: Collection) -> None:
-    r = region.RegionReranker(mode="auto", device="cpu")
-    assert r.default_top(coll) == region.TEACHER_CPU_TOP
+    r = teacher.RegionReranker(mode="auto", device="cpu")
+    assert r.default_top(coll) == teacher.TEACHER_CPU_TOP
     coll.manifest["region_student"] = {
         "file": "student.pt",
         "encoder": Encoder.identity(coll.manifest["encoder"]),
@@ -77,9 +77,9 @@ def test_a_student_keeps_the_usual_depth_and_no_note(coll: Collection) -> None:
     assert r.default_top(coll) == DEFAULT_TOP and r.plan_note(coll, 50) is None
     # a student trained for another encoder does not count
     coll.manifest["region_student"]["encoder"] = {"kind": "open_clip", "arch": "other"}
-    assert r.default_top(coll) == region.TEACHER_CPU_TOP
+    assert r.default_top(coll) == teacher.TEACHER_CPU_TOP
     # on a GPU the teacher keeps the usual depth
-    assert region.RegionReranker(mode="teacher", device="cuda").default_top(coll) == DEFAULT_TOP
+    assert teacher.RegionReranker(mode="teacher", device="cuda").default_top(coll) == DEFAULT_TOP
 
 
 def test_cli_prints_the_note_before_the_results(coll: Collection) -> None:
@@ -88,4 +88,4 @@ def test_cli_prints_the_note_before_the_results(coll: Collection) -> None:
     )
     assert res.exit_code == 0, res.output
     assert "region reranking with the teacher on CPU: about" in res.stderr
-    assert f"for {region.TEACHER_CPU_TOP} candidates" in res.stderr
+    assert f"for {teacher.TEACHER_CPU_TOP} candidates" in res.stderr

@@ -18,10 +18,10 @@ from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.cli.app import app
 from vlmsearch.errors import ModelError, QueryError
-from vlmsearch.indexes.ingest import IngestOptions
-from vlmsearch.retrieval.encoders.base import Encoder
-from vlmsearch.retrieval.rerankers import load_reranker
-from vlmsearch.retrieval.rerankers.base import Candidate, RerankQuery, fuse
+from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.models.encoders.base import Encoder
+from vlmsearch.rerank import load_reranker
+from vlmsearch.rerank.base import Candidate, RerankQuery, fuse
 
 runner = CliRunner()
 
@@ -73,7 +73,7 @@ def test_rerank_reorders_top_and_keeps_the_tail(coll: Collection) -> None:
         kind, name, needs_text = "reverse", "reverse", False
 
         def score(self, query, cands, progress=None):
-            from vlmsearch.retrieval.rerankers.base import RerankScores
+            from vlmsearch.rerank.base import RerankScores
 
             return RerankScores(-np.asarray([c.score for c in cands]))
 
@@ -162,7 +162,7 @@ def test_unreadable_candidate_gets_an_error_and_sorts_last(coll: Collection) -> 
 
 
 def test_distillation_learns_and_the_student_is_used(coll: Collection) -> None:
-    from vlmsearch.retrieval.region_student import distill
+    from vlmsearch.rerank.region.student import distill
 
     with pytest.raises(QueryError, match="no region student"):
         coll.search("a red square", k=3, rerank="region:student")
@@ -180,7 +180,7 @@ def test_distillation_learns_and_the_student_is_used(coll: Collection) -> None:
 
 
 def test_distillation_with_label_text(coll: Collection) -> None:
-    from vlmsearch.retrieval.region_student import distill
+    from vlmsearch.rerank.region.student import distill
 
     _, report = distill(
         coll,
@@ -199,7 +199,7 @@ def test_distillation_with_label_text(coll: Collection) -> None:
 def test_coca_log_probs(coll: Collection) -> None:
     import torch
 
-    from vlmsearch.retrieval.rerankers.coca import caption_log_probs
+    from vlmsearch.rerank.coca import caption_log_probs
 
     r = load_reranker("coca:vlms-tiny-coca", device="cpu")
     cands = candidates(coll)[:5]
@@ -253,7 +253,7 @@ def hf_models(tmp_path_factory) -> dict[str, Path]:
 def test_vqascore_is_p_yes_in_0_1(coll: Collection, hf_models, family) -> None:
     import torch
 
-    from vlmsearch.retrieval.rerankers.vqa import prompt_text
+    from vlmsearch.rerank.vqa import prompt_text
 
     r = load_reranker(f"vqa:{hf_models[family]}", device="cpu")
     q = RerankQuery("a red square")
@@ -331,7 +331,7 @@ def test_cli_distill(coll: Collection) -> None:
 def test_region_embeddings_are_reused_until_the_file_changes(coll: Collection) -> None:
     import os
 
-    from vlmsearch.retrieval.rerankers.region import RegionReranker
+    from vlmsearch.rerank.region.teacher import RegionReranker
 
     r = RegionReranker(mode="teacher")
     q = RerankQuery("x", coll.encoder.encode_texts(["x"])[0], coll)
@@ -353,9 +353,9 @@ def test_region_embeddings_are_reused_until_the_file_changes(coll: Collection) -
 def test_asif_student_predicts_features_then_projects(tmp_path: Path) -> None:
     from tests.cli_helpers import ok, run
     from tests.test_asif_collection import build_anchors, photos, write_pairs_csv
-    from vlmsearch.retrieval.region_student import distill, load_student
-    from vlmsearch.retrieval.rerankers.proposals import CONTEXT, expand
-    from vlmsearch.retrieval.rerankers.region import region_boxes, teacher_targets
+    from vlmsearch.rerank.region.proposals import CONTEXT, expand
+    from vlmsearch.rerank.region.student import distill, load_student
+    from vlmsearch.rerank.region.teacher import region_boxes, teacher_targets
 
     csv = write_pairs_csv(tmp_path / "anchor-data", 12, seed=1, corrupt=False)
     ok(build_anchors(tmp_path / "anchors", csv, "-q"))

@@ -9,8 +9,8 @@ import vlmsearch.collection as collection_mod
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.errors import CollectionError, ModelError, QueryError
-from vlmsearch.indexes.ingest import IngestOptions
-from vlmsearch.retrieval.zeroshot import class_weights, load_templates, probabilities
+from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.models.zeroshot import class_weights, load_templates, probabilities
 
 
 @pytest.fixture

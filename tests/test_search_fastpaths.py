@@ -11,8 +11,9 @@ from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.collection import sorted_intersection
 from vlmsearch.errors import QueryError
-from vlmsearch.indexes import faiss_store, metadata
-from vlmsearch.indexes.ingest import IngestOptions
+from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.storage import metadata
+from vlmsearch.storage.ann import faiss_store
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from tests.conftest import make_images  # noqa: E402
 from tests.serve_helpers import build_collection  # noqa: E402
 from vlmsearch import Collection  # noqa: E402
-from vlmsearch.indexes.ingest import IngestOptions  # noqa: E402
+from vlmsearch.ingest.pipeline import IngestOptions  # noqa: E402
 from vlmsearch.server.app import create_app  # noqa: E402
 from vlmsearch.server.config import ServerConfig  # noqa: E402
 
@@ -191,7 +191,7 @@ def test_link_swapped_in_after_the_check_is_not_followed(tmp_path):
 
 
 def test_scanner_follows_only_links_that_stay_inside(tmp_path):
-    from vlmsearch.indexes.scan import scan
+    from vlmsearch.imaging.scan import scan
 
     root = tmp_path / "photos"
     make_images(root / "real", 2)

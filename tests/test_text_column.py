@@ -18,8 +18,8 @@ from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.cli.app import app
 from vlmsearch.errors import QueryError
-from vlmsearch.indexes.ingest import IngestOptions
-from vlmsearch.indexes.text_vectors import TextVectors, refresh
+from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.storage.column_vectors import TextVectors, refresh
 
 WORDS = ["red", "green", "blue", "yellow", "purple", "orange"]
 

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.cli.app import app
-from vlmsearch.retrieval import text_onnx
-from vlmsearch.retrieval.encoders import load_encoder
-from vlmsearch.retrieval.query import build_terms
+from vlmsearch.models.encoders import load_encoder
+from vlmsearch.models.onnx import text_tower
+from vlmsearch.search.query import build_terms
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -31,7 +31,7 @@ QUERIES = ["a red square", "  BLUE   things!  ", "green; 42 trees", "ünïcödé
 
 @pytest.fixture(autouse=True)
 def _onnx_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(text_onnx.ENV_SWITCH, "1")  # conftest turns it off for other tests
+    monkeypatch.setenv(text_tower.ENV_SWITCH, "1")  # conftest turns it off for other tests
 
 
 def ok(res) -> None:
@@ -57,14 +57,14 @@ def random_text(rng: random.Random) -> str:
 
 
 def test_bpe_tokenizer_equals_open_clip() -> None:
-    from vlmsearch.retrieval.encoders.openclip import _bpe_tokenizer
+    from vlmsearch.models.encoders.openclip import _bpe_tokenizer
 
     tok = load_encoder(TINY)._tokenizer  # type: ignore[attr-defined]
     bpe = _bpe_tokenizer(tok)
     rng = random.Random(0)
-    texts = list(text_onnx.CHECK_TEXTS) + [random_text(rng) for _ in range(300)]
+    texts = list(text_tower.CHECK_TEXTS) + [random_text(rng) for _ in range(300)]
     for t in texts:
-        assert bpe.encode(text_onnx.clip_clean(t)).ids == tok.encode(t), repr(t)
+        assert bpe.encode(text_tower.clip_clean(t)).ids == tok.encode(t), repr(t)
 
 
 def test_index_exports_and_text_search_matches_torch(
@@ -72,13 +72,13 @@ def test_index_exports_and_text_search_matches_torch(
 ) -> None:
     coll = Collection.open(tiny_coll)
     spec = coll.manifest["encoder"]
-    meta = json.loads((text_onnx.export_dir(spec) / "meta.json").read_text())
+    meta = json.loads((text_tower.export_dir(spec) / "meta.json").read_text())
     assert meta["spec"] == spec and meta["style"] == "clip"
-    assert meta["check"]["min_cosine"] >= text_onnx.MIN_COSINE
+    assert meta["check"]["min_cosine"] >= text_tower.MIN_COSINE
 
     light = {q: coll.search(q, k=6) for q in QUERIES}
     assert coll._encoder is None  # the torch encoder was never loaded
-    monkeypatch.setenv(text_onnx.ENV_SWITCH, "0")
+    monkeypatch.setenv(text_tower.ENV_SWITCH, "0")
     full = Collection.open(tiny_coll)
     for q in QUERIES:
         want = full.search(q, k=6)
@@ -108,18 +108,18 @@ def test_cold_text_search_imports_no_torch(tiny_coll: Path) -> None:
 def test_image_queries_and_switch_off_use_torch(
     tiny_coll: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vlmsearch.retrieval import image_onnx
+    from vlmsearch.models.onnx import image_tower
 
     coll = Collection.open(tiny_coll)
     first = str(tiny_coll.parent / "img0000.png")
     assert coll.search("a red square", image=first, k=3)
     assert coll._encoder is None  # the image tower is exported too (issue 15)
-    monkeypatch.setenv(image_onnx.ENV_SWITCH, "0")
+    monkeypatch.setenv(image_tower.ENV_SWITCH, "0")
     coll = Collection.open(tiny_coll)
     assert coll.search("a red square", image=first, k=3)
     assert coll._encoder is not None  # without it, an image term needs the full encoder
 
-    monkeypatch.setenv(text_onnx.ENV_SWITCH, "0")
+    monkeypatch.setenv(text_tower.ENV_SWITCH, "0")
     coll = Collection.open(tiny_coll)
     coll.search("a red square", k=3)
     assert coll._encoder is not None
@@ -128,7 +128,7 @@ def test_image_queries_and_switch_off_use_torch(
 @pytest.mark.parametrize("damage", ["stale key", "no model file"])
 def test_damaged_export_falls_back_to_torch(tiny_coll: Path, damage: str) -> None:
     coll = Collection.open(tiny_coll)
-    folder = text_onnx.export_dir(coll.manifest["encoder"])
+    folder = text_tower.export_dir(coll.manifest["encoder"])
     want = [h.id for h in coll.search("a blue circle", k=5)]
     if damage == "stale key":
         meta = json.loads((folder / "meta.json").read_text())
@@ -143,7 +143,7 @@ def test_damaged_export_falls_back_to_torch(tiny_coll: Path, damage: str) -> Non
     # the next index run replaces the damaged export
     res = runner.invoke(app, ["index", str(tiny_coll.parent), "--workers", "0", "-q"])
     ok(res)
-    assert text_onnx.open_tower(coll.manifest["encoder"]) is not None
+    assert text_tower.open_tower(coll.manifest["encoder"]) is not None
 
 
 def test_an_export_that_disagrees_is_not_kept() -> None:
@@ -162,13 +162,13 @@ def test_an_export_that_disagrees_is_not_kept() -> None:
         tower.reference = lambda texts: rng.normal(size=(len(texts), enc.dim)).astype("f4")
         return tower
 
-    note = text_onnx.ensure_export(spec, wrong_ids)
+    note = text_tower.ensure_export(spec, wrong_ids)
     assert note and "tokenizer differs" in note
-    note = text_onnx.ensure_export(spec, drifting)
+    note = text_tower.ensure_export(spec, drifting)
     assert note and "drift" in note and "min cosine" in note
-    folder = text_onnx.export_dir(spec)
+    folder = text_tower.export_dir(spec)
     assert not folder.exists() and not list(folder.parent.iterdir())  # no half-written folder
-    assert text_onnx.open_tower(spec) is None
+    assert text_tower.open_tower(spec) is None
 
 
 def tiny_sentence_transformer(out: Path, max_seq_length: int = 12) -> Path:
@@ -209,11 +209,11 @@ def tiny_sentence_transformer(out: Path, max_seq_length: int = 12) -> Path:
 
 
 def test_sentence_transformers_export_matches_and_truncates(tmp_path: Path) -> None:
-    from vlmsearch.retrieval.unimodal import load_text_encoder
+    from vlmsearch.models.unimodal import load_text_encoder
 
     enc = load_text_encoder(f"sentence-transformers:{tiny_sentence_transformer(tmp_path)}")
-    assert text_onnx.ensure_export(enc.spec, enc.onnx_text_export) is None
-    tower = text_onnx.open_tower(enc.spec)
+    assert text_tower.ensure_export(enc.spec, enc.onnx_text_export) is None
+    tower = text_tower.open_tower(enc.spec)
     assert tower is not None and tower.meta["style"] == "hf" and tower.meta["max_length"] == 12
     texts = ["A Photo of the DOG", "red car " * 20, "zebra unknown words", ""]
     assert len(tower.token_ids(texts)[1]) == 12  # truncated like the model's own tokenizer
@@ -244,7 +244,7 @@ def test_asif_text_queries_through_the_export(tmp_path: Path) -> None:
 def test_a_model_that_cannot_be_exported_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vlmsearch.retrieval.encoders.openclip import OpenClipEncoder
+    from vlmsearch.models.encoders.openclip import OpenClipEncoder
 
     monkeypatch.setattr(OpenClipEncoder, "_text_tower", lambda self: None)
     make_images(tmp_path / "imgs", 4)
@@ -262,7 +262,7 @@ def test_classify_uses_the_export_and_agrees(
     coll = Collection.open(tiny_coll)
     light = coll.classify("red,green,blue,yellow", top_k=2)
     assert coll._encoder is None
-    monkeypatch.setenv(text_onnx.ENV_SWITCH, "0")
+    monkeypatch.setenv(text_tower.ENV_SWITCH, "0")
     full = Collection.open(tiny_coll).classify("red,green,blue,yellow", top_k=2)
     assert len(light) == 12
     assert [[lab for lab, _ in p.top] for p in light] == [[lab for lab, _ in p.top] for p in full]

@@ -19,7 +19,7 @@ from PIL import Image
 
 from tests.conftest import TINY, draw_image
 from vlmsearch.errors import ModelError
-from vlmsearch.retrieval.unimodal import (
+from vlmsearch.models.unimodal import (
     ImageEncoder,
     TextEncoder,
     available,
@@ -66,7 +66,7 @@ def test_registry_lists_kinds():
 
 def test_registry_import_stays_cheap():
     code = (
-        "import sys, vlmsearch.retrieval.unimodal as u; u.available('image'); "
+        "import sys, vlmsearch.models.unimodal as u; u.available('image'); "
         "print(sorted(m for m in ('torch', 'timm', 'open_clip', 'sentence_transformers') "
         "if m in sys.modules))"
     )
@@ -83,7 +83,7 @@ def effnet(private_cache):
 
 
 def test_efficientnet_features_and_spec(effnet, samples):
-    from vlmsearch.retrieval.unimodal.efficientnet_lite import packaged_weights
+    from vlmsearch.models.unimodal.efficientnet_lite import packaged_weights
 
     assert isinstance(effnet, ImageEncoder) and effnet.dim == 1280
     spec = effnet.spec
@@ -166,7 +166,7 @@ def test_minilm_embeddings(minilm):
 
 
 def test_sentence_transformers_path_equals_minilm(minilm):
-    from vlmsearch.retrieval.unimodal.minilm import packaged_model_dir
+    from vlmsearch.models.unimodal.minilm import packaged_model_dir
 
     model_dir = packaged_model_dir()
     st = load_text_encoder(f"sentence-transformers:{model_dir}", device="cpu")
@@ -189,7 +189,7 @@ def test_sentence_transformers_uncached_hub_name_fails_fast(monkeypatch, tmp_pat
     pytest.importorskip("sentence_transformers")
     from huggingface_hub import constants
 
-    from vlmsearch.retrieval.unimodal import sentence_transformers_text as stt
+    from vlmsearch.models.unimodal import sentence_transformers_text as stt
 
     monkeypatch.setattr(stt, "_hub_reachable", lambda timeout=2.0: False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
@@ -255,7 +255,7 @@ def timm_model():
 
 
 def test_timm_name_syntax():
-    from vlmsearch.retrieval.unimodal.timm_image import split_timm_arg
+    from vlmsearch.models.unimodal.timm_image import split_timm_arg
 
     assert split_timm_arg("resnet50.a1_in1k") == ("resnet50.a1_in1k", None)
     assert split_timm_arg("resnet50:/w/r.pth") == ("resnet50", "/w/r.pth")
@@ -318,7 +318,7 @@ def test_timm_errors_are_one_line_and_fast(monkeypatch, tmp_path):
     pytest.importorskip("timm")
     from huggingface_hub import constants
 
-    from vlmsearch.retrieval.unimodal import timm_image
+    from vlmsearch.models.unimodal import timm_image
 
     monkeypatch.setattr(timm_image, "_hub_reachable", lambda timeout=2.0: False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))

@@ -15,8 +15,8 @@ from PIL import Image
 
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
-from vlmsearch.indexes.ingest import IngestOptions
-from vlmsearch.watch import watch
+from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.watch import watch
 
 
 def _wait(cond, timeout: float = 60.0, what: str = "") -> None:

@@ -19,12 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from vlmsearch import names
-from vlmsearch.encoder_choice import choose_encoder as choose_encoder_for
-from vlmsearch.encoder_choice import parse_model_option
 from vlmsearch.errors import CollectionError, QueryError
-from vlmsearch.indexes import faiss_store, integrity, metadata, snapshot
-from vlmsearch.indexes.filter_budget import FilterBudget
-from vlmsearch.indexes.ingest import (
+from vlmsearch.ingest.pipeline import (
     IngestOptions,
     IngestReport,
     ProgressFn,
@@ -32,27 +28,18 @@ from vlmsearch.indexes.ingest import (
     ingest,
     readable_manifest,
 )
-from vlmsearch.indexes.layout import (
-    DEFAULT_DIRNAME,
-    Layout,
-    default_collection_for,
-    find_collection,
-)
-from vlmsearch.indexes.postings import PostingIndex
-from vlmsearch.indexes.store import CollectionWriter
-from vlmsearch.indexes.text_vectors import TextVectors, refresh
-from vlmsearch.indexes.vectors import VectorTable
-from vlmsearch.retrieval.encoders import (
+from vlmsearch.models.choice import choose_encoder as choose_encoder_for
+from vlmsearch.models.choice import parse_model_option
+from vlmsearch.models.encoders import (
     DEFAULT_KIND,
     encoder_class,
     encoder_from_spec,
     load_encoder,
 )
-from vlmsearch.retrieval.encoders.base import Encoder, TextEmbedder
-from vlmsearch.retrieval.label_cache import LazyTextEmbedder
-from vlmsearch.retrieval.lazy_encoder import LazyEncoder
-from vlmsearch.retrieval.query import Term, build_terms, decode_images, query_vector
-from vlmsearch.retrieval.zeroshot import (
+from vlmsearch.models.encoders.base import Encoder, TextEmbedder
+from vlmsearch.models.label_cache import LazyTextEmbedder
+from vlmsearch.models.lazy_encoder import LazyEncoder
+from vlmsearch.models.zeroshot import (
     class_scores,
     class_weights,
     load_templates,
@@ -61,6 +48,20 @@ from vlmsearch.retrieval.zeroshot import (
     softmax_scores,
 )
 from vlmsearch.runtime import state_dir
+from vlmsearch.search.query import Term, build_terms, decode_images, query_vector
+from vlmsearch.storage import integrity, metadata, snapshot
+from vlmsearch.storage.ann import faiss_store
+from vlmsearch.storage.ann.postings import PostingIndex
+from vlmsearch.storage.column_vectors import TextVectors, refresh
+from vlmsearch.storage.filter_budget import FilterBudget
+from vlmsearch.storage.layout import (
+    DEFAULT_DIRNAME,
+    Layout,
+    default_collection_for,
+    find_collection,
+)
+from vlmsearch.storage.store import CollectionWriter
+from vlmsearch.storage.vectors import VectorTable
 
 T = TypeVar("T")
 
@@ -221,7 +222,7 @@ class Collection:
         """Index (or update) the images under ``root``; returns the opened collection.
 
         With ``text_onnx`` the encoder's text (and image) towers are also exported to ONNX
-        once per model (cached; see :mod:`vlmsearch.retrieval.query_exports`), so that later
+        once per model (cached; see :mod:`vlmsearch.search.query_encoders`), so that later
         queries need not import torch. An existing collection's encoder is built only when
         a file must be encoded or an export is missing.
 
@@ -281,7 +282,7 @@ class Collection:
         assert source is not None
         report = ingest(layout, root_path, source, opts, progress)
         if text_onnx:
-            from vlmsearch.retrieval.query_exports import prepare_query_exports
+            from vlmsearch.search.query_encoders import prepare_query_exports
 
             notices += prepare_query_exports(source)
         report.notices = notices + report.notices  # (those of a --repair first)
@@ -374,7 +375,7 @@ class Collection:
     def check_model(self, model: str, kind: str = DEFAULT_KIND) -> None:
         """Refuse a query model that differs from the collection's; decided from names and
         file hashes where possible, so the model is then not built here at all."""
-        from vlmsearch.retrieval.preflight import model_matches
+        from vlmsearch.search.preflight import model_matches
 
         spec = self.manifest["encoder"]
         asked, parsed = parse_model_option(model, None)  # "asif[:ANCHORS]" names ASIF
@@ -408,7 +409,7 @@ class Collection:
 
     def _read(self, name: str, reader: Any) -> Any:
         """``reader(path)`` of a file the manifest names, verified first (see
-        :mod:`vlmsearch.indexes.integrity`): damage is a one-line CollectionError."""
+        :mod:`vlmsearch.storage.integrity`): damage is a one-line CollectionError."""
         return integrity.read_checked(self.layout.path, self.manifest, name, reader)
 
     @property
@@ -502,7 +503,7 @@ class Collection:
         """Text, image or combined search. Terms take rclip-style weights (``"2:a dog"``).
 
         ``rerank`` (a spec such as ``"region"`` or ``"coca:ARCH/TAG"``, or a loaded
-        :class:`~vlmsearch.retrieval.rerankers.Reranker`) rescores the first stage's top
+        :class:`~vlmsearch.rerank.Reranker`) rescores the first stage's top
         ``rerank_top`` hits (default: the reranker's, 50; 10 for the region teacher on a
         CPU); see :meth:`rerank_hits` for ``fusion``.
 
@@ -510,7 +511,7 @@ class Collection:
         (captions, embedded once and stored; see :meth:`text_vectors`). The score is then
         ``text_weight * caption score + (1 - text_weight) * image score``: 1 (the default)
         searches the captions alone, 0.5 weighs both equally."""
-        from vlmsearch.retrieval.preflight import check_search
+        from vlmsearch.search.preflight import check_search
 
         terms = build_terms(
             _as_list(text), _as_list(image), _as_list(negative), _as_list(negative_image)
@@ -530,7 +531,7 @@ class Collection:
         )
         reranker = None
         if rerank is not None:
-            from vlmsearch.retrieval.rerankers import load_reranker
+            from vlmsearch.rerank import load_reranker
 
             reranker = (
                 load_reranker(rerank, device=self.device, **(rerank_options or {}))
@@ -549,7 +550,7 @@ class Collection:
             hits = self.search_vector(vector, k=first_k, where=where, params=params)
         if reranker is None:
             return hits
-        from vlmsearch.retrieval.rerankers.base import RerankQuery
+        from vlmsearch.rerank.base import RerankQuery
 
         assert rerank_top is not None
         texts = [str(t.value) for t in terms if t.kind == "text" and t.weight > 0]
@@ -570,7 +571,7 @@ class Collection:
         The final score is the reranker's own (``fusion`` None), or ``fusion * minmax(rerank)
         + (1 - fusion) * minmax(first stage)`` over the reranked hits. ``hit.scores`` keeps
         both parts. Hits below ``top`` follow, in first-stage order, unchanged."""
-        from vlmsearch.retrieval.rerankers.base import Candidate, fuse
+        from vlmsearch.rerank.base import Candidate, fuse
 
         if top < 1:
             raise QueryError(f"--rerank-top must be at least 1 (got {top})")
@@ -601,7 +602,7 @@ class Collection:
         return out
 
     def save_region_student(self, student: Any, info: dict[str, Any]) -> None:
-        """Store a trained region student (see :mod:`vlmsearch.retrieval.region_student`)."""
+        """Store a trained region student (see :mod:`vlmsearch.rerank.region.student`)."""
         self._commit_extra(student=(student, info))
 
     def _commit_extra(
@@ -923,7 +924,7 @@ class Collection:
         """Classify the stored vectors (no image is re-encoded); optionally store the labels
         as a metadata column so that ``where="COLUMN = 'label'"`` filters on them.
         ``rule``: ``mean`` (CLIP's averaged prompts) or ``best`` (ASIF's best prompt)."""
-        from vlmsearch.retrieval.zeroshot import RULES
+        from vlmsearch.models.zeroshot import RULES
 
         label_list = parse_labels(labels)
         # checked before the text encoder is built
@@ -1103,7 +1104,7 @@ def asif_defaults_from(
     spec: dict[str, Any], model: str | None, options: dict[str, Any] | None
 ) -> tuple[str, dict[str, Any]]:
     """Fill unspecified ASIF settings (anchors, encoders, k, p) from an existing spec."""
-    from vlmsearch.retrieval.encoders.asif import DEFAULT_ANCHORS
+    from vlmsearch.models.asif.encoder import DEFAULT_ANCHORS
 
     anchors = spec.get("anchors") or {}
     if model is None:
@@ -1127,7 +1128,7 @@ def choose_encoder(
     opts: IngestOptions,
 ) -> tuple[Encoder, list[str]]:
     """The encoder for a new (or rebuilt) collection, and notices for the user (the rule
-    is :func:`vlmsearch.encoder_choice.choose_encoder`'s; why is kept in ``opts``)."""
+    is :func:`vlmsearch.models.choice.choose_encoder`'s; why is kept in ``opts``)."""
     choice = choose_encoder_for(model, kind, device, encoder_options)
     if choice.record is not None:
         opts.encoder_choice = choice.record
@@ -1168,10 +1169,10 @@ def classify_files(
     notices: list[str] | None = None,
 ) -> list[Prediction]:
     """Zero-shot classify image files (and folders, recursively), encoding them now with
-    ``encoder``, else the one :func:`vlmsearch.encoder_choice.choose_encoder` picks for
+    ``encoder``, else the one :func:`vlmsearch.models.choice.choose_encoder` picks for
     ``model`` (why, when it is not the one asked for, is appended to ``notices``)."""
-    from vlmsearch.indexes.decode import DecodeTask, iter_decoded
-    from vlmsearch.indexes.scan import scan
+    from vlmsearch.imaging.decode import DecodeTask, iter_decoded
+    from vlmsearch.imaging.scan import scan
 
     files: list[Path] = []
     for p in map(lambda x: Path(x).expanduser(), paths):

@@ -32,8 +32,12 @@ class Registry(Generic[T]):
         group: str,
         skip: tuple[str, ...] = ("base",),
         key: Callable[[Any], Hashable] = lambda cls: cls.kind,
+        builtins: tuple[str, ...] = (),
     ) -> None:
         self._package, self._path, self._group, self._skip = package, list(path), group, skip
+        # built-in kinds that live in another package (ASIF's encoder, the region reranker),
+        # imported by name so that the registry does not import upward
+        self._builtins = builtins
         self._key = key
         self._classes: dict[Hashable, type[T]] = {}
         self._discovered = False
@@ -50,6 +54,8 @@ class Registry(Generic[T]):
         for info in pkgutil.iter_modules(self._path):
             if info.name not in self._skip:
                 importlib.import_module(f"{self._package}.{info.name}")
+        for name in self._builtins:
+            importlib.import_module(name)
         for ep in entry_points(group=self._group):
             ep.load()
 

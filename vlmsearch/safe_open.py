@@ -8,7 +8,7 @@ inside the folder's real path, then opens that resolved path one component at a 
 open fail instead of being followed, and what was opened is checked with ``fstat`` (the
 descriptor, not the name: no race between the check and the read).
 
-Policy, shared with :mod:`vlmsearch.indexes.scan`: links (to files or folders) inside the
+Policy, shared with :mod:`vlmsearch.imaging.scan`: links (to files or folders) inside the
 folder are followed only when they resolve inside it.
 """
 

@@ -22,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DEFAULT_MODEL = "ViT-B-32/laion2b_s34b_b79k"  # same as retrieval.encoders.openclip
+DEFAULT_MODEL = "ViT-B-32/laion2b_s34b_b79k"  # same as models.encoders.openclip
 
 CollectionOpt = Annotated[
     Path | None,
@@ -187,7 +187,7 @@ def index(
     """Embed every image under DIRECTORY, incrementally (new, changed and deleted files)."""
     from vlmsearch.cli.progress import ingest_progress
     from vlmsearch.collection import Collection
-    from vlmsearch.indexes.ingest import IngestOptions
+    from vlmsearch.ingest.pipeline import IngestOptions
 
     opts = IngestOptions(
         index=index_type,
@@ -265,7 +265,7 @@ def _watch(
     """``index --watch``: one line (or one JSON object) per update, until Ctrl-C."""
     import json
 
-    from vlmsearch.watch import watch
+    from vlmsearch.ingest.watch import watch
 
     def on_report(rep: Any) -> None:
         if json_:
@@ -450,7 +450,7 @@ def search(
             "run?); searched exactly in memory. Run `vlmsearch index` to finish it."
         )
     if html is not None:
-        from vlmsearch import contact_sheet
+        from vlmsearch.imaging import contact_sheet
 
         what = " + ".join([*(query or []), *(f"image {i}" for i in image or [])])
         page = contact_sheet.search_sheet(
@@ -513,7 +513,7 @@ def classify(
 ) -> None:
     """Zero-shot classification from label text, of PATHS or of a collection's stored vectors."""
     from vlmsearch.collection import classify_files
-    from vlmsearch.retrieval.zeroshot import parse_labels
+    from vlmsearch.models.zeroshot import parse_labels
 
     fmt = _fmt(json_, csv_)
     label_list = parse_labels(labels, str(labels_file) if labels_file else None)
@@ -547,7 +547,7 @@ def classify(
         # the columns are written last, after the files: a failed write leaves neither
         preds = coll.classify(label_list, templates=templates, top_k=top_k, where=where, rule=rule)
     if html is not None:
-        from vlmsearch import contact_sheet
+        from vlmsearch.imaging import contact_sheet
 
         page = contact_sheet.classify_sheet(
             preds,
@@ -564,7 +564,7 @@ def classify(
 
         rows = [{**p.to_dict(), "top": [t["label"] for t in p.to_dict()["top"]]} for p in preds]
         table = pa.Table.from_pylist(rows)
-        from vlmsearch.indexes.atomic import atomic_write
+        from vlmsearch.storage.atomic import atomic_write
 
         write_output(
             parquet, "--parquet", lambda p: atomic_write(p, lambda t: pq.write_table(table, t))
@@ -591,7 +591,7 @@ def info(
     json_: JsonOpt = False,
 ) -> None:
     """Describe a collection (model, counts, index, sizes on disk) or an ASIF anchor set."""
-    from vlmsearch.indexes.anchors import AnchorSet, is_anchor_set
+    from vlmsearch.models.asif.anchors import AnchorSet, is_anchor_set
 
     target = path or collection
     if target is not None and is_anchor_set(target):

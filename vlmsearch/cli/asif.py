@@ -61,7 +61,7 @@ def build(
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Build an anchor set (prototype or data anchors) for ASIF collections."""
-    from vlmsearch.retrieval.unimodal import load_image_encoder, load_text_encoder
+    from vlmsearch.models.unimodal import load_image_encoder, load_text_encoder
 
     if prototype == (source is not None):
         raise VlmsearchError("choose one kind: --prototype, or --from SOURCE (data anchors)")
@@ -69,12 +69,12 @@ def build(
     txt = load_text_encoder(text_encoder, device=device)
     failed: list[tuple[str, str]] = []
     if prototype:
-        from vlmsearch.retrieval.anchor_sources import build_prototype_anchors
+        from vlmsearch.models.asif.build import build_prototype_anchors
 
         aset = build_prototype_anchors(out, img, txt, templates=templates, overwrite=overwrite)
     else:
         from vlmsearch.cli.progress import ingest_progress
-        from vlmsearch.retrieval.anchor_sources import build_data_anchors
+        from vlmsearch.models.asif.build import build_data_anchors
 
         assert source is not None
         with ingest_progress(quiet or json_) as progress:
@@ -109,7 +109,7 @@ def info(
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Describe an anchor set."""
-    from vlmsearch.indexes.anchors import AnchorSet
+    from vlmsearch.models.asif.anchors import AnchorSet
 
     data = AnchorSet.open(path).info()
     if json_:

@@ -13,7 +13,7 @@ from vlmsearch.cli.errors import user_errors
 from vlmsearch.errors import VlmsearchError
 
 if TYPE_CHECKING:
-    from vlmsearch.retrieval.magic import MagicSettings
+    from vlmsearch.caption.magic import MagicSettings
 
 
 @user_errors
@@ -63,8 +63,8 @@ def caption(
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Caption images with MAGIC: a language model guided by the image-text model."""
-    from vlmsearch.retrieval.captioner import Captioner
-    from vlmsearch.retrieval.magic import MagicSettings, check_language_model_name
+    from vlmsearch.caption.captioner import Captioner
+    from vlmsearch.caption.magic import MagicSettings, check_language_model_name
 
     if paths and collection is not None:
         raise VlmsearchError("give image PATHS or --collection, not both")
@@ -119,13 +119,13 @@ def _caption_files(
     (scored by that collection's encoder), else encoded now with --model or the default."""
     import numpy as np
 
+    from vlmsearch.caption.captioner import Captioner
+    from vlmsearch.caption.magic import load_language_model
     from vlmsearch.collection import Collection, choose_encoder
-    from vlmsearch.indexes.decode import ImageDecodeError, load_image
-    from vlmsearch.indexes.ingest import IngestOptions
-    from vlmsearch.indexes.layout import find_collection
-    from vlmsearch.indexes.scan import scan
-    from vlmsearch.retrieval.captioner import Captioner
-    from vlmsearch.retrieval.magic import load_language_model
+    from vlmsearch.imaging.decode import ImageDecodeError, load_image
+    from vlmsearch.imaging.scan import scan
+    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.storage.layout import find_collection
 
     files: list[Path] = []
     for p in paths:

@@ -32,8 +32,8 @@ def check(
     """Verify every file of a collection: present, of the recorded size and checksum, and
     readable. Exit status 1 while damage remains."""
     from vlmsearch.collection import resolve_collection_path
-    from vlmsearch.indexes import repair as rp
-    from vlmsearch.indexes.layout import Layout
+    from vlmsearch.ingest import repair as rp
+    from vlmsearch.storage.layout import Layout
 
     layout = Layout(resolve_collection_path(collection))
     if not layout.path.is_dir():

@@ -13,7 +13,6 @@ from starlette.exceptions import HTTPException
 
 from vlmsearch._version import __version__
 from vlmsearch.errors import BusyError, CollectionError, ModelError, QueryError, VlmsearchError
-from vlmsearch.indexes.filter_budget import FilterBudget
 from vlmsearch.server import routes_media, routes_meta, routes_search
 from vlmsearch.server.config import ServerConfig
 from vlmsearch.server.context import ServerContext
@@ -22,6 +21,7 @@ from vlmsearch.server.metrics import Metrics, MetricsMiddleware
 from vlmsearch.server.registry import CollectionUnavailable, Registry, UnknownCollection
 from vlmsearch.server.security import ApiKeyMiddleware, BodyLimitMiddleware
 from vlmsearch.server.timeouts import BodyTimeoutMiddleware
+from vlmsearch.storage.filter_budget import FilterBudget
 
 log = logging.getLogger("vlmsearch.server")
 

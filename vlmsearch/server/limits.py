@@ -43,7 +43,7 @@ def check_search(config: ServerConfig, req: Any, images: int = 0) -> None:
 
 def check_classify(config: ServerConfig, req: Any) -> None:
     """Labels, their length, and prompts (labels x templates: each one is embedded)."""
-    from vlmsearch.retrieval.zeroshot import load_templates
+    from vlmsearch.models.zeroshot import load_templates
 
     _refuse("labels", len(req.labels), config.max_labels, "--max-labels")
     check_texts(config, req.labels, "label")

@@ -20,10 +20,10 @@ from typing import Any
 
 from vlmsearch.collection import Collection
 from vlmsearch.errors import CollectionError
-from vlmsearch.indexes.filter_budget import FilterBudget
-from vlmsearch.indexes.layout import Layout
-from vlmsearch.retrieval.encoders.base import Encoder
+from vlmsearch.models.encoders.base import Encoder
 from vlmsearch.server.scheduling import FairLock, SerialEncoder
+from vlmsearch.storage.filter_budget import FilterBudget
+from vlmsearch.storage.layout import Layout
 
 log = logging.getLogger("vlmsearch.server")
 

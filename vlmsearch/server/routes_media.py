@@ -11,11 +11,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
-from vlmsearch.indexes.decode import ImageDecodeError
+from vlmsearch.imaging.decode import ImageDecodeError
+from vlmsearch.imaging.thumbnails import cached_thumbnail_of
 from vlmsearch.safe_open import iter_fd, read_fd
 from vlmsearch.server.context import ImageId, ServerContext, get_ctx, require_row
 from vlmsearch.server.files import open_indexed
-from vlmsearch.thumbnails import cached_thumbnail_of
 
 router = APIRouter(tags=["images"])
 Ctx = Annotated[ServerContext, Depends(get_ctx)]

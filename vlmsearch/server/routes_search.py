@@ -201,7 +201,7 @@ def caption(name: str, image_id: ImageId, ctx: Ctx) -> dict[str, Any]:
         key = f"{name}:{ctx.config.lm}"
         captioner = ctx.captioners.get(key)
         if captioner is None:
-            from vlmsearch.retrieval.captioner import Captioner
+            from vlmsearch.caption.captioner import Captioner
 
             captioner = Captioner(coll.encoder, ctx.config.lm, device=ctx.config.device)
             ctx.captioners[key] = captioner

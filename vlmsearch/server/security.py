@@ -15,7 +15,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 
 from vlmsearch.errors import QueryError
-from vlmsearch.indexes.where_check import validate_where
+from vlmsearch.storage.where_check import validate_where
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -134,7 +134,7 @@ class BodyLimitMiddleware:
 
 def check_where(where: str | None, max_chars: int) -> str | None:
     """The server's length limit, then the same validation as ``--where`` (see
-    :mod:`vlmsearch.indexes.where_check`): checked before any model runs."""
+    :mod:`vlmsearch.storage.where_check`): checked before any model runs."""
     if where is None or not where.strip():
         return None
     if len(where) > max_chars:

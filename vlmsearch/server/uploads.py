@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import HTTPException, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from vlmsearch.indexes.decode import ImageDecodeError, decode_image
+from vlmsearch.imaging.decode import ImageDecodeError, decode_image
 
 
 def decode_upload(data: bytes, filename: str | None, max_pixels: int) -> Any:

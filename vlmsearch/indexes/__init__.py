@@ -1,1 +1,0 @@
-"""Storage: scanning, decoding, vector shards, Parquet metadata, FAISS indexes, layout."""

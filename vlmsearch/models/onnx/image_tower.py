@@ -1,0 +1,255 @@
+"""Image towers exported to ONNX, so an image query needs neither torch nor open_clip.
+
+The image-side twin of :mod:`vlmsearch.models.onnx.text_tower` (issue 15: any ``--image``
+query took 7.5-20 s, mostly importing torch and building the model). Indexing has the
+model loaded, so it exports the image tower once -- a graph from preprocessed pixels to
+features -- into the cache, keyed by the encoder's spec. A later query preprocesses with
+Pillow and numpy (shortest-side resize, centre crop, normalise: what the torchvision
+transforms do on a PIL image) and runs the graph with onnxruntime.
+
+An export is kept only if, on :func:`check_images` (fixed synthetic images of several
+sizes and aspect ratios), the whole torch-free path -- numpy preprocessing and graph --
+gives features with cosine >= :data:`MIN_COSINE` to the torch encoder's on the same
+decoded images. ``VLMSEARCH_IMAGE_ONNX=0`` turns exports and their use off (default:
+whatever ``VLMSEARCH_TEXT_ONNX`` says).
+
+Folder layout (``<cache>/image-onnx/<key>/``): ``model.onnx``, ``meta.json``. Written into
+a temporary sibling and renamed into place. The cache mechanics shared with
+:mod:`vlmsearch.models.onnx.text_tower` are in :mod:`vlmsearch.models.onnx.cache`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlmsearch.models.onnx import cache, text_tower
+from vlmsearch.models.onnx.cache import ExportError as ExportError  # public here too
+from vlmsearch.models.onnx.cache import l2_normalize as l2_normalize  # public here too
+
+EXPORT_FORMAT = 1
+MIN_COSINE = 0.9999
+BATCH = 32
+ENV_SWITCH = "VLMSEARCH_IMAGE_ONNX"
+
+
+def enabled() -> bool:
+    return cache.env_switch(ENV_SWITCH, default=text_tower.enabled())
+
+
+def runtime_available() -> bool:
+    return cache.importable("onnxruntime")
+
+
+def export_key(spec: dict[str, Any]) -> str:
+    return cache.export_key(spec, EXPORT_FORMAT)
+
+
+def export_dir(spec: dict[str, Any]) -> Path:
+    return cache.export_dir("image-onnx", export_key(spec))
+
+
+@dataclass
+class Preprocess:
+    """Shortest side resized to ``resize`` (Pillow, ``interpolation``), centre crop
+    ``crop`` x ``crop``, scaled to [0, 1], then ``(x - mean) / std`` per channel."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __call__(self, image: Any) -> np.ndarray:
+        """One PIL image -> float32 (3, crop, crop), as torchvision's Resize(int),
+        CenterCrop, ToTensor and Normalize do on a PIL image."""
+        from PIL import Image
+
+        im = image if image.mode == "RGB" else image.convert("RGB")
+        w, h = im.size
+        short, long = (w, h) if w <= h else (h, w)
+        if short != self.resize:
+            new_short, new_long = self.resize, int(self.resize * long / short)
+            size = (new_short, new_long) if w <= h else (new_long, new_short)
+            resample = (
+                Image.Resampling.BICUBIC
+                if self.interpolation == "bicubic"
+                else Image.Resampling.BILINEAR
+            )
+            im = im.resize(size, resample)
+            w, h = size
+        c = self.crop
+        if w < c or h < c:  # torchvision pads with zeros before cropping
+            canvas = Image.new("RGB", (max(w, c), max(h, c)))
+            canvas.paste(im, ((max(w, c) - w) // 2, (max(h, c) - h) // 2))
+            im, (w, h) = canvas, canvas.size
+        top, left = int(round((h - c) / 2.0)), int(round((w - c) / 2.0))
+        im = im.crop((left, top, left + c, top + c))
+        x = np.asarray(im, np.float32) / np.float32(255.0)
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+@dataclass
+class ImageTowerExport:
+    """What an encoder hands over to be exported. ``module`` maps (n, 3, S, S) pixels as
+    :class:`Preprocess` makes them to features (``meta["normalized"]``: L2-normalised or
+    not); ``reference`` is the torch path on decoded PIL images, used to check the export."""
+
+    module: Any
+    example: Any
+    preprocess: Preprocess
+    reference: Callable[[list[Any]], np.ndarray]
+    meta: dict[str, Any]
+
+
+def export_ready(spec: dict[str, Any]) -> bool:
+    """Nothing to export: a checked export is cached, or exports are off (files only)."""
+    return not enabled() or not runtime_available() or _valid(export_dir(spec), spec)
+
+
+def prepare_image_queries(
+    spec: dict[str, Any], build: Callable[[], ImageTowerExport | None]
+) -> str | None:
+    """Export the tower for ``spec`` unless a valid export is cached. Returns None when one
+    is in place (or exports are off), else a one-line notice; never raises."""
+    if export_ready(spec):
+        return None
+    return cache.export_notice(
+        "image",
+        build,
+        lambda tower: write_export(export_dir(spec), spec, tower),
+        unexportable=None,  # this encoder's image side is not exportable: torch, silently
+    )
+
+
+def write_export(dest: Path, spec: dict[str, Any], tower: ImageTowerExport) -> None:
+    """Export, check against the torch encoder, then move into place."""
+    import torch
+
+    # nn.MultiheadAttention's inference fast path is one fused op the exporter cannot
+    # translate; the plain path computes the same
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    try:
+        torch.backends.mha.set_fastpath_enabled(False)
+        with cache.staged_folder(dest) as tmp:
+            cache.export_graph(
+                tower.module,
+                (tower.example,),
+                tmp / "model.onnx",
+                input_names=["pixels"],
+                output_names=["features"],
+                dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}},
+            )
+            meta = {
+                **tower.meta,
+                "bytes": (tmp / "model.onnx").stat().st_size,
+                "format": EXPORT_FORMAT,
+                "key": export_key(spec),
+                "spec": spec,
+                "preprocess": tower.preprocess.to_json(),
+            }
+            cache.write_meta(tmp, meta)
+            meta["check"] = _check(OnnxImageTower(tmp), tower)
+            cache.write_meta(tmp, meta)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def check_images() -> list[Any]:
+    """Fixed synthetic RGB images: smooth gradients plus noise, in sizes that exercise
+    upscaling, downscaling, both orientations and odd crop offsets."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1234)
+    out = []
+    for w, h in ((320, 240), (97, 151), (224, 224), (640, 123), (33, 50), (401, 400)):
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx / max(w - 1, 1), yy / max(h - 1, 1), (xx + yy) / (w + h)], -1)
+        noise = rng.normal(0, 0.08, (h, w, 3))
+        px = np.clip((base + noise) * 255, 0, 255).astype(np.uint8)
+        out.append(Image.fromarray(px, "RGB"))
+    return out
+
+
+def _check(onnx_tower: OnnxImageTower, tower: ImageTowerExport) -> dict[str, Any]:
+    images = check_images()
+    want = tower.reference(images)
+    got = onnx_tower.features(images)
+    return {"images": len(images), **cache.cosine_check(want, got, MIN_COSINE, "features")}
+
+
+def _valid(folder: Path, spec: dict[str, Any]) -> bool:
+    meta = cache.checked_meta(folder, EXPORT_FORMAT, export_key(spec))
+    if meta is None:
+        return False
+    try:
+        size = (folder / "model.onnx").stat().st_size
+    except OSError:
+        return False
+    return meta.get("bytes") == size  # a truncated copy is not used
+
+
+def open_tower(spec: dict[str, Any]) -> OnnxImageTower | None:
+    """The cached, checked export for ``spec``; None when there is none or it is off."""
+    if not enabled() or not runtime_available() or not _valid(export_dir(spec), spec):
+        return None
+    return OnnxImageTower(export_dir(spec))
+
+
+class OnnxImageTower:
+    """PIL images -> features with numpy preprocessing and onnxruntime; no torch. The
+    session loads in a background thread from construction on."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.meta: dict[str, Any] = cache.read_meta(self.folder)
+        self.preprocess = Preprocess(**self.meta["preprocess"])
+        self.normalized = bool(self.meta.get("normalized", True))
+        self._session = cache.load_session(self.folder / "model.onnx")
+
+    @property
+    def session(self) -> Any:
+        return self._session.result()
+
+    def load_error(self) -> str | None:
+        """Why the session could not be created (waits for it), or None."""
+        error = self._session.exception()
+        return None if error is None else cache.first_line(error)
+
+    def features(self, images: Sequence[Any]) -> np.ndarray:
+        """The exported graph's output (normalised or not, as ``self.normalized``)."""
+        out = []
+        for i in range(0, len(images), BATCH):
+            px = np.stack([self.preprocess(im) for im in images[i : i + BATCH]])
+            out.append(self.session.run(None, {"pixels": px})[0])
+        if not out:
+            return np.zeros((0, int(self.meta.get("dim", 0))), np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+
+class OnnxImageQueries:
+    """An open_clip-style encoder's query side without torch: texts through the text
+    export (when the query has any), images through the image export."""
+
+    def __init__(self, tower: OnnxImageTower, texts: Any, dim: int) -> None:
+        self.tower, self.texts, self._dim = tower, texts, dim
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        return l2_normalize(self.tower.features(list(images)))
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if self.texts is None:
+            raise RuntimeError("no torch-free text side")
+        return np.asarray(self.texts.encode_texts(texts), np.float32)

@@ -1,0 +1,1 @@
+"""ViLD-style region reranking: proposals, the teacher, and the distilled student."""

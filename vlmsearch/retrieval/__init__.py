@@ -1,1 +1,0 @@
-"""Retrieval: encoders (registry), query building and zero-shot classification."""

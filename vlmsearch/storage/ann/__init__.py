@@ -1,0 +1,1 @@
+"""Approximate nearest-neighbour indexes: FAISS plans, builds, search, and posting lists."""

@@ -1,0 +1,193 @@
+"""Per-file metadata as a Parquet table, filtered with DuckDB SQL.
+
+One row per scanned file. The base columns are fixed; later features (labels,
+captions) add columns, which are carried through incremental updates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from vlmsearch.errors import QueryError
+from vlmsearch.storage.atomic import atomic_write
+from vlmsearch.storage.filter_budget import FilterBudget, QueryRunner, configure, describe_error
+from vlmsearch.storage.where_check import validate_where
+
+BASE_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("path", pa.string()),
+        ("size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("content_hash", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("format", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("indexed_at", pa.timestamp("us", tz="UTC")),
+        # the exact bytes of a name that is not valid UTF-8 (null otherwise); ``path`` then
+        # holds it with \xNN escapes (vlmsearch.names)
+        ("path_bytes", pa.binary()),
+    ]
+)
+BASE_COLUMNS = tuple(BASE_SCHEMA.names)
+TABLE_NAME = "metadata"
+
+
+def empty_table() -> pa.Table:
+    return BASE_SCHEMA.empty_table()
+
+
+def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=BASE_SCHEMA)
+
+
+def read_table(path: Path) -> pa.Table:
+    # page checksums catch damage inside a page even where the manifest has no digest
+    return pq.read_table(path, page_checksum_verification=True)
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    atomic_write(
+        path,
+        lambda p: pq.write_table(table, p, compression="zstd", write_page_checksum=True),
+    )
+
+
+def drop_ids(table: pa.Table, ids: np.ndarray | list[int]) -> pa.Table:
+    if len(ids) == 0 or table.num_rows == 0:
+        return table
+    mask = pc.is_in(table["id"], value_set=pa.array(np.asarray(ids, np.int64)))
+    return table.filter(pc.invert(mask))
+
+
+def upsert(table: pa.Table, new_rows: pa.Table) -> pa.Table:
+    """Replace rows with the same ids and append the rest (extra columns become null)."""
+    if new_rows.num_rows == 0:
+        return table
+    kept = drop_ids(table, new_rows["id"].to_numpy())
+    merged = pa.concat_tables([kept, new_rows], promote_options="default")
+    return merged.sort_by("id")
+
+
+def check_column_name(name: str) -> None:
+    """Refuse names that would replace a built-in column or need SQL quoting."""
+    if name in BASE_COLUMNS:
+        raise QueryError(f"column {name!r} is built in; choose another name")
+    if not name.isidentifier():
+        raise QueryError(f"column name {name!r} must be a plain identifier (letters, digits, _)")
+
+
+def set_column(table: pa.Table, name: str, ids: np.ndarray, values: pa.Array) -> pa.Table:
+    """Set column ``name`` for the rows with ``ids`` (others keep their value, or null)."""
+    check_column_name(name)
+    all_ids = table["id"].to_numpy()
+    order = np.argsort(ids)
+    sorted_ids = np.asarray(ids)[order]
+    pos = np.searchsorted(sorted_ids, all_ids)
+    pos_clipped = np.clip(pos, 0, max(len(sorted_ids) - 1, 0))
+    hit = (
+        (pos < len(sorted_ids)) & (sorted_ids[pos_clipped] == all_ids)
+        if len(ids)
+        else (np.zeros(len(all_ids), bool))
+    )
+    taken = values.take(pa.array(order[pos_clipped])) if len(ids) else pa.nulls(len(all_ids))
+    if name in table.column_names:
+        old = table[name].combine_chunks()
+        if old.type != values.type:
+            old = pa.nulls(len(old), values.type)
+        column = pc.if_else(pa.array(hit), taken.cast(values.type), old)
+        return table.set_column(table.column_names.index(name), name, column)
+    column = pc.if_else(pa.array(hit), taken.cast(values.type), pa.nulls(len(all_ids), values.type))
+    return table.append_column(name, column)
+
+
+def filter_ids(
+    table: pa.Table, where: str | None, only_ok: bool = True, budget: FilterBudget | None = None
+) -> np.ndarray:
+    """Ids of the rows satisfying ``where`` (a SQL boolean over the metadata columns).
+
+    A one-off :class:`MetadataFilter`; callers that filter repeatedly keep one instead."""
+    with MetadataFilter(table, budget) as f:
+        return f.ids(where, only_ok)
+
+
+class MetadataFilter:
+    """A private in-memory DuckDB database holding a copy of one metadata table.
+
+    Opening a connection costs about 20 ms and scanning a registered Arrow table converts
+    its string columns on every query (~20 ms at 1M rows); a native copy made once (~0.3 s
+    at 1M rows) answers a filter in a few ms (benchmarks/RESULTS.md, issue 6). External
+    access is disabled and the configuration locked, so a filter can read nothing but this
+    table. Queries run within ``budget`` (time, memory, a few at a time, one thread each)
+    and stop on Ctrl-C: see :mod:`vlmsearch.storage.filter_budget`."""
+
+    def __init__(self, table: pa.Table, budget: FilterBudget | None = None) -> None:
+        import duckdb
+
+        self.table = table
+        self.budget = budget or FilterBudget()
+        self._con = duckdb.connect(":memory:")
+        try:
+            self._con.register("_arrow", table)
+            self._con.execute(f"CREATE TABLE {TABLE_NAME} AS SELECT * FROM _arrow")
+            self._con.unregister("_arrow")
+            # one thread per query: a filter over 1M rows takes ~3 ms either way, and a
+            # second thread only waits for a core on a busy machine
+            configure(self._con, self.budget)
+            self._con.execute("SET enable_external_access = false")
+            self._con.execute("SET lock_configuration = true")
+        except BaseException:
+            self._con.close()
+            raise
+        self._runner = QueryRunner(self._con, self.budget)
+
+    def __enter__(self) -> MetadataFilter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._runner.close()
+
+    def ids(self, where: str | None, only_ok: bool = True) -> np.ndarray:
+        """Sorted unique ids of the rows satisfying ``where`` (and status 'ok')."""
+        import duckdb
+
+        if where and where.strip():
+            validate_where(where, self.table.column_names)
+        clauses = []
+        if only_ok:
+            clauses.append("status = 'ok'")
+        if where and where.strip():
+            clauses.append(f"({where})")
+        sql = f"SELECT id FROM {TABLE_NAME}" + (
+            f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        )
+        try:
+            result = self._runner.fetchnumpy(sql)
+        except duckdb.BinderException as e:
+            raise QueryError(
+                f"invalid where filter {where!r}: {describe_error(e)} "
+                f"(columns: {', '.join(self.table.column_names)})"
+            ) from None
+        except duckdb.Error as e:
+            raise QueryError(f"invalid where filter {where!r}: {describe_error(e)}") from None
+        if len(result) != 1:
+            raise QueryError(f"invalid where filter {where!r}")
+        col = next(iter(result.values()))
+        if not np.issubdtype(col.dtype, np.integer):
+            raise QueryError(f"invalid where filter {where!r}")
+        ids = np.asarray(col, dtype=np.int64)
+        # rows come back in table order, which is id order for tables written by upsert
+        if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+            ids = np.unique(ids)
+        return ids
