@@ -24,9 +24,7 @@ def test_cli_reference_is_current() -> None:
                 n=1,
             )
         )
-        raise AssertionError(
-            f"docs/cli.md is stale: run {reference.REGENERATE}\n{diff[:4000]}"
-        )
+        raise AssertionError(f"docs/cli.md is stale: run {reference.REGENERATE}\n{diff[:4000]}")
 
 
 def test_cli_reference_covers_every_command() -> None:

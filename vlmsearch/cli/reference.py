@@ -84,11 +84,9 @@ def help_text(path: tuple[str, ...], root: Any | None = None) -> str:
     """What ``vlmsearch PATH... --help`` prints, rendered at :data:`WIDTH` columns."""
     root = root if root is not None else root_command()
     buf = io.StringIO()
-    with _plain_rich(), contextlib.redirect_stdout(buf):
-        try:
-            root.main(args=[*path, "--help"], prog_name=PROG, standalone_mode=False)
-        except SystemExit:  # pragma: no cover - standalone_mode=False should not exit
-            pass
+    # (standalone_mode=False: click returns instead of exiting, but be safe)
+    with _plain_rich(), contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):
+        root.main(args=[*path, "--help"], prog_name=PROG, standalone_mode=False)
     lines = [line.rstrip() for line in buf.getvalue().splitlines()]
     while lines and not lines[0]:
         lines.pop(0)
