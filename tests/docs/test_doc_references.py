@@ -56,3 +56,13 @@ def test_named_python_objects_exist(page: Path) -> None:
     names = sorted(set(DOTTED.findall(text)) - NOT_MODULES)
     missing = [n for n in names if not _resolves(n)]
     assert not missing, f"{page.name} names Python objects that do not exist: {missing}"
+
+
+def test_readme_links_resolve() -> None:
+    """mkdocs checks the links inside docs/; the README (outside it) is checked here."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [t.split("#", 1)[0] for t in targets if not re.match(r"[a-z]+:", t)]
+    assert local, "the README links to no docs page"
+    missing = [t for t in local if t and not (REPO / t).exists()]
+    assert not missing, f"README.md links to missing files: {missing}"
