@@ -7,7 +7,7 @@ with the way out, instead of turning into wrong scores or a crash inside a reade
 (FAISS in particular must never see a damaged file). Verified files are remembered by
 path, inode, size and mtime: a process pays the hash once per file. SHA-256 runs at
 about 1.6 GB/s on an idle core here (SHA-NI), faster than blake2b (0.7 GB/s): 0.06 s for
-a 100 MB shard, 0.65 s added to the commit of a 1M x 512 float16 shard (README).
+a 100 MB shard, 0.65 s added to the commit of a 1M x 512 float16 shard (benchmarks/RESULTS.md).
 
 Collections written before checksums existed have no ``checksums`` entry: their files
 are checked for existence only, and readers' own errors become :class:`DamagedFileError`
