@@ -10,6 +10,7 @@ import typer
 from vlmsearch import names
 from vlmsearch.cli import output
 from vlmsearch.cli.errors import user_errors
+from vlmsearch.cli.options import DeviceOpt
 from vlmsearch.errors import VlmsearchError
 
 if TYPE_CHECKING:
@@ -59,11 +60,10 @@ def caption(
             "--model", "-m", help="For PATHS: encode them now with this image-text model."
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOpt = "auto",
     json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Caption images with MAGIC: a language model guided by the image-text model."""
-    from vlmsearch.caption.captioner import Captioner
     from vlmsearch.caption.magic import MagicSettings, check_language_model_name
 
     if paths and collection is not None:
@@ -76,28 +76,10 @@ def caption(
     settings = MagicSettings(method, k, alpha, beta, max_tokens, prompt)
     settings.effective()  # bad settings fail before any model is loaded
     check_language_model_name(lm)
-    rows: list[dict[str, object]] = []
     if not paths:  # a collection's stored images: -c, else the default one (named)
-        from vlmsearch.cli.progress import ingest_progress
-        from vlmsearch.cli.which import open_collection
-
-        coll = open_collection(collection, device, "captioning")
-        targets = coll.caption_targets(where, write_column, overwrite)  # fails before any load
-        if len(targets) == 0:
-            output.err.print(
-                "nothing to caption: "
-                + ("every selected row has a caption (--overwrite redoes them)"
-                   if write_column else "no stored image matches")
-            )  # fmt: skip
-        cap = Captioner(coll.encoder, lm, settings, device) if len(targets) else None
-        with ingest_progress(json_) as progress:
-            done = coll.caption(
-                cap, write_column=write_column, progress=progress, ids=targets
-            ) if cap is not None else []  # fmt: skip
-        rr = coll.rows([i for i, _ in done])
-        rows = [
-            {"id": i, "path": str(coll.root / names.row_path(rr[i])), "caption": t} for i, t in done
-        ]
+        rows = _caption_stored(
+            collection, where, write_column, overwrite, lm, settings, device, quiet=json_
+        )
     else:
         rows = _caption_files(paths or [], lm, settings, model, device)
     if json_:
@@ -110,6 +92,41 @@ def caption(
             )
         else:
             output.out.print(f"{output.text(r['path'])}\t{output.text(r['caption'])}")
+
+
+def _caption_stored(
+    collection: Path | None,
+    where: str | None,
+    write_column: str | None,
+    overwrite: bool,
+    lm: str,
+    settings: MagicSettings,
+    device: str,
+    quiet: bool,
+) -> list[dict[str, object]]:
+    """Caption a collection's stored images (``--collection``, else the default one, named
+    on stderr); with ``write_column`` the captions are stored as they come."""
+    from vlmsearch.caption.captioner import Captioner
+    from vlmsearch.cli.progress import ingest_progress
+    from vlmsearch.cli.which import open_collection
+
+    coll = open_collection(collection, device, "captioning")
+    targets = coll.caption_targets(where, write_column, overwrite)  # fails before any load
+    if len(targets) == 0:
+        output.err.print(
+            "nothing to caption: "
+            + ("every selected row has a caption (--overwrite redoes them)"
+               if write_column else "no stored image matches")
+        )  # fmt: skip
+    cap = Captioner(coll.encoder, lm, settings, device) if len(targets) else None
+    with ingest_progress(quiet) as progress:
+        done = coll.caption(
+            cap, write_column=write_column, progress=progress, ids=targets
+        ) if cap is not None else []  # fmt: skip
+    rr = coll.rows([i for i, _ in done])
+    return [
+        {"id": i, "path": str(coll.root / names.row_path(rr[i])), "caption": t} for i, t in done
+    ]
 
 
 def _caption_files(
@@ -155,9 +172,7 @@ def _caption_files(
             else:
                 enc, notices = choose_encoder(model, None, device, {}, IngestOptions())
                 for n in notices:
-                    output.err.print(
-                        f"[bold yellow]note:[/bold yellow] {output.text(n)}", soft_wrap=True
-                    )
+                    output.note(n)
             captioners[key] = Captioner(enc, language_model, settings, device)
         cap = captioners[key]
         if coll is not None and stored is not None:

@@ -26,6 +26,11 @@ def text(value: Any) -> str:
     return escape(names.terminal(str(value)))
 
 
+def note(message: Any, style: str = "bold yellow") -> None:
+    """A ``note:`` line on stderr (``style`` colours the word)."""
+    err.print(f"[{style}]note:[/{style}] {text(message)}", soft_wrap=True)
+
+
 def emit_json(data: Any) -> None:
     # exact: JSON escapes control characters itself; names that are not UTF-8 as \xNN
     sys.stdout.write(json.dumps(names.readable_data(data), indent=2, default=str) + "\n")
@@ -117,7 +122,6 @@ def mapping(data: dict[str, Any], title: str = "") -> None:
             v = ", ".join(map(str, v)) or "-"
         t.add_row(text(k), text(v))
     print_table(t)
-
 
 
 # Wide enough that no row of a table is ever wrapped when printed to a pipe or a file.

@@ -1,4 +1,6 @@
-"""``vlmsearch serve``: the HTTP API and web page. FastAPI and uvicorn load only here."""
+"""``vlmsearch serve``: the HTTP API and web page. FastAPI and uvicorn load only here.
+
+The command function is over 80 lines: the signature is the option list."""
 
 from __future__ import annotations
 
@@ -7,13 +9,17 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from vlmsearch.cli import output
 from vlmsearch.cli.errors import user_errors
+from vlmsearch.cli.options import DeviceOpt
 from vlmsearch.errors import VlmsearchError
+
+if TYPE_CHECKING:
+    from vlmsearch.server.config import ServerConfig
 
 
 def is_loopback(host: str) -> bool:
@@ -119,7 +125,7 @@ def serve(
     lm: Annotated[
         str | None, typer.Option(help="Causal LM for captions (cached name or local folder).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOpt = "auto",
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
     json_: Annotated[bool, typer.Option("--json", help="Print the address as JSON.")] = False,
 ) -> None:
@@ -155,16 +161,12 @@ def serve(
         max_connections=max_connections,
     )
     if not is_loopback(host):
-        output.err.print(
-            f"[bold yellow]warning:[/bold yellow] serving on {output.text(host)}, not loopback: "
-            + (
-                "requests need the API key."
-                if config.api_key
-                else "[bold]no API key is set[/bold], so anyone who can reach this address "
-                "can search and read the images."
-            ),
-            soft_wrap=True,
-        )
+        _warn_remote(host, bool(config.api_key))
+    _run(config, host, port, log_level, json_)
+
+
+def _run(config: ServerConfig, host: str, port: int, log_level: str, json_: bool) -> None:
+    """Create the app, bind the socket, say where, and serve until stopped."""
     try:
         import uvicorn
 
@@ -173,22 +175,10 @@ def serve(
     except ImportError as e:  # pragma: no cover - the server deps are core dependencies
         raise VlmsearchError(f"the server needs FastAPI and uvicorn: {e}") from None
     app = create_app(config)
-    for name, served in app.state.ctx.registry.items.items():
-        if not served.available:
-            output.err.print(
-                f"[bold yellow]warning:[/bold yellow] collection {output.text(name)} is "
-                f"unavailable: {output.text(served.reload_error)}",
-                soft_wrap=True,
-            )
+    _warn_unavailable(app)
     sock = bind_socket(host, port)
     port = sock.getsockname()[1]  # the one bound: --port 0 lets the system choose
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
-    if json_:
-        output.emit_json({"url": url, "collections": sorted(config.collections)})
-        sys.stdout.flush()  # a script reading the pipe needs the address now, not at exit
-    else:
-        names = ", ".join(sorted(config.collections))
-        output.err.print(f"serving {output.text(names)} at {url} (API docs at {url}docs)")
+    _announce(f"http://{'[' + host + ']' if ':' in host else host}:{port}/", config, json_)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -200,6 +190,42 @@ def serve(
         )
     )
     server.run(sockets=[sock])
+
+
+def _warn_remote(host: str, keyed: bool) -> None:
+    """Say on stderr that ``host`` is not loopback, and whether requests need a key."""
+    output.err.print(
+        f"[bold yellow]warning:[/bold yellow] serving on {output.text(host)}, not loopback: "
+        + (
+            "requests need the API key."
+            if keyed
+            else "[bold]no API key is set[/bold], so anyone who can reach this address "
+            "can search and read the images."
+        ),
+        soft_wrap=True,
+    )
+
+
+def _warn_unavailable(app: Any) -> None:
+    """A warning on stderr for each collection the server could not open."""
+    for name, served in app.state.ctx.registry.items.items():
+        if not served.available:
+            output.err.print(
+                f"[bold yellow]warning:[/bold yellow] collection {output.text(name)} is "
+                f"unavailable: {output.text(served.reload_error)}",
+                soft_wrap=True,
+            )
+
+
+def _announce(url: str, config: ServerConfig, json_: bool) -> None:
+    """Print where the server listens: JSON on stdout (flushed at once), else a line on
+    stderr."""
+    if json_:
+        output.emit_json({"url": url, "collections": sorted(config.collections)})
+        sys.stdout.flush()  # a script reading the pipe needs the address now, not at exit
+    else:
+        names = ", ".join(sorted(config.collections))
+        output.err.print(f"serving {output.text(names)} at {url} (API docs at {url}docs)")
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -1,0 +1,249 @@
+"""``vlmsearch index``: embed a folder's images, incrementally, or keep watching it.
+
+The command function is over 80 lines: the signature is the option list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vlmsearch.cli import output
+from vlmsearch.cli.errors import user_errors
+from vlmsearch.cli.options import DEFAULT_MODEL, DeviceOpt, JsonOpt
+from vlmsearch.errors import VlmsearchError
+
+
+@user_errors
+def index(
+    directory: Annotated[Path, typer.Argument(help="Folder of images to index (recursively).")],
+    collection: Annotated[
+        Path | None,
+        typer.Option("--collection", "-c", help="Collection directory. Default: DIR/.vlmsearch."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help=f"ARCH/PRETRAINED, ARCH:/path/to/checkpoint.pt, or asif[:ANCHORS] for ASIF. "
+            f"Default: the collection's model, or {DEFAULT_MODEL} for a new collection.",
+        ),
+    ] = None,
+    encoder: Annotated[
+        str | None,
+        typer.Option(
+            help="Encoder kind: open_clip or asif. Default: the collection's, else open_clip "
+            "(or the offline ASIF default when the CLIP weights cannot be loaded)."
+        ),
+    ] = None,
+    anchors: Annotated[
+        str | None,
+        typer.Option(
+            help="ASIF anchor set (implies --encoder asif); 'default' = prototype anchors "
+            "of EfficientNet-Lite0 + MiniLM."
+        ),
+    ] = None,
+    image_encoder: Annotated[
+        str | None, typer.Option(help="ASIF image encoder. Default: the anchor set's.")
+    ] = None,
+    text_encoder: Annotated[
+        str | None, typer.Option(help="ASIF text encoder. Default: the anchor set's.")
+    ] = None,
+    asif_k: Annotated[
+        int | None, typer.Option(min=1, help="ASIF: anchors kept per input (default 800).")
+    ] = None,
+    asif_p: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="ASIF: power on similarities, both sides. Default: the anchor set's "
+            "(prototype 2 image / 16 text, data 4).",
+        ),
+    ] = None,
+    asif_p_image: Annotated[
+        float | None, typer.Option(min=0.0, help="ASIF: power on the image side only.")
+    ] = None,
+    asif_p_text: Annotated[
+        float | None, typer.Option(min=0.0, help="ASIF: power on the text side only.")
+    ] = None,
+    index_type: Annotated[
+        str | None,
+        typer.Option(
+            "--index",
+            help="auto, flat, hnsw, ivf, ivfpq or a FAISS factory string. Default: the "
+            "collection's saved choice (auto for a new one); auto resets it.",
+        ),
+    ] = None,
+    rebuild: Annotated[bool, typer.Option(help="Start over: re-encode every file.")] = False,
+    repair: Annotated[
+        bool, typer.Option(help="First repair a damaged collection (see `vlmsearch check`).")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 64,
+    workers: Annotated[int | None, typer.Option(min=0, help="Decoding processes.")] = None,
+    ext: Annotated[
+        str | None, typer.Option(help="Comma-separated extensions, e.g. jpg,png.")
+    ] = None,
+    hidden: Annotated[bool, typer.Option(help="Also index hidden files and folders.")] = False,
+    commit_every: Annotated[int, typer.Option(min=1, help="Checkpoint every N images.")] = 1024,
+    fast_decode: Annotated[
+        bool | None,
+        typer.Option(
+            "--fast-decode/--no-fast-decode",
+            help="Decode large JPEGs at 1/2, 1/4 or 1/8 scale (JPEG draft mode, never below "
+            "the model's input size): faster, embeddings drift slightly (recorded in the "
+            "manifest). Default: the collection's setting, off for a new one.",
+        ),
+    ] = None,
+    gpu_decode: Annotated[
+        bool | None,
+        typer.Option(
+            "--gpu-decode/--no-gpu-decode",
+            help="Decode JPEGs with nvJPEG and preprocess on the GPU. Default: on when the "
+            "model runs on CUDA.",
+        ),
+    ] = None,
+    device: DeviceOpt = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    json_: JsonOpt = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Keep running: re-index whenever files arrive, change or go (Ctrl-C stops).",
+        ),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.05, help="With --watch: seconds between scans.")
+    ] = 2.0,
+) -> None:
+    """Embed every image under DIRECTORY, incrementally (new, changed and deleted files)."""
+    from vlmsearch.ingest.pipeline import IngestOptions
+
+    opts = IngestOptions(
+        index=index_type,
+        rebuild=rebuild,
+        repair=repair,
+        batch_size=batch_size,
+        workers=workers,
+        extensions=tuple(ext.split(",")) if ext else None,
+        include_hidden=hidden,
+        commit_every=commit_every,
+        fast_decode=fast_decode,
+        gpu_decode=gpu_decode,
+    )
+    enc_opts = _given(
+        k=asif_k,
+        p=asif_p,
+        p_image=asif_p_image,
+        p_text=asif_p_text,
+        image_encoder=image_encoder,
+        text_encoder=text_encoder,
+    )
+    encoder, model = _encoder_choice(encoder, model, anchors, enc_opts)
+    how = dict(
+        model=model, encoder_kind=encoder, options=opts, device=device, encoder_options=enc_opts
+    )
+    if watch:
+        _watch(directory, collection, how, quiet, json_, interval)
+    else:
+        _index_once(directory, collection, how, quiet, json_)
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The encoder options that were given (not None), in order."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _encoder_choice(
+    encoder: str | None, model: str | None, anchors: str | None, enc_opts: dict[str, Any]
+) -> tuple[str | None, str | None]:
+    """``(encoder kind, model)``: --anchors and the ASIF options imply ``--encoder asif``,
+    and --anchors names the model."""
+    if anchors is None and not enc_opts:
+        return encoder, model
+    if encoder not in (None, "asif"):
+        raise VlmsearchError(
+            "--anchors, --image-encoder, --text-encoder and the --asif-* options are for "
+            "ASIF; they need --encoder asif"
+        )
+    if anchors is not None and model is not None:
+        raise VlmsearchError("give the anchor set with --anchors or --model, not both")
+    return "asif", anchors if anchors is not None else model
+
+
+def _index_once(
+    directory: Path, collection: Path | None, how: dict[str, Any], quiet: bool, json_: bool
+) -> None:
+    """One ``index`` run with progress bars, then its report; ``how`` holds the keyword
+    arguments for :meth:`Collection.index` (model, encoder, options, device)."""
+    from vlmsearch.cli.progress import ingest_progress
+    from vlmsearch.collection import Collection
+
+    shown: list[str] = []
+
+    def notice(note: str) -> None:  # before the progress bars; none with -q
+        shown.append(note)
+        if not quiet:
+            output.note(note)
+
+    with ingest_progress(quiet or json_) as progress:
+        coll = Collection.index(directory, collection, progress=progress, on_notice=notice, **how)
+    rep = coll.last_report
+    assert rep is not None
+    _report(coll, rep, quiet, json_, shown)
+
+
+def _watch(
+    directory: Path,
+    collection: Path | None,
+    how: dict[str, Any],
+    quiet: bool,
+    json_: bool,
+    interval: float,
+) -> None:
+    """``index --watch``: one line (or one JSON object) per update, until Ctrl-C."""
+    import json
+
+    from vlmsearch.ingest.watch import watch
+
+    def on_report(rep: Any) -> None:
+        if json_:
+            print(json.dumps(rep.to_dict(), default=str), flush=True)
+        elif not quiet:
+            output.err.print(
+                f"generation {rep.generation}: {rep.new} new, {rep.changed} changed, {rep.deleted} "
+                f"deleted, {rep.unchanged} unchanged; {rep.encoded} encoded, {rep.errors} errors"
+            )
+
+    def on_error(e: Exception) -> None:
+        output.note(f"{e}; retrying", "yellow")
+
+    if not quiet and not json_:
+        output.err.print(f"watching {output.text(directory)} every {interval:g}s; Ctrl-C stops")
+    watch(directory, collection, interval=interval, on_report=on_report, on_error=on_error, **how)
+
+
+def _report(coll: Any, rep: Any, quiet: bool, json_: bool, shown: list[str]) -> None:
+    """The notes not shown yet, then the run's summary (JSON, or a line on stderr)."""
+    for note in rep.notices if not quiet else ():
+        if note not in shown:
+            output.note(note)
+    if json_:
+        output.emit_json(rep.to_dict())
+        return
+    if quiet:
+        return
+    name = coll.manifest["encoder"].get("name")
+    output.err.print(
+        f"[bold]{output.text(coll.path)}[/bold]: {rep.scanned} files scanned, {rep.new} new, "
+        f"{rep.changed} changed, {rep.deleted} deleted, {rep.unchanged} unchanged; "
+        f"{rep.encoded} encoded ({rep.images_per_second:.1f} img/s), {rep.errors} errors; "
+        f"index {rep.index_factory}; model {output.text(name)}; {rep.seconds:.1f}s"
+        + (f" (model load {rep.load_seconds:.1f}s)" if rep.load_seconds >= 0.05 else "")
+    )
+    for path, msg in rep.error_samples[:10]:
+        output.err.print(f"  [red]error[/red] {output.text(path)}: {output.text(msg)}")
+    if rep.errors > 10:
+        output.err.print(f"  ... {rep.errors - 10} more (see metadata column 'error')")
