@@ -282,7 +282,10 @@ def _check_function(node: dict[str, Any], state: dict[str, int], fail: Any) -> N
     if node.get("schema") or node.get("catalog"):
         raise fail(f"qualified function names ({node.get('schema')}.{name}) are not allowed")
     if name.lower() not in ALLOWED_FUNCTIONS:
-        raise fail(f"{shown} is not allowed in a filter (see the allowed functions in docs/index-choice.md)")
+        raise fail(
+            f"{shown} is not allowed in a filter "
+            "(see the allowed functions in docs/index-choice.md)"
+        )
     if (
         node.get("distinct")
         or node.get("filter") is not None
