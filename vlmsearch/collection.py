@@ -51,6 +51,7 @@ from vlmsearch.runtime import state_dir
 from vlmsearch.search.query import Term, build_terms, decode_images, query_vector
 from vlmsearch.storage import integrity, metadata, snapshot
 from vlmsearch.storage.ann import faiss_store
+from vlmsearch.storage.ann.plan import check_search_params, plan_index
 from vlmsearch.storage.ann.postings import PostingIndex
 from vlmsearch.storage.column_vectors import TextVectors, refresh
 from vlmsearch.storage.filter_budget import FilterBudget
@@ -457,7 +458,7 @@ class Collection:
         vt = self.vectors
         if self.sparse:
             return PostingIndex.build(vt.ids, vt.vectors)
-        plan = faiss_store.plan_index("flat", len(vt), self.dim)
+        plan = plan_index("flat", len(vt), self.dim)
         return faiss_store.build_index(plan, self.dim, vt.ids, vt.vectors.astype(np.float32))
 
     def _load_current(self, load: Callable[[], T]) -> T:
@@ -648,7 +649,7 @@ class Collection:
         q = self._query_row(vector, k)
         n = len(self)
         index_info = self.manifest.get("index") or {}
-        faiss_store.check_search_params(params, index_info.get("factory", ""), self.sparse)
+        check_search_params(params, index_info.get("factory", ""), self.sparse)
         params = {**index_info.get("search_params", {}), **(params or {})}
         allowed = None
         if where and where.strip():

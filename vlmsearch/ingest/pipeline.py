@@ -30,8 +30,10 @@ from vlmsearch.models.encoders.base import Encoder
 from vlmsearch.models.lazy_encoder import LazyEncoder, as_lazy
 from vlmsearch.storage import integrity, metadata
 from vlmsearch.storage.ann import faiss_store
+from vlmsearch.storage.ann.plan import check_index_request, plan_index
 from vlmsearch.storage.ann.postings import FACTORY as POSTINGS
 from vlmsearch.storage.ann.postings import PostingIndex
+from vlmsearch.storage.ann.tune import build_tuned_index
 from vlmsearch.storage.layout import FORMAT_VERSION, Layout, now_iso
 from vlmsearch.storage.store import CollectionWriter
 from vlmsearch.storage.vectors import VectorTable, shard_rows, stack, to_storage
@@ -232,7 +234,7 @@ def _check_index_option(
     else:  # a new collection: its encoder was chosen (so built) for this run already
         enc = as_lazy(encoder).get()
         dim, sparse = enc.dim, enc.sparse_output
-    faiss_store.check_index_request(opts.index, dim, sparse)
+    check_index_request(opts.index, dim, sparse)
 
 
 def readable_manifest(layout: Layout) -> dict[str, Any] | None:
@@ -558,7 +560,7 @@ def _finish_index(
         return
     requested = (m.get("index") or {}).get("requested") if opts.index is None else opts.index
     requested = requested or "auto"
-    plan = faiss_store.plan_index(requested, len(live), dim, opts.memory_budget)
+    plan = plan_index(requested, len(live), dim, opts.memory_budget)
     old = m.get("index") or {}
     report.index_factory = plan.factory
     old_current = (
@@ -586,7 +588,7 @@ def _finish_index(
         if progress:
             progress("index", 0, len(live))
         vectors = live.vectors.astype(np.float32)
-        index, plan.search_params, tuning = faiss_store.build_tuned_index(
+        index, plan.search_params, tuning = build_tuned_index(
             plan, dim, live.ids, vectors
         )
         del vectors

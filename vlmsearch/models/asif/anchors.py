@@ -32,6 +32,7 @@ from vlmsearch._version import __version__
 from vlmsearch.errors import CollectionError
 from vlmsearch.models.asif.relative import DEFAULT_P, SIMILARITIES, relative_representations
 from vlmsearch.storage.ann import faiss_store
+from vlmsearch.storage.ann.plan import plan_index
 from vlmsearch.storage.layout import now_iso
 
 ANCHORS_FORMAT = 1
@@ -193,7 +194,7 @@ def write_anchor_set(
             vecs = np.ascontiguousarray(vecs, np.float32)
             np.save(tmp / f"{side}-vectors.npy", vecs)
             h.update(side.encode() + sim.encode() + vecs.tobytes())
-            plan = faiss_store.plan_index("flat", n, vecs.shape[1])
+            plan = plan_index("flat", n, vecs.shape[1])
             index = faiss_store.build_index(plan, vecs.shape[1], np.arange(n), vecs)
             faiss_store.write_index(index, tmp / f"{side}.faiss")
             sides[side] = {
