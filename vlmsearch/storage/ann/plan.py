@@ -39,7 +39,7 @@ NAMED_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 @dataclass
 class IndexPlan:
     """What ``--index`` asked for, the FAISS factory string built for it, its per-query
-    search defaults, and why (shown by ``vlmsearch info``)."""
+    search defaults, and why (all kept in the manifest)."""
 
     requested: str
     factory: str
