@@ -176,7 +176,7 @@ def bench_images(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import torch
 
     from vlmsearch import Collection
-    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.ingest.options import IngestOptions
     from vlmsearch.models.encoders import load_encoder
 
     src = Path(args.images).expanduser().resolve()

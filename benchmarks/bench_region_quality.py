@@ -95,7 +95,7 @@ def main() -> None:
     import torch
 
     from vlmsearch import Collection
-    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.ingest.options import IngestOptions
 
     torch.set_num_threads(os.cpu_count() or 1)
     work = Path(tempfile.mkdtemp(prefix="bench-region-"))

@@ -67,7 +67,7 @@ def main() -> None:
     import torch
 
     from vlmsearch import Collection
-    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.ingest.options import IngestOptions
     from vlmsearch.rerank import load_reranker
     from vlmsearch.rerank.base import Candidate, RerankQuery
     from vlmsearch.rerank.region.student import distill

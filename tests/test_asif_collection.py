@@ -521,7 +521,7 @@ def test_asif_classify_rules(asif_coll: AsifColl, tmp_path: Path) -> None:
 def test_sparse_index_missing_or_behind(
     asif_coll: AsifColl, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vlmsearch.ingest.pipeline as ingest_mod
+    import vlmsearch.ingest.finish as ingest_mod
 
     text = "caption number 5"
     m = json.loads((asif_coll.path / "manifest.json").read_text())
@@ -643,7 +643,7 @@ def test_offline_default_fallback(
 def test_no_offline_extra_gives_one_line_error(
     tmp_path: Path, no_clip_weights: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.ingest.options import IngestOptions
     from vlmsearch.models.asif import encoder as asif
     from vlmsearch.models.encoders.openclip import DEFAULT_MODEL
 

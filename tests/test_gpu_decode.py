@@ -23,7 +23,7 @@ from vlmsearch.imaging.gpu_decode import (
     parse_jpeg_header,
     resize_crop_normalise,
 )
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -116,7 +116,7 @@ def test_stored_vector_gives_the_same_caption_as_encoding(lm, image_dir, tiny_en
     from tests.conftest import TINY
     from vlmsearch import Collection
     from vlmsearch.caption.captioner import Captioner
-    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.ingest.options import IngestOptions
 
     coll = Collection.index(image_dir, model=TINY, options=IngestOptions(workers=0))
     cap = Captioner(coll.encoder, lm, MagicSettings(k=8, max_tokens=6, prompt="a picture of"))
@@ -244,7 +244,7 @@ def test_interrupted_run_keeps_every_caption_made(lm, image_dir) -> None:
     from tests.conftest import TINY
     from vlmsearch import Collection
     from vlmsearch.caption.captioner import Captioner
-    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.ingest.options import IngestOptions
 
     coll = Collection.index(image_dir, model=TINY, options=IngestOptions(workers=0))
     cap = Captioner(coll.encoder, lm, MagicSettings(k=3, max_tokens=2, prompt="a picture of"))
@@ -269,7 +269,7 @@ def test_caption_refusals_before_any_work(lm, image_dir) -> None:
     from vlmsearch import Collection
     from vlmsearch.caption.magic import generate
     from vlmsearch.errors import CollectionError, QueryError
-    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.ingest.options import IngestOptions
 
     coll = Collection.index(image_dir, model=TINY, options=IngestOptions(workers=0))
     with coll.layout.lock(), pytest.raises(CollectionError, match="being written"):

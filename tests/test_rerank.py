@@ -18,7 +18,7 @@ from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.cli.app import app
 from vlmsearch.errors import ModelError, QueryError
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.models.encoders.base import Encoder
 from vlmsearch.rerank import load_reranker
 from vlmsearch.rerank.base import Candidate, RerankQuery, fuse

@@ -11,7 +11,7 @@ from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.collection import sorted_intersection
 from vlmsearch.errors import QueryError
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.storage import metadata
 from vlmsearch.storage.ann import tune
 

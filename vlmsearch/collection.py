@@ -20,14 +20,9 @@ import pyarrow as pa
 
 from vlmsearch import names
 from vlmsearch.errors import CollectionError, QueryError
-from vlmsearch.ingest.pipeline import (
-    IngestOptions,
-    IngestReport,
-    ProgressFn,
-    check_encoder_matches,
-    ingest,
-    readable_manifest,
-)
+from vlmsearch.ingest.manifest import check_encoder_matches, readable_manifest
+from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
+from vlmsearch.ingest.pipeline import ingest
 from vlmsearch.models.choice import choose_encoder as choose_encoder_for
 from vlmsearch.models.choice import parse_model_option
 from vlmsearch.models.encoders import (

@@ -187,7 +187,7 @@ def index(
     """Embed every image under DIRECTORY, incrementally (new, changed and deleted files)."""
     from vlmsearch.cli.progress import ingest_progress
     from vlmsearch.collection import Collection
-    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.ingest.options import IngestOptions
 
     opts = IngestOptions(
         index=index_type,
