@@ -121,7 +121,7 @@ def main() -> None:
     if args.no_teacher:
         plans = {"first stage": {}}
     if args.student:
-        from vlmsearch.rerank.region.student import distill
+        from vlmsearch.rerank.region.distill import distill
 
         # trained on the composites themselves, as `vlmsearch distill` would be on a collection
         _, report = distill(coll, "efficientnet-lite0", epochs=args.epochs, max_images=n)

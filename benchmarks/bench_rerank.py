@@ -70,7 +70,7 @@ def main() -> None:
     from vlmsearch.ingest.options import IngestOptions
     from vlmsearch.rerank import load_reranker
     from vlmsearch.rerank.base import Candidate, RerankQuery
-    from vlmsearch.rerank.region.student import distill
+    from vlmsearch.rerank.region.distill import distill
     from vlmsearch.testing import build_itm, build_llava
 
     os.environ.setdefault("VLMSEARCH_MODEL_CONFIGS", str(HERE.parent / "tests" / "model_configs"))
