@@ -581,7 +581,7 @@ def no_clip_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     from vlmsearch.models.encoders import openclip
 
-    monkeypatch.setattr(openclip, "_hub_reachable", lambda timeout=2.0: False)
+    monkeypatch.setattr(openclip, "hub_reachable", lambda timeout=2.0: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))

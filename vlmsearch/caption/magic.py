@@ -227,7 +227,7 @@ def load_language_model(name: str = "gpt2", device: str | None = None) -> tuple[
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from vlmsearch.errors import ModelError
-    from vlmsearch.models.encoders.openclip import _hf_offline, _hub_reachable
+    from vlmsearch.models.hub import hf_offline, hub_reachable
     from vlmsearch.runtime import resolve_device
 
     check_language_model_name(name)
@@ -236,13 +236,13 @@ def load_language_model(name: str = "gpt2", device: str | None = None) -> tuple[
     local = Path(name).expanduser()
     if local.exists():
         name = str(local.resolve())  # recorded with the captions, so it must stay meaningful
-    offline = not local.exists() and not _hub_reachable()
+    offline = not local.exists() and not hub_reachable()
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # our own progress bar is the one that matters
     try:
-        with _hf_offline() if offline else contextlib.nullcontext():
+        with hf_offline() if offline else contextlib.nullcontext():
             tok = AutoTokenizer.from_pretrained(name)
             model = AutoModelForCausalLM.from_pretrained(name)
     except (OSError, ValueError) as e:
