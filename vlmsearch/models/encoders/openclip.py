@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from vlmsearch.imaging.gpu_decode import TensorPreprocess
+    from vlmsearch.imaging.tensor_preprocess import TensorPreprocess
     from vlmsearch.models.encoders.base import TextEmbedder
     from vlmsearch.models.onnx.image_tower import ImageTowerExport
     from vlmsearch.models.onnx.text_tower import TowerExport
@@ -193,7 +193,7 @@ class OpenClipEncoder(Encoder):
         return self._preprocess
 
     def tensor_preprocess(self) -> TensorPreprocess | None:
-        from vlmsearch.imaging.gpu_decode import TensorPreprocess
+        from vlmsearch.imaging.tensor_preprocess import TensorPreprocess
 
         return TensorPreprocess.from_open_clip(self._spec.get("preprocess") or {})
 
@@ -237,7 +237,7 @@ class OpenClipEncoder(Encoder):
     # -- torch-free image queries ---------------------------------------------------------------
     @classmethod
     def image_export_spec(cls, spec: dict[str, Any]) -> dict[str, Any] | None:
-        from vlmsearch.imaging.gpu_decode import TensorPreprocess
+        from vlmsearch.imaging.tensor_preprocess import TensorPreprocess
 
         return spec if TensorPreprocess.from_open_clip(spec.get("preprocess") or {}) else None
 
