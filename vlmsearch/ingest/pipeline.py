@@ -29,6 +29,10 @@ from vlmsearch.models.lazy_encoder import LazyEncoder, as_lazy
 from vlmsearch.storage.layout import Layout
 from vlmsearch.storage.store import CollectionWriter
 
+# IngestOptions and IngestReport live in vlmsearch.ingest.options; the README's Python API
+# imports them from here, so this module names them as its own too.
+__all__ = ["IngestOptions", "IngestReport", "ProgressFn", "ingest"]
+
 
 def ingest(
     layout: Layout,
