@@ -385,6 +385,7 @@ def scale(n: int, n_anchors: int, k: int, p: float, dense: bool) -> dict[str, An
 
     from vlmsearch.models.asif.relative import relative_representations
     from vlmsearch.storage.ann import faiss_store
+    from vlmsearch.storage.ann.plan import plan_index
     from vlmsearch.storage.ann.postings import PostingIndex
 
     rng = np.random.default_rng(0)
@@ -392,7 +393,7 @@ def scale(n: int, n_anchors: int, k: int, p: float, dense: bool) -> dict[str, An
     centres = rng.normal(size=(200, d))
     anchors = unit(centres[rng.integers(0, 200, n_anchors)] + rng.normal(size=(n_anchors, d)))
     idx = faiss_store.build_index(
-        faiss_store.plan_index("flat", n_anchors, d), d, np.arange(n_anchors), anchors
+        plan_index("flat", n_anchors, d), d, np.arange(n_anchors), anchors
     )
     out: dict[str, Any] = {"images": n, "anchors": n_anchors, "k": k, "p": p}
     t0 = time.perf_counter()

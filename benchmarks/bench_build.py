@@ -7,7 +7,7 @@ time, its peak RSS (``ru_maxrss``: total, and above the loaded vectors), the ind
 chose with the search parameters it chose, and recall@10 / single-query latency on the
 same held-out queries against the same exact result.
 
-- vlmsearch: ``faiss_store.plan_index("auto")`` and ``build_tuned_index`` (build, then
+- vlmsearch: ``plan_index("auto")`` and ``build_tuned_index`` (build, then
   nprobe/efSearch tuned on held-out rows) -- what ``vlmsearch index`` runs -- in the
   project's venv.
 - autofaiss: ``autofaiss.build_index`` (its index choice and its own nprobe/efSearch
@@ -70,6 +70,8 @@ def worker_vlmsearch(args: argparse.Namespace) -> dict[str, Any]:
     import faiss
 
     from vlmsearch.storage.ann import faiss_store
+    from vlmsearch.storage.ann.plan import plan_index
+    from vlmsearch.storage.ann.tune import build_tuned_index
 
     t = time.perf_counter()
     x = np.load(args.vectors)
@@ -79,9 +81,9 @@ def worker_vlmsearch(args: argparse.Namespace) -> dict[str, Any]:
     n, d = x.shape
     ids = np.arange(n, dtype=np.int64)
     t = time.perf_counter()
-    plan = faiss_store.plan_index("auto", n, d)
+    plan = plan_index("auto", n, d)
     # what `vlmsearch index` runs: build, tune nprobe/efSearch on held-out rows, add them
-    index, params, tuning = faiss_store.build_tuned_index(plan, d, ids, x)
+    index, params, tuning = build_tuned_index(plan, d, ids, x)
     total_s = time.perf_counter() - t
     tune_s = float(tuning.get("seconds", 0.0))
     peak = peak_rss_mb()

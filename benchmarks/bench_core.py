@@ -176,7 +176,7 @@ def bench_images(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import torch
 
     from vlmsearch import Collection
-    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.ingest.options import IngestOptions
     from vlmsearch.models.encoders import load_encoder
 
     src = Path(args.images).expanduser().resolve()
@@ -314,6 +314,7 @@ def bench_synthetic(args: argparse.Namespace) -> dict[str, Any]:
     import faiss
 
     from vlmsearch.storage.ann import faiss_store
+    from vlmsearch.storage.ann.plan import plan_index
 
     n, d, k = args.synthetic_n, args.dim, args.k
     rng = np.random.default_rng(args.seed)
@@ -348,7 +349,7 @@ def bench_synthetic(args: argparse.Namespace) -> dict[str, Any]:
     # flat first: it is the ground truth for recall
     order = ["flat"] + [x for x in kinds if x != "flat"]
     for kind in order:
-        plan = faiss_store.plan_index(kind, n, d)
+        plan = plan_index(kind, n, d)
         key = (plan.factory, json.dumps(plan.search_params, sort_keys=True))
         entry: dict[str, Any] = {
             "factory": plan.factory,

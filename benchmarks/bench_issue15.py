@@ -85,12 +85,13 @@ def build_100k(path: Path, n: int, env: dict[str, str]) -> None:
     from vlmsearch.models.lazy_encoder import LazyEncoder
     from vlmsearch.search.query_encoders import prepare_query_exports
     from vlmsearch.storage.ann import faiss_store
+    from vlmsearch.storage.ann.plan import plan_index
 
     enc = load_encoder("ViT-B-32", device="cpu")
     # bench_search.py's defaults: 10 clusters, noise 1.0 in a 32-dim subspace each
     vecs = np.asarray(load_or_make_vectors(path.parent / "vectors", n, enc.dim, 10, 1.0, 32, 0))
     write_collection(path, vecs, enc.spec)
-    plan = faiss_store.plan_index("auto", n, enc.dim)
+    plan = plan_index("auto", n, enc.dim)
     index = faiss_store.build_index(plan, enc.dim, np.arange(n), vecs.astype(np.float32))
     commit_index(path, index, plan)
     notes = prepare_query_exports(LazyEncoder.ready(enc))

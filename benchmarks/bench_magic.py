@@ -78,7 +78,7 @@ def main() -> None:
 
     from vlmsearch.caption.captioner import Captioner
     from vlmsearch.caption.magic import MagicSettings
-    from vlmsearch.models.encoders import load_encoder, openclip
+    from vlmsearch.models.encoders import load_encoder, openclip_text
 
     torch.set_num_threads(os.cpu_count() or 1)
     tok = word_tokenizer()
@@ -116,7 +116,8 @@ def main() -> None:
         for method, sc_name in plan:
             enc = scorers[sc_name]
             variant = sc_name.rsplit(", ", 1)[-1]
-            openclip.TRIM_TEXT, openclip.SHARE_PREFIX = variants.get(variant, (True, True))
+            trim, share = variants.get(variant, (True, True))
+            openclip_text.TRIM_TEXT, openclip_text.SHARE_PREFIX = trim, share
             settings = MagicSettings(method=method, prompt="a picture of")
             cap = Captioner(enc, (model, tok), settings)
             vec = rng.normal(size=enc.dim).astype(np.float32)

@@ -95,7 +95,7 @@ def main() -> None:
     import torch
 
     from vlmsearch import Collection
-    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.ingest.options import IngestOptions
 
     torch.set_num_threads(os.cpu_count() or 1)
     work = Path(tempfile.mkdtemp(prefix="bench-region-"))
@@ -121,7 +121,7 @@ def main() -> None:
     if args.no_teacher:
         plans = {"first stage": {}}
     if args.student:
-        from vlmsearch.rerank.region.student import distill
+        from vlmsearch.rerank.region.distill import distill
 
         # trained on the composites themselves, as `vlmsearch distill` would be on a collection
         _, report = distill(coll, "efficientnet-lite0", epochs=args.epochs, max_images=n)

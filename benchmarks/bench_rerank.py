@@ -67,10 +67,10 @@ def main() -> None:
     import torch
 
     from vlmsearch import Collection
-    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.ingest.options import IngestOptions
     from vlmsearch.rerank import load_reranker
     from vlmsearch.rerank.base import Candidate, RerankQuery
-    from vlmsearch.rerank.region.student import distill
+    from vlmsearch.rerank.region.distill import distill
     from vlmsearch.testing import build_itm, build_llava
 
     os.environ.setdefault("VLMSEARCH_MODEL_CONFIGS", str(HERE.parent / "tests" / "model_configs"))

@@ -81,6 +81,8 @@ def recall(found: list[np.ndarray], truth: np.ndarray, k: int) -> float:
 def bench_latency(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from vlmsearch import Collection
     from vlmsearch.storage.ann import faiss_store
+    from vlmsearch.storage.ann.plan import plan_index
+    from vlmsearch.storage.ann.tune import build_tuned_index
 
     n, d, k, nq = args.n, args.dim, args.k, args.queries
     t = time.perf_counter()
@@ -131,7 +133,7 @@ def bench_latency(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
     built: dict[str, str] = {}
     for kind in [s.strip() for s in args.kinds.split(",") if s.strip()]:
-        plan = faiss_store.plan_index(kind, n, d)
+        plan = plan_index(kind, n, d)
         key = json.dumps([plan.factory, plan.search_params], sort_keys=True)
         entry: dict[str, Any] = plan.to_json()
         if key in built:
@@ -163,7 +165,7 @@ def bench_latency(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         ids = np.arange(n, dtype=np.int64)
         untuned = dict(plan.search_params)
         # what `vlmsearch index` runs: build, tune nprobe/efSearch on held-out rows, add them
-        index, plan.search_params, entry["tuning"] = faiss_store.build_tuned_index(
+        index, plan.search_params, entry["tuning"] = build_tuned_index(
             plan, d, ids, base
         )
         entry["build_s"] = round(time.perf_counter() - t, 2)
@@ -397,6 +399,7 @@ def random_checkpoint(cache: Path, arch: str) -> str:
 def bench_cold(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from vlmsearch.models.encoders import load_encoder
     from vlmsearch.storage.ann import faiss_store
+    from vlmsearch.storage.ann.plan import plan_index
 
     n, runs = args.cold_n, args.cold_runs
     env = dict(os.environ)
@@ -426,7 +429,7 @@ def bench_cold(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             args.cache, n, d, args.clusters, args.noise, args.subspace, args.seed + 7
         )
         write_collection(coll_path, np.asarray(allv), encoder_spec=enc.spec, seed=args.seed)
-        plan = faiss_store.plan_index("auto", n, d)
+        plan = plan_index("auto", n, d)
         index = faiss_store.build_index(plan, d, np.arange(n, dtype=np.int64), allv[:].astype("f4"))
         commit_index(coll_path, index, plan)
         from vlmsearch.models.onnx.text_tower import prepare_text_queries

@@ -37,7 +37,7 @@ def build(root: Path, n: int, model: str) -> Path:
     sys.path.insert(0, str(REPO))
     from tests.conftest import make_images
     from vlmsearch import Collection
-    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.ingest.options import IngestOptions
 
     make_images(root, n)
     Collection.index(root, model=model, options=IngestOptions(workers=0))

@@ -138,7 +138,8 @@ def write_collection(
 
     ``encoder_spec``: the manifest's encoder (a real encoder's ``spec`` for text queries
     from the CLI; a placeholder otherwise, when queries are given as vectors)."""
-    from vlmsearch.ingest.pipeline import IngestOptions, new_manifest
+    from vlmsearch.ingest.manifest import new_manifest
+    from vlmsearch.ingest.options import IngestOptions
     from vlmsearch.storage.layout import Layout
     from vlmsearch.storage.store import CollectionWriter
     from vlmsearch.storage.vectors import write_shard

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import make_images
 from vlmsearch import Collection
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 
 
 def build_collection(root: Path, encoder, n: int = 12) -> Path:

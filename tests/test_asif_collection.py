@@ -521,7 +521,7 @@ def test_asif_classify_rules(asif_coll: AsifColl, tmp_path: Path) -> None:
 def test_sparse_index_missing_or_behind(
     asif_coll: AsifColl, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vlmsearch.ingest.pipeline as ingest_mod
+    import vlmsearch.ingest.finish as ingest_mod
 
     text = "caption number 5"
     m = json.loads((asif_coll.path / "manifest.json").read_text())
@@ -581,7 +581,7 @@ def no_clip_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     from vlmsearch.models.encoders import openclip
 
-    monkeypatch.setattr(openclip, "_hub_reachable", lambda timeout=2.0: False)
+    monkeypatch.setattr(openclip, "hub_reachable", lambda timeout=2.0: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
@@ -643,7 +643,7 @@ def test_offline_default_fallback(
 def test_no_offline_extra_gives_one_line_error(
     tmp_path: Path, no_clip_weights: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.ingest.options import IngestOptions
     from vlmsearch.models.asif import encoder as asif
     from vlmsearch.models.encoders.openclip import DEFAULT_MODEL
 

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.errors import CollectionError
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.storage import gc
 from vlmsearch.storage.layout import Layout
 

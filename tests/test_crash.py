@@ -11,12 +11,12 @@ import time
 
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 
 CHILD = """
 import sys
 from vlmsearch import Collection
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 Collection.index(sys.argv[1], model=sys.argv[2],
                  options=IngestOptions(batch_size=2, workers=0, commit_every=2))
 """

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.cli.app import app
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.storage.nospace import NoSpaceError
 
 

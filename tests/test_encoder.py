@@ -74,7 +74,7 @@ def test_missing_checkpoint_and_unknown_arch():
 
 
 def test_offline_pretrained_tag_gives_one_paragraph(monkeypatch):
-    monkeypatch.setattr(oc, "_hub_reachable", lambda timeout=2.0: False)
+    monkeypatch.setattr(oc, "hub_reachable", lambda timeout=2.0: False)
     with pytest.raises(ModelError) as info:
         load_encoder(f"{TINY}/laion2b_s34b_b79k")
     msg = str(info.value)

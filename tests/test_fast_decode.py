@@ -10,7 +10,7 @@ from tests.conftest import TINY
 from vlmsearch import Collection
 from vlmsearch.errors import CollectionError
 from vlmsearch.imaging.decode import decode_image, decode_image_sized
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 
 
 def photo_like(path, size=(1200, 900), seed=0, orientation=None):

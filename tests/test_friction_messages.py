@@ -14,7 +14,8 @@ import pytest
 
 from vlmsearch.collection import Collection
 from vlmsearch.errors import CollectionError, QueryError
-from vlmsearch.ingest.pipeline import IngestOptions, new_manifest
+from vlmsearch.ingest.manifest import new_manifest
+from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.storage import metadata
 from vlmsearch.storage.layout import Layout
 

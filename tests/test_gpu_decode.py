@@ -16,14 +16,10 @@ from tests.test_fast_decode import photo_like
 from vlmsearch import Collection
 from vlmsearch.errors import CollectionError
 from vlmsearch.imaging.decode import DecodeTask, content_hash, decode_image, iter_decoded
-from vlmsearch.imaging.gpu_decode import (
-    TensorImagePipeline,
-    TensorPreprocess,
-    orient,
-    parse_jpeg_header,
-    resize_crop_normalise,
-)
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.imaging.gpu_decode import TensorImagePipeline
+from vlmsearch.imaging.jpeg_header import parse_jpeg_header
+from vlmsearch.imaging.tensor_preprocess import TensorPreprocess, orient, resize_crop_normalise
+from vlmsearch.ingest.options import IngestOptions
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from vlmsearch.storage.ann import faiss_store as fs
+from vlmsearch.storage.ann.gpu import gpu_available
+from vlmsearch.storage.ann.plan import plan_index
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -21,10 +23,10 @@ def _data(n: int = 3000, d: int = 32) -> tuple[np.ndarray, np.ndarray]:
     return x, np.arange(n, dtype=np.int64) * 3
 
 
-@pytest.mark.skipif(not fs.gpu_available(), reason="no FAISS GPU build or no GPU")
+@pytest.mark.skipif(not gpu_available(), reason="no FAISS GPU build or no GPU")
 def test_gpu_search_matches_cpu(monkeypatch):
     x, ids = _data()
-    plan = fs.plan_index("flat", len(x), x.shape[1])
+    plan = plan_index("flat", len(x), x.shape[1])
     index = fs.build_index(plan, x.shape[1], ids, x)
     _, gpu_ids = fs.search(index, x[:20], 10)  # through the GPU copy (float16)
     monkeypatch.setenv("VLMSEARCH_NO_GPU", "1")

@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.conftest import TINY, draw_image, make_images
 from vlmsearch import Collection
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.models.onnx import image_tower, text_tower
 
 pytest.importorskip("onnxruntime")

@@ -14,7 +14,7 @@ from tests.conftest import TINY, make_images
 from tests.test_asif_collection import AsifColl, asif_coll  # noqa: F401  (fixture)
 from vlmsearch.errors import QueryError
 from vlmsearch.ingest import pipeline as ingest
-from vlmsearch.storage.ann import faiss_store
+from vlmsearch.storage.ann import plan as faiss_plan
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_asif_collection_refuses_index_and_nprobe(
 
 def test_faiss_messages_lose_their_source_location() -> None:
     with pytest.raises(QueryError) as info:
-        faiss_store.check_index_request("IVF8,PQ5", 512, sparse=False)
+        faiss_plan.check_index_request("IVF8,PQ5", 512, sparse=False)
     assert "subquantizers" in str(info.value) and "ProductQuantizer.cpp" not in str(info.value)
-    faiss_store.check_index_request("IVF8,PQ8", 512, sparse=False)  # 512 % 8 == 0
-    faiss_store.check_index_request(None, 512, sparse=True)
+    faiss_plan.check_index_request("IVF8,PQ8", 512, sparse=False)  # 512 % 8 == 0
+    faiss_plan.check_index_request(None, 512, sparse=True)

@@ -7,7 +7,7 @@ import json
 import subprocess
 
 from tests.conftest import TINY, make_images
-from vlmsearch.storage.ann.faiss_store import min_training_points, plan_index
+from vlmsearch.storage.ann.plan import min_training_points, plan_index
 
 
 def test_plan_is_flat_until_every_centroid_has_39_points() -> None:

@@ -12,7 +12,7 @@ from PIL import Image
 from tests.conftest import TINY, draw_image, make_images
 from vlmsearch import Collection
 from vlmsearch.errors import CollectionError, ModelError
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.storage.layout import Layout
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.conftest import TINY, draw_image
 from vlmsearch import Collection
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 
 
 def _index(root: Path) -> tuple[Collection, list[tuple[str, int, int]]]:

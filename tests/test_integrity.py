@@ -18,7 +18,7 @@ from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.errors import CollectionError
 from vlmsearch.ingest import repair
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.storage import integrity
 from vlmsearch.storage.layout import Layout
 

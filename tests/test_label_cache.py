@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch import collection as collection_mod
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.models import label_cache
 from vlmsearch.models.zeroshot import load_templates
 

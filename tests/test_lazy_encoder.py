@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import TINY, draw_image, make_images
 from vlmsearch import Collection
 from vlmsearch import collection as collection_mod
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 
 
 def _opts() -> IngestOptions:

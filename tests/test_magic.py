@@ -116,7 +116,7 @@ def test_stored_vector_gives_the_same_caption_as_encoding(lm, image_dir, tiny_en
     from tests.conftest import TINY
     from vlmsearch import Collection
     from vlmsearch.caption.captioner import Captioner
-    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.ingest.options import IngestOptions
 
     coll = Collection.index(image_dir, model=TINY, options=IngestOptions(workers=0))
     cap = Captioner(coll.encoder, lm, MagicSettings(k=8, max_tokens=6, prompt="a picture of"))
@@ -205,10 +205,10 @@ def test_trimmed_text_tower_equals_the_padded_one(tiny_encoder, monkeypatch) -> 
     once; neither may change the embeddings."""
     import torch
 
-    from vlmsearch.models.encoders import openclip
+    from vlmsearch.models.encoders import openclip_text
 
-    assert openclip._can_trim(tiny_encoder.model)
-    assert openclip._can_share_prefix(tiny_encoder.model)
+    assert openclip_text.can_trim(tiny_encoder.model)
+    assert openclip_text.can_share_prefix(tiny_encoder.model)
     stem = "a picture of a brown dog sitting on the grass next to"
     batches = {
         "no shared prefix": ["a", "A picture of a dog on a red couch", "two cats " * 12, ""],
@@ -217,13 +217,13 @@ def test_trimmed_text_tower_equals_the_padded_one(tiny_encoder, monkeypatch) -> 
         "one text": [stem],
     }
     calls = {"shared": 0}
-    real = openclip._encode_text_shared_prefix
+    real = openclip_text.encode_text_shared_prefix
 
     def counting(model, tokens):
         calls["shared"] += 1
         return real(model, tokens)
 
-    monkeypatch.setattr(openclip, "_encode_text_shared_prefix", counting)
+    monkeypatch.setattr(openclip_text, "encode_text_shared_prefix", counting)
     for name, texts in batches.items():
         tokens = tiny_encoder._tokenizer(texts)
         with torch.inference_mode():
@@ -231,10 +231,10 @@ def test_trimmed_text_tower_equals_the_padded_one(tiny_encoder, monkeypatch) -> 
         got = tiny_encoder.encode_texts(texts)
         np.testing.assert_allclose(got, padded, atol=1e-5, err_msg=name)
     assert calls["shared"] == 3
-    monkeypatch.setattr(openclip, "SHARE_PREFIX", False)
+    monkeypatch.setattr(openclip_text, "SHARE_PREFIX", False)
     texts = batches["shared prefix"]
     with torch.inference_mode():
-        shared = openclip._encode_text_shared_prefix(
+        shared = openclip_text.encode_text_shared_prefix(
             tiny_encoder.model, tiny_encoder._tokenizer(texts)
         )
     np.testing.assert_allclose(tiny_encoder.encode_texts(texts), shared.numpy(), atol=1e-5)
@@ -244,7 +244,7 @@ def test_interrupted_run_keeps_every_caption_made(lm, image_dir) -> None:
     from tests.conftest import TINY
     from vlmsearch import Collection
     from vlmsearch.caption.captioner import Captioner
-    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.ingest.options import IngestOptions
 
     coll = Collection.index(image_dir, model=TINY, options=IngestOptions(workers=0))
     cap = Captioner(coll.encoder, lm, MagicSettings(k=3, max_tokens=2, prompt="a picture of"))
@@ -269,7 +269,7 @@ def test_caption_refusals_before_any_work(lm, image_dir) -> None:
     from vlmsearch import Collection
     from vlmsearch.caption.magic import generate
     from vlmsearch.errors import CollectionError, QueryError
-    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.ingest.options import IngestOptions
 
     coll = Collection.index(image_dir, model=TINY, options=IngestOptions(workers=0))
     with coll.layout.lock(), pytest.raises(CollectionError, match="being written"):

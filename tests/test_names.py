@@ -24,7 +24,7 @@ from vlmsearch.cli import output
 from vlmsearch.cli.app import app
 from vlmsearch.errors import CollectionError
 from vlmsearch.imaging import decode
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 
 runner = CliRunner()
 

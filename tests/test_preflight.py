@@ -17,7 +17,7 @@ from vlmsearch import Collection
 from vlmsearch import collection as collection_mod
 from vlmsearch.cli.app import app
 from vlmsearch.errors import ModelError
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 
 runner = CliRunner()
 

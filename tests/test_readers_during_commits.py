@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.storage import gc, snapshot
 from vlmsearch.storage.integrity import MissingFileError
 from vlmsearch.storage.layout import Layout
@@ -32,7 +32,7 @@ import sys, time
 from pathlib import Path
 from tests.conftest import make_images
 from vlmsearch import Collection
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.models.encoders import load_encoder
 root, model, seconds = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 if sys.argv[4]:

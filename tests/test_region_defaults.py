@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.cli.app import app
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.models.encoders.base import Encoder
 from vlmsearch.rerank.base import DEFAULT_TOP
 from vlmsearch.rerank.region import teacher

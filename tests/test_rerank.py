@@ -18,7 +18,7 @@ from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.cli.app import app
 from vlmsearch.errors import ModelError, QueryError
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.models.encoders.base import Encoder
 from vlmsearch.rerank import load_reranker
 from vlmsearch.rerank.base import Candidate, RerankQuery, fuse
@@ -162,7 +162,7 @@ def test_unreadable_candidate_gets_an_error_and_sorts_last(coll: Collection) -> 
 
 
 def test_distillation_learns_and_the_student_is_used(coll: Collection) -> None:
-    from vlmsearch.rerank.region.student import distill
+    from vlmsearch.rerank.region.distill import distill
 
     with pytest.raises(QueryError, match="no region student"):
         coll.search("a red square", k=3, rerank="region:student")
@@ -180,7 +180,7 @@ def test_distillation_learns_and_the_student_is_used(coll: Collection) -> None:
 
 
 def test_distillation_with_label_text(coll: Collection) -> None:
-    from vlmsearch.rerank.region.student import distill
+    from vlmsearch.rerank.region.distill import distill
 
     _, report = distill(
         coll,
@@ -353,9 +353,10 @@ def test_region_embeddings_are_reused_until_the_file_changes(coll: Collection) -
 def test_asif_student_predicts_features_then_projects(tmp_path: Path) -> None:
     from tests.cli_helpers import ok, run
     from tests.test_asif_collection import build_anchors, photos, write_pairs_csv
-    from vlmsearch.rerank.region.proposals import CONTEXT, expand
-    from vlmsearch.rerank.region.student import distill, load_student
-    from vlmsearch.rerank.region.teacher import region_boxes, teacher_targets
+    from vlmsearch.rerank.region.crops import teacher_targets
+    from vlmsearch.rerank.region.distill import distill
+    from vlmsearch.rerank.region.proposals import CONTEXT, expand, region_boxes
+    from vlmsearch.rerank.region.student import load_student
 
     csv = write_pairs_csv(tmp_path / "anchor-data", 12, seed=1, corrupt=False)
     ok(build_anchors(tmp_path / "anchors", csv, "-q"))

@@ -9,7 +9,7 @@ import vlmsearch.collection as collection_mod
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.errors import CollectionError, ModelError, QueryError
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.models.zeroshot import class_weights, load_templates, probabilities
 
 

@@ -11,9 +11,9 @@ from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.collection import sorted_intersection
 from vlmsearch.errors import QueryError
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.storage import metadata
-from vlmsearch.storage.ann import faiss_store
+from vlmsearch.storage.ann import tune
 
 
 @pytest.fixture
@@ -69,8 +69,8 @@ def test_sorted_intersection():
 
 
 def test_tuned_params_are_recorded_and_used(tmp_path, monkeypatch):
-    monkeypatch.setattr(faiss_store, "TUNE_MIN_VECTORS", 300)  # tune a small index
-    monkeypatch.setattr(faiss_store, "TUNE_QUERIES", 64)
+    monkeypatch.setattr(tune, "TUNE_MIN_VECTORS", 300)  # tune a small index
+    monkeypatch.setattr(tune, "TUNE_QUERIES", 64)
     root = tmp_path / "photos"
     make_images(root, 400)
     c = Collection.index(root, model=TINY, options=IngestOptions(workers=0, index="ivf"))

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from tests.conftest import make_images  # noqa: E402
 from tests.serve_helpers import build_collection, live_server  # noqa: E402
 from vlmsearch import Collection  # noqa: E402
-from vlmsearch.ingest.pipeline import IngestOptions  # noqa: E402
+from vlmsearch.ingest.options import IngestOptions  # noqa: E402
 from vlmsearch.server.app import create_app  # noqa: E402
 from vlmsearch.server.config import ServerConfig  # noqa: E402
 

@@ -18,7 +18,7 @@ from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.cli.app import app
 from vlmsearch.errors import QueryError
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.storage.column_vectors import TextVectors, refresh
 
 WORDS = ["red", "green", "blue", "yellow", "purple", "orange"]

@@ -57,10 +57,10 @@ def random_text(rng: random.Random) -> str:
 
 
 def test_bpe_tokenizer_equals_open_clip() -> None:
-    from vlmsearch.models.encoders.openclip import _bpe_tokenizer
+    from vlmsearch.models.encoders.openclip_text import bpe_tokenizer
 
     tok = load_encoder(TINY)._tokenizer  # type: ignore[attr-defined]
-    bpe = _bpe_tokenizer(tok)
+    bpe = bpe_tokenizer(tok)
     rng = random.Random(0)
     texts = list(text_tower.CHECK_TEXTS) + [random_text(rng) for _ in range(300)]
     for t in texts:

@@ -191,7 +191,7 @@ def test_sentence_transformers_uncached_hub_name_fails_fast(monkeypatch, tmp_pat
 
     from vlmsearch.models.unimodal import sentence_transformers_text as stt
 
-    monkeypatch.setattr(stt, "_hub_reachable", lambda timeout=2.0: False)
+    monkeypatch.setattr(stt, "hub_reachable", lambda timeout=2.0: False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     start = time.monotonic()
     with pytest.raises(ModelError) as info:
@@ -320,7 +320,7 @@ def test_timm_errors_are_one_line_and_fast(monkeypatch, tmp_path):
 
     from vlmsearch.models.unimodal import timm_image
 
-    monkeypatch.setattr(timm_image, "_hub_reachable", lambda timeout=2.0: False)
+    monkeypatch.setattr(timm_image, "hub_reachable", lambda timeout=2.0: False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     start = time.monotonic()

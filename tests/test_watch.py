@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
-from vlmsearch.ingest.pipeline import IngestOptions
+from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.ingest.watch import watch
 
 

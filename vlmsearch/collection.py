@@ -20,14 +20,9 @@ import pyarrow as pa
 
 from vlmsearch import names
 from vlmsearch.errors import CollectionError, QueryError
-from vlmsearch.ingest.pipeline import (
-    IngestOptions,
-    IngestReport,
-    ProgressFn,
-    check_encoder_matches,
-    ingest,
-    readable_manifest,
-)
+from vlmsearch.ingest.manifest import check_encoder_matches, readable_manifest
+from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
+from vlmsearch.ingest.pipeline import ingest
 from vlmsearch.models.choice import choose_encoder as choose_encoder_for
 from vlmsearch.models.choice import parse_model_option
 from vlmsearch.models.encoders import (
@@ -51,6 +46,7 @@ from vlmsearch.runtime import state_dir
 from vlmsearch.search.query import Term, build_terms, decode_images, query_vector
 from vlmsearch.storage import integrity, metadata, snapshot
 from vlmsearch.storage.ann import faiss_store
+from vlmsearch.storage.ann.plan import check_search_params, plan_index
 from vlmsearch.storage.ann.postings import PostingIndex
 from vlmsearch.storage.column_vectors import TextVectors, refresh
 from vlmsearch.storage.filter_budget import FilterBudget
@@ -457,7 +453,7 @@ class Collection:
         vt = self.vectors
         if self.sparse:
             return PostingIndex.build(vt.ids, vt.vectors)
-        plan = faiss_store.plan_index("flat", len(vt), self.dim)
+        plan = plan_index("flat", len(vt), self.dim)
         return faiss_store.build_index(plan, self.dim, vt.ids, vt.vectors.astype(np.float32))
 
     def _load_current(self, load: Callable[[], T]) -> T:
@@ -648,7 +644,7 @@ class Collection:
         q = self._query_row(vector, k)
         n = len(self)
         index_info = self.manifest.get("index") or {}
-        faiss_store.check_search_params(params, index_info.get("factory", ""), self.sparse)
+        check_search_params(params, index_info.get("factory", ""), self.sparse)
         params = {**index_info.get("search_params", {}), **(params or {})}
         allowed = None
         if where and where.strip():

@@ -125,15 +125,7 @@ def generate(
         raise ValueError("MAGIC needs an image-text scorer (or method contrastive/greedy)")
     device = next(model.parameters()).device
     prompt_ids = tokenizer(s.prompt, return_tensors="pt")["input_ids"].to(device)
-    cfg = getattr(model, "config", None)
-    limit = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
-    if limit and prompt_ids.shape[1] + s.max_tokens > limit:
-        from vlmsearch.errors import QueryError
-
-        raise QueryError(
-            f"the prompt ({prompt_ids.shape[1]} tokens) plus --max-tokens {s.max_tokens} exceeds "
-            f"the language model's context of {limit} tokens"
-        )
+    _check_context(model, prompt_ids.shape[1], s.max_tokens)
     eos = tokenizer.eos_token_id
     generated: list[int] = []
     steps: list[Step] = []
@@ -150,24 +142,9 @@ def generate(
             probs = torch.softmax(next_logits.float(), dim=-1)
             top_p, top_ids = probs.topk(min(k, probs.shape[-1]))
             n = len(top_ids)
-            if use_cache:
-                # the step's cache is not needed afterwards, so it is expanded in place
-                # rather than copied: k rows now, the chosen one kept below
-                cand_cache = cache
-                cand_cache.batch_repeat_interleave(n)
-                o = model(
-                    input_ids=top_ids[:, None],
-                    past_key_values=cand_cache,
-                    use_cache=True,
-                    output_hidden_states=True,
-                )
-                h_new = o.hidden_states[-1][:, -1]
-            else:
-                seq = torch.cat([prompt_ids[0], torch.tensor(generated, device=device).long()])
-                full = torch.cat([seq.repeat(n, 1), top_ids[:, None]], dim=1)
-                o = model(input_ids=full, use_cache=False, output_hidden_states=True)
-                h_new = o.hidden_states[-1][:, -1]
-                hidden = o.hidden_states[-1][0, :-1]
+            o, h_new, hidden = _candidates_step(
+                model, top_ids, cache, prompt_ids, generated, hidden
+            )
             penalty = _cosine_max(h_new, hidden)
             lm_t += time.perf_counter() - t0
             cand = top_ids.tolist()
@@ -186,13 +163,51 @@ def generate(
             steps.append(Step(cand, top_p.tolist(), penalty.tolist(), magic.tolist(), cand[j]))
             generated.append(cand[j])
             next_logits = o.logits[j, -1]
-            if use_cache:
-                cand_cache.batch_select_indices(torch.tensor([j], device=device))
-                cache = cand_cache
+            if cache is not None:  # keep the chosen candidate's row of the expanded cache
+                cache.batch_select_indices(torch.tensor([j], device=device))
                 hidden = torch.cat([hidden, h_new[j : j + 1]])
     ids = generated[: generated.index(eos)] if eos is not None and eos in generated else generated
     text = tokenizer.decode(ids, skip_special_tokens=True).strip()
     return Caption(text, generated, steps, lm_t, sc_t)
+
+
+def _check_context(model: Any, prompt_tokens: int, max_tokens: int) -> None:
+    """Refuse a caption that could run past the language model's context."""
+    cfg = getattr(model, "config", None)
+    limit = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+    if limit and prompt_tokens + max_tokens > limit:
+        from vlmsearch.errors import QueryError
+
+        raise QueryError(
+            f"the prompt ({prompt_tokens} tokens) plus --max-tokens {max_tokens} exceeds "
+            f"the language model's context of {limit} tokens"
+        )
+
+
+def _candidates_step(
+    model: Any, top_ids: Any, cache: Any, prompt_ids: Any, generated: list[int], hidden: Any
+) -> tuple[Any, Any, Any]:
+    """The language model's step for each of the k candidate tokens: (its output, each
+    candidate's last hidden state, the hidden states of every earlier token). With a
+    ``cache`` it runs the candidates only; else the whole sequence again for each."""
+    import torch
+
+    if cache is not None:
+        # the step's cache is not needed afterwards, so it is expanded in place rather
+        # than copied: k rows now, the chosen one kept by the caller
+        cache.batch_repeat_interleave(len(top_ids))
+        o = model(
+            input_ids=top_ids[:, None],
+            past_key_values=cache,
+            use_cache=True,
+            output_hidden_states=True,
+        )
+        return o, o.hidden_states[-1][:, -1], hidden
+    device = prompt_ids.device
+    seq = torch.cat([prompt_ids[0], torch.tensor(generated, device=device).long()])
+    full = torch.cat([seq.repeat(len(top_ids), 1), top_ids[:, None]], dim=1)
+    o = model(input_ids=full, use_cache=False, output_hidden_states=True)
+    return o, o.hidden_states[-1][:, -1], o.hidden_states[-1][0, :-1]
 
 
 def _scored_text(tokenizer: Any, ids: list[int]) -> str:
@@ -227,7 +242,7 @@ def load_language_model(name: str = "gpt2", device: str | None = None) -> tuple[
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from vlmsearch.errors import ModelError
-    from vlmsearch.models.encoders.openclip import _hf_offline, _hub_reachable
+    from vlmsearch.models.hub import hf_offline, hub_reachable
     from vlmsearch.runtime import resolve_device
 
     check_language_model_name(name)
@@ -236,13 +251,13 @@ def load_language_model(name: str = "gpt2", device: str | None = None) -> tuple[
     local = Path(name).expanduser()
     if local.exists():
         name = str(local.resolve())  # recorded with the captions, so it must stay meaningful
-    offline = not local.exists() and not _hub_reachable()
+    offline = not local.exists() and not hub_reachable()
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # our own progress bar is the one that matters
     try:
-        with _hf_offline() if offline else contextlib.nullcontext():
+        with hf_offline() if offline else contextlib.nullcontext():
             tok = AutoTokenizer.from_pretrained(name)
             model = AutoModelForCausalLM.from_pretrained(name)
     except (OSError, ValueError) as e:

@@ -141,7 +141,7 @@ def _caption_files(
     from vlmsearch.collection import Collection, choose_encoder
     from vlmsearch.imaging.decode import ImageDecodeError, load_image
     from vlmsearch.imaging.scan import scan
-    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.ingest.options import IngestOptions
     from vlmsearch.storage.layout import find_collection
 
     files: list[Path] = []

@@ -45,7 +45,7 @@ def distill(
     """Distil the region teacher (crop embeddings) into a RoIAlign student, ViLD-style."""
     from vlmsearch.cli.progress import ingest_progress
     from vlmsearch.collection import Collection
-    from vlmsearch.rerank.region.student import distill as run_distill
+    from vlmsearch.rerank.region.distill import distill as run_distill
 
     coll = Collection.open(collection, device=device)
     label_list = [x.strip() for x in labels.split(",") if x.strip()] if labels else None

@@ -119,7 +119,7 @@ def index(
     ] = 2.0,
 ) -> None:
     """Embed every image under DIRECTORY, incrementally (new, changed and deleted files)."""
-    from vlmsearch.ingest.pipeline import IngestOptions
+    from vlmsearch.ingest.options import IngestOptions
 
     opts = IngestOptions(
         index=index_type,

@@ -22,14 +22,15 @@ The embeddings differ slightly from the reference preprocessing (a different IDC
 chroma upsampling, and the resize rounds once instead of after each pass); the drift is
 measured by benchmarks/bench_embed_gpu.py and tests/test_gpu_decode.py.
 
-Needs only torch, torchvision, Pillow and numpy.
+The header parsing is :mod:`~vlmsearch.imaging.jpeg_header`'s; the tensor preprocessing,
+:mod:`~vlmsearch.imaging.tensor_preprocess`'s. Needs only torch, torchvision, Pillow and
+numpy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import queue
-import struct
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -47,154 +48,8 @@ from vlmsearch.imaging.decode import (
     decode_image_sized,
 )
 from vlmsearch.imaging.file_read import read_image_file
-
-_SOF_MARKERS = {0xC0, 0xC1, 0xC2}  # baseline, extended sequential, progressive (Huffman)
-
-
-@dataclass(frozen=True)
-class TensorPreprocess:
-    """Shortest-side resize to ``size``, centre crop ``size`` x ``size``, normalise."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-
-    @classmethod
-    def from_open_clip(cls, cfg: dict[str, Any]) -> TensorPreprocess | None:
-        """From an open_clip ``preprocess_cfg``; None for transforms this does not mirror
-        (non-square sizes, squash/longest resize modes, other interpolations)."""
-        size = cfg.get("size", 224)
-        if isinstance(size, list | tuple):
-            if len(size) != 2 or size[0] != size[1]:
-                return None
-            size = size[0]
-        if cfg.get("resize_mode", "shortest") != "shortest" or cfg.get("mode", "RGB") != "RGB":
-            return None
-        interp = str(cfg.get("interpolation", "bicubic"))
-        if interp not in ("bicubic", "bilinear"):
-            return None
-        mean, std = cfg.get("mean"), cfg.get("std")
-        if mean is None or std is None:
-            return None
-        return cls(int(size), tuple(map(float, mean)), tuple(map(float, std)), interp)
-
-
-@dataclass
-class JpegHeader:
-    width: int
-    height: int
-    components: int
-    orientation: int  # EXIF orientation 1..8 (1: as stored)
-
-
-def parse_jpeg_header(data: bytes | memoryview) -> JpegHeader | None:
-    """Size, colour components and EXIF orientation of a JPEG nvJPEG can decode, read
-    from its markers without decoding; None for anything else (not a JPEG, arithmetic or
-    lossless coding, truncated header), which then takes the Pillow path."""
-    n = len(data)
-    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
-        return None
-    pos, orientation = 2, 1
-    while pos + 4 <= n:
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
-            pos += 2
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        seg = pos + 4
-        if marker == 0xE1 and bytes(data[seg : seg + 6]) == b"Exif\x00\x00":
-            orientation = _exif_orientation(bytes(data[seg + 6 : pos + 2 + length]))
-        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if marker not in _SOF_MARKERS or seg + 6 > n:
-                return None
-            height, width = struct.unpack(">HH", data[seg + 1 : seg + 5])
-            comps = data[seg + 5]
-            if width == 0 or height == 0 or comps not in (1, 3):
-                return None
-            return JpegHeader(width, height, comps, orientation)
-        elif marker == 0xDA:  # start of scan before any frame header
-            return None
-        pos += 2 + length
-    return None
-
-
-def _exif_orientation(tiff: bytes) -> int:
-    """The Orientation tag (0x0112) of IFD0 in a TIFF-structured EXIF block, else 1."""
-    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
-        return 1
-    end = "<" if tiff[:2] == b"II" else ">"
-    (ifd,) = struct.unpack(end + "I", tiff[4:8])
-    if ifd + 2 > len(tiff):
-        return 1
-    (count,) = struct.unpack(end + "H", tiff[ifd : ifd + 2])
-    for i in range(count):
-        entry = ifd + 2 + 12 * i
-        if entry + 12 > len(tiff):
-            break
-        tag, typ = struct.unpack(end + "HH", tiff[entry : entry + 4])
-        if tag == 0x0112 and typ == 3:  # SHORT
-            (value,) = struct.unpack(end + "H", tiff[entry + 8 : entry + 10])
-            return value if 1 <= value <= 8 else 1
-    return 1
-
-
-def orient(x: Any, orientation: int) -> Any:
-    """Apply an EXIF orientation to a (C, H, W) tensor, as Pillow's ``exif_transpose``."""
-    import torch
-
-    if orientation == 2:
-        return x.flip(-1)
-    if orientation == 3:
-        return x.flip(-2, -1)
-    if orientation == 4:
-        return x.flip(-2)
-    if orientation == 5:
-        return x.transpose(-2, -1)
-    if orientation == 6:
-        return torch.rot90(x, -1, (-2, -1))
-    if orientation == 7:
-        return x.transpose(-2, -1).flip(-2, -1)
-    if orientation == 8:
-        return torch.rot90(x, 1, (-2, -1))
-    return x
-
-
-def resize_crop_normalise(img: Any, pp: TensorPreprocess) -> Any:
-    """uint8 (3, H, W) or (N, 3, H, W) -> float32 (3, S, S) or (N, 3, S, S): open_clip's
-    shortest-side resize (output size as torchvision computes it), centre crop and
-    normalisation, as tensor ops.
-
-    The resize is torch's antialiased bicubic (the same a=-0.5 kernel Pillow uses),
-    rounded once to 0..255 where Pillow rounds after each pass.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    single = img.dim() == 3
-    x = (img.unsqueeze(0) if single else img).float()
-    s = pp.size
-    h, w = x.shape[-2:]
-    short, long = (w, h) if w <= h else (h, w)
-    new_short, new_long = s, int(s * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    if (new_h, new_w) != (h, w):
-        x = F.interpolate(
-            x, size=(new_h, new_w), mode=pp.interpolation, antialias=True, align_corners=False
-        )
-        x = x.clamp_(0, 255).round_()
-    top = int(round((new_h - s) / 2.0))
-    left = int(round((new_w - s) / 2.0))
-    x = x[:, :, top : top + s, left : left + s]
-    mean = torch.tensor(pp.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(pp.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    x = x.div_(255.0).sub_(mean).div_(std)
-    return x[0] if single else x
+from vlmsearch.imaging.jpeg_header import JpegHeader, parse_jpeg_header
+from vlmsearch.imaging.tensor_preprocess import TensorPreprocess, orient, resize_crop_normalise
 
 
 @dataclass

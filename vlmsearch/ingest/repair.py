@@ -31,6 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vlmsearch.errors import CollectionError
+from vlmsearch.ingest.finish import finish_index
+from vlmsearch.ingest.options import IngestOptions, IngestReport
 from vlmsearch.storage import integrity, metadata
 from vlmsearch.storage.layout import Layout
 from vlmsearch.storage.vectors import _load_csr
@@ -196,7 +198,6 @@ def repair(layout: Layout, progress: Any = None, locked: bool = False) -> CheckR
         del m["region_student"]
         done.append("the region student was dropped: train it again with `vlmsearch distill`")
 
-    from vlmsearch.ingest.pipeline import IngestOptions, IngestReport, _finish_index
     from vlmsearch.storage.store import CollectionWriter
 
     writer = CollectionWriter(layout, m, table)
@@ -205,7 +206,7 @@ def repair(layout: Layout, progress: Any = None, locked: bool = False) -> CheckR
     if rebuild_index:
         ingest_report = IngestReport(str(m.get("root")), str(layout.path))
         start = int(writer.manifest.get("data_generation", 0))
-        _finish_index(writer, IngestOptions(), ingest_report, start, set(), progress)
+        finish_index(writer, IngestOptions(), ingest_report, start, set(), progress)
         done.append(f"index rebuilt from the stored vectors ({ingest_report.index_factory})")
     final = check(layout)
     final.repaired, final.reencode = done, reencode

@@ -19,7 +19,7 @@ from typing import Any
 from vlmsearch.collection import Collection
 from vlmsearch.errors import CollectionError
 from vlmsearch.imaging.scan import scan
-from vlmsearch.ingest.pipeline import IngestOptions, IngestReport
+from vlmsearch.ingest.options import IngestOptions, IngestReport
 from vlmsearch.storage.layout import Layout, default_collection_for
 
 Snapshot = frozenset[tuple[str, int, int]]

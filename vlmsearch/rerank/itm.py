@@ -51,11 +51,11 @@ def load_hf(name: str, what: str) -> tuple[Any, Any]:
 
     from transformers import AutoConfig, AutoProcessor
 
-    from vlmsearch.models.encoders.openclip import _hf_offline, _hub_reachable
+    from vlmsearch.models.hub import hf_offline, hub_reachable
 
-    offline = not Path(name).expanduser().exists() and not _hub_reachable()
+    offline = not Path(name).expanduser().exists() and not hub_reachable()
     try:
-        with _hf_offline() if offline else contextlib.nullcontext(), quiet_transformers():
+        with hf_offline() if offline else contextlib.nullcontext(), quiet_transformers():
             return AutoConfig.from_pretrained(name), AutoProcessor.from_pretrained(name)
     except (OSError, ValueError) as e:
         raise ModelError(

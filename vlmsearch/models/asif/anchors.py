@@ -32,6 +32,7 @@ from vlmsearch._version import __version__
 from vlmsearch.errors import CollectionError
 from vlmsearch.models.asif.relative import DEFAULT_P, SIMILARITIES, relative_representations
 from vlmsearch.storage.ann import faiss_store
+from vlmsearch.storage.ann.plan import plan_index
 from vlmsearch.storage.layout import now_iso
 
 ANCHORS_FORMAT = 1
@@ -190,18 +191,7 @@ def write_anchor_set(
             ("image", image_vectors, image_similarity),
             ("text", text_vectors, text_similarity),
         ):
-            vecs = np.ascontiguousarray(vecs, np.float32)
-            np.save(tmp / f"{side}-vectors.npy", vecs)
-            h.update(side.encode() + sim.encode() + vecs.tobytes())
-            plan = faiss_store.plan_index("flat", n, vecs.shape[1])
-            index = faiss_store.build_index(plan, vecs.shape[1], np.arange(n), vecs)
-            faiss_store.write_index(index, tmp / f"{side}.faiss")
-            sides[side] = {
-                "similarity": sim,
-                "dim": int(vecs.shape[1]),
-                "vectors": f"{side}-vectors.npy",
-                "index": f"{side}.faiss",
-            }
+            sides[side] = _write_side(tmp, side, vecs, sim, h)
         pq.write_table(pairs, tmp / "pairs.parquet")
         manifest = {
             "type": MANIFEST_TYPE,
@@ -221,18 +211,42 @@ def write_anchor_set(
             "vlmsearch_version": __version__,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        for p in tmp.iterdir():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _replace_folder(tmp, out)
     except BaseException:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)
         raise
     return AnchorSet.open(out)
+
+
+def _write_side(tmp: Path, side: str, vecs: np.ndarray, sim: str, h: Any) -> dict[str, Any]:
+    """Write one side's vectors and exact index into ``tmp``, add them to the fingerprint
+    ``h``; returns the side's manifest entry."""
+    vecs = np.ascontiguousarray(vecs, np.float32)
+    n = len(vecs)
+    np.save(tmp / f"{side}-vectors.npy", vecs)
+    h.update(side.encode() + sim.encode() + vecs.tobytes())
+    plan = plan_index("flat", n, vecs.shape[1])
+    index = faiss_store.build_index(plan, vecs.shape[1], np.arange(n), vecs)
+    faiss_store.write_index(index, tmp / f"{side}.faiss")
+    return {
+        "similarity": sim,
+        "dim": int(vecs.shape[1]),
+        "vectors": f"{side}-vectors.npy",
+        "index": f"{side}.faiss",
+    }
+
+
+def _replace_folder(tmp: Path, out: Path) -> None:
+    """Make the finished folder ``tmp`` the anchor set at ``out``: its files synced first,
+    then renamed over any old set (moved aside, then removed)."""
+    for p in tmp.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -16,8 +16,13 @@ from vlmsearch.plugins import Registry
 __all__ = ["Encoder", "register", "available_kinds", "load_encoder", "encoder_from_spec"]
 
 DEFAULT_KIND = "open_clip"
+# openclip_text holds open_clip's text fast paths: a helper module, not an encoder kind
 _kinds: Registry[Encoder] = Registry(
-    __name__, __path__, "vlmsearch.encoders", builtins=("vlmsearch.models.asif.encoder",)
+    __name__,
+    __path__,
+    "vlmsearch.encoders",
+    skip=("base", "openclip_text"),
+    builtins=("vlmsearch.models.asif.encoder",),
 )
 register = _kinds.register
 """Class decorator adding an encoder kind to the registry."""

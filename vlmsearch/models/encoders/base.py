@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from vlmsearch.imaging.gpu_decode import TensorPreprocess
+    from vlmsearch.imaging.tensor_preprocess import TensorPreprocess
     from vlmsearch.models.onnx.image_tower import ImageTowerExport
     from vlmsearch.models.onnx.text_tower import TowerExport
 

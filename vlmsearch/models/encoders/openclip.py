@@ -10,9 +10,7 @@ Model strings:
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,24 +18,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vlmsearch.errors import ModelError
-from vlmsearch.models.encoders import register
+from vlmsearch.models.encoders import openclip_text, register
 from vlmsearch.models.encoders.base import Encoder
+from vlmsearch.models.hub import hf_offline, hub_reachable, quiet_root_logger
 from vlmsearch.runtime import autocast, check_same_weights, file_sha256, resolve_device
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from vlmsearch.imaging.gpu_decode import TensorPreprocess
+    from vlmsearch.imaging.tensor_preprocess import TensorPreprocess
     from vlmsearch.models.encoders.base import TextEmbedder
     from vlmsearch.models.onnx.image_tower import ImageTowerExport
     from vlmsearch.models.onnx.text_tower import TowerExport
 
 DEFAULT_MODEL = "ViT-B-32/laion2b_s34b_b79k"
 TEXT_BATCH = 256
-# Exact speed-ups of the text tower (see _can_trim, _can_share_prefix); off only to benchmark
-TRIM_TEXT = True
-SHARE_PREFIX = True
 
 
 def parse_model_name(name: str) -> tuple[str, str | None, str | None]:
@@ -64,14 +60,6 @@ def register_user_configs() -> None:
         if entry not in _registered_config_dirs and Path(entry).exists():
             open_clip.add_model_config(entry)
             _registered_config_dirs.add(entry)
-
-
-def _hub_reachable(timeout: float = 2.0) -> bool:
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def _offline_paragraph(arch: str, tag: str, cause: str) -> str:
@@ -164,13 +152,13 @@ class OpenClipEncoder(Encoder):
             kwargs["pretrained"] = tag
         else:
             spec.update(pretrained=None, name=f"{arch} (random init, testing only)")
-        offline = tag is not None and not _hub_reachable()
+        offline = tag is not None and not hub_reachable()
         try:
             # Without the offline switch huggingface_hub retries for about a minute;
             # open_clip also logs its own errors on the root logger, which we report instead.
             with (
-                _quiet_root_logger(),
-                _hf_offline() if offline else contextlib.nullcontext(),
+                quiet_root_logger(),
+                hf_offline() if offline else contextlib.nullcontext(),
                 torch.random.fork_rng(devices=[]),
             ):
                 # Random-init models must be identical in every process (a collection is
@@ -205,7 +193,7 @@ class OpenClipEncoder(Encoder):
         return self._preprocess
 
     def tensor_preprocess(self) -> TensorPreprocess | None:
-        from vlmsearch.imaging.gpu_decode import TensorPreprocess
+        from vlmsearch.imaging.tensor_preprocess import TensorPreprocess
 
         return TensorPreprocess.from_open_clip(self._spec.get("preprocess") or {})
 
@@ -224,17 +212,11 @@ class OpenClipEncoder(Encoder):
         for i in range(0, len(texts), TEXT_BATCH):
             tokens = self._tokenizer(list(texts[i : i + TEXT_BATCH])).to(self.device)
             with torch.inference_mode(), autocast(self.device, self.precision):
-                if _can_share_prefix(self.model):
-                    feats = _encode_text_shared_prefix(self.model, tokens)
-                elif _can_trim(self.model):
-                    feats = _encode_text_trimmed(self.model, tokens)
-                else:
-                    feats = self.model.encode_text(tokens, normalize=True)
+                feats = openclip_text.encode_text(self.model, tokens)
                 out.append(feats.float().cpu().numpy())
         if not out:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(out)
-
 
     # -- torch-free text queries ----------------------------------------------------------------
     def onnx_text_export(
@@ -255,7 +237,7 @@ class OpenClipEncoder(Encoder):
     # -- torch-free image queries ---------------------------------------------------------------
     @classmethod
     def image_export_spec(cls, spec: dict[str, Any]) -> dict[str, Any] | None:
-        from vlmsearch.imaging.gpu_decode import TensorPreprocess
+        from vlmsearch.imaging.tensor_preprocess import TensorPreprocess
 
         return spec if TensorPreprocess.from_open_clip(spec.get("preprocess") or {}) else None
 
@@ -345,7 +327,7 @@ class OpenClipEncoder(Encoder):
             module=Tower().eval(),
             example=(tok(["a photo", "x"], context_length=ctx).to(device),),
             input_names=["tokens"],
-            tokenizer=_bpe_tokenizer(tok),
+            tokenizer=openclip_text.bpe_tokenizer(tok),
             meta={
                 "style": "clip",
                 "context_length": ctx,
@@ -358,29 +340,6 @@ class OpenClipEncoder(Encoder):
         )
 
 
-def _bpe_tokenizer(tok: Any) -> Any:
-    """open_clip's SimpleTokenizer as a ``tokenizers`` BPE model (same vocabulary and merge
-    ranks). Its split pattern, minus case folding (the cleaned text is lower case already),
-    picks out the special tokens, contractions, letter runs, single digits and other symbol
-    runs; whitespace between them is dropped; bytes then map to unicode as in GPT-2."""
-    import re
-
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-
-    merges = [pair for pair, _ in sorted(tok.bpe_ranks.items(), key=lambda kv: kv[1])]
-    specials = [tok.decoder[i] for i in tok.all_special_ids]
-    words = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"
-    pattern = "|".join([*(re.escape(s) for s in specials), words])
-    bpe = Tokenizer(models.BPE(vocab=dict(tok.encoder), merges=merges, end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(pattern), behavior="removed", invert=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    return bpe
-
-
 def check_checkpoint(recorded: dict[str, Any], loaded: dict[str, Any]) -> None:
     """Refuse a local checkpoint whose bytes changed since ``recorded`` was written."""
     check_same_weights(
@@ -388,159 +347,6 @@ def check_checkpoint(recorded: dict[str, Any], loaded: dict[str, Any]) -> None:
         loaded,
         f"checkpoint {recorded.get('checkpoint')} has changed since the collection was built",
     )
-
-
-def _can_trim(model: Any) -> bool:
-    """Whether text tokens may be cut after the batch's longest text: true for open_clip's
-    ``CLIP`` class with a causal text mask pooled at the EOT token (the OpenAI-style towers),
-    where no position after a text's EOT can reach its pooled feature."""
-    import open_clip
-
-    return (
-        TRIM_TEXT
-        and type(model) is open_clip.CLIP
-        and getattr(model, "attn_mask", None) is not None
-        and getattr(model, "text_pool_type", None) == "argmax"
-    )
-
-
-def _encode_text_trimmed(model: Any, tokens: torch.Tensor) -> torch.Tensor:
-    """``model.encode_text(tokens, normalize=True)`` without the padding columns.
-
-    The tokenizer pads every text to the context length (77); short texts such as the
-    candidate captions scored by MAGIC are a fraction of that. Same steps as open_clip's
-    ``CLIP.encode_text``, with the positional embedding and causal mask cut to length.
-    """
-    import torch
-    import torch.nn.functional as F
-    from open_clip.transformer import text_global_pool
-
-    used = (tokens != 0).any(dim=0).nonzero()  # 0 pads open_clip's tokenizers
-    length = int(used.max()) + 1 if len(used) else 1
-    text = tokens[:, :length]
-    cast_dtype = model.transformer.get_cast_dtype()
-    x = model.token_embedding(text).to(cast_dtype)
-    x = x + model.positional_embedding[:length].to(cast_dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    x = text_global_pool(x, text, model.text_pool_type)
-    proj = model.text_projection
-    if proj is not None:
-        x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
-    return F.normalize(x, dim=-1)
-
-
-def _can_share_prefix(model: Any) -> bool:
-    """Whether :func:`_encode_text_shared_prefix` applies: a trimmable tower whose blocks are
-    open_clip's plain ``ResidualAttentionBlock`` over ``nn.MultiheadAttention``."""
-    import torch
-    from open_clip.transformer import ResidualAttentionBlock
-
-    if not (SHARE_PREFIX and _can_trim(model) and model.transformer.batch_first):
-        return False
-    return all(
-        type(b) is ResidualAttentionBlock
-        and not hasattr(b, "ln_1_kv")
-        and isinstance(b.attn, torch.nn.MultiheadAttention)
-        and b.attn._qkv_same_embed_dim
-        for b in model.transformer.resblocks
-    )
-
-
-def _encode_text_shared_prefix(model: Any, tokens: torch.Tensor) -> torch.Tensor:
-    """:func:`_encode_text_trimmed` that runs the tokens every text shares only once.
-
-    MAGIC scores k texts per step that differ only in their last word, and zero-shot
-    prompts share their template's start. The text tower is causal, so the shared
-    prefix's keys and values do not depend on what follows: they are computed for one
-    row, and each text's remaining tokens attend to them plus their own earlier tokens.
-    The result equals ``encode_text`` up to float rounding (tested).
-    """
-    import torch
-    import torch.nn.functional as F
-    from open_clip.transformer import text_global_pool
-
-    used = (tokens != 0).any(dim=0).nonzero()
-    length = int(used.max()) + 1 if len(used) else 1
-    text = tokens[:, :length]
-    eot = text.argmax(dim=-1)
-    differs = (text != text[:1]).any(dim=0).nonzero()
-    common = int(differs.min()) if len(differs) else length
-    common = min(common, int(eot.min()))  # every row keeps at least its EOT in the suffix
-    if common < 4 or len(text) < 2:
-        return _encode_text_trimmed(model, tokens)
-    cast_dtype = model.transformer.get_cast_dtype()
-    pos = model.positional_embedding.to(cast_dtype)
-    emb = model.token_embedding(text).to(cast_dtype)
-    xp = emb[:1, :common] + pos[:common]  # the shared prefix, one row
-    xs = emb[:, common:] + pos[common:length]  # each text's own tokens
-    n_s = length - common
-    # suffix position i sees the whole prefix and suffix positions <= i
-    allowed = torch.ones(n_s, length, dtype=torch.bool, device=text.device)
-    allowed[:, common:] = torch.ones(n_s, n_s, dtype=torch.bool, device=text.device).tril()
-    for block in model.transformer.resblocks:
-        attn = block.attn
-        heads, width = attn.num_heads, attn.embed_dim
-
-        def project(h: torch.Tensor, attn: Any = attn) -> torch.Tensor:
-            return F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
-
-        def split(t: torch.Tensor, heads: int = heads, width: int = width) -> torch.Tensor:
-            return t.unflatten(-1, (heads, width // heads)).transpose(1, 2)
-
-        qp, kp, vp = project(block.ln_1(xp)).chunk(3, dim=-1)
-        qs, ks, vs = project(block.ln_1(xs)).chunk(3, dim=-1)
-        out_p = F.scaled_dot_product_attention(split(qp), split(kp), split(vp), is_causal=True)
-        b = xs.shape[0]
-        keys = torch.cat([split(kp).expand(b, -1, -1, -1), split(ks)], dim=2)
-        values = torch.cat([split(vp).expand(b, -1, -1, -1), split(vs)], dim=2)
-        out_s = F.scaled_dot_product_attention(split(qs), keys, values, attn_mask=allowed)
-        for x, out in ((xp, out_p), (xs, out_s)):
-            merged = attn.out_proj(out.transpose(1, 2).flatten(2))
-            x.add_(block.ls_1(merged))
-            x.add_(block.ls_2(block.mlp(block.ln_2(x))))
-    x = model.ln_final(xs)
-    x = text_global_pool(x, text[:, common:], model.text_pool_type)
-    proj = model.text_projection
-    if proj is not None:
-        x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
-    return F.normalize(x, dim=-1)
-
-
-@contextlib.contextmanager
-def _quiet_root_logger() -> Any:
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
-class _hf_offline:
-    """Temporarily put huggingface_hub in offline mode so cached weights load at once."""
-
-    def __enter__(self) -> None:
-        import os
-
-        from huggingface_hub import constants
-
-        self._env = os.environ.get("HF_HUB_OFFLINE")
-        self._const = constants.HF_HUB_OFFLINE
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        constants.HF_HUB_OFFLINE = True
-
-    def __exit__(self, *exc: object) -> None:
-        import os
-
-        from huggingface_hub import constants
-
-        constants.HF_HUB_OFFLINE = self._const
-        if self._env is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = self._env
 
 
 def _embed_dim(model: Any, torch: Any) -> int:

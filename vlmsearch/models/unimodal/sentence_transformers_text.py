@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vlmsearch.errors import ModelError
-from vlmsearch.models.encoders.openclip import _hf_offline, _hub_reachable
+from vlmsearch.models.hub import hf_offline, hub_reachable
 from vlmsearch.models.unimodal import register
 from vlmsearch.models.unimodal.base import TextEncoder
 from vlmsearch.runtime import check_same_weights, file_sha256, resolve_device
@@ -113,9 +113,9 @@ class SentenceTransformersEncoder(TextEncoder):
             ) from None
         device = resolve_device(device)
         # Without the offline switch huggingface_hub retries for about a minute.
-        offline = not local and not _hub_reachable()
+        offline = not local and not hub_reachable()
         try:
-            with _hf_offline() if offline else contextlib.nullcontext(), _no_progress_bars():
+            with hf_offline() if offline else contextlib.nullcontext(), _no_progress_bars():
                 model = SentenceTransformer(source, device=device)
         except Exception as e:  # transformers and huggingface_hub raise many kinds
             if local:

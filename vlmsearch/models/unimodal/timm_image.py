@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vlmsearch.errors import ModelError
-from vlmsearch.models.encoders.openclip import _hf_offline, _hub_reachable
+from vlmsearch.models.hub import hf_offline, hub_reachable
 from vlmsearch.models.unimodal import register
 from vlmsearch.models.unimodal.base import Classifier, ImageEncoder
 from vlmsearch.models.unimodal.efficientnet_lite import to_rgb
@@ -110,9 +110,9 @@ class TimmImageEncoder(ImageEncoder):
                     f"local file as timm:{model_name}:/path/to/weights.safetensors"
                 )
         # Without the offline switch huggingface_hub retries for most of a minute.
-        offline = not _hub_reachable()
+        offline = not hub_reachable()
         try:
-            with _hf_offline() if offline else contextlib.nullcontext():
+            with hf_offline() if offline else contextlib.nullcontext():
                 model = timm.create_model(model_name, pretrained=True)
         except Exception as e:  # timm, huggingface_hub and torch.hub raise many kinds
             cause = "not in the local cache" if offline else _first_line(e)

@@ -7,6 +7,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from vlmsearch.errors import QueryError
 from vlmsearch.rerank.base import Box
@@ -29,6 +30,19 @@ def window_boxes(width: int, height: int, scales: Sequence[float] = DEFAULT_SCAL
             for fx in starts:
                 boxes.append((fx * width, fy * height, (fx + s) * width, (fy + s) * height))
     return boxes
+
+
+def region_boxes(
+    image: Any,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    detector_boxes: Sequence[Sequence[float]] | None = None,
+) -> list[Box]:
+    """The whole image plus the detector's boxes when given, else the sliding windows."""
+    w, h = image.size
+    if detector_boxes:
+        clipped = [clip_box(b, w, h) for b in detector_boxes]
+        return [(0.0, 0.0, float(w), float(h))] + [b for b in clipped if b is not None]
+    return window_boxes(w, h, scales)
 
 
 def expand(box: Box, factor: float, width: int, height: int) -> Box:

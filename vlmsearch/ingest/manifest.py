@@ -1,0 +1,189 @@
+"""The state an index run starts from: a new manifest, or the committed one checked
+against this run (same encoder, same folder, same decoding), and the writer over it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vlmsearch.errors import CollectionError, ModelError
+from vlmsearch.imaging.scan import normalise_extensions
+from vlmsearch.ingest.options import IngestOptions
+from vlmsearch.models.encoders.base import Encoder
+from vlmsearch.models.lazy_encoder import LazyEncoder, as_lazy
+from vlmsearch.storage import integrity, metadata
+from vlmsearch.storage.ann.plan import check_index_request
+from vlmsearch.storage.layout import FORMAT_VERSION, Layout, now_iso
+from vlmsearch.storage.store import CollectionWriter
+
+
+def new_manifest(root: Path, encoder: Encoder, opts: IngestOptions) -> dict[str, Any]:
+    spec = encoder.spec
+    return {
+        "format_version": FORMAT_VERSION,
+        "created_at": now_iso(),
+        "generation": 0,
+        "root": str(root),
+        "encoder": spec,
+        "dim": encoder.dim,
+        "metric": "inner_product (cosine on L2-normalised vectors)",
+        "vectors": "sparse" if encoder.sparse_output else "dense",
+        "preprocessing": {
+            "model": spec.get("preprocess", {}),
+            "decode": {
+                "exif_transpose": True,
+                "mode": "RGB",
+                "alpha": "composited on white",
+                "high_bit_depth": "scaled by the mode's range (16-bit /257, float 0..1 *255)",
+                "max_pixels": opts.max_pixels,
+                "jpeg_draft": bool(opts.fast_decode),
+                "decoders_used": [],
+            },
+        },
+        "index": None,
+        "metadata_file": None,
+        "shards": [],
+        "counts": {"files": 0, "ok": 0, "error": 0},
+        "next_id": 0,
+        "scan": {
+            "extensions": list(normalise_extensions(opts.extensions)),
+            "include_hidden": opts.include_hidden,
+        },
+        "columns": {},
+        "encoder_choice": opts.encoder_choice
+        or {"requested": spec.get("name"), "used": spec.get("name"), "rule": "as requested"},
+    }
+
+
+def check_encoder_matches(
+    manifest: dict[str, Any], encoder: Encoder | LazyEncoder, what: str
+) -> None:
+    have, want = Encoder.identity(manifest["encoder"]), Encoder.identity(encoder.spec)
+    if have != want:
+        raise ModelError(
+            f"model mismatch: the collection was built with "
+            f"{manifest['encoder'].get('name', have)}, but {what} uses "
+            f"{encoder.spec.get('name', want)}; their embeddings are not comparable "
+            "(use the collection's model, or re-index with --rebuild)"
+        )
+
+
+def check_index_option(layout: Layout, encoder: Encoder | LazyEncoder, opts: IngestOptions) -> None:
+    """A bad ``--index`` fails before anything is created or encoded; the collection's own
+    dimension and vector kind when it has them (the encoder must match them anyway)."""
+    if opts.index is None:
+        return
+    if layout.exists() and not opts.rebuild:
+        m = layout.read_manifest()
+        dim, sparse = int(m["dim"]), m.get("vectors") == "sparse"
+    else:  # a new collection: its encoder was chosen (so built) for this run already
+        enc = as_lazy(encoder).get()
+        dim, sparse = enc.dim, enc.sparse_output
+    check_index_request(opts.index, dim, sparse)
+
+
+def readable_manifest(layout: Layout) -> dict[str, Any] | None:
+    """The committed manifest, or None where it is damaged or of another format."""
+    try:
+        return layout.read_manifest()
+    except CollectionError:
+        return None
+
+
+def settle_fast_decode(manifest: dict[str, Any], opts: IngestOptions) -> None:
+    """Resolve ``opts.fast_decode`` against the collection: None keeps its setting; a
+    different explicit choice is refused, since it would mix two preprocessings."""
+    decode = manifest.setdefault("preprocessing", {}).setdefault("decode", {})
+    recorded = bool(decode.get("jpeg_draft", False))
+    if opts.fast_decode is None:
+        opts.fast_decode = recorded
+    elif opts.fast_decode != recorded:
+        keep = "--fast-decode or neither flag" if recorded else "--no-fast-decode or neither flag"
+        raise CollectionError(
+            f"the collection was indexed {'with' if recorded else 'without'} --fast-decode "
+            f"(JPEG draft mode); pass {keep} to keep its preprocessing, or re-index "
+            "everything with --rebuild"
+        )
+
+
+def repair_next_id(manifest: dict[str, Any], table: pa.Table, source: str | None) -> list[str]:
+    """Ids are handed out from ``next_id``; one not above every id in the metadata (a
+    hand-edited or damaged manifest) would give new files existing ids and evict their
+    rows. It is raised past the largest id -- nothing is lost -- and said in a notice."""
+    if not table.num_rows:
+        return []
+    largest = int(pc.max(table["id"]).as_py())
+    next_id = manifest.get("next_id")
+    if isinstance(next_id, int) and not isinstance(next_id, bool) and next_id > largest:
+        return []
+    manifest["next_id"] = largest + 1
+    return [
+        f"the manifest's next_id ({next_id!r}) was not above the largest id in {source} "
+        f"({largest}); new files are numbered from {largest + 1}"
+    ]
+
+
+def check_root(manifest: dict[str, Any], root: Path, layout: Layout) -> None:
+    """A collection indexes one folder; another one needs another collection (or
+    ``--rebuild``), except a collection kept inside the folder, which moves with it."""
+    old = Path(manifest.get("root", root))
+    inside = layout.path.parent == root
+    if old != root and not inside:
+        raise CollectionError(
+            f"collection {layout.path} indexes {old}, not {root}; "
+            "pass another --collection or use --rebuild"
+        )
+
+
+def open_writer(
+    layout: Layout, root: Path, source: LazyEncoder, opts: IngestOptions
+) -> tuple[CollectionWriter, list[str]]:
+    """The writer this run commits through, over the committed manifest and metadata (a new
+    manifest for a new collection or ``--rebuild``), and notices about what was fixed on
+    the way. Call with the collection locked."""
+    manifest: dict[str, Any] | None = None
+    notices: list[str] = []
+    table = metadata.empty_table()
+    if layout.exists() and not opts.rebuild:
+        manifest = layout.read_manifest()
+        check_encoder_matches(manifest, source, "this index run")
+        check_root(manifest, root, layout)
+        name = manifest.get("metadata_file")
+        if name:
+            table = integrity.read_checked(layout.path, manifest, name, metadata.read_table)
+        notices += repair_next_id(manifest, table, name)
+        if opts.extensions is None:
+            opts.extensions = tuple(manifest["scan"]["extensions"])
+    if manifest is None:
+        manifest = new_manifest(root, source.get(), opts)
+        previous = _start_numbering(layout, manifest)
+    else:
+        previous = layout.read_manifest()
+    manifest["root"] = str(root)
+    settle_fast_decode(manifest, opts)
+    writer = CollectionWriter(layout, manifest, table)
+    writer.previous = previous
+    return writer, notices
+
+
+def _start_numbering(layout: Layout, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """Set a new manifest's generation and ``next_id``; returns the committed manifest it
+    replaces (None when there is none, or it is unreadable)."""
+    if not layout.exists():
+        # an empty commit first: from now on the folder is a collection, and every file
+        # written into it is one a manifest will name
+        layout.write_manifest(manifest)
+        return None
+    # --rebuild: keep numbering past the old generation so no file name is reused while
+    # the old manifest (still the committed state) names it; an unreadable old manifest
+    # is no obstacle: number past every file.
+    previous = readable_manifest(layout)
+    old = previous or {}
+    manifest["generation"] = max(
+        int(old.get("generation", 0)), integrity.highest_generation(layout.path)
+    )
+    manifest["next_id"] = int(old.get("next_id", 0))
+    return previous
