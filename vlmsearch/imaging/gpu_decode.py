@@ -20,7 +20,7 @@ Pillow pipeline stays the default because it is the reference preprocessing.
 
 The embeddings differ slightly from the reference preprocessing (a different IDCT and
 chroma upsampling, and the resize rounds once instead of after each pass); the drift is
-measured by benchmarks/bench_embed_gpu.py and tests/test_gpu_decode.py.
+measured by benchmarks/bench_embed_gpu.py and tests/imaging/test_gpu_decode.py.
 
 The header parsing is :mod:`~vlmsearch.imaging.jpeg_header`'s; the tensor preprocessing,
 :mod:`~vlmsearch.imaging.tensor_preprocess`'s. Needs only torch, torchvision, Pillow and

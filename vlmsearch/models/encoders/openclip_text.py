@@ -4,7 +4,7 @@ Text towers pad every text to the context length (77 tokens), and MAGIC and zero
 prompts send batches of texts that share their start. For the OpenAI-style towers
 (causal mask, pooled at the EOT token) the padding columns can be cut, and a prefix that
 every text shares can be run once; both give ``encode_text``'s result up to float
-rounding (tests/test_magic.py). Kept out of the encoder registry's discovery (see
+rounding (tests/caption/test_magic.py). Kept out of the encoder registry's discovery (see
 :mod:`vlmsearch.models.encoders`).
 """
 

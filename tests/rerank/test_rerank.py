@@ -352,7 +352,7 @@ def test_region_embeddings_are_reused_until_the_file_changes(coll: Collection) -
 
 def test_asif_student_predicts_features_then_projects(tmp_path: Path) -> None:
     from tests.cli_helpers import ok, run
-    from tests.test_asif_collection import build_anchors, photos, write_pairs_csv
+    from tests.models.test_asif_collection import build_anchors, photos, write_pairs_csv
     from vlmsearch.rerank.region.crops import teacher_targets
     from vlmsearch.rerank.region.distill import distill
     from vlmsearch.rerank.region.proposals import CONTEXT, expand, region_boxes

@@ -223,7 +223,7 @@ def test_sentence_transformers_export_matches_and_truncates(tmp_path: Path) -> N
 
 def test_asif_text_queries_through_the_export(tmp_path: Path) -> None:
     """ASIF: the text encoder's export, then the anchors' relative representations."""
-    from tests.test_asif_collection import build_anchors, photos, write_pairs_csv
+    from tests.models.test_asif_collection import build_anchors, photos, write_pairs_csv
 
     csv = write_pairs_csv(tmp_path / "anchor-data", 24, seed=1)
     ok(build_anchors(tmp_path / "anchors", csv, "-q"))

@@ -215,7 +215,7 @@ def test_cli_text_column_json_csv_and_table(captioned: Collection) -> None:
 def test_text_column_on_an_asif_collection(tmp_path: Path) -> None:
     """Sparse (ASIF) collections store sparse caption embeddings and search them."""
     from tests.cli_helpers import ok, run
-    from tests.test_asif_collection import build_anchors, photos, write_pairs_csv
+    from tests.models.test_asif_collection import build_anchors, photos, write_pairs_csv
 
     csv = write_pairs_csv(tmp_path / "anchor-data", 24, seed=1, corrupt=False)
     ok(build_anchors(tmp_path / "anchors", csv, "-q"))

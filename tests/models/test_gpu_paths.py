@@ -14,7 +14,7 @@ from vlmsearch.storage.ann import faiss_store as fs
 from vlmsearch.storage.ann.gpu import gpu_available
 from vlmsearch.storage.ann.plan import plan_index
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _data(n: int = 3000, d: int = 32) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageOps
 
 from tests.conftest import TINY
-from tests.test_fast_decode import photo_like
+from tests.imaging.test_fast_decode import photo_like
 from vlmsearch import Collection
 from vlmsearch.errors import CollectionError
 from vlmsearch.imaging.decode import DecodeTask, content_hash, decode_image, iter_decoded

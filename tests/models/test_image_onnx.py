@@ -23,7 +23,7 @@ from vlmsearch.models.onnx import image_tower, text_tower
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import TINY, draw_image
-from tests.test_asif_collection import no_clip_weights  # noqa: F401  (fixture)
+from tests.models.test_asif_collection import no_clip_weights  # noqa: F401  (fixture)
 from vlmsearch.cli.app import app
 from vlmsearch.errors import ModelError
 from vlmsearch.models.choice import parse_model_option
@@ -40,7 +40,7 @@ def test_parse_model_option() -> None:
 def test_model_asif_with_a_custom_anchor_set(tmp_path: Path) -> None:
     """``--model asif:ANCHORS`` reaches ASIF for index, search and classify PATHS (tiny
     open_clip towers on both sides: no weights needed)."""
-    from tests.test_asif_collection import ASIF_K, build_anchors, photos, write_pairs_csv
+    from tests.models.test_asif_collection import ASIF_K, build_anchors, photos, write_pairs_csv
 
     anchors = tmp_path / "anchors"
     csv = write_pairs_csv(tmp_path / "anchor-data", 24, seed=1, corrupt=False)

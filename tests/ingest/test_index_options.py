@@ -11,7 +11,7 @@ import pytest
 
 from tests.cli_helpers import one_line_error, run
 from tests.conftest import TINY, make_images
-from tests.test_asif_collection import AsifColl, asif_coll  # noqa: F401  (fixture)
+from tests.models.test_asif_collection import AsifColl, asif_coll  # noqa: F401  (fixture)
 from vlmsearch.errors import QueryError
 from vlmsearch.ingest import pipeline as ingest
 from vlmsearch.storage.ann import plan as faiss_plan

@@ -20,7 +20,7 @@ from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.models import label_cache
 from vlmsearch.models.zeroshot import load_templates
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LABELS = ["red", "green", "blue"]
 
 CHILD = """

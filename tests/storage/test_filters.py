@@ -288,7 +288,7 @@ def _loaded(pid: int, library: str) -> bool:
 def test_ctrl_c_stops_a_slow_cli_filter_promptly(big_path, tmp_path):
     env = {
         **os.environ,
-        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
         "XDG_STATE_HOME": str(tmp_path / "state"),
     }
     # 48 regexes: the filter alone takes half a minute or more (the CLI has no time budget)

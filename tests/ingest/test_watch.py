@@ -82,7 +82,7 @@ def _terminal_sigint() -> None:
 def test_watcher_killed_mid_update_loses_and_duplicates_nothing(tmp_path):
     root = tmp_path / "photos"
     make_images(root, 4)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     args = [*WATCHER, str(root), "--model", TINY, "--watch", "--interval", "0.1",
             "--workers", "0", "--commit-every", "2", "--batch-size", "2", "--quiet"]  # fmt: skip
     proc = subprocess.Popen(args, env=env)

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import tiny_gpt2
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def quick_tour_commands() -> list[str]:
