@@ -17,7 +17,7 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 PATH_SPAN = re.compile(r"`((?:vlmsearch|tests|benchmarks|scripts|\.ci)/[^`\s]*)`")
 DOTTED = re.compile(r"(?<![\w./-])vlmsearch(?:\.[A-Za-z_]\w*)+")
 # entry-point group names, not modules
-NOT_MODULES = {"vlmsearch.encoders", "vlmsearch.unimodal"}
+NOT_MODULES = {"vlmsearch.encoders", "vlmsearch.unimodal", "vlmsearch.rerankers"}
 
 
 def _ids(pages: list[Path]) -> list[str]:
