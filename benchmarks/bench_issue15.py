@@ -83,7 +83,7 @@ def build_100k(path: Path, n: int, env: dict[str, str]) -> None:
 
     from vlmsearch.models.encoders import load_encoder
     from vlmsearch.models.lazy_encoder import LazyEncoder
-    from vlmsearch.search.query_encoders import prepare_query_exports
+    from vlmsearch.models.onnx.exports import prepare_query_exports
     from vlmsearch.storage.ann import faiss_store
 
     enc = load_encoder("ViT-B-32", device="cpu")
