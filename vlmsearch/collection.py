@@ -4,11 +4,11 @@
 >>> coll = Collection.index("~/Pictures")                       # doctest: +SKIP
 >>> coll.search("a dog on a beach", k=10, where="width >= 1024")  # doctest: +SKIP
 
-A facade: each method hands its work to the package that does it -- storage reads to a
-:class:`~vlmsearch.storage.reader.CollectionReader`, query embedding to
-:class:`~vlmsearch.search.query_encoders.QueryEncoders`, then :mod:`vlmsearch.search`,
-:mod:`vlmsearch.rerank`, :mod:`vlmsearch.caption`, and the commits of extra columns to
-:class:`~vlmsearch.storage.extra_writes.ExtraWriter`.
+A facade: stored data is read through a :class:`~vlmsearch.storage.reader.CollectionReader`,
+queries are embedded by :class:`~vlmsearch.search.query_encoders.QueryEncoders`, and each
+method hands its work to :mod:`vlmsearch.ingest`, :mod:`vlmsearch.search`,
+:mod:`vlmsearch.rerank`, :mod:`vlmsearch.caption` or
+:class:`~vlmsearch.storage.extra_writes.ExtraWriter` (commits of extra columns).
 """
 
 from __future__ import annotations
@@ -20,40 +20,42 @@ from typing import Any
 
 import numpy as np
 
+from vlmsearch.caption.run import caption_stored, caption_targets
 from vlmsearch.ingest.indexing import index_folder
 from vlmsearch.ingest.pipeline import IngestOptions, IngestReport, check_encoder_matches
 from vlmsearch.models.encoders import DEFAULT_KIND
-from vlmsearch.models.encoders.base import Encoder, TextEmbedder
+from vlmsearch.models.encoders.base import Encoder
+from vlmsearch.rerank import apply
+from vlmsearch.rerank.base import RerankQuery
 from vlmsearch.rerank.view import ReaderView
-from vlmsearch.results import Hit, Prediction, ProgressFn
+from vlmsearch.results import Hit as Hit
+from vlmsearch.results import Prediction, ProgressFn
 from vlmsearch.search import fused, vector_search
-from vlmsearch.search.classify import classify_files, classify_stored
-from vlmsearch.search.query import Term, positive_text, query_vector, search_terms
+from vlmsearch.search.classify import classify_files as classify_files
+from vlmsearch.search.classify import classify_stored
+from vlmsearch.search.preflight import check_search
+from vlmsearch.search.query import positive_text, query_vector, search_terms
 from vlmsearch.search.query_encoders import QueryEncoders, encoder_for_model
 from vlmsearch.storage.column_vectors import TextVectors
 from vlmsearch.storage.extra_writes import ExtraWriter, check_writable_columns
 from vlmsearch.storage.layout import Layout
-from vlmsearch.storage.locate import locate_collection, resolve_collection_path
+from vlmsearch.storage.locate import locate_collection as locate_collection
+from vlmsearch.storage.locate import resolve_collection_path
 from vlmsearch.storage.reader import CollectionReader
 
-__all__ = [
-    "Collection",
-    "Hit",
-    "Prediction",
-    "classify_files",
-    "locate_collection",
-    "resolve_collection_path",
-]
 
-
-def _from_reader(name: str, settable: bool = False) -> Any:
-    """A property that reads (and, if ``settable``, writes) the reader's attribute."""
+def _delegated(owner: str, name: str, settable: bool = False, doc: str | None = None) -> Any:
+    """A property that reads (and, if ``settable``, sets) ``self.<owner>.<name>``."""
 
     def set_(self: Collection, value: Any) -> None:
-        setattr(self.reader, name, value)
+        setattr(getattr(self, owner), name, value)
 
-    doc = f"The reader's ``{name}`` (see :class:`CollectionReader`)."
-    return property(lambda self: getattr(self.reader, name), set_ if settable else None, doc=doc)
+    getter = lambda self: getattr(getattr(self, owner), name)  # noqa: E731
+    return property(getter, set_ if settable else None, doc=doc or f"See ``{owner}.{name}``.")
+
+
+def _reader_attr(name: str, settable: bool = False) -> Any:
+    return _delegated("reader", name, settable)
 
 
 class Collection:
@@ -69,43 +71,40 @@ class Collection:
         self.on_notice: Callable[[str], None] | None = None
         self._encoders = QueryEncoders(self.reader, device, self.notify)
         self._writer = ExtraWriter(self.reader)
-        # what rerankers see: never this object, only the data and the encoder
+        # what rerankers read: the stored data and the encoder, never this object
         self.view = ReaderView(self.reader, lambda: self.encoder)
 
-    # the stored data, read through the reader
-    manifest = _from_reader("manifest")
-    table = _from_reader("table", settable=True)
-    filter_budget = _from_reader("filter_budget", settable=True)  # None: no time limit
-    index_is_stale = _from_reader("index_is_stale")
-    moves = _from_reader("moves")  # times a lazy load moved to a newer commit
-    path = _from_reader("path")
-    root = _from_reader("root")
-    dim = _from_reader("dim")
-    sparse = _from_reader("sparse")
-    vectors = _from_reader("vectors")
-    faiss_index = _from_reader("faiss_index")
-    rows = _from_reader("rows")
-    lookup_file = _from_reader("lookup_file")
-    live_ids = _from_reader("live_ids")
-    filter_ids = _from_reader("filter_ids")
-    info = _from_reader("info")
-    # caches that tests inspect
-    _filter = _from_reader("loaded_filter")
-    _vectors = _from_reader("loaded_vectors")
-    _encoder = property(lambda self: self._encoders.loaded)
-    _image_queries = property(lambda self: self._encoders.image_queries)
+    # the stored data (the reader follows newer commits when a writer collects its files)
+    manifest = _reader_attr("manifest")
+    table = _reader_attr("table", settable=True)
+    filter_budget = _reader_attr("filter_budget", settable=True)  # None: no time limit
+    index_is_stale = _reader_attr("index_is_stale")
+    moves = _reader_attr("moves")  # times a lazy load moved to a newer commit
+    path = _reader_attr("path")
+    root = _reader_attr("root")
+    dim = _reader_attr("dim")
+    sparse = _reader_attr("sparse")
+    vectors = _reader_attr("vectors")
+    faiss_index = _reader_attr("faiss_index")
+    rows = _reader_attr("rows")
+    lookup_file = _reader_attr("lookup_file")
+    live_ids = _reader_attr("live_ids")
+    filter_ids = _reader_attr("filter_ids")
+    # what tests inspect: caches, and whether the torch encoder was built
+    _filter = _reader_attr("loaded_filter")
+    _vectors = _reader_attr("loaded_vectors")
+    _encoder = _delegated("_encoders", "loaded")
+    _image_queries = _delegated("_encoders", "image_queries")
+    _query_encoder = _delegated("_encoders", "for_terms")
+    encoder = _delegated("_encoders", "encoder", doc="The collection's encoder, built on use.")
+    # set by the server: nothing is committed (text-column embeddings stay in memory)
+    read_only = _delegated("_writer", "read_only", settable=True)
+    # writes; methods of this object so that tests can make them fail
+    _write_text_column = _delegated("_writer", "text_column")
+    _commit_text_vectors = _delegated("_writer", "text_vectors")
 
     def __len__(self) -> int:
         return len(self.reader)
-
-    @property
-    def read_only(self) -> bool:
-        """Set by the server: nothing is committed (text-column embeddings stay in memory)."""
-        return self._writer.read_only
-
-    @read_only.setter
-    def read_only(self, value: bool) -> None:
-        self._writer.read_only = value
 
     def notify(self, note: str) -> None:
         """Show a line for the user through :attr:`on_notice`, else keep it in :attr:`notices`.
@@ -118,14 +117,19 @@ class Collection:
         elif note not in self.notices and len(self.notices) < 100:  # bounded in a server
             self.notices.append(note)
 
+    def info(self) -> dict[str, Any]:
+        """What ``vlmsearch info`` shows: settings, counts, index, columns, bytes on disk (no
+        arguments)."""
+        return self.reader.info()
+
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path | None = None, device: str | None = None) -> Collection:
         """Open an existing collection.
 
         Args:
-            path: the collection, or a folder indexed into its ``.vlmsearch``; default:
-                see :func:`~vlmsearch.storage.locate.resolve_collection_path`.
+            path: the collection, or a folder indexed into one; default: see
+                :func:`~vlmsearch.storage.locate.resolve_collection_path`.
             device: where models run (``cpu``, ``cuda``, ``auto``).
         """
         return cls(Layout(resolve_collection_path(path)), device=device)
@@ -146,25 +150,23 @@ class Collection:
         on_notice: Callable[[str], None] | None = None,
     ) -> Collection:
         """Index (or update) the images under ``root``; returns the opened collection, with
-        the run's report in ``.last_report`` (its time includes model loading).
+        the run's report (its time includes model loading) in ``.last_report``.
 
         Args:
             root: the image folder.
-            collection: where the collection goes (default: ``root/.vlmsearch``).
-            model: the model; without it (and ``encoder_kind``) an existing collection
-                keeps its own encoder, built only when a file must be encoded or a query
-                export is missing, and a new one uses the default CLIP model -- or, when
-                those weights cannot be loaded and the offline extra is installed, the
-                offline ASIF default (said in the notices; recorded in the manifest as
-                ``encoder_choice``).
+            collection: where the collection is (default: ``root/.vlmsearch``).
+            model, encoder_kind: the model; without them an existing collection keeps its
+                encoder (built only if a file must be encoded or a query export is
+                missing) and a new one gets the default CLIP model -- or, when its weights
+                cannot be loaded and the offline extra is installed, the offline ASIF
+                default (said in the notices, recorded as ``encoder_choice``).
             encoder: an already-loaded encoder to use instead.
-            encoder_kind: the encoder kind (``open_clip``, ``asif``, ...).
             options: scan, batch, index and repair settings.
             progress: called as the work goes.
             device: where models run.
             encoder_options: the encoder's own settings (ASIF: k, p, towers).
-            text_onnx: also export the encoder's text (and image) towers to ONNX once
-                per model (cached), so that later queries need not import torch.
+            text_onnx: also export the text (and image) towers to ONNX once per model
+                (cached), so that later queries need not import torch.
             on_notice: told each notice (the model choice) before any file is read.
         """
         t0 = time.perf_counter()
@@ -183,24 +185,16 @@ class Collection:
         )
         coll = cls(run.layout, device=device)
         coll._encoders.loaded = run.source.loaded
-        run.last_report.seconds = time.perf_counter() - t0  # everything: model loading too
+        run.last_report.seconds = time.perf_counter() - t0  # model loading included
         coll.last_report = run.last_report
         return coll
 
     # -- encoders -------------------------------------------------------------------------------
-    @property
-    def encoder(self) -> Encoder:
-        """The collection's own encoder, loaded on first use."""
-        return self._encoders.encoder
-
-    def _query_encoder(self, terms: Sequence[Term]) -> TextEmbedder:
-        return self._encoders.for_terms(terms)
-
     def use_encoder(self, encoder: Encoder) -> None:
-        """Use an already-loaded encoder; refused unless it matches the collection's.
+        """Use an already-loaded encoder for queries; refused unless it matches the collection's.
 
         Args:
-            encoder: the encoder (the same model as the collection's, maybe wrapped).
+            encoder: the collection's model, built elsewhere (or wrapped, as the server does).
         """
         check_encoder_matches(self.manifest, encoder, "the query")
         self._encoders.loaded = encoder
@@ -236,45 +230,38 @@ class Collection:
         rerank_options: dict[str, Any] | None = None,
         progress: ProgressFn | None = None,
     ) -> list[Hit]:
-        """Text, image or combined search. Every argument is checked, and query images
+        """Text, image or combined search; every argument is checked, and query images
         decoded, before a model is built.
 
         Args:
-            text: query texts; each may carry an rclip-style weight (``"2:a dog"``).
+            text, image: what to find: texts, image paths or PIL images; each may carry an
+                rclip-style weight (``"2:a dog"``).
             k: how many hits.
             where: a SQL filter over the metadata (``"width >= 1024"``).
-            image: query images (paths or PIL images), weighted likewise.
             negative, negative_image: texts and images to move away from.
             params: index search parameters (``nprobe``, ``efSearch``).
-            text_column: also compare the query with this metadata column's text
-                (captions, embedded once and stored; see :meth:`text_vectors`).
-            text_weight: with ``text_column``, the score is ``text_weight * caption score
-                + (1 - text_weight) * image score``: 1 searches the captions alone.
+            text_column, text_weight: also compare the query with this metadata column's
+                text (see :meth:`text_vectors`); the score is then ``text_weight * text
+                score + (1 - text_weight) * image score`` (1: the text alone).
             rerank: a reranker spec (``"region"``, ``"coca:ARCH/TAG"``) or a loaded
-                :class:`~vlmsearch.rerank.Reranker`.
+                :class:`~vlmsearch.rerank.Reranker`, with its ``rerank_options``.
             rerank_top: how many first-stage hits it rescores (default: the reranker's,
                 50; 10 for the region teacher on a CPU).
-            fusion: see :meth:`rerank_hits`.
-            rerank_options: options for loading the reranker.
-            progress: called as the reranker goes.
+            fusion, progress: see :meth:`rerank_hits`.
         """
-        from vlmsearch.rerank.apply import load_for_search
-        from vlmsearch.search.preflight import check_search
-
         terms = search_terms(self.reader, k, text, image, negative, negative_image)
         check_search(self.reader, where=where, text_column=text_column, text_weight=text_weight)
-        reranker, top = load_for_search(rerank, rerank_top, self.view, self.device, rerank_options)
+        reranker, top = apply.load_for_search(
+            rerank, rerank_top, self.view, self.device, rerank_options
+        )
         vector = query_vector(self._query_encoder(terms), terms)
         first_k = max(k, top) if reranker is not None and top else k
         if text_column is not None:
             hits = self.search_fused(vector, text_column, text_weight, first_k, where, params)
         else:
             hits = self.search_vector(vector, k=first_k, where=where, params=params)
-        if reranker is None:
+        if reranker is None or top is None:
             return hits
-        from vlmsearch.rerank.base import RerankQuery
-
-        assert top is not None
         query = RerankQuery(positive_text(terms), vector, self.view)
         return self.rerank_hits(hits, reranker, query, top, fusion, progress)[:k]
 
@@ -288,7 +275,7 @@ class Collection:
         """Nearest stored images to an embedding in this collection's space.
 
         Args:
-            vector: the query embedding (this collection's dimension).
+            vector: the query embedding.
             k: how many hits.
             where: a SQL filter over the metadata.
             params: index search parameters (``nprobe``, ``efSearch``).
@@ -296,17 +283,13 @@ class Collection:
         return vector_search.search_vector(self.reader, vector, k, where, params)
 
     def similar(
-        self,
-        id: int,
-        k: int = 10,
-        where: str | None = None,
-        params: dict[str, int] | None = None,
+        self, id: int, k: int = 10, where: str | None = None, params: dict[str, int] | None = None
     ) -> list[Hit]:
-        """ "More like this": the stored images nearest to stored image ``id``, itself left
-        out. Its stored vector is the query, so nothing is decoded or encoded.
+        """More like this: the stored images nearest to a stored image, itself left out. Its
+        stored vector is the query, so nothing is decoded or encoded.
 
         Args:
-            id: the image's id.
+            id: the stored image's id.
             k, where, params: as for :meth:`search_vector`.
         """
         return vector_search.similar(self.reader, id, k, where, params)
@@ -320,14 +303,12 @@ class Collection:
         where: str | None = None,
         params: dict[str, int] | None = None,
     ) -> list[Hit]:
-        """Search a text column's embeddings, optionally fused with the image vectors (see
-        :func:`vlmsearch.search.fused.search_fused` for how candidates are chosen).
+        """Search a text column's embeddings, optionally fused with the image vectors (how
+        candidates are chosen: :func:`vlmsearch.search.fused.search_fused`).
 
         Args:
             vector: the query embedding.
-            text_column: the metadata column of texts (captions).
-            text_weight: w in [0, 1]: ``w * text score + (1 - w) * image score``; rows
-                without text score 0 on the text side.
+            text_column, text_weight: as for :meth:`search`.
             k, where, params: as for :meth:`search_vector`.
         """
         return fused.search_fused(
@@ -343,39 +324,38 @@ class Collection:
         fusion: float | None = None,
         progress: ProgressFn | None = None,
     ) -> list[Hit]:
-        """Rescore the first ``top`` hits with ``reranker`` and sort them by the result;
-        ``hit.scores`` keeps both parts, and hits below ``top`` follow unchanged.
+        """Rescore the first hits with a reranker and sort them by the result; the rest follow
+        in first-stage order, unchanged, and ``hit.scores`` keeps both parts.
 
         Args:
             hits: the first stage's hits, best first.
             reranker: a loaded :class:`~vlmsearch.rerank.Reranker`.
             query: the :class:`~vlmsearch.rerank.base.RerankQuery`.
-            top: how many hits to rescore.
+            top: how many hits it rescores.
             fusion: None for the reranker's own score, else ``fusion * minmax(rerank) +
                 (1 - fusion) * minmax(first stage)`` over the reranked hits.
             progress: called as the reranker goes.
         """
-        from vlmsearch.rerank.apply import rerank_hits
-
-        return rerank_hits(self.view, hits, reranker, query, top, fusion, progress, self.notify)
+        return apply.rerank_hits(
+            self.view, hits, reranker, query, top, fusion, progress, self.notify
+        )
 
     def text_vectors(
         self, column: str, progress: ProgressFn | None = None, save: bool = True
     ) -> TextVectors:
-        """The embeddings of a text column's non-empty rows, brought up to date: new or
-        changed texts are embedded with the collection's encoder. When they cannot be
-        committed (read-only, another process writing) they are kept in memory for this
-        process only, with a line in :attr:`notices`.
+        """The embeddings of a text column's non-empty rows, brought up to date: new or changed
+        texts are embedded with the collection's encoder.
 
         Args:
-            column: the metadata column of texts.
-            progress: called as texts are embedded.
-            save: commit new embeddings so that later searches reuse them.
+            column: the metadata column of texts (captions).
+            progress: told as texts are embedded.
+            save: commit new embeddings so that later searches reuse them; when the
+                collection cannot be written they stay in memory for this process, with a
+                line in :attr:`notices`.
         """
         saver = self._commit_text_vectors if save and not self.read_only else None
-        notes = self.notices.append
         return fused.column_vectors(
-            self.reader, column, lambda: self.encoder, saver, notes, progress
+            self.reader, column, lambda: self.encoder, saver, self.notices.append, progress
         )
 
     # -- zero-shot classification ---------------------------------------------------------------
@@ -400,15 +380,8 @@ class Collection:
                 column, so that ``where="COLUMN = 'label'"`` filters on it.
             rule: ``mean`` (CLIP's averaged prompts) or ``best`` (ASIF's best prompt).
         """
-        preds, label_list = classify_stored(
-            self.reader,
-            self._encoders.text,  # not built when every label embedding is cached
-            labels,
-            templates=templates,
-            top_k=top_k,
-            where=where,
-            write_column=write_column,
-            rule=rule,
+        preds, label_list = classify_stored(  # the text encoder: not built if all are cached
+            self.reader, self._encoders.text, labels, templates, top_k, where, write_column, rule
         )
         if write_column:
             self.write_predictions(write_column, preds, label_list, templates)
@@ -426,11 +399,11 @@ class Collection:
     def write_predictions(
         self, column: str, preds: Sequence[Prediction], labels: list[str], templates: str
     ) -> None:
-        """Store :meth:`classify`'s predictions (best label and its score) as ``column`` and
-        ``column_score``; for callers that write their other outputs first.
+        """Store :meth:`classify`'s predictions; for callers that write their other outputs
+        first.
 
         Args:
-            column: the label column.
+            column: gets each best label; ``column_score`` gets its score.
             preds: the predictions.
             labels, templates: what made them (recorded in the manifest).
         """
@@ -446,8 +419,6 @@ class Collection:
         Args:
             where, write_column, overwrite: as for :meth:`caption`.
         """
-        from vlmsearch.caption.run import caption_targets
-
         return caption_targets(self.reader, where, write_column, overwrite)
 
     def caption(
@@ -467,22 +438,19 @@ class Collection:
         Args:
             captioner: a :class:`~vlmsearch.caption.captioner.Captioner`.
             where: a SQL filter over the metadata.
-            write_column: commit the captions as this column, every ``commit_every``
-                images (and when interrupted); rows that already have one are skipped
-                unless ``overwrite``, so an interrupted run resumes where it stopped.
+            write_column: commit the captions as this column every ``commit_every`` images
+                (and when interrupted); rows captioned there already are skipped unless
+                ``overwrite``, so an interrupted run resumes where it stopped.
             overwrite: caption rows that have a caption already.
             commit_every: images per commit.
             progress: called per image.
-            ids: the targets from :meth:`caption_targets` (saves computing them again).
+            ids: the targets from :meth:`caption_targets` (not computed again).
         """
-        from vlmsearch.caption.run import caption_stored
-
         if ids is None:
             ids = self.caption_targets(where, write_column, overwrite)
 
         def write(values: dict[int, str]) -> None:
-            assert write_column
-            self._write_text_column(write_column, values, captioner.describe())
+            self._write_text_column(str(write_column), values, captioner.describe())
 
         out = caption_stored(
             self.reader, captioner, ids, write if write_column else None, commit_every, progress
@@ -491,18 +459,11 @@ class Collection:
             self.text_vectors(write_column, progress)  # embedded now, so searches start warm
         return out
 
-    # -- writes ---------------------------------------------------------------------------------
-    def _write_text_column(self, column: str, values: dict[int, str], info: dict[str, Any]) -> None:
-        self._writer.text_column(column, values, info)
-
-    def _commit_text_vectors(self, column: str, tv: TextVectors, info: dict[str, Any]) -> None:
-        self._writer.text_vectors(column, tv, info)
-
     def save_region_student(self, student: Any, info: dict[str, Any]) -> None:
         """Store a trained region student (see :mod:`vlmsearch.rerank.region.student`).
 
         Args:
             student: the trained student.
-            info: what it was trained with (recorded in the manifest).
+            info: how it was trained (recorded in the manifest).
         """
         self._writer.commit(student=(student, info))

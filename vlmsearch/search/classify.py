@@ -34,7 +34,6 @@ def classify_stored(
     reader: CollectionReader,
     text_encoder: Callable[[], TextEmbedder],
     labels: str | Sequence[str],
-    *,
     templates: str = "openai",
     top_k: int = 1,
     where: str | None = None,
