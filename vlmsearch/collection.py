@@ -4,11 +4,8 @@
 >>> coll = Collection.index("~/Pictures")                       # doctest: +SKIP
 >>> coll.search("a dog on a beach", k=10, where="width >= 1024")  # doctest: +SKIP
 
-A facade: stored data is read through a :class:`~vlmsearch.storage.reader.CollectionReader`,
-queries are embedded by :class:`~vlmsearch.search.query_encoders.QueryEncoders`, and each
-method hands its work to :mod:`vlmsearch.ingest`, :mod:`vlmsearch.search`,
-:mod:`vlmsearch.rerank`, :mod:`vlmsearch.caption` or
-:class:`~vlmsearch.storage.extra_writes.ExtraWriter` (commits of extra columns).
+A facade: it reads through a :class:`~vlmsearch.storage.reader.CollectionReader` and hands
+each job to ingest, search, rerank, caption or :mod:`~vlmsearch.storage.extra_writes`.
 """
 
 from __future__ import annotations
@@ -118,8 +115,7 @@ class Collection:
             self.notices.append(note)
 
     def info(self) -> dict[str, Any]:
-        """What ``vlmsearch info`` shows: settings, counts, index, columns, bytes on disk (no
-        arguments)."""
+        """What ``vlmsearch info`` shows: settings, counts, index, columns, bytes on disk."""
         return self.reader.info()
 
     # -- construction -------------------------------------------------------------------------
@@ -154,19 +150,16 @@ class Collection:
 
         Args:
             root: the image folder.
-            collection: where the collection is (default: ``root/.vlmsearch``).
-            model, encoder_kind: the model; without them an existing collection keeps its
-                encoder (built only if a file must be encoded or a query export is
-                missing) and a new one gets the default CLIP model -- or, when its weights
-                cannot be loaded and the offline extra is installed, the offline ASIF
-                default (said in the notices, recorded as ``encoder_choice``).
+            collection: where it is indexed (default: ``root/.vlmsearch``).
+            model, encoder_kind: without them an existing collection keeps its encoder
+                (built only if a file must be encoded or a query export is missing) and a
+                new one gets the default CLIP model, or the offline ASIF default when those
+                weights cannot be loaded (said in the notices; manifest ``encoder_choice``).
             encoder: an already-loaded encoder to use instead.
-            options: scan, batch, index and repair settings.
+            options: run settings (scan, batches, index type, repair).
             progress: called as the work goes.
-            device: where models run.
-            encoder_options: the encoder's own settings (ASIF: k, p, towers).
-            text_onnx: also export the text (and image) towers to ONNX once per model
-                (cached), so that later queries need not import torch.
+            device, encoder_options: where models run; the encoder's settings (ASIF: k, p).
+            text_onnx: export the towers to ONNX once per model, so queries skip torch.
             on_notice: told each notice (the model choice) before any file is read.
         """
         t0 = time.perf_counter()
@@ -234,20 +227,15 @@ class Collection:
         decoded, before a model is built.
 
         Args:
-            text, image: what to find: texts, image paths or PIL images; each may carry an
-                rclip-style weight (``"2:a dog"``).
-            k: how many hits.
-            where: a SQL filter over the metadata (``"width >= 1024"``).
-            negative, negative_image: texts and images to move away from.
-            params: index search parameters (``nprobe``, ``efSearch``).
-            text_column, text_weight: also compare the query with this metadata column's
-                text (see :meth:`text_vectors`); the score is then ``text_weight * text
-                score + (1 - text_weight) * image score`` (1: the text alone).
-            rerank: a reranker spec (``"region"``, ``"coca:ARCH/TAG"``) or a loaded
-                :class:`~vlmsearch.rerank.Reranker`, with its ``rerank_options``.
-            rerank_top: how many first-stage hits it rescores (default: the reranker's,
-                50; 10 for the region teacher on a CPU).
-            fusion, progress: see :meth:`rerank_hits`.
+            text, image: texts, image paths or PIL images, each with an optional rclip-style
+                weight (``"2:a dog"``); negative, negative_image: what to move away from.
+            k, where, params: as for :meth:`search_vector`.
+            text_column, text_weight: also compare the query with this column's text (see
+                :meth:`text_vectors`); score ``w * text + (1 - w) * image`` (1: text alone).
+            rerank, rerank_options: a reranker spec (``"region"``, ``"coca:ARCH/TAG"``) and
+                its options, or a loaded :class:`~vlmsearch.rerank.Reranker`.
+            rerank_top: how many hits it rescores (default: the reranker's; 50, or 10 for
+                the region teacher on a CPU); fusion, progress: see :meth:`rerank_hits`.
         """
         terms = search_terms(self.reader, k, text, image, negative, negative_image)
         check_search(self.reader, where=where, text_column=text_column, text_weight=text_weight)
@@ -275,9 +263,8 @@ class Collection:
         """Nearest stored images to an embedding in this collection's space.
 
         Args:
-            vector: the query embedding.
-            k: how many hits.
-            where: a SQL filter over the metadata.
+            vector: the query embedding; k: how many hits.
+            where: a SQL filter over the metadata (``"width >= 1024"``).
             params: index search parameters (``nprobe``, ``efSearch``).
         """
         return vector_search.search_vector(self.reader, vector, k, where, params)
@@ -329,16 +316,15 @@ class Collection:
 
         Args:
             hits: the first stage's hits, best first.
-            reranker: a loaded :class:`~vlmsearch.rerank.Reranker`.
-            query: the :class:`~vlmsearch.rerank.base.RerankQuery`.
-            top: how many hits it rescores.
+            reranker, query: a loaded :class:`~vlmsearch.rerank.Reranker` and a
+                :class:`~vlmsearch.rerank.base.RerankQuery`.
+            top: how many hits to rescore.
             fusion: None for the reranker's own score, else ``fusion * minmax(rerank) +
                 (1 - fusion) * minmax(first stage)`` over the reranked hits.
             progress: called as the reranker goes.
         """
-        return apply.rerank_hits(
-            self.view, hits, reranker, query, top, fusion, progress, self.notify
-        )
+        view, note = self.view, self.notify
+        return apply.rerank_hits(view, hits, reranker, query, top, fusion, progress, note)
 
     def text_vectors(
         self, column: str, progress: ProgressFn | None = None, save: bool = True
@@ -349,9 +335,8 @@ class Collection:
         Args:
             column: the metadata column of texts (captions).
             progress: told as texts are embedded.
-            save: commit new embeddings so that later searches reuse them; when the
-                collection cannot be written they stay in memory for this process, with a
-                line in :attr:`notices`.
+            save: commit new embeddings for later searches; when the collection cannot be
+                written they stay in memory for this process, with a line in :attr:`notices`.
         """
         saver = self._commit_text_vectors if save and not self.read_only else None
         return fused.column_vectors(
@@ -403,7 +388,7 @@ class Collection:
         first.
 
         Args:
-            column: gets each best label; ``column_score`` gets its score.
+            column: gets each best label, and ``column_score`` its score.
             preds: the predictions.
             labels, templates: what made them (recorded in the manifest).
         """
@@ -438,11 +423,9 @@ class Collection:
         Args:
             captioner: a :class:`~vlmsearch.caption.captioner.Captioner`.
             where: a SQL filter over the metadata.
-            write_column: commit the captions as this column every ``commit_every`` images
-                (and when interrupted); rows captioned there already are skipped unless
-                ``overwrite``, so an interrupted run resumes where it stopped.
-            overwrite: caption rows that have a caption already.
-            commit_every: images per commit.
+            write_column, commit_every: commit the captions as this column every so many
+                images (and when interrupted); rows captioned there already are skipped
+                unless ``overwrite``, so an interrupted run resumes where it stopped.
             progress: called per image.
             ids: the targets from :meth:`caption_targets` (not computed again).
         """
