@@ -81,9 +81,9 @@ def build_100k(path: Path, n: int, env: dict[str, str]) -> None:
     os.environ.update(env)
     from synthetic_collection import commit_index, load_or_make_vectors, write_collection
 
+    from vlmsearch.ingest.query_exports import prepare_query_exports
     from vlmsearch.models.encoders import load_encoder
     from vlmsearch.models.lazy_encoder import LazyEncoder
-    from vlmsearch.search.query_encoders import prepare_query_exports
     from vlmsearch.storage.ann import faiss_store
     from vlmsearch.storage.ann.plan import plan_index
 

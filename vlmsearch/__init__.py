@@ -17,14 +17,19 @@ from vlmsearch._version import __version__
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 if TYPE_CHECKING:
-    from vlmsearch.collection import Collection, Hit
+    from vlmsearch.collection import Collection
+    from vlmsearch.results import Hit, Prediction
 
-__all__ = ["Collection", "Hit", "__version__"]
+__all__ = ["Collection", "Hit", "Prediction", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Collection", "Hit"):
-        from vlmsearch import collection
+    if name == "Collection":
+        from vlmsearch.collection import Collection
 
-        return getattr(collection, name)
+        return Collection
+    if name in ("Hit", "Prediction"):
+        from vlmsearch import results
+
+        return getattr(results, name)
     raise AttributeError(f"module 'vlmsearch' has no attribute {name!r}")

@@ -15,10 +15,10 @@ import pytest
 
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
-from vlmsearch import collection as collection_mod
 from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.models import label_cache
 from vlmsearch.models.zeroshot import load_templates
+from vlmsearch.search import query_encoders
 
 REPO = Path(__file__).resolve().parents[2]
 LABELS = ["red", "green", "blue"]
@@ -62,7 +62,7 @@ def _no_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_a, **_k):
         raise AssertionError("the encoder was built")
 
-    monkeypatch.setattr(collection_mod, "encoder_from_spec", refuse)
+    monkeypatch.setattr(query_encoders, "encoder_from_spec", refuse)
 
 
 def _scores(preds) -> list[tuple[str | None, float | None]]:

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import TINY, draw_image, make_images
 from vlmsearch import Collection
-from vlmsearch import collection as collection_mod
+from vlmsearch.ingest import indexing
 from vlmsearch.ingest.options import IngestOptions
 
 
@@ -23,7 +23,7 @@ def _forbid_loading(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_a, **_k):
         raise AssertionError("the encoder was built")
 
-    monkeypatch.setattr(collection_mod, "encoder_from_spec", refuse)
+    monkeypatch.setattr(indexing, "encoder_from_spec", refuse)
 
 
 def test_no_change_reindex_builds_no_encoder(tmp_path: Path, monkeypatch) -> None:
@@ -52,7 +52,7 @@ def test_new_file_builds_the_encoder_and_time_includes_the_load(
     root = tmp_path / "imgs"
     make_images(root, 4)
     Collection.index(root, model=TINY, options=_opts(), device="cpu")
-    real = collection_mod.encoder_from_spec
+    real = indexing.encoder_from_spec
     calls = []
 
     def slow(spec, device=None):
@@ -60,7 +60,7 @@ def test_new_file_builds_the_encoder_and_time_includes_the_load(
         time.sleep(0.4)  # a model that takes a while to build
         return real(spec, device=device)
 
-    monkeypatch.setattr(collection_mod, "encoder_from_spec", slow)
+    monkeypatch.setattr(indexing, "encoder_from_spec", slow)
     draw_image(root / "new.png", (10, 200, 10), seed=9)
     coll = Collection.index(root, options=_opts(), device="cpu")
     rep = coll.last_report

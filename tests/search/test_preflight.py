@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
-from vlmsearch import collection as collection_mod
 from vlmsearch.cli.app import app
 from vlmsearch.errors import ModelError
 from vlmsearch.ingest.options import IngestOptions
+from vlmsearch.search import query_encoders
 
 runner = CliRunner()
 
@@ -39,8 +39,8 @@ def no_models(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_a, **_k):
         raise Built("an encoder was built before the arguments were checked")
 
-    monkeypatch.setattr(collection_mod, "encoder_from_spec", refuse)
-    monkeypatch.setattr(collection_mod, "load_encoder", refuse)
+    monkeypatch.setattr(query_encoders, "encoder_from_spec", refuse)
+    monkeypatch.setattr(query_encoders, "load_encoder", refuse)
 
 
 def one_line_error(res, *needles: str) -> None:

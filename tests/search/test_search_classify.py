@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import vlmsearch.collection as collection_mod
+import vlmsearch.search.vector_search as vector_search
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
 from vlmsearch.errors import CollectionError, ModelError, QueryError
@@ -53,7 +53,7 @@ def test_weighted_and_negative_query(coll):
 
 def test_where_prefilter_returns_k_hits(coll, monkeypatch):
     # force the ANN path with a selector (not the exact-subset shortcut)
-    monkeypatch.setattr(collection_mod, "EXACT_SUBSET_MAX", 0)
+    monkeypatch.setattr(vector_search, "EXACT_SUBSET_MAX", 0)
     allowed = coll.table.filter(
         __import__("pyarrow.compute", fromlist=["x"]).equal(coll.table["width"], 33)
     )["id"].to_numpy()

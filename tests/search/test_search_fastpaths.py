@@ -9,9 +9,9 @@ import pytest
 
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
-from vlmsearch.collection import sorted_intersection
 from vlmsearch.errors import QueryError
 from vlmsearch.ingest.options import IngestOptions
+from vlmsearch.search.vector_search import sorted_intersection
 from vlmsearch.storage import metadata
 from vlmsearch.storage.ann import tune
 

@@ -137,9 +137,9 @@ def test_large_collection_path_matches_exact(captioned: Collection, monkeypatch)
     caps = caption_map(captioned)
     query = caps[sorted(caps)[3]]
     exact = captioned.search(query, text_column="caption", text_weight=0.4, k=5)
-    import vlmsearch.collection as collection_module
+    import vlmsearch.search.vector_search as vector_search
 
-    monkeypatch.setattr(collection_module, "EXACT_SUBSET_MAX", 0)  # union-of-candidates path
+    monkeypatch.setattr(vector_search, "EXACT_SUBSET_MAX", 0)  # union-of-candidates path
     approx = captioned.search(query, text_column="caption", text_weight=0.4, k=5)
     assert [h.id for h in approx] == [h.id for h in exact]
     np.testing.assert_allclose([h.score for h in approx], [h.score for h in exact], atol=1e-6)

@@ -26,6 +26,7 @@ from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.storage import gc, snapshot
 from vlmsearch.storage.integrity import MissingFileError
 from vlmsearch.storage.layout import Layout
+from vlmsearch.storage.reader import CollectionReader
 
 WRITER = """
 import sys, time
@@ -76,7 +77,7 @@ def test_readers_survive_rapid_commits(tmp_path: Path, monkeypatch: pytest.Monke
     seconds = float(os.environ.get("VLMS_STRESS_SECONDS", "12"))
     retain = os.environ.get("VLMS_STRESS_RETAIN", "")
     if os.environ.get("VLMS_STRESS_NO_RETRY"):
-        monkeypatch.setattr(Collection, "_load_current", lambda self, load: load())
+        monkeypatch.setattr(CollectionReader, "load_current", lambda self, load: load())
         monkeypatch.setattr(snapshot, "ATTEMPTS", 1)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), *sys.path])}
     writer = subprocess.Popen(

@@ -138,9 +138,10 @@ def _caption_files(
 
     from vlmsearch.caption.captioner import Captioner
     from vlmsearch.caption.magic import load_language_model
-    from vlmsearch.collection import Collection, choose_encoder
+    from vlmsearch.collection import Collection
     from vlmsearch.imaging.decode import ImageDecodeError, load_image
     from vlmsearch.imaging.scan import scan
+    from vlmsearch.ingest.indexing import choose_encoder
     from vlmsearch.ingest.options import IngestOptions
     from vlmsearch.storage.layout import find_collection
 

@@ -31,9 +31,9 @@ def check(
 ) -> None:
     """Verify every file of a collection: present, of the recorded size and checksum, and
     readable. Exit status 1 while damage remains."""
-    from vlmsearch.collection import resolve_collection_path
     from vlmsearch.ingest import repair as rp
     from vlmsearch.storage.layout import Layout
+    from vlmsearch.storage.locate import resolve_collection_path
 
     layout = Layout(resolve_collection_path(collection))
     if not layout.path.is_dir():

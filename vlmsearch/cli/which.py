@@ -21,7 +21,8 @@ _WHY = {
 def open_collection(collection: Path | None, device: str | None, verb: str) -> Collection:
     """Open ``--collection`` or the default one; an implicit choice is named on stderr
     (``searching PATH (the collection indexed last; -c chooses another)``)."""
-    from vlmsearch.collection import Collection, locate_collection
+    from vlmsearch.collection import Collection
+    from vlmsearch.storage.locate import locate_collection
 
     path, source = locate_collection(collection)
     if source in _WHY:

@@ -4,15 +4,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from vlmsearch import names
 from vlmsearch.imaging.decode import DEFAULT_MAX_PIXELS
-
-ProgressFn = Callable[[str, int, int], None]
-"""progress(phase, advance, total): phase is 'scan', 'encode' or 'index'."""
+from vlmsearch.results import ProgressFn as ProgressFn  # progress(phase, advance, total)
 
 ERROR_SAMPLES = 20  # errors listed by path in a report; the rest are only counted
 

@@ -3,7 +3,9 @@
 Polling, not inotify: it works the same on every filesystem (network mounts, Docker
 volumes, macOS), and a scan of sizes and mtimes is cheap next to encoding. Each time the
 folder has changed *and then stayed the same for one interval* (so a file being copied
-is not caught half-written), the ordinary incremental :meth:`Collection.index` runs.
+is not caught half-written), the ordinary incremental index run goes again
+(:func:`~vlmsearch.ingest.indexing.index_folder`, or the ``index`` function given, such as
+:meth:`Collection.index`).
 Its commits are atomic (manifest swap), so readers -- a running ``vlmsearch serve`` --
 never see a half-written state, and a watcher killed mid-update resumes from the last
 checkpoint when restarted: nothing is lost or indexed twice.
@@ -14,15 +16,26 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from vlmsearch.collection import Collection
 from vlmsearch.errors import CollectionError
 from vlmsearch.imaging.scan import scan
+from vlmsearch.ingest.indexing import index_folder
 from vlmsearch.ingest.options import IngestOptions, IngestReport
+from vlmsearch.models.encoders.base import Encoder
 from vlmsearch.storage.layout import Layout, default_collection_for
 
 Snapshot = frozenset[tuple[str, int, int]]
+
+
+class Indexed(Protocol):
+    """What watching needs of an index run's result (a Collection qualifies)."""
+
+    @property
+    def last_report(self) -> IngestReport | None: ...
+
+    @property
+    def encoder(self) -> Encoder: ...
 
 
 def snapshot(root: Path, layout: Layout, options: IngestOptions | None = None) -> Snapshot:
@@ -43,19 +56,31 @@ def watch(
     stop: threading.Event | None = None,
     on_report: Callable[[IngestReport], None] | None = None,
     on_error: Callable[[Exception], None] | None = None,
+    index: Callable[..., Indexed] = index_folder,
     **index_args: Any,
-) -> Collection:
+) -> Indexed:
     """Index ``root`` now, then again whenever it changes, until ``stop`` is set (or
-    KeyboardInterrupt). ``index_args`` go to :meth:`Collection.index` on the first run;
-    later runs reuse its encoder. A writer lock held by someone else, or any other
-    collection error, is reported through ``on_error`` and retried next interval."""
+    KeyboardInterrupt); returns the last run's result.
+
+    Args:
+        root: the image folder.
+        collection: where the collection is (default: ``root/.vlmsearch``).
+        interval: seconds between looks at the folder.
+        stop: set to end watching.
+        on_report: called with each run's report.
+        on_error: called with a run's error (a writer lock held by someone else, any
+            other collection error); the run is retried next interval.
+        index: the index function, called as ``index(root, collection, **index_args)``
+            (:meth:`Collection.index` qualifies).
+        index_args: for the first run; later runs reuse its encoder.
+    """
     root_path = Path(root).expanduser()
     stop = stop or threading.Event()
     layout = Layout(collection or default_collection_for(root_path))
     options: IngestOptions = index_args.get("options") or IngestOptions()
     # taken before the run: a file that lands during the run is seen as a change
     seen = snapshot(root_path, layout, options)
-    coll = Collection.index(root_path, collection, **index_args)
+    coll = index(root_path, collection, **index_args)
     if on_report and coll.last_report:
         on_report(coll.last_report)
     # later runs keep the collection's saved choices (index type, extensions)
@@ -71,7 +96,7 @@ def watch(
             if now != pending:  # changed since the last look: let it settle one interval
                 pending = now
                 continue
-            coll = Collection.index(
+            coll = index(
                 root_path,
                 layout.path,
                 encoder=coll.encoder,

@@ -86,3 +86,23 @@ def choose_encoder(
             f"offline default instead: {enc.spec['name']}. Pass --model to choose another."
         )
         return EncoderChoice(enc, [note], record)
+
+
+def asif_defaults_from(
+    spec: dict[str, Any], model: str | None, options: dict[str, Any] | None
+) -> tuple[str, dict[str, Any]]:
+    """Fill unspecified ASIF settings (anchors, encoders, k, p) from an existing spec."""
+    from vlmsearch.models.asif.encoder import DEFAULT_ANCHORS
+
+    anchors = spec.get("anchors") or {}
+    if model is None:
+        model = DEFAULT_ANCHORS if anchors.get("default") else anchors.get("path")
+    opts = dict(options or {})
+    opts.setdefault("k", spec.get("k"))
+    if "p" not in opts:
+        opts.setdefault("p_image", spec.get("p_image", spec.get("p")))
+        opts.setdefault("p_text", spec.get("p_text", spec.get("p")))
+    if model == (DEFAULT_ANCHORS if anchors.get("default") else anchors.get("path")):
+        opts.setdefault("image_encoder", (spec.get("image_encoder") or {}).get("name"))
+        opts.setdefault("text_encoder", (spec.get("text_encoder") or {}).get("name"))
+    return str(model), {k: v for k, v in opts.items() if v is not None}

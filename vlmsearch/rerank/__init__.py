@@ -16,7 +16,15 @@ from vlmsearch.errors import ModelError, QueryError
 from vlmsearch.plugins import Registry, parse_spec
 from vlmsearch.rerank.base import Candidate, Reranker, RerankScores, fuse
 
-__all__ = ["Candidate", "Reranker", "RerankScores", "fuse", "register", "load_reranker"]
+__all__ = [
+    "Candidate",
+    "Reranker",
+    "RerankScores",
+    "fuse",
+    "register",
+    "check_reranker",
+    "load_reranker",
+]
 
 _kinds: Registry[Reranker] = Registry(
     __name__,
@@ -32,6 +40,13 @@ _LOADED: dict[tuple[str, str | None, str], Reranker] = {}
 
 def available() -> list[str]:
     return sorted(str(k) for k in _kinds.kinds())
+
+
+def check_reranker(spec: str) -> None:
+    """Refuse a spec whose kind is not registered, before anything is loaded."""
+    kind, _ = parse_spec(spec)
+    if kind not in available():
+        raise ModelError(f"unknown reranker {kind!r}; available: {', '.join(available())}")
 
 
 def load_reranker(spec: str, device: str | None = None, **options: Any) -> Reranker:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from vlmsearch.rerank.view import CollectionView
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the original image
 
@@ -39,7 +42,7 @@ class RerankQuery:
 
     text: str | None
     vector: np.ndarray | None = None
-    collection: Any = None  # the Collection being searched (encoder, vectors, student)
+    collection: CollectionView | None = None  # what is searched (encoder, vectors, student)
 
 
 ProgressFn = Callable[[str, int, int], None]
@@ -68,11 +71,11 @@ class Reranker(ABC):
     ) -> RerankScores:
         """Score every candidate; the order of candidates must not matter."""
 
-    def default_top(self, collection: Any) -> int:
+    def default_top(self, collection: CollectionView) -> int:
         """How many first-stage hits to rescore when the caller does not say."""
         return DEFAULT_TOP
 
-    def plan_note(self, collection: Any, n: int) -> str | None:
+    def plan_note(self, collection: CollectionView, n: int) -> str | None:
         """A line for the user before ``n`` candidates are scored (a slow path and how long
         it will take), or None."""
         return None

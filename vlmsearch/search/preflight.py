@@ -12,39 +12,26 @@ from typing import TYPE_CHECKING, Any
 from vlmsearch.errors import ModelError, QueryError
 
 if TYPE_CHECKING:
-    from vlmsearch.collection import Collection
+    from vlmsearch.storage.reader import CollectionReader
 
 
 def check_search(
-    coll: Collection,
+    reader: CollectionReader,
     *,
     where: str | None,
     text_column: str | None,
     text_weight: float,
-    rerank: Any,
-    rerank_top: int | None,
 ) -> None:
-    """Everything about a search but the query terms (decoded separately)."""
+    """Everything about a search but the query terms (decoded separately) and the
+    reranker (see :func:`vlmsearch.rerank.apply.load_for_search`)."""
     if text_column is not None:
+        from vlmsearch.search.fused import check_text_column
+
         if not 0.0 <= text_weight <= 1.0:
             raise QueryError(f"the text weight must lie in [0, 1] (got {text_weight})")
-        coll._check_text_column(text_column)
+        check_text_column(reader, text_column)
     if where and where.strip():
-        coll.filter_ids(where)  # parses the filter; kept per table version, so not redone
-    if rerank is not None:
-        if rerank_top is not None and rerank_top < 1:
-            raise QueryError(f"--rerank-top must be at least 1 (got {rerank_top})")
-        if isinstance(rerank, str):
-            check_reranker(rerank)
-
-
-def check_reranker(spec: str) -> None:
-    from vlmsearch.plugins import parse_spec
-    from vlmsearch.rerank import available
-
-    kind, _ = parse_spec(spec)
-    if kind not in available():
-        raise ModelError(f"unknown reranker {kind!r}; available: {', '.join(available())}")
+        reader.filter_ids(where)  # parses the filter; kept per table version, so not redone
 
 
 def model_matches(manifest: dict[str, Any], model: str, kind: str) -> bool:

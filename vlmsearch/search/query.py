@@ -9,12 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vlmsearch.errors import QueryError
 from vlmsearch.models.encoders.base import Encoder, TextEmbedder
+
+if TYPE_CHECKING:
+    from vlmsearch.storage.reader import CollectionReader
 
 
 @dataclass(frozen=True)
@@ -110,3 +113,36 @@ def query_vector(encoder: Encoder | TextEmbedder, terms: Sequence[Term]) -> np.n
     if norm == 0.0 or not np.isfinite(norm):
         raise QueryError("the query terms cancel out; adjust the weights")
     return vec / norm
+
+
+def search_terms(
+    reader: CollectionReader,
+    k: int,
+    text: Any = None,
+    image: Any = None,
+    negative: Any = None,
+    negative_image: Any = None,
+) -> list[Term]:
+    """The terms of a search (each argument one value or a sequence), with the collection
+    and ``k`` checked and query images decoded: all before any model is built."""
+    terms = build_terms(
+        _as_list(text), _as_list(image), _as_list(negative), _as_list(negative_image)
+    )
+    reader.require_vectors()
+    if k < 1:
+        raise QueryError(f"k must be at least 1 (got {k})")
+    return decode_images(terms)
+
+
+def positive_text(terms: Sequence[Term]) -> str | None:
+    """The query's positive texts as one string (what a reranker reads), or None."""
+    texts = [str(t.value) for t in terms if t.kind == "text" and t.weight > 0]
+    return " ".join(texts) or None
+
+
+def _as_list(x: Any) -> list[Any]:
+    if x is None:
+        return []
+    if isinstance(x, str | Path) or not isinstance(x, Sequence):
+        return [x]
+    return list(x)

@@ -56,7 +56,7 @@ class ServerConfig:
 
 def parse_collection_args(items: list[str]) -> dict[str, Path]:
     """``[NAME=]PATH`` arguments to URL names; a bare path is named after its folder."""
-    from vlmsearch.collection import resolve_collection_path
+    from vlmsearch.storage.locate import resolve_collection_path
 
     out: dict[str, Path] = {}
     for item in items or [None]:  # type: ignore[list-item]

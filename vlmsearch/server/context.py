@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 from fastapi import HTTPException, Path, Request
 
-from vlmsearch.collection import Collection, Hit
+from vlmsearch.collection import Collection
+from vlmsearch.results import Hit
 from vlmsearch.server.config import ServerConfig
 from vlmsearch.server.metrics import Metrics
 from vlmsearch.server.registry import Registry

@@ -107,9 +107,13 @@ def read_captioned_source(
     file. Relative image paths in a file are taken from the file's folder."""
     src = Path(source).expanduser().absolute()
     if (src / "manifest.json").is_file() or (src / ".vlmsearch" / "manifest.json").is_file():
-        from vlmsearch.collection import Collection
+        from vlmsearch.storage.layout import Layout
+        from vlmsearch.storage.reader import CollectionReader
 
-        coll = Collection.open(src if (src / "manifest.json").is_file() else src / ".vlmsearch")
+        # the stored metadata alone: no encoder, vectors or index is loaded
+        coll = CollectionReader(
+            Layout(src if (src / "manifest.json").is_file() else src / ".vlmsearch")
+        )
         col = caption_column or "caption"
         if col not in coll.table.column_names:
             raise QueryError(

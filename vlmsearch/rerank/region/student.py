@@ -29,6 +29,8 @@ from vlmsearch.rerank.base import Box
 if TYPE_CHECKING:
     import torch
 
+    from vlmsearch.rerank.view import CollectionView
+
 INPUT_SIZE = 320  # the backbone sees the whole image resized to a square of this side
 ROI_SIZE = 7  # RoIAlign output, as in Fast R-CNN heads
 REDUCED = 256  # channels after the 1x1 reduction ahead of RoIAlign
@@ -241,7 +243,7 @@ class RegionStudent:
 _CACHE: dict[tuple[str, str], RegionStudent] = {}
 
 
-def has_student(collection: Any) -> bool:
+def has_student(collection: CollectionView) -> bool:
     """Whether the collection has a student for its current encoder (manifest only)."""
     from vlmsearch.models.encoders.base import Encoder
 
@@ -251,7 +253,7 @@ def has_student(collection: Any) -> bool:
     )
 
 
-def load_student(collection: Any, device: str | None = None) -> RegionStudent | None:
+def load_student(collection: CollectionView, device: str | None = None) -> RegionStudent | None:
     """The collection's student, if one was trained for its current encoder."""
     from vlmsearch.models.encoders.base import Encoder
     from vlmsearch.runtime import resolve_device

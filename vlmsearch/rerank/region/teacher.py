@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from vlmsearch.rerank.region.proposals import (
     region_boxes,
     window_boxes,
 )
+
+if TYPE_CHECKING:
+    from vlmsearch.rerank.view import CollectionView
 
 MODES = ("auto", "teacher", "student")
 # The teacher encodes each of 46 proposals twice (92 crops an image): on a CPU that is
@@ -87,19 +90,19 @@ class RegionReranker(Reranker):
         self._cache: OrderedDict[tuple[Any, ...], tuple[list[Box], np.ndarray]] = OrderedDict()
         self._crop_seconds: tuple[Any, float] | None = None
 
-    def _teacher_on_cpu(self, collection: Any) -> bool:
+    def _teacher_on_cpu(self, collection: CollectionView) -> bool:
         from vlmsearch.rerank.region.student import has_student
         from vlmsearch.runtime import resolve_device
 
         teacher = self.mode == "teacher" or (self.mode == "auto" and not has_student(collection))
         return teacher and resolve_device(self.device) == "cpu"
 
-    def default_top(self, collection: Any) -> int:
+    def default_top(self, collection: CollectionView) -> int:
         if self._teacher_on_cpu(collection):
             return TEACHER_CPU_TOP
         return super().default_top(collection)
 
-    def plan_note(self, collection: Any, n: int) -> str | None:
+    def plan_note(self, collection: CollectionView, n: int) -> str | None:
         if not self._teacher_on_cpu(collection):
             return None
         if self.boxes:  # the detector's boxes (a mean per image) plus the whole image
@@ -129,7 +132,9 @@ class RegionReranker(Reranker):
     def load(cls, arg: str | None, device: str | None = None, **options: Any) -> RegionReranker:
         return cls(mode=arg or "auto", device=device, **options)
 
-    def _detector_boxes(self, cand: Candidate, collection: Any) -> list[Box] | None:
+    def _detector_boxes(
+        self, cand: Candidate, collection: CollectionView | None
+    ) -> list[Box] | None:
         if not self.boxes:
             return None
         rel = None

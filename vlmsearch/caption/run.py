@@ -1,0 +1,79 @@
+"""Captioning a collection's images from their stored vectors: which rows, and the run
+that commits captions as it goes (so an interrupted run resumes where it stopped)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vlmsearch.errors import QueryError
+from vlmsearch.results import ProgressFn
+from vlmsearch.storage import metadata
+from vlmsearch.storage.extra_writes import check_writable_columns
+from vlmsearch.storage.reader import CollectionReader
+
+
+def caption_targets(
+    reader: CollectionReader,
+    where: str | None = None,
+    write_column: str | None = None,
+    overwrite: bool = False,
+) -> np.ndarray:
+    """Ids to caption: the stored vectors ``where`` allows, less the rows that already
+    have a caption in ``write_column`` (unless ``overwrite``). The filter and the column
+    (name, kind, writability) are checked here, so mistakes fail before any model loads."""
+    if write_column:
+        metadata.check_column_name(write_column)
+        kind = ((reader.manifest.get("columns") or {}).get(write_column) or {}).get("kind")
+        names = reader.table.column_names
+        taken = [c for c in (write_column, f"{write_column}_settings") if c in names]
+        if taken and kind != "caption":
+            raise QueryError(
+                f"column {taken[0]!r} already holds {kind or 'other data'}, not "
+                "captions; choose another --write-column"
+            )
+        check_writable_columns(reader.layout)  # writable and not being written: up front
+    ids = reader.vectors.ids
+    table = reader.table  # read after the vectors, which may move the reader to a newer commit
+    if where and where.strip():
+        filtered = table
+        if write_column and write_column not in table.column_names:
+            # the first run of `--where "caption IS NULL" --write-column caption`
+            filtered = table.append_column(write_column, pa.nulls(table.num_rows, pa.string()))
+        ids = np.intersect1d(metadata.filter_ids(filtered, where), ids)
+    if write_column and write_column in table.column_names and not overwrite:
+        done = metadata.filter_ids(table, f"{write_column} IS NOT NULL")
+        ids = np.setdiff1d(ids, done)
+    return ids
+
+
+def caption_stored(
+    reader: CollectionReader,
+    captioner: Any,
+    ids: np.ndarray,
+    write: Callable[[dict[int, str]], None] | None = None,
+    commit_every: int = 16,
+    progress: ProgressFn | None = None,
+) -> list[tuple[int, str]]:
+    """``(id, caption)`` for each id, from its stored vector. With ``write``, captions are
+    passed on every ``commit_every`` images and once more at the end, also when the run
+    is interrupted (Ctrl-C keeps every caption made)."""
+    out: list[tuple[int, str]] = []
+    pending: dict[int, str] = {}
+    try:
+        for i in ids.tolist():
+            cap = captioner.caption_vector(reader.vectors.dense(np.asarray([i]))[0])
+            out.append((int(i), cap.text))
+            pending[int(i)] = cap.text
+            if write is not None and len(pending) >= commit_every:
+                write(pending)
+                pending.clear()
+            if progress:
+                progress("caption", 1, len(ids))
+    finally:
+        if write is not None and pending:
+            write(pending)
+    return out

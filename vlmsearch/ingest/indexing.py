@@ -1,0 +1,133 @@
+"""An index run as the Python API and the CLI start it: which collection, which encoder
+(an existing collection keeps its own, built only when a file must be encoded), then
+:func:`~vlmsearch.ingest.pipeline.ingest`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlmsearch.errors import CollectionError
+from vlmsearch.ingest.manifest import readable_manifest
+from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
+from vlmsearch.ingest.pipeline import ingest
+from vlmsearch.ingest.query_exports import prepare_query_exports
+from vlmsearch.models.choice import asif_defaults_from, parse_model_option
+from vlmsearch.models.choice import choose_encoder as choose_encoder_for
+from vlmsearch.models.encoders import DEFAULT_KIND, encoder_class, encoder_from_spec
+from vlmsearch.models.encoders.base import Encoder
+from vlmsearch.models.lazy_encoder import LazyEncoder
+from vlmsearch.storage.layout import Layout, default_collection_for
+from vlmsearch.storage.locate import remember
+
+NoticeFn = Callable[[str], None]
+
+
+@dataclass
+class IndexRun:
+    """What an index run wrote (``layout``), with what (``source``), and its report."""
+
+    layout: Layout
+    source: LazyEncoder
+    last_report: IngestReport
+
+    @property
+    def encoder(self) -> Encoder:
+        """The encoder the run used, built now if nothing needed it."""
+        return self.source.get()
+
+
+def index_folder(
+    root: str | Path,
+    collection: str | Path | None = None,
+    *,
+    model: str | None = None,
+    encoder: Encoder | None = None,
+    encoder_kind: str | None = None,
+    options: IngestOptions | None = None,
+    progress: ProgressFn | None = None,
+    device: str | None = None,
+    encoder_options: dict[str, Any] | None = None,
+    text_onnx: bool = True,
+    on_notice: NoticeFn | None = None,
+) -> IndexRun:
+    """Index (or update) the images under ``root``; the arguments are
+    :meth:`vlmsearch.Collection.index`'s, which documents them."""
+    root_path = Path(root).expanduser()
+    if not root_path.is_dir():
+        raise CollectionError(f"not a directory: {root_path}")
+    layout = Layout(collection or default_collection_for(root_path))
+    layout.check_writable()  # before any model loads
+    opts = options or IngestOptions()
+    model, encoder_kind = parse_model_option(model, encoder_kind)
+    if encoder is not None:
+        source, notices = LazyEncoder.ready(encoder), []
+    else:
+        source, notices = _encoder_source(
+            layout, model, encoder_kind, opts, device, encoder_options or {}
+        )
+        for note in notices if on_notice is not None else ():
+            on_notice(note)  # the model choice, said before the work starts
+    report = ingest(layout, root_path, source, opts, progress)
+    if text_onnx:
+        notices += prepare_query_exports(source)
+    report.notices = notices + report.notices  # (those of a --repair first)
+    remember(layout.path)
+    report.load_seconds = source.load_seconds
+    return IndexRun(layout, source, report)
+
+
+def _encoder_source(
+    layout: Layout,
+    model: str | None,
+    kind: str | None,
+    opts: IngestOptions,
+    device: str | None,
+    encoder_options: dict[str, Any],
+) -> tuple[LazyEncoder, list[str]]:
+    """An existing collection's own encoder (unless the options ask for another), built
+    only when needed; else the one :func:`choose_encoder` picks, built now."""
+    existing = None
+    if layout.exists():  # --rebuild starts over even from a damaged manifest
+        found = readable_manifest(layout) if opts.rebuild else layout.read_manifest()
+        existing = found["encoder"] if found else None
+    keep = (
+        existing is not None
+        and not opts.rebuild
+        and model is None
+        and not encoder_options
+        and kind in (None, existing.get("kind"))
+    )
+    if keep:
+        assert existing is not None
+        spec = existing
+        encoder_class(spec.get("kind", DEFAULT_KIND)).check_spec(spec)
+        # built only if a file must be encoded or a query export is missing
+        return LazyEncoder(spec, lambda: encoder_from_spec(spec, device=device)), []
+    if existing is not None and existing.get("kind") == "asif" and kind in (None, "asif"):
+        # ASIF options on an ASIF collection change only what they name
+        model, encoder_options = asif_defaults_from(existing, model, encoder_options)
+        kind = "asif"
+    t_load = time.perf_counter()
+    loaded, notices = choose_encoder(model, kind, device, encoder_options, opts)
+    source = LazyEncoder.ready(loaded)
+    source.load_seconds = time.perf_counter() - t_load
+    return source, notices
+
+
+def choose_encoder(
+    model: str | None,
+    kind: str | None,
+    device: str | None,
+    encoder_options: dict[str, Any],
+    opts: IngestOptions,
+) -> tuple[Encoder, list[str]]:
+    """The encoder for a new (or rebuilt) collection, and notices for the user (the rule
+    is :func:`vlmsearch.models.choice.choose_encoder`'s; why is kept in ``opts``)."""
+    choice = choose_encoder_for(model, kind, device, encoder_options)
+    if choice.record is not None:
+        opts.encoder_choice = choice.record
+    return choice.encoder, choice.notices

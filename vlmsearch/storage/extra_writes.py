@@ -1,0 +1,105 @@
+"""Commits of what is added beside the vectors: label and caption columns, text-column
+embeddings, a region student.
+
+These live in storage, not ingest: they encode nothing and scan no folder; each is one
+commit of the latest committed state plus some columns or side files, under the writer
+lock, built from storage primitives alone. Kept here, the layers above (classification,
+captioning, text-column search, distillation) reach them without importing each other.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vlmsearch.errors import CollectionError
+from vlmsearch.results import Prediction
+from vlmsearch.storage import integrity, metadata
+from vlmsearch.storage.column_vectors import TextVectors
+from vlmsearch.storage.layout import Layout
+from vlmsearch.storage.reader import CollectionReader
+from vlmsearch.storage.store import CollectionWriter
+
+
+class ExtraWriter:
+    """Writes extra columns and side files of the collection that ``reader`` reads; after
+    each commit the reader reads the new state."""
+
+    def __init__(self, reader: CollectionReader) -> None:
+        self.reader = reader
+        self.read_only = False  # set by the server: nothing is committed
+
+    def predictions(
+        self, column: str, preds: Sequence[Prediction], labels: list[str], templates: str
+    ) -> None:
+        """The best label of each prediction as ``column``, its score as ``column_score``;
+        the manifest records the labels, templates and encoder that made them."""
+        ids = np.asarray([p.id for p in preds], np.int64)
+        label_arr = pa.array([p.label for p in preds], pa.string())
+        score_arr = pa.array([p.score for p in preds], pa.float32())
+        info = {
+            "kind": "zero-shot label",
+            "labels": labels,
+            "templates": templates,
+            "encoder": self.reader.manifest["encoder"].get("name"),
+        }
+        columns = {column: label_arr, f"{column}_score": score_arr}
+        self.commit(ids, columns, {column: info})
+
+    def text_column(self, column: str, values: dict[int, str], info: dict[str, Any]) -> None:
+        """Texts (captions) by id as ``column``; ``info`` (the settings that made them) is
+        kept per row too, as ``column_settings``: a resumed run may have used other ones."""
+        ids = np.fromiter(values, np.int64, len(values))
+        arr = pa.array([values[i] for i in ids.tolist()], pa.string())
+        settings = pa.array([json.dumps(info, sort_keys=True)] * len(ids), pa.string())
+        columns = {column: arr, f"{column}_settings": settings}
+        self.commit(ids, columns, {column: {"kind": "caption", **info}})
+
+    def commit(
+        self,
+        ids: np.ndarray | None = None,
+        columns: dict[str, pa.Array] | None = None,
+        column_info: dict[str, dict[str, Any]] | None = None,
+        **commit: Any,
+    ) -> None:
+        """Commit metadata ``columns`` for ``ids`` (with their manifest ``column_info``), or
+        side files passed on to :meth:`CollectionWriter.commit` (``text_vectors=``,
+        ``student=``), on top of the latest committed state."""
+        reader = self.reader
+        if self.read_only:
+            raise CollectionError(f"collection {reader.path} is open read-only here")
+        layout = reader.layout
+        with layout.lock():
+            manifest = layout.read_manifest()
+            name = manifest.get("metadata_file")
+            table = (
+                integrity.read_checked(layout.path, manifest, name, metadata.read_table)
+                if name
+                else reader.table
+            )
+            for name, values in (columns or {}).items():
+                assert ids is not None
+                table = metadata.set_column(table, name, ids, values)
+            writer = CollectionWriter(layout, manifest, table)
+            writer.previous = manifest
+            if column_info:
+                writer.manifest["columns"] = {**(manifest.get("columns") or {}), **column_info}
+            writer.commit(data_changed=False, **commit)
+            reader.follow(writer.manifest, writer.table)
+
+    def text_vectors(self, column: str, tv: TextVectors, info: dict[str, Any]) -> None:
+        """Store the embeddings of a text column."""
+        self.commit(text_vectors={column: (tv, info)})
+
+
+def check_writable_columns(layout: Layout, *columns: str) -> None:
+    """Refuse column names that cannot be written, and a collection that is locked or
+    read-only, before anything is computed."""
+    for name in columns:
+        metadata.check_column_name(name)
+    with layout.lock():
+        pass

@@ -1,0 +1,264 @@
+"""A read-only view of one committed state of a collection: manifest, metadata table,
+vectors and index, each loaded on first use and verified as it is read.
+
+Readers never fail because of a writer: when a newer commit has collected a file this
+view still needed, the view moves to that commit (see :meth:`CollectionReader.load_current`)
+and counts the move in :attr:`CollectionReader.moves`, which
+:func:`vlmsearch.storage.snapshot.on_one_commit` watches.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+
+from vlmsearch import names
+from vlmsearch.errors import CollectionError
+from vlmsearch.storage import integrity, metadata, snapshot
+from vlmsearch.storage.ann import faiss_store
+from vlmsearch.storage.ann.plan import plan_index
+from vlmsearch.storage.ann.postings import PostingIndex
+from vlmsearch.storage.filter_budget import FilterBudget
+from vlmsearch.storage.layout import Layout
+from vlmsearch.storage.vectors import VectorTable
+
+T = TypeVar("T")
+
+
+class CollectionReader:
+    """The stored data of a collection as of one commit (newer ones are followed)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.table: pa.Table
+        self.manifest, self.table = snapshot.read_snapshot(layout)
+        self.filter_budget: FilterBudget | None = None  # None: no time limit (the server sets one)
+        self.index_is_stale = False
+        self.moves = 0  # times a lazy load moved this object to a newer commit
+        # callers' caches that belong to one commit (text-column embeddings): dropped on a move
+        self.commit_cache: dict[str, Any] = {}
+        self._vectors: VectorTable | None = None
+        self._index: Any = None
+        # caches that stay valid while self.table is the same object (commits replace it)
+        self._filter: metadata.MetadataFilter | None = None
+        self._row_index: tuple[pa.Table, np.ndarray, np.ndarray | None] | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.layout.path
+
+    @property
+    def root(self) -> Path:
+        return Path(self.manifest["root"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def sparse(self) -> bool:
+        """Sparse vectors (ASIF): searched with posting lists instead of FAISS."""
+        return self.manifest.get("vectors") == "sparse"
+
+    def __len__(self) -> int:
+        return int(self.manifest.get("counts", {}).get("ok", 0))
+
+    def require_vectors(self) -> int:
+        """The number of indexed images; refuses an empty collection with a hint."""
+        n = len(self)
+        if n == 0:
+            raise CollectionError(
+                f"collection {self.path} is empty: no image was indexed successfully "
+                "(see `vlmsearch info`)"
+            )
+        return n
+
+    def follow(self, manifest: dict[str, Any], table: pa.Table) -> None:
+        """Read the commit this process has just made on top of this view's."""
+        self.manifest, self.table = manifest, table
+
+    @property
+    def loaded_filter(self) -> metadata.MetadataFilter | None:
+        """The DuckDB copy of the metadata, if one was built (not building one)."""
+        return self._filter
+
+    @property
+    def loaded_vectors(self) -> VectorTable | None:
+        """The vector table, if it was read (not reading it)."""
+        return self._vectors
+
+    # -- metadata -------------------------------------------------------------------------------
+    def live_ids(self) -> np.ndarray:
+        return self.filter_ids(None)
+
+    def filter_ids(self, where: str | None) -> np.ndarray:
+        """Sorted ids of the 'ok' rows satisfying ``where``, from a DuckDB copy of the
+        metadata kept for this table version (built once: ~0.3 s at 1M rows)."""
+        f = self._filter
+        if f is None or f.table is not self.table:
+            if f is not None:
+                f.close()
+            f = self._filter = metadata.MetadataFilter(self.table, self.filter_budget)
+        return f.ids(where)
+
+    def rows(self, ids: Sequence[int] | np.ndarray) -> dict[int, dict[str, Any]]:
+        """Metadata rows by id, found by binary search over the id column (kept per table
+        version): an ``is_in`` scan of a 1M-row table costs ~20 ms a query."""
+        ids = np.asarray(ids, np.int64)
+        if len(ids) == 0 or self.table.num_rows == 0:
+            return {}
+        cached = self._row_index
+        if cached is None or cached[0] is not self.table:
+            col = self.table["id"].to_numpy()
+            order = None
+            if len(col) > 1 and not bool(np.all(col[1:] > col[:-1])):
+                order = np.argsort(col, kind="stable")
+                col = col[order]
+            cached = self._row_index = (self.table, col, order)
+        _, col, order = cached
+        pos = np.clip(np.searchsorted(col, ids), 0, len(col) - 1)
+        pos = pos[col[pos] == ids]
+        if order is not None:
+            pos = order[pos]
+        if len(pos) <= 64:
+            # zero-copy one-row slices: ``take`` on a many-chunk Parquet table costs ~40 ms
+            # even for 10 rows (1M rows, 2 shared cores)
+            return {r["id"]: r for p in pos.tolist() for r in self.table.slice(p, 1).to_pylist()}
+        sub = self.table.take(pa.array(pos, pa.int64()))
+        return {r["id"]: r for r in sub.to_pylist()}
+
+    def lookup_file(self, path: str | Path) -> int | None:
+        """The id of the image at ``path`` if it is indexed and unchanged since (same size
+        and mtime), so that its stored vector stands for it; otherwise None."""
+        import pyarrow.compute as pc
+
+        p = Path(path).expanduser().resolve()
+        try:
+            rel = p.relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return None
+        rows = self.table.filter(pc.equal(self.table["path"], names.readable(rel))).to_pylist()
+        rows = [r for r in rows if names.row_path(r) == rel]
+        if not rows or rows[0]["status"] != "ok":
+            return None
+        st = p.stat()
+        if st.st_size != rows[0]["size"] or st.st_mtime_ns != rows[0]["mtime_ns"]:
+            return None
+        return int(rows[0]["id"])
+
+    # -- vectors and index --------------------------------------------------------------------
+    def read_verified(self, name: str, reader: Callable[[Path], T]) -> T:
+        """``reader(path)`` of a file the manifest names, verified first (see
+        :mod:`vlmsearch.storage.integrity`): damage is a one-line CollectionError."""
+        return integrity.read_checked(self.layout.path, self.manifest, name, reader)
+
+    @property
+    def vectors(self) -> VectorTable:
+        if self._vectors is None:
+
+            def load() -> VectorTable:
+                for shard in self.manifest.get("shards", []):
+                    for name in integrity.shard_files(shard, self.sparse):
+                        integrity.verify(self.layout.path, self.manifest, name)
+                return VectorTable.load(
+                    self.layout.vectors_dir,
+                    self.manifest.get("shards", []),
+                    self.dim,
+                    self.live_ids(),
+                    sparse=self.sparse,
+                )
+
+            self._vectors = self.load_current(load)
+        return self._vectors
+
+    @property
+    def faiss_index(self) -> Any:
+        """The stored index; an in-memory exact index when the stored one is behind the data
+        (an interrupted run that had not reached its index step)."""
+        if self._index is None:
+            self._index = self.load_current(self._read_index)
+        return self._index
+
+    def _read_index(self) -> Any:
+        info = self.manifest.get("index") or {}
+        current = info.get("file") and int(info.get("generation", -1)) >= int(
+            self.manifest.get("data_generation", 0)
+        )
+        if current:
+            path = self.layout.file(info["file"])
+            if path.is_file():
+                # verified first: a damaged index is a one-line error naming it
+                reader = PostingIndex.read if self.sparse else faiss_store.read_index
+                return self.read_verified(info["file"], reader)
+            if snapshot.newer_manifest(self.layout, self.manifest) is not None:
+                raise FileNotFoundError(errno.ENOENT, "collected by a newer commit", str(path))
+        # no index, or one behind the data (or deleted): exact search over the vectors
+        self.index_is_stale = True
+        vt = self.vectors
+        if self.sparse:
+            return PostingIndex.build(vt.ids, vt.vectors)
+        plan = plan_index("flat", len(vt), self.dim)
+        return faiss_store.build_index(plan, self.dim, vt.ids, vt.vectors.astype(np.float32))
+
+    def load_current(self, load: Callable[[], T]) -> T:
+        """``load()`` from this object's commit; when a newer commit has since collected a
+        file it needs, this object moves to that commit (manifest, table, caches) and
+        loads again: a reader never fails because of a writer."""
+        for _ in range(snapshot.ATTEMPTS):
+            try:
+                return load()
+            except (FileNotFoundError, integrity.MissingFileError):
+                newer = snapshot.reread(self.layout, self.manifest)
+                if newer is None:
+                    raise
+                self.manifest, self.table = newer
+                self.moves += 1
+                self._vectors = self._index = None
+                self.commit_cache.clear()
+                self.index_is_stale = False
+        return load()
+
+    # -- summary ------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """What ``vlmsearch info`` shows: the manifest's settings, counts and index, the
+        extra columns, and the bytes on disk by file kind."""
+        sizes: dict[str, int] = {}
+        total = 0
+        for p in self.layout.path.rglob("*"):
+            if p.is_file() and not p.name.startswith("."):
+                kind = p.name.split("-")[0] if "-" in p.name else p.name
+                sizes[kind] = sizes.get(kind, 0) + p.stat().st_size
+                total += p.stat().st_size
+        m = self.manifest
+        idx = m.get("index") or {}
+        return {
+            "collection": str(self.path),
+            "root": m.get("root"),
+            "format_version": m.get("format_version"),
+            "vlmsearch_version": m.get("vlmsearch_version"),
+            "encoder": m.get("encoder"),
+            "encoder_choice": m.get("encoder_choice"),
+            "dim": m.get("dim"),
+            "metric": m.get("metric"),
+            "preprocessing": m.get("preprocessing"),
+            "counts": m.get("counts"),
+            "index": {
+                k: idx.get(k) for k in ("requested", "factory", "search_params", "ntotal", "reason")
+            },
+            "index_current": bool(idx)
+            and int(idx.get("generation", -1)) >= int(m.get("data_generation", 0)),
+            "columns": [c for c in self.table.column_names if c not in metadata.BASE_COLUMNS],
+            "text_vectors": {
+                col: {"rows": e.get("rows"), "encoder": e.get("encoder_name")}
+                for col, e in (m.get("text_vectors") or {}).items()
+            },
+            "generation": m.get("generation"),
+            "created_at": m.get("created_at"),
+            "updated_at": m.get("updated_at"),
+            "bytes_on_disk": {"total": total, **sizes},
+        }
