@@ -39,6 +39,12 @@ class CollectionView(Protocol):
     def rows(self, ids: Sequence[int] | np.ndarray) -> dict[int, dict[str, Any]]: ...
 
 
+class StudentHome(CollectionView, Protocol):
+    """A view that can also store a trained region student: what distillation is given."""
+
+    def save_region_student(self, student: Any, info: dict[str, Any]) -> None: ...
+
+
 class ReaderView:
     """A :class:`CollectionView` over a storage reader and a getter of the collection's
     encoder (which builds it on first use)."""

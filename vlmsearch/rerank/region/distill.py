@@ -32,6 +32,8 @@ from vlmsearch.rerank.region.student import (
 if TYPE_CHECKING:
     import torch
 
+    from vlmsearch.rerank.view import CollectionView, StudentHome
+
 TEXT_TEMPERATURE = 0.01  # ViLD-text: logits = cos / 0.01 (notes/algorithms.md)
 IMAGE_LOSS_WEIGHT = 0.5  # ViLD: L = L_text + 0.5 L_image for R50 (notes/algorithms.md)
 BACKGROUND_MIN_PROB = 0.5  # a region is "background" when the teacher's best label is weaker
@@ -95,7 +97,7 @@ class DistillReport:
 
 
 def distill(
-    collection: Any,
+    collection: StudentHome,
     backbone: str = "efficientnet-lite0",
     *,
     epochs: int = 20,
@@ -109,7 +111,11 @@ def distill(
     progress: Callable[[str, int, int], None] | None = None,
     save: bool = True,
 ) -> tuple[RegionStudent, DistillReport]:
-    """Train a region student for ``collection`` and (with ``save``) store it there."""
+    """Train a region student for ``collection`` and (with ``save``) store it there.
+
+    ``collection`` is anything with the stored data, the encoder and
+    ``save_region_student`` (a :class:`~vlmsearch.collection.Collection` is one).
+    """
     import torch
 
     from vlmsearch.models.encoders.base import Encoder
@@ -170,7 +176,7 @@ def distill(
 
 
 def _check_request(
-    collection: Any, epochs: int, max_images: int, labels: Sequence[str] | None
+    collection: CollectionView, epochs: int, max_images: int, labels: Sequence[str] | None
 ) -> None:
     if epochs < 1 or max_images < 2:
         raise QueryError("distill needs at least 1 epoch and 2 images")
@@ -185,7 +191,7 @@ def _check_request(
 
 
 def _teacher_samples(
-    collection: Any,
+    collection: CollectionView,
     max_images: int,
     rng: np.random.Generator,
     progress: Callable[[str, int, int], None] | None,
