@@ -92,3 +92,8 @@ def tiny_gpt2(words: list[str]):
                      eos_token_id=0, bos_token_id=0)  # fmt: skip
     torch.manual_seed(0)
     return GPT2LMHeadModel(cfg).eval(), tok
+
+
+def metadata_file(manifest: dict) -> str:
+    """A committed metadata file: format 1's one table, or format 2's newest segment."""
+    return manifest.get("metadata_file") or manifest["segments"][-1]["file"]

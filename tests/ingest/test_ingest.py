@@ -45,7 +45,9 @@ def test_first_index_layout_and_manifest(image_dir):
     ):
         assert key in m
     assert m["encoder"]["arch"] == TINY and m["counts"] == {"files": 15, "ok": 15, "error": 0}
-    assert (coll.path / m["metadata_file"]).is_file()
+    # format 2: the metadata is segments (one per checkpoint), none of them rewritten
+    assert m["format_version"] == 2 and m["segments"]
+    assert all((coll.path / e["file"]).is_file() for e in m["segments"])
     assert (coll.path / m["index"]["file"]).is_file()
     assert "nested/deeper/deep0000.png" in _paths(coll)
     assert coll.table["id"].to_pylist() == sorted(set(coll.table["id"].to_pylist()))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, make_images
+from tests.conftest import TINY, make_images, metadata_file
 from vlmsearch import Collection
 from vlmsearch.errors import CollectionError
 from vlmsearch.ingest.options import IngestOptions
@@ -121,7 +121,7 @@ def test_gc_deletes_only_files_the_manifest_history_named(
     monkeypatch.setattr(gc, "RETAIN_SECONDS", 0.0)
     coll = _index(image_dir)
     first = coll.manifest
-    old_files = {first["metadata_file"], first["index"]["file"]} | {
+    old_files = {metadata_file(first), first["index"]["file"]} | {
         f"vectors/{s}.f16.npy" for s in first["shards"]
     }
     _plant(coll.path)
@@ -145,7 +145,7 @@ def test_gc_deletes_only_files_the_manifest_history_named(
     for name in old_files:  # our own old generation is gone, once retired long enough
         assert not (coll.path / name).exists(), name
     m = coll.manifest
-    assert (coll.path / m["metadata_file"]).is_file() and (coll.path / m["index"]["file"]).is_file()
+    assert (coll.path / metadata_file(m)).is_file() and (coll.path / m["index"]["file"]).is_file()
     assert len(Collection.open(coll.path).search_vector(coll.vectors.vectors[0], k=3)) == 3
 
 
@@ -157,8 +157,8 @@ def test_retired_files_are_kept_for_readers_until_old_enough(image_dir: Path):
     for _ in range(3):  # rapid commits: the first generation is still retained
         coll.classify(["red", "blue"], write_column="colour")
     retired = {e["file"] for e in coll.manifest["retired"]}
-    assert first["metadata_file"] in retired and first["index"]["file"] in retired
-    assert (coll.path / first["metadata_file"]).is_file()
+    assert metadata_file(first) in retired and first["index"]["file"] in retired
+    assert (coll.path / metadata_file(first)).is_file()
     assert all((coll.path / f"vectors/{s}.ids.npy").is_file() for s in first["shards"])
 
 

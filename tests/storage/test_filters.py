@@ -23,6 +23,7 @@ httpx = pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from tests.conftest import metadata_file  # noqa: E402
 from tests.serve_helpers import build_collection, live_server  # noqa: E402
 from vlmsearch.errors import QueryError  # noqa: E402
 from vlmsearch.server.app import create_app  # noqa: E402
@@ -73,7 +74,7 @@ def grow_metadata(coll_path: Path, rows: int) -> None:
     layout = Layout(coll_path)
     with layout.lock():
         manifest = layout.read_manifest()
-        table = metadata.read_table(layout.file(manifest["metadata_file"]))
+        table = CollectionWriter(layout, manifest).table  # every live row, of any format
         start = int(pc.max(table["id"]).as_py()) + 1
         grown = pa.concat_tables([table, big_table(rows, start)], promote_options="default")
         writer = CollectionWriter(layout, manifest, grown)
@@ -140,7 +141,7 @@ def test_filter_attacks_are_refused_by_name(client, small_path, where, named):
         assert res.status_code == 400, res.text
         assert named in res.json()["error"], res.json()["error"]
     table = metadata.read_table(
-        Layout(small_path).file(Layout(small_path).read_manifest()["metadata_file"])
+        Layout(small_path).file(metadata_file(Layout(small_path).read_manifest()))
     )
     with pytest.raises(QueryError, match="not allowed|too large|more than"):
         metadata.filter_ids(table, where)  # the CLI and the Python API: the same validator

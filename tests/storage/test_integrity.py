@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TINY, make_images
+from tests.conftest import TINY, make_images, metadata_file
 from vlmsearch import Collection
 from vlmsearch.errors import CollectionError
 from vlmsearch.ingest import repair
@@ -53,7 +53,7 @@ def target(root: Path, kind: str) -> str:
     """The name (relative to the collection) of one committed file of ``kind``."""
     m = manifest(root)
     return {
-        "metadata": m["metadata_file"],
+        "metadata": metadata_file(m),
         "vectors": f"vectors/{m['shards'][1]}.f16.npy",
         "ids": f"vectors/{m['shards'][1]}.ids.npy",
         "index": m["index"]["file"],

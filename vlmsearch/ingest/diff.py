@@ -14,7 +14,6 @@ from vlmsearch.imaging.decode import DecodeTask
 from vlmsearch.imaging.scan import ScanError, ScannedFile, is_under, scan
 from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
 from vlmsearch.ingest.touched import same_bytes
-from vlmsearch.storage import metadata
 from vlmsearch.storage.store import CollectionWriter
 
 
@@ -47,47 +46,61 @@ def find_changes(
     """Scan ``root`` and compare it with the writer's table. Deleted rows are dropped and
     re-dated ones updated in the writer's table, and new files get ids from ``next_id``;
     nothing is committed."""
-    table = writer.table
-    old_rows = dict(
-        zip(
-            names.column_paths(table),  # OS form: the scan's names compare equal
-            table.select(["id", "size", "mtime_ns", "content_hash", "status"]).to_pylist(),
-            strict=True,
-        )
-    )
     scanned, unknown = _scan(root, opts, writer.layout.path, report, progress)
-    seen = {f.path for f in scanned}
+    scan_table = _scan_table(scanned)
+    view = writer.view
     changes = Changes()
     # rows under a folder that could not be listed are unknown this time, not deleted:
     # they keep their ids, vectors and labels
+    gone = view.gone(scan_table)
     changes.gone = [
-        r["id"] for p, r in old_rows.items() if p not in seen and not is_under(p, unknown)
+        fid
+        for fid, p in zip(gone["id"].to_pylist(), names.column_paths(gone), strict=True)
+        if not is_under(p, unknown)
     ]
     report.deleted = len(changes.gone)
+    # only new files and those with another size or mtime come back from the join
+    differ_rows = view.join_scan(scan_table).to_pylist()
+    differ = {names.row_path(r): r for r in differ_rows}
     maybe_touched: list[tuple[int, ScannedFile, str]] = []  # (id, ScannedFile, stored hash)
     next_id = int(writer.manifest.get("next_id", 0))
-    for f in scanned:
-        old = old_rows.get(f.path)
+    for f in scanned:  # in scan order: new files are numbered in it
+        old = differ.get(f.path)
         if old is None:
+            report.unchanged += 1
+        elif old["id"] is None:
             changes.add_task(root, next_id, f, None, False)
             next_id += 1
             report.new += 1
-        elif old["size"] == f.size and old["mtime_ns"] == f.mtime_ns:
-            report.unchanged += 1
+        elif (known := old["content_hash"] if old["status"] == "ok" else None) and old[
+            "old_size"
+        ] == f.size:
+            maybe_touched.append((old["id"], f, known))  # decided below, by content
         else:
-            known = old["content_hash"] if old["status"] == "ok" else None
-            if known and old["size"] == f.size:
-                maybe_touched.append((old["id"], f, known))  # decided below, by content
-                continue
             report.changed += 1
             changes.add_task(root, old["id"], f, known, True)
     changes.touched = _split_touched(root, maybe_touched, changes, report)
     writer.manifest["next_id"] = next_id
     if changes.touched:  # same bytes, new mtime: re-dated, not re-encoded
-        writer.table = touch(writer.table, changes.touched)
+        writer.touch(changes.touched)
     if changes.gone:
-        writer.table = metadata.drop_ids(writer.table, changes.gone)
+        writer.delete(changes.gone)
     return changes
+
+
+def _scan_table(scanned: list[ScannedFile]) -> pa.Table:
+    """The scan as Arrow, in the metadata's path columns, for a join in DuckDB."""
+    shown, raw = (
+        zip(*(names.to_columns(f.path) for f in scanned), strict=True) if scanned else ((), ())
+    )
+    return pa.table(
+        {
+            "path": pa.array(shown, pa.string()),
+            "path_bytes": pa.array(raw, pa.binary()),
+            "size": pa.array([f.size for f in scanned], pa.int64()),
+            "mtime_ns": pa.array([f.mtime_ns for f in scanned], pa.int64()),
+        }
+    )
 
 
 def _scan(
@@ -138,16 +151,3 @@ def _split_touched(
             report.changed += 1
             changes.add_task(root, fid, f, known, True)
     return touched
-
-
-def touch(table: pa.Table, touched: dict[int, tuple[int, int]]) -> pa.Table:
-    """Update size/mtime of files whose bytes did not change (no re-encoding)."""
-    ids = table["id"].to_numpy()
-    size = table["size"].to_numpy().copy()
-    mtime = table["mtime_ns"].to_numpy().copy()
-    pos = {int(i): n for n, i in enumerate(ids)}
-    for fid, (s, m) in touched.items():
-        if fid in pos:
-            size[pos[fid]], mtime[pos[fid]] = s, m
-    table = table.set_column(table.column_names.index("size"), "size", pa.array(size))
-    return table.set_column(table.column_names.index("mtime_ns"), "mtime_ns", pa.array(mtime))

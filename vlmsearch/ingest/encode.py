@@ -16,10 +16,9 @@ from vlmsearch import names
 from vlmsearch.errors import CollectionError
 from vlmsearch.imaging.decode import DecodeTask, iter_decoded
 from vlmsearch.imaging.scan import ScannedFile
-from vlmsearch.ingest.diff import Changes, touch
+from vlmsearch.ingest.diff import Changes
 from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
 from vlmsearch.models.encoders.base import Encoder
-from vlmsearch.storage import metadata
 from vlmsearch.storage.store import CollectionWriter
 from vlmsearch.storage.vectors import stack, to_storage
 
@@ -43,10 +42,9 @@ class _Checkpoint:
 
     def commit(self) -> None:
         writer = self.writer
-        if self.rows:
-            writer.table = metadata.upsert(writer.table, metadata.rows_to_table(self.rows))
-        if self.touched:
-            writer.table = touch(writer.table, self.touched)
+        # only this checkpoint's rows are written: a new segment, not the whole table
+        writer.upsert(self.rows)
+        writer.touch(self.touched)
         shard = (np.concatenate(self.ids), stack(self.vecs)) if self.ids else None
         writer.commit(shard=shard)
         self.rows.clear()

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
-from vlmsearch.storage import integrity, metadata
+from vlmsearch.storage import integrity
 from vlmsearch.storage.ann import faiss_store
 from vlmsearch.storage.ann.plan import plan_index
 from vlmsearch.storage.ann.postings import FACTORY as POSTINGS
@@ -46,7 +46,7 @@ def _live_vectors(writer: CollectionWriter) -> VectorTable:
     """The vectors of the rows that decoded, from shards whose checksums were verified."""
     m = writer.manifest
     dim = int(m["dim"])
-    ok_ids = metadata.filter_ids(writer.table, None)
+    ok_ids = writer.ok_ids()
     sparse = m.get("vectors") == "sparse"
     for shard in m.get("shards", []):
         integrity.verify_all(writer.layout.path, m, integrity.shard_files(shard, sparse))

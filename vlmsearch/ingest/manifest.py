@@ -6,15 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from vlmsearch.errors import CollectionError, ModelError
 from vlmsearch.imaging.scan import normalise_extensions
 from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.models.encoders.base import Encoder
 from vlmsearch.models.lazy_encoder import LazyEncoder, as_lazy
-from vlmsearch.storage import integrity, metadata
+from vlmsearch.storage import integrity, segments
 from vlmsearch.storage.ann.plan import check_index_request
 from vlmsearch.storage.layout import FORMAT_VERSION, Layout, now_iso
 from vlmsearch.storage.store import CollectionWriter
@@ -109,13 +106,12 @@ def settle_fast_decode(manifest: dict[str, Any], opts: IngestOptions) -> None:
         )
 
 
-def repair_next_id(manifest: dict[str, Any], table: pa.Table, source: str | None) -> list[str]:
+def repair_next_id(manifest: dict[str, Any], largest: int | None, source: str | None) -> list[str]:
     """Ids are handed out from ``next_id``; one not above every id in the metadata (a
     hand-edited or damaged manifest) would give new files existing ids and evict their
     rows. It is raised past the largest id -- nothing is lost -- and said in a notice."""
-    if not table.num_rows:
+    if largest is None:
         return []
-    largest = int(pc.max(table["id"]).as_py())
     next_id = manifest.get("next_id")
     if isinstance(next_id, int) and not isinstance(next_id, bool) and next_id > largest:
         return []
@@ -146,15 +142,10 @@ def open_writer(
     the way. Call with the collection locked."""
     manifest: dict[str, Any] | None = None
     notices: list[str] = []
-    table = metadata.empty_table()
     if layout.exists() and not opts.rebuild:
         manifest = layout.read_manifest()
         check_encoder_matches(manifest, source, "this index run")
         check_root(manifest, root, layout)
-        name = manifest.get("metadata_file")
-        if name:
-            table = integrity.read_checked(layout.path, manifest, name, metadata.read_table)
-        notices += repair_next_id(manifest, table, name)
         if opts.extensions is None:
             opts.extensions = tuple(manifest["scan"]["extensions"])
     if manifest is None:
@@ -164,8 +155,13 @@ def open_writer(
         previous = layout.read_manifest()
     manifest["root"] = str(root)
     settle_fast_decode(manifest, opts)
-    writer = CollectionWriter(layout, manifest, table)
+    # a format-1 manifest: the writer holds its one table and its first commit writes it
+    # as a segment (the migration; vectors and index are kept)
+    writer = CollectionWriter(layout, manifest)
     writer.previous = previous
+    if previous is not None and not opts.rebuild:
+        source_name = ", ".join(segments.metadata_files(manifest)) or None
+        notices += repair_next_id(manifest, writer.largest_id(), source_name)
     return writer, notices
 
 

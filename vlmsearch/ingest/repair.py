@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from vlmsearch.errors import CollectionError
 from vlmsearch.ingest.finish import finish_index
 from vlmsearch.ingest.options import IngestOptions, IngestReport
-from vlmsearch.storage import integrity, metadata
+from vlmsearch.storage import integrity, metadata, segments
 from vlmsearch.storage.layout import Layout
 from vlmsearch.storage.vectors import _load_csr
 
@@ -72,7 +72,7 @@ class CheckReport:
 def kind_of(name: str) -> str:
     if name.startswith("vectors/"):
         return "vector ids" if name.endswith(".ids.npy") else "vectors"
-    if name.startswith("metadata-"):
+    if name.startswith(("metadata-", "seg-", "tomb-", "col-")):
         return "metadata"
     if name.endswith(".faiss"):
         return "faiss index"
@@ -115,6 +115,9 @@ def _probe(path: Path, kind: str, manifest: dict[str, Any], has_sum: bool) -> No
     if kind == "metadata":
         table = metadata.read_table(path)
         missing = set(metadata.BASE_COLUMNS) - set(table.column_names)
+        if not path.name.startswith("metadata-"):  # format 2: what each file must hold
+            need = {"seg": {*metadata.BASE_COLUMNS, *segments.HIDDEN}, "tomb": {"id", "_tgen"}}
+            missing = need.get(path.name.split("-")[0], {"id", "_cgen"}) - set(table.column_names)
         if missing:
             raise ValueError(f"columns {sorted(missing)} are missing")
     elif kind == "vector ids":
@@ -252,6 +255,8 @@ def _metadata(
     layout: Layout, manifest: dict[str, Any], bad: set[str], done: list[str]
 ) -> tuple[pa.Table, bool]:
     """The metadata to keep, and whether it had to be restored."""
+    if int(manifest.get("format_version") or 2) >= 2:
+        return _segments_metadata(layout, manifest, bad, done)
     name = manifest.get("metadata_file")
     if not name:
         return metadata.empty_table(), False
@@ -277,3 +282,34 @@ def _metadata(
         "matched to files, so the next `vlmsearch index` encodes every file again"
     )
     return metadata.empty_table(), True
+
+
+def _segments_metadata(
+    layout: Layout, manifest: dict[str, Any], bad: set[str], done: list[str]
+) -> tuple[pa.Table, bool]:
+    """Format 2: the live rows of the intact metadata files. A damaged segment loses its
+    rows (an older version of a row comes back, and the next index run sees that file
+    changed); a damaged tombstone file lets killed versions back, so each id keeps its
+    newest row; a damaged column segment loses its values. Repair then commits the rows
+    as one segment (a rewrite, off the hot path)."""
+    from vlmsearch.storage.live import LiveView
+
+    lost = [f for f in segments.files(manifest) if f in bad]
+    kept = dict(manifest)
+    for kind in segments.KINDS:
+        kept[kind] = [e for e in segments.entries(manifest, kind) if e["file"] not in bad]
+    view = LiveView(layout.path, kept)
+    try:
+        table = view.table(hidden=True)
+    finally:
+        view.close()
+    if "_gen" in table.column_names and table.num_rows:
+        newest = table.sort_by([("id", "ascending"), ("_gen", "descending")])
+        ids = newest["id"].to_numpy()
+        first = np.ones(len(ids), bool)
+        first[1:] = ids[1:] != ids[:-1]
+        table = newest.filter(pa.array(first))
+    table = table.drop_columns([c for c in segments.HIDDEN if c in table.column_names])
+    for name in lost:
+        done.append(f"metadata file {name} dropped (damaged); the rows it held are gone")
+    return table, bool(lost)

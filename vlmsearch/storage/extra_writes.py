@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from vlmsearch.errors import CollectionError
 from vlmsearch.results import Prediction
-from vlmsearch.storage import integrity, metadata
+from vlmsearch.storage import metadata
 from vlmsearch.storage.column_vectors import TextVectors
 from vlmsearch.storage.layout import Layout
 from vlmsearch.storage.reader import CollectionReader
@@ -75,21 +75,17 @@ class ExtraWriter:
         layout = reader.layout
         with layout.lock():
             manifest = layout.read_manifest()
-            name = manifest.get("metadata_file")
-            table = (
-                integrity.read_checked(layout.path, manifest, name, metadata.read_table)
-                if name
-                else reader.table
-            )
-            for name, values in (columns or {}).items():
-                assert ids is not None
-                table = metadata.set_column(table, name, ids, values)
-            writer = CollectionWriter(layout, manifest, table)
+            # only the new values are written (a column segment), not the metadata; a
+            # format-1 collection is migrated by this commit (its table becomes a segment)
+            writer = CollectionWriter(layout, manifest)
             writer.previous = manifest
+            if columns:
+                assert ids is not None
+                writer.set_columns(ids, columns)
             if column_info:
                 writer.manifest["columns"] = {**(manifest.get("columns") or {}), **column_info}
             writer.commit(data_changed=False, **commit)
-            reader.follow(writer.manifest, writer.table)
+            reader.follow(writer.manifest)
 
     def text_vectors(self, column: str, tv: TextVectors, info: dict[str, Any]) -> None:
         """Store the embeddings of a text column."""

@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from vlmsearch.storage import segments
 from vlmsearch.storage.atomic import fsync_dir, is_temp_name
 
 RETAIN_SECONDS = 60.0
@@ -30,7 +31,7 @@ RETIRED = "retired"
 VECTORS = "vectors"
 
 _OWN_NAME = re.compile(
-    r"^(metadata-\d+\.parquet|index-\d+\.(faiss|postings\.npz)|textvec-\d+-[0-9a-f]{8}\.npz"
+    r"^((?:metadata|seg|tomb|col)-\d+\.parquet|index-\d+\.(faiss|postings\.npz)|textvec-\d+-[0-9a-f]{8}\.npz"
     r"|student-\d+\.pt|vectors/shard-\d+\.(ids\.npy|f16\.npy|sparse\.npz))$"
 )
 _SHARD_SUFFIXES = (".ids.npy", ".f16.npy", ".sparse.npz")
@@ -49,6 +50,7 @@ def named_files(manifest: dict[str, Any] | None) -> set[str]:
     for col in (manifest.get("text_vectors") or {}).values():
         names.add((col or {}).get("file"))
     names.add((manifest.get("region_student") or {}).get("file"))
+    names.update(segments.files(manifest))
     for shard in manifest.get("shards") or []:
         names.update(f"{VECTORS}/{shard}{s}" for s in _SHARD_SUFFIXES)
     return {n for n in names if isinstance(n, str) and is_own_name(n)}

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vlmsearch.errors import CollectionError
+from vlmsearch.storage import segments
 
 HASH = "sha256"
 T = TypeVar("T")
@@ -60,6 +61,7 @@ def committed_files(manifest: dict[str, Any]) -> list[str]:
     names: list[str] = []
     if manifest.get("metadata_file"):
         names.append(str(manifest["metadata_file"]))
+    names += segments.files(manifest)  # format 2: segments, tombstones, column segments
     sparse = manifest.get("vectors") == "sparse"
     for shard in manifest.get("shards") or []:
         names += shard_files(str(shard), sparse)
@@ -193,7 +195,10 @@ def check_manifest(manifest: Any, path: Path) -> None:
     write), naming the key, instead of a ``KeyError`` deep inside a command."""
     if not isinstance(manifest, dict):
         raise CollectionError(f"{path} is damaged (not a JSON object); {_rebuild_hint(path)}")
+    v2 = isinstance(manifest.get("format_version"), int) and manifest["format_version"] >= 2
     for key, types in _REQUIRED.items():
+        if key == "metadata_file" and v2:
+            continue  # format 2 names segments instead
         value = manifest.get(key)
         if key not in manifest or not isinstance(value, types) or isinstance(value, bool):
             raise CollectionError(
@@ -208,7 +213,7 @@ def _rebuild_hint(path: Path) -> str:
     )
 
 
-_GENERATION = re.compile(r"^(?:metadata|index|textvec|student|shard)-(\d+)")
+_GENERATION = re.compile(r"^(?:metadata|seg|tomb|col|index|textvec|student|shard)-(\d+)")
 
 
 def highest_generation(directory: Path) -> int:

@@ -42,7 +42,8 @@ from vlmsearch.storage.nospace import commit_guard
 
 __all__ = ["Layout", "WriterLock", "default_collection_for", "find_collection", "now_iso"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this version writes (docs/on-disk-format.md)
+READABLE_FORMATS = (1, 2)  # format 1 is read in place and migrated by its next commit
 MANIFEST = "manifest.json"
 DEFAULT_DIRNAME = ".vlmsearch"
 
@@ -86,10 +87,17 @@ class Layout:
         if not isinstance(manifest, dict):
             check_manifest(manifest, self.manifest_path)  # raises: not a JSON object
         version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
+        if isinstance(version, int) and version > FORMAT_VERSION:
             raise CollectionError(
-                f"{self.path} has collection format {version}; this vlmsearch "
-                f"({__version__}) reads format {FORMAT_VERSION}. Re-index with --rebuild."
+                f"{self.path} has collection format {version}, newer than this vlmsearch "
+                f"({__version__}) reads (formats {READABLE_FORMATS[0]} to {FORMAT_VERSION}); "
+                "upgrade vlmsearch to open it (it is left untouched)"
+            )
+        if version not in READABLE_FORMATS:
+            raise CollectionError(
+                f"{self.path} has collection format {version!r}; this vlmsearch "
+                f"({__version__}) reads formats {READABLE_FORMATS[0]} to {FORMAT_VERSION}. "
+                "Re-index with --rebuild."
             )
         check_manifest(manifest, self.manifest_path)
         return manifest

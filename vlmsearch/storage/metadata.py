@@ -54,6 +54,13 @@ def read_table(path: Path) -> pa.Table:
     return pq.read_table(path, page_checksum_verification=True)
 
 
+def check_parquet(path: Path) -> None:
+    """Read a Parquet file through, page checksums verified (it stays on disk)."""
+    f = pq.ParquetFile(path, page_checksum_verification=True)
+    for i in range(f.num_row_groups):
+        f.read_row_group(i)
+
+
 def write_table(path: Path, table: pa.Table) -> None:
     atomic_write(
         path,
@@ -129,16 +136,28 @@ class MetadataFilter:
     table. Queries run within ``budget`` (time, memory, a few at a time, one thread each)
     and stop on Ctrl-C: see :mod:`vlmsearch.storage.filter_budget`."""
 
-    def __init__(self, table: pa.Table, budget: FilterBudget | None = None) -> None:
+    def __init__(self, source: pa.Table | str, budget: FilterBudget | None = None) -> None:
+        """``source``: an Arrow table, or the SQL of a collection's live rows (format 2:
+        a SELECT over its Parquet segments, read once into DuckDB's own storage, never
+        into Python objects, before external access is disabled)."""
         import duckdb
 
-        self.table = table
+        self.table = source if isinstance(source, pa.Table) else None
         self.budget = budget or FilterBudget()
         self._con = duckdb.connect(":memory:")
         try:
-            self._con.register("_arrow", table)
-            self._con.execute(f"CREATE TABLE {TABLE_NAME} AS SELECT * FROM _arrow")
-            self._con.unregister("_arrow")
+            if isinstance(source, pa.Table):
+                self._con.register("_arrow", source)
+                self._con.execute(f"CREATE TABLE {TABLE_NAME} AS SELECT * FROM _arrow")
+                self._con.unregister("_arrow")
+            else:
+                # sorted by id: row-group zone maps then make lookups by id cheap
+                self._con.execute(
+                    f"CREATE TABLE {TABLE_NAME} AS SELECT * FROM ({source}) ORDER BY id"
+                )
+            self.column_names: list[str] = [
+                r[0] for r in self._con.execute(f"DESCRIBE {TABLE_NAME}").fetchall()
+            ]
             # one thread per query: a filter over 1M rows takes ~3 ms either way, and a
             # second thread only waits for a core on a busy machine
             configure(self._con, self.budget)
@@ -148,6 +167,14 @@ class MetadataFilter:
             self._con.close()
             raise
         self._runner = QueryRunner(self._con, self.budget)
+
+    def select(self, sql: str, params: list[Any] | None = None) -> pa.Table:
+        """vlmsearch's own query over the copy (lookups by id or path), as Arrow."""
+        cur = self._con.cursor()
+        try:
+            return cur.sql(sql, params=params or None).to_arrow_table()
+        finally:
+            cur.close()
 
     def __enter__(self) -> MetadataFilter:
         return self
@@ -163,7 +190,7 @@ class MetadataFilter:
         import duckdb
 
         if where and where.strip():
-            validate_where(where, self.table.column_names)
+            validate_where(where, self.column_names)
         clauses = []
         if only_ok:
             clauses.append("status = 'ok'")
@@ -177,7 +204,7 @@ class MetadataFilter:
         except duckdb.BinderException as e:
             raise QueryError(
                 f"invalid where filter {where!r}: {describe_error(e)} "
-                f"(columns: {', '.join(self.table.column_names)})"
+                f"(columns: {', '.join(self.column_names)})"
             ) from None
         except duckdb.Error as e:
             raise QueryError(f"invalid where filter {where!r}: {describe_error(e)}") from None

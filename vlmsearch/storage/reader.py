@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from vlmsearch import names
 from vlmsearch.errors import CollectionError
-from vlmsearch.storage import integrity, metadata, snapshot
+from vlmsearch.storage import integrity, metadata, segments, snapshot
 from vlmsearch.storage.ann import faiss_store
 from vlmsearch.storage.ann.plan import plan_index
 from vlmsearch.storage.ann.postings import PostingIndex
@@ -35,8 +35,7 @@ class CollectionReader:
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self.table: pa.Table
-        self.manifest, self.table = snapshot.read_snapshot(layout)
+        self.manifest: dict[str, Any] = snapshot.read_snapshot(layout)
         self.filter_budget: FilterBudget | None = None  # None: no time limit (the server sets one)
         self.index_is_stale = False
         self.moves = 0  # times a lazy load moved this object to a newer commit
@@ -44,9 +43,12 @@ class CollectionReader:
         self.commit_cache: dict[str, Any] = {}
         self._vectors: VectorTable | None = None
         self._index: Any = None
-        # caches that stay valid while self.table is the same object (commits replace it)
+        # a table set by a caller stands for the committed rows (tests, tools)
+        self._set_table: pa.Table | None = None
+        # per committed state: the DuckDB copy of the live rows, and the rows as Arrow
         self._filter: metadata.MetadataFilter | None = None
-        self._row_index: tuple[pa.Table, np.ndarray, np.ndarray | None] | None = None
+        self._filter_key: Any = None
+        self._table: tuple[Any, pa.Table] | None = None
 
     @property
     def path(self) -> Path:
@@ -78,9 +80,53 @@ class CollectionReader:
             )
         return n
 
-    def follow(self, manifest: dict[str, Any], table: pa.Table) -> None:
+    def follow(self, manifest: dict[str, Any], table: pa.Table | None = None) -> None:
         """Read the commit this process has just made on top of this view's."""
-        self.manifest, self.table = manifest, table
+        self.manifest, self._set_table = manifest, table
+
+    @property
+    def table(self) -> pa.Table:
+        """Every live row as one Arrow table, ordered by id. Built on first use from the
+        DuckDB copy; search, filters and lookups do not need it (they query the copy)."""
+        if self._set_table is not None:
+            return self._set_table
+        key = self._state_key()
+        if self._table is None or self._table[0] != key:
+            t = self.metadata_filter().select(f"SELECT * FROM {metadata.TABLE_NAME} ORDER BY id")
+            self._table = (key, _as_stored(t))
+        return self._table[1]
+
+    @table.setter
+    def table(self, table: pa.Table) -> None:
+        self._set_table = table
+
+    @property
+    def column_names(self) -> list[str]:
+        if self._set_table is not None:
+            return self._set_table.column_names
+        return self.metadata_filter().column_names
+
+    def _state_key(self) -> Any:
+        return (id(self._set_table), self.manifest.get("generation"), id(self.manifest))
+
+    def metadata_filter(self) -> metadata.MetadataFilter:
+        """The DuckDB copy of the live rows of this view's commit (built once per commit:
+        the segments are read straight into DuckDB, ~0.3 s a million rows)."""
+        key = self._state_key()
+        if self._filter is None or self._filter_key != key:
+            if self._filter is not None:
+                self._filter.close()
+            source: pa.Table | str = (
+                self._set_table
+                if self._set_table is not None
+                else (
+                    segments.live_sql(self.layout.path, segments.as_format2(self.manifest))
+                    or metadata.empty_table()
+                )
+            )
+            self._filter = metadata.MetadataFilter(source, self.filter_budget)
+            self._filter_key = key
+        return self._filter
 
     @property
     def loaded_filter(self) -> metadata.MetadataFilter | None:
@@ -97,52 +143,28 @@ class CollectionReader:
         return self.filter_ids(None)
 
     def filter_ids(self, where: str | None) -> np.ndarray:
-        """Sorted ids of the 'ok' rows satisfying ``where``, from a DuckDB copy of the
-        metadata kept for this table version (built once: ~0.3 s at 1M rows)."""
-        f = self._filter
-        if f is None or f.table is not self.table:
-            if f is not None:
-                f.close()
-            f = self._filter = metadata.MetadataFilter(self.table, self.filter_budget)
-        return f.ids(where)
+        """Sorted ids of the 'ok' rows satisfying ``where``, from the DuckDB copy."""
+        return self.metadata_filter().ids(where)
 
     def rows(self, ids: Sequence[int] | np.ndarray) -> dict[int, dict[str, Any]]:
-        """Metadata rows by id, found by binary search over the id column (kept per table
-        version): an ``is_in`` scan of a 1M-row table costs ~20 ms a query."""
+        """Metadata rows by id, from the DuckDB copy (sorted by id: its zone maps skip
+        all but the row groups holding them)."""
         ids = np.asarray(ids, np.int64)
-        if len(ids) == 0 or self.table.num_rows == 0:
+        if len(ids) == 0:
             return {}
-        cached = self._row_index
-        if cached is None or cached[0] is not self.table:
-            col = self.table["id"].to_numpy()
-            order = None
-            if len(col) > 1 and not bool(np.all(col[1:] > col[:-1])):
-                order = np.argsort(col, kind="stable")
-                col = col[order]
-            cached = self._row_index = (self.table, col, order)
-        _, col, order = cached
-        pos = np.clip(np.searchsorted(col, ids), 0, len(col) - 1)
-        pos = pos[col[pos] == ids]
-        if order is not None:
-            pos = order[pos]
-        if len(pos) <= 64:
-            # zero-copy one-row slices: ``take`` on a many-chunk Parquet table costs ~40 ms
-            # even for 10 rows (1M rows, 2 shared cores)
-            return {r["id"]: r for p in pos.tolist() for r in self.table.slice(p, 1).to_pylist()}
-        sub = self.table.take(pa.array(pos, pa.int64()))
-        return {r["id"]: r for r in sub.to_pylist()}
+        sql = f"SELECT * FROM {metadata.TABLE_NAME} WHERE id IN {segments.ids_sql(ids.tolist())}"
+        return {r["id"]: r for r in self.metadata_filter().select(sql).to_pylist()}
 
     def lookup_file(self, path: str | Path) -> int | None:
         """The id of the image at ``path`` if it is indexed and unchanged since (same size
         and mtime), so that its stored vector stands for it; otherwise None."""
-        import pyarrow.compute as pc
-
         p = Path(path).expanduser().resolve()
         try:
             rel = p.relative_to(self.root.resolve()).as_posix()
         except ValueError:
             return None
-        rows = self.table.filter(pc.equal(self.table["path"], names.readable(rel))).to_pylist()
+        sql = f"SELECT * FROM {metadata.TABLE_NAME} WHERE path = ?"
+        rows = self.metadata_filter().select(sql, [names.readable(rel)]).to_pylist()
         rows = [r for r in rows if names.row_path(r) == rel]
         if not rows or rows[0]["status"] != "ok":
             return None
@@ -216,7 +238,7 @@ class CollectionReader:
                 newer = snapshot.reread(self.layout, self.manifest)
                 if newer is None:
                     raise
-                self.manifest, self.table = newer
+                self.manifest, self._set_table = newer, None
                 self.moves += 1
                 self._vectors = self._index = None
                 self.commit_cache.clear()
@@ -252,7 +274,7 @@ class CollectionReader:
             },
             "index_current": bool(idx)
             and int(idx.get("generation", -1)) >= int(m.get("data_generation", 0)),
-            "columns": [c for c in self.table.column_names if c not in metadata.BASE_COLUMNS],
+            "columns": [c for c in self.column_names if c not in metadata.BASE_COLUMNS],
             "text_vectors": {
                 col: {"rows": e.get("rows"), "encoder": e.get("encoder_name")}
                 for col, e in (m.get("text_vectors") or {}).items()
@@ -262,3 +284,13 @@ class CollectionReader:
             "updated_at": m.get("updated_at"),
             "bytes_on_disk": {"total": total, **sizes},
         }
+
+
+def _as_stored(table: pa.Table) -> pa.Table:
+    """A table from DuckDB with the base columns' stored types (DuckDB widens some)."""
+    for n, f in enumerate(table.schema):
+        if f.name in metadata.BASE_COLUMNS:
+            want = metadata.BASE_SCHEMA.field(f.name).type
+            if f.type != want:
+                table = table.set_column(n, f.name, table[f.name].cast(want))
+    return table

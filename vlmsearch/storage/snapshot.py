@@ -13,10 +13,8 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import pyarrow as pa
-
 from vlmsearch.errors import CollectionError
-from vlmsearch.storage import integrity, metadata
+from vlmsearch.storage import integrity, metadata, segments
 from vlmsearch.storage.layout import Layout
 from vlmsearch.storage.lock import being_created
 
@@ -24,8 +22,9 @@ ATTEMPTS = 5
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def read_snapshot(layout: Layout) -> tuple[dict[str, Any], pa.Table]:
-    """The committed manifest and the metadata table it names."""
+def read_snapshot(layout: Layout) -> dict[str, Any]:
+    """The committed manifest, once the metadata files it names are verified (present,
+    of the recorded size and digest); the rows themselves are read on demand."""
     manifest = layout.read_manifest()
     if int(manifest.get("generation") or 0) == 0:  # the empty manifest a first run writes
         creating = being_created(layout.path)
@@ -33,7 +32,8 @@ def read_snapshot(layout: Layout) -> tuple[dict[str, Any], pa.Table]:
             raise CollectionError(creating)
     for attempt in range(ATTEMPTS):
         try:
-            return manifest, _table(layout, manifest)
+            _verify_metadata(layout, manifest)
+            return manifest
         except (FileNotFoundError, integrity.MissingFileError):
             newer = newer_manifest(layout, manifest)
             if newer is None or attempt == ATTEMPTS - 1:
@@ -54,18 +54,20 @@ def newer_manifest(layout: Layout, manifest: dict[str, Any]) -> dict[str, Any] |
     return None if same else current
 
 
-def reread(layout: Layout, manifest: dict[str, Any]) -> tuple[dict[str, Any], pa.Table] | None:
-    """The newer commit (manifest and table) when there is one, else None."""
+def reread(layout: Layout, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The newer commit's manifest when there is one, else None."""
     if newer_manifest(layout, manifest) is None:
         return None
     return read_snapshot(layout)
 
 
-def _table(layout: Layout, manifest: dict[str, Any]) -> pa.Table:
-    name = manifest.get("metadata_file")
-    if not name:
-        return metadata.empty_table()
-    return integrity.read_checked(layout.path, manifest, name, metadata.read_table)
+def _verify_metadata(layout: Layout, manifest: dict[str, Any]) -> None:
+    for name in segments.metadata_files(manifest):
+        integrity.verify(layout.path, manifest, name)
+        if name.endswith(".parquet") and name not in (manifest.get("checksums") or {}):
+            # no digest recorded (written before checksums): the page checksums and a
+            # readable footer, so that damage is named here, not inside a query later
+            integrity.read_checked(layout.path, manifest, name, metadata.check_parquet)
 
 
 def on_one_commit(method: F) -> F:
