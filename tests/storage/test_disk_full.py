@@ -63,7 +63,7 @@ PHASES: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
     ),
     "metadata (pyarrow)": (
         lambda mp: mp.setattr("pyarrow.parquet.write_table", _pyarrow_enospc),
-        "metadata-",
+        "seg-",  # format 2: the checkpoint's metadata segment
     ),
     "faiss index": (lambda mp: mp.setattr("faiss.write_index", _faiss_write_error), "index-"),
     "manifest": (_patch_manifest_write, "manifest.json"),
@@ -114,7 +114,7 @@ def test_disk_full_is_one_line_from_the_cli(image_dir: Path, monkeypatch: pytest
 def test_classify_write_column_on_full_disk(image_dir: Path, monkeypatch: pytest.MonkeyPatch):
     coll = _index(image_dir)
     monkeypatch.setattr("pyarrow.parquet.write_table", _pyarrow_enospc)
-    with pytest.raises(NoSpaceError, match=r"metadata-\d+\.parquet; the last commit is intact"):
+    with pytest.raises(NoSpaceError, match=r"col-\d+\.parquet; the last commit is intact"):
         coll.classify(["red", "blue"], write_column="colour")
     monkeypatch.undo()
     assert "colour" not in Collection.open(coll.path).table.column_names

@@ -19,7 +19,7 @@ from vlmsearch import Collection
 from vlmsearch.errors import CollectionError
 from vlmsearch.ingest import repair
 from vlmsearch.ingest.options import IngestOptions
-from vlmsearch.storage import integrity
+from vlmsearch.storage import integrity, segments
 from vlmsearch.storage.layout import Layout
 
 OPTS = dict(workers=0, batch_size=4, commit_every=4)  # 12 images -> 3 vector shards
@@ -102,7 +102,8 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
 def test_manifest_records_size_and_sha256_of_every_committed_file(photos):
     m = manifest(photos)
     named = integrity.committed_files(m)
-    assert len(named) == 1 + 2 * 3 + 1  # metadata, three shards, the index
+    meta = len(segments.metadata_files(m))  # format 2: one segment per checkpoint (3)
+    assert len(named) == meta + 2 * 3 + 1  # metadata, three shards, the index
     assert sorted(m["checksums"]) == sorted(named)
     for name in named:
         data = (coll_dir(photos) / name).read_bytes()
@@ -147,7 +148,8 @@ def test_file_is_hashed_once_per_process(photos, monkeypatch):
         coll = Collection.open(coll_dir(photos))
         coll.vectors  # noqa: B018
         coll.faiss_index  # noqa: B018
-    assert len(calls) == len(set(calls)) == 8
+    meta = len(segments.metadata_files(manifest(photos)))  # 1 in format 1, 3 in format 2
+    assert len(calls) == len(set(calls)) == 7 + meta
     # a file replaced under the same name (new inode and mtime) is hashed again
     name = target(photos, "index")
     path = coll_dir(photos) / name
@@ -155,7 +157,7 @@ def test_file_is_hashed_once_per_process(photos, monkeypatch):
     path.unlink()
     path.write_bytes(data)
     Collection.open(coll_dir(photos)).faiss_index  # noqa: B018
-    assert calls[-1] == path and len(calls) == 9
+    assert calls[-1] == path and len(calls) == 8 + meta
 
 
 def test_collection_without_checksums_still_opens_and_damage_is_still_named(photos):
@@ -258,9 +260,7 @@ def test_check_reports_damage_and_repair_rebuilds_the_index(photos):
     assert results(photos, q) == before
 
 
-def test_repair_of_a_shard_drops_only_its_rows_and_index_reencodes_only_them(
-    photos, tiny_encoder
-):
+def test_repair_of_a_shard_drops_only_its_rows_and_index_reencodes_only_them(photos, tiny_encoder):
     q = query(photos)
     before = results(photos, q)
     lost_ids = np.load(coll_dir(photos) / target(photos, "ids"))
@@ -286,8 +286,13 @@ def test_index_repair_restores_metadata_from_the_previous_generation(photos, tin
     assert_one_line_error(proc, name, "--repair")
     proc = run_cli("index", str(photos), "--repair", "--workers", "0")
     assert proc.returncode == 0, proc.stderr
-    assert "metadata restored from metadata-" in proc.stderr
-    assert "0 encoded" in proc.stderr  # nothing re-encoded: the vectors were intact
+    if name.startswith("metadata-"):  # format 1: the previous table is restored
+        assert "metadata restored from metadata-" in proc.stderr
+        assert "0 encoded" in proc.stderr  # nothing re-encoded: the vectors were intact
+    else:  # format 2: segments are never rewritten, so no older copy exists; the damaged
+        # segment's rows are dropped and only their files are encoded again
+        assert f"metadata file {name} dropped (damaged)" in proc.stderr
+        assert " 0 encoded" not in proc.stderr
     assert results(photos, q) == before
     assert repair.check(Layout(coll_dir(photos))).healthy
 

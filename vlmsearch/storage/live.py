@@ -48,10 +48,11 @@ class LiveView:
             return metadata.empty_table()
         if not hidden:
             t = t.drop_columns([c for c in segments.HIDDEN if c in t.column_names])
-        return t
+        return metadata.as_stored(t)
 
     def rows_for(self, ids: np.ndarray | list[int], columns: str = "*") -> pa.Table:
-        return self.arrow(columns, f"id IN {segments.ids_sql(list(map(int, ids)))}")
+        t = self.arrow(columns, f"id IN {segments.ids_sql(list(map(int, ids)))}")
+        return metadata.as_stored(t)
 
     def ok_ids(self) -> np.ndarray:
         t = self.arrow("id", "status = 'ok'", " ORDER BY id")

@@ -49,6 +49,17 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=BASE_SCHEMA)
 
 
+def as_stored(table: pa.Table) -> pa.Table:
+    """A table from DuckDB with the base columns' stored types (DuckDB names the UTC
+    zone ``Etc/UTC``, which Arrow will not merge with ``UTC``)."""
+    for n, f in enumerate(table.schema):
+        if f.name in BASE_COLUMNS:
+            want = BASE_SCHEMA.field(f.name).type
+            if f.type != want:
+                table = table.set_column(n, f.name, table[f.name].cast(want))
+    return table
+
+
 def read_table(path: Path) -> pa.Table:
     # page checksums catch damage inside a page even where the manifest has no digest
     return pq.read_table(path, page_checksum_verification=True)

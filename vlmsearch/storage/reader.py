@@ -93,7 +93,7 @@ class CollectionReader:
         key = self._state_key()
         if self._table is None or self._table[0] != key:
             t = self.metadata_filter().select(f"SELECT * FROM {metadata.TABLE_NAME} ORDER BY id")
-            self._table = (key, _as_stored(t))
+            self._table = (key, metadata.as_stored(t))
         return self._table[1]
 
     @table.setter
@@ -116,17 +116,30 @@ class CollectionReader:
         if self._filter is None or self._filter_key != key:
             if self._filter is not None:
                 self._filter.close()
-            source: pa.Table | str = (
-                self._set_table
-                if self._set_table is not None
-                else (
-                    segments.live_sql(self.layout.path, segments.as_format2(self.manifest))
-                    or metadata.empty_table()
-                )
-            )
-            self._filter = metadata.MetadataFilter(source, self.filter_budget)
-            self._filter_key = key
+            self._filter = self.load_current(self._build_filter)
+            self._filter_key = self._state_key()
         return self._filter
+
+    def _build_filter(self) -> metadata.MetadataFilter:
+        import duckdb
+
+        if self._set_table is not None:
+            return metadata.MetadataFilter(self._set_table, self.filter_budget)
+        m = segments.as_format2(self.manifest)
+        sql = segments.live_sql(self.layout.path, m)
+        if sql is None:
+            return metadata.MetadataFilter(metadata.empty_table(), self.filter_budget)
+        try:
+            return metadata.MetadataFilter(sql, self.filter_budget)
+        except duckdb.IOException as e:
+            # a file gone (collected after a newer commit, or lost): name the first missing
+            # one, so that load_current moves to the newer commit or the damage is named
+            for name in segments.files(m):
+                integrity.verify(self.layout.path, self.manifest, name)
+            raise CollectionError(
+                f"cannot read the metadata of {self.path}: {str(e).splitlines()[0]}; "
+                f"{integrity.repair_hint(self.path)}"
+            ) from None
 
     @property
     def loaded_filter(self) -> metadata.MetadataFilter | None:
@@ -284,13 +297,3 @@ class CollectionReader:
             "updated_at": m.get("updated_at"),
             "bytes_on_disk": {"total": total, **sizes},
         }
-
-
-def _as_stored(table: pa.Table) -> pa.Table:
-    """A table from DuckDB with the base columns' stored types (DuckDB widens some)."""
-    for n, f in enumerate(table.schema):
-        if f.name in metadata.BASE_COLUMNS:
-            want = metadata.BASE_SCHEMA.field(f.name).type
-            if f.type != want:
-                table = table.set_column(n, f.name, table[f.name].cast(want))
-    return table

@@ -53,7 +53,11 @@ class CollectionWriter:
         if self._view is None or self._view.manifest is not self.manifest:
             if self._view is not None:
                 self._view.close()
-            self._view = LiveView(self.layout.path, self.manifest)
+            # verified before any query (hashed once per process): damage is a one-line
+            # error naming the file, not a failure inside DuckDB
+            for name in segments.metadata_files(self.manifest):
+                integrity.verify(self.layout.path, self.manifest, name)
+            self._view = LiveView(self.layout.path, segments.as_format2(self.manifest))
         return self._view
 
     @property
