@@ -153,7 +153,7 @@ class MetadataFilter:
         into Python objects, before external access is disabled)."""
         import duckdb
 
-        self.table = source if isinstance(source, pa.Table) else None
+        self._table = source if isinstance(source, pa.Table) else None
         self.budget = budget or FilterBudget()
         self._con = duckdb.connect(":memory:")
         try:
@@ -178,6 +178,14 @@ class MetadataFilter:
             self._con.close()
             raise
         self._runner = QueryRunner(self._con, self.budget)
+
+    @property
+    def table(self) -> pa.Table:
+        """The rows of the copy as one Arrow table, ordered by id (made on first use when
+        the copy was read from Parquet segments)."""
+        if self._table is None:
+            self._table = as_stored(self.select(f"SELECT * FROM {TABLE_NAME} ORDER BY id"))
+        return self._table
 
     def select(self, sql: str, params: list[Any] | None = None) -> pa.Table:
         """vlmsearch's own query over the copy (lookups by id or path), as Arrow."""

@@ -45,10 +45,9 @@ class CollectionReader:
         self._index: Any = None
         # a table set by a caller stands for the committed rows (tests, tools)
         self._set_table: pa.Table | None = None
-        # per committed state: the DuckDB copy of the live rows, and the rows as Arrow
+        # per committed state: the DuckDB copy of the live rows
         self._filter: metadata.MetadataFilter | None = None
         self._filter_key: Any = None
-        self._table: tuple[Any, pa.Table] | None = None
 
     @property
     def path(self) -> Path:
@@ -90,11 +89,7 @@ class CollectionReader:
         DuckDB copy; search, filters and lookups do not need it (they query the copy)."""
         if self._set_table is not None:
             return self._set_table
-        key = self._state_key()
-        if self._table is None or self._table[0] != key:
-            t = self.metadata_filter().select(f"SELECT * FROM {metadata.TABLE_NAME} ORDER BY id")
-            self._table = (key, metadata.as_stored(t))
-        return self._table[1]
+        return self.metadata_filter().table
 
     @table.setter
     def table(self, table: pa.Table) -> None:
