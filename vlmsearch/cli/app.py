@@ -13,6 +13,7 @@ from vlmsearch.cli.asif import asif_app
 from vlmsearch.cli.caption import caption
 from vlmsearch.cli.check import check
 from vlmsearch.cli.classify import classify
+from vlmsearch.cli.compact import compact
 from vlmsearch.cli.distill import distill
 from vlmsearch.cli.index import index
 from vlmsearch.cli.info import info
@@ -50,6 +51,7 @@ app.command("classify")(classify)
 app.command("info")(info)
 app.command("caption")(caption)
 app.command("check")(check)
+app.command("compact")(compact)
 app.command("distill")(distill)
 app.command("serve")(serve)
 app.add_typer(asif_app, name="asif")

@@ -27,6 +27,7 @@ from vlmsearch.ingest.repair import repair
 from vlmsearch.models.encoders.base import Encoder
 from vlmsearch.models.lazy_encoder import LazyEncoder, as_lazy
 from vlmsearch.storage.layout import Layout
+from vlmsearch.storage.maintenance import compact_if_due
 from vlmsearch.storage.store import CollectionWriter
 
 # IngestOptions and IngestReport live in vlmsearch.ingest.options; the README's Python API
@@ -63,6 +64,9 @@ def ingest(
         start_data_generation = int(writer.manifest.get("data_generation", 0))
         dirty = _run(writer, root, source, opts, report, progress)
         finish_index(writer, opts, report, start_data_generation, dirty, progress)
+        writer.migrate()  # a format-1 collection that had nothing new: migrated now
+        if compact_if_due(writer):
+            report.notices.append("metadata compacted (storage/compact.py thresholds)")
         report.generation = int(writer.manifest["generation"])
         report.load_seconds = source.load_seconds
         report.seconds = time.perf_counter() - t0

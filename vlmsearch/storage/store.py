@@ -19,6 +19,7 @@ from vlmsearch.storage.ann import faiss_store
 from vlmsearch.storage.ann.postings import PostingIndex
 from vlmsearch.storage.column_vectors import TextVectors
 from vlmsearch.storage.column_vectors import file_name as text_vectors_file
+from vlmsearch.storage.compact import write_compacted
 from vlmsearch.storage.layout import FORMAT_VERSION, Layout
 from vlmsearch.storage.live import LiveView
 from vlmsearch.storage.vectors import write_shard
@@ -38,8 +39,6 @@ class CollectionWriter:
         self.previous: dict[str, Any] | None = None
         # a whole table to commit in place of every segment (None: commit the batch)
         self._whole: pa.Table | None = table
-        if table is None and manifest.get("format_version", FORMAT_VERSION) < 2:
-            self._whole = _legacy_table(layout, manifest)
         self._rows: dict[int, dict[str, Any]] = {}
         self._dead: set[int] = set()
         self._touched: dict[int, tuple[int, int]] = {}
@@ -113,7 +112,27 @@ class CollectionWriter:
         self._columns.append((np.asarray(ids, np.int64), columns))
 
     def pending(self) -> bool:
-        return bool(self._rows or self._dead or self._touched or self._columns)
+        """Changes not yet committed (a format-1 collection to migrate counts as one)."""
+        return bool(
+            self._whole is not None
+            or self._rows
+            or self._dead
+            or self._touched
+            or self._columns
+            or _is_legacy(self.manifest)
+        )
+
+    def migrate(self) -> None:
+        """Commit a format-1 collection's one table as a format-2 segment (its added
+        columns as a column segment); vectors, index and ids are kept, nothing is
+        encoded again. Changes pending here stay pending."""
+        if not _is_legacy(self.manifest) or self._whole is not None:
+            return
+        saved = (self._rows, self._dead, self._touched, self._columns)
+        self._rows, self._dead, self._touched, self._columns = {}, set(), {}, []
+        self._whole = _legacy_table(self.layout, self.manifest)
+        self.commit(data_changed=False)
+        self._rows, self._dead, self._touched, self._columns = saved
 
     # -- commit -------------------------------------------------------------------------------
     def commit(
@@ -125,9 +144,12 @@ class CollectionWriter:
         data_changed: bool = True,
         text_vectors: dict[str, tuple[TextVectors, dict[str, Any]]] | None = None,
         student: tuple[Any, dict[str, Any]] | None = None,
+        compact: bool = False,
     ) -> None:
         """Write the new files, then the manifest. ``data_changed`` marks commits that
-        change which vectors are live (the index is current iff it is at least as new)."""
+        change which vectors are live (the index is current iff it is at least as new);
+        ``compact`` rewrites the committed metadata as one segment (storage/compact.py)."""
+        self.migrate()  # a format-1 collection becomes format 2 first, in its own commit
         m = dict(self.manifest)
         gen = int(m.get("generation", 0)) + 1
         m["generation"] = gen
@@ -139,7 +161,11 @@ class CollectionWriter:
             name = f"shard-{gen:06d}"
             write_shard(self.layout.vectors_dir, name, shard[0], shard[1])
             m["shards"] = ([] if replace_shards else list(m.get("shards", []))) + [name]
-        if self._whole is not None:
+        if compact:
+            if self.pending():
+                raise ValueError("commit pending changes before compacting")
+            m.update(write_compacted(self.layout, self.manifest, gen))
+        elif self._whole is not None:
             self._commit_whole(m, gen, self._whole)
         else:
             self._commit_batch(m, gen)
@@ -255,6 +281,10 @@ class CollectionWriter:
             name = f"student-{gen:06d}.pt"
             student[0].save(self.layout.file(name))
             m["region_student"] = {**student[1], "file": name, "generation": gen}
+
+
+def _is_legacy(manifest: dict[str, Any]) -> bool:
+    return int(manifest.get("format_version") or FORMAT_VERSION) < 2
 
 
 def _legacy_table(layout: Layout, manifest: dict[str, Any]) -> pa.Table:
