@@ -18,13 +18,15 @@ def compact(
         Path | None,
         typer.Option("--collection", "-c", help="Collection directory (default: as for search)."),
     ] = None,
-    force: Annotated[
+    if_due: Annotated[
         bool,
         typer.Option(
-            help="Compact even below the threshold (64 metadata files, or deleted and "
-            "replaced rows past half the live ones plus 100,000)."
+            "--if-due",
+            help="Compact only past the threshold `vlmsearch index` uses (more than 64 "
+            "metadata files, or deleted and replaced rows past half the live ones plus "
+            "100,000).",
         ),
-    ] = True,
+    ] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")] = False,
 ) -> None:
     """Merge the metadata segments into one, dropping deleted and replaced rows, in one
@@ -37,7 +39,7 @@ def compact(
     layout = Layout(resolve_collection_path(collection))
     if not layout.path.is_dir():
         raise CollectionError(f"no collection at {layout.path}")
-    report = compact_collection(layout, force=force)
+    report = compact_collection(layout, force=not if_due)
     if json_:
         output.emit_json(report)
     elif report["compacted"]:
