@@ -13,7 +13,7 @@ Layout::
 
     <collection>/
       manifest.json
-      metadata-000007.parquet
+      seg-000005.parquet, tomb-000007.parquet, col-000009.parquet   (format 2: segments.py)
       index-000007.faiss
       textvec-000008-1a2b3c4d.npz     (embedded text columns, see text_vectors.py)
       student-000009.pt               (region reranking student, see region_student.py)
