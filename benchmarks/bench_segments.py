@@ -1,0 +1,131 @@
+"""Cost of one 1,024-image checkpoint against the size of the collection: format 1 (the
+whole metadata table upserted and rewritten) beside format 2 (one segment, tombstones,
+the manifest).
+
+A synthetic collection of N rows is written (benchmarks/synthetic_collection.py, small
+vectors: only the metadata is measured), then one checkpoint of ``--batch`` rows, half of
+them re-encoded files and half new, is committed, ``--repeat`` times. Reported per
+checkpoint: bytes written (new files and the manifest) and seconds.
+
+    python benchmarks/bench_segments.py --rows 100000 1000000 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.synthetic_collection import write_collection  # noqa: E402
+from vlmsearch.storage import metadata  # noqa: E402
+from vlmsearch.storage.layout import Layout  # noqa: E402
+from vlmsearch.storage.store import CollectionWriter  # noqa: E402
+
+DIM = 8
+
+
+def _sizes(path: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_size for p in path.rglob("*") if p.is_file()}
+
+
+def _batch_rows(start: int, batch: int, round_: int) -> list[dict[str, Any]]:
+    base = {c: None for c in metadata.BASE_COLUMNS}
+    replaced = np.arange(round_ * batch, round_ * batch + batch // 2)
+    new = start + np.arange(batch - batch // 2)
+    return [
+        {**base, "id": int(i), "path": f"new/{i}.jpg", "size": 1, "mtime_ns": 1, "status": "ok"}
+        for i in np.concatenate([replaced, new])
+    ]
+
+
+def format2_checkpoint(path: Path, batch: int, round_: int) -> tuple[int, float]:
+    """One checkpoint through the format-2 writer: (bytes written, seconds)."""
+    layout = Layout(path)
+    with layout.lock():
+        manifest = layout.read_manifest()
+        before = _sizes(path)
+        t = time.perf_counter()
+        writer = CollectionWriter(layout, manifest)
+        writer.previous = manifest
+        start = int(manifest["next_id"])
+        rows = _batch_rows(start, batch, round_)
+        writer.upsert(rows)
+        writer.manifest["next_id"] = start + batch - batch // 2
+        ids = np.asarray([r["id"] for r in rows], np.int64)
+        writer.commit(shard=(ids, np.zeros((len(ids), DIM), np.float16)))
+        seconds = time.perf_counter() - t
+    after = _sizes(path)
+    manifest_path = str(layout.manifest_path)
+    written = sum(s for n, s in after.items() if n not in before or n == manifest_path)
+    return written, seconds
+
+
+def format1_checkpoint(table: Any, path: Path, batch: int, round_: int) -> tuple[Any, int, float]:
+    """What format 1 did per checkpoint with the table it held in memory: upsert the
+    rows, rewrite the whole table (the shard and manifest, alike in both, are left out)."""
+    start = int(table.num_rows) + round_ * (batch - batch // 2)
+    rows = metadata.rows_to_table(_batch_rows(start, batch, round_))
+    t = time.perf_counter()
+    table = metadata.upsert(table, rows)
+    out = path / f"metadata-{round_:06d}.parquet"
+    metadata.write_table(out, table)
+    seconds = time.perf_counter() - t
+    size = out.stat().st_size
+    out.unlink()
+    return table, size, seconds
+
+
+def run(n: int, batch: int, repeat: int, workdir: Path) -> dict[str, Any]:
+    path = workdir / f"c{n}"
+    vecs = np.zeros((n, DIM), np.float16)
+    write_collection(path, vecs, shard_rows=max(n, 1))
+    f2 = [format2_checkpoint(path, batch, r) for r in range(repeat)]
+    t = time.perf_counter()
+    layout = Layout(path)
+    reader_table = CollectionWriter(layout, layout.read_manifest()).table
+    read_s = time.perf_counter() - t
+    f1 = []
+    table = reader_table
+    for r in range(repeat):
+        table, size, seconds = format1_checkpoint(table, workdir, batch, r)
+        f1.append((size, seconds))
+    shutil.rmtree(path)
+    return {
+        "rows": n,
+        "batch": batch,
+        "format2_bytes": int(np.median([b for b, _ in f2])),
+        "format2_seconds": round(float(np.median([s for _, s in f2])), 4),
+        "format1_metadata_bytes": int(np.median([b for b, _ in f1])),
+        "format1_metadata_seconds": round(float(np.median([s for _, s in f1])), 4),
+        "format1_read_table_seconds": round(read_s, 3),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-segments-") as tmp:
+        for n in args.rows:
+            res = run(n, args.batch, args.repeat, Path(tmp))
+            print(json.dumps(res), flush=True)
+            results.append(res)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
