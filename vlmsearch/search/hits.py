@@ -14,7 +14,7 @@ def to_hits(reader: CollectionReader, ids: np.ndarray, scores: np.ndarray) -> li
     """One hit per id that still has a metadata row, ranked in the given order, with the
     row's extra columns (labels, captions) attached."""
     rows = reader.rows(ids)
-    extra_cols = [c for c in reader.table.column_names if c not in metadata.BASE_COLUMNS]
+    extra_cols = [c for c in reader.column_names if c not in metadata.BASE_COLUMNS]
     hits = []
     for rank, (i, s) in enumerate(zip(ids.tolist(), scores.tolist(), strict=True), start=1):
         r = rows.get(i)

@@ -160,7 +160,18 @@ class CollectionReader:
         ids = np.asarray(ids, np.int64)
         if len(ids) == 0:
             return {}
-        sql = f"SELECT * FROM {metadata.TABLE_NAME} WHERE id IN {segments.ids_sql(ids.tolist())}"
+        t = metadata.TABLE_NAME
+        unique = np.unique(ids).tolist()
+        if len(unique) <= 64:
+            # one equality each: the zone maps of the id-sorted copy skip all but one row
+            # group (1M rows, 10 ids: ~8 ms; an IN list scans the column, ~25 ms)
+            sql = " UNION ALL ".join(f"SELECT * FROM {t} WHERE id = {i}" for i in unique)
+        else:
+            lo, hi = unique[0], unique[-1]
+            sql = (
+                f"SELECT * FROM {t} WHERE id BETWEEN {lo} AND {hi} "
+                f"AND id IN {segments.ids_sql(unique)}"
+            )
         return {r["id"]: r for r in self.metadata_filter().select(sql).to_pylist()}
 
     def lookup_file(self, path: str | Path) -> int | None:
