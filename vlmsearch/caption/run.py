@@ -28,7 +28,7 @@ def caption_targets(
     if write_column:
         metadata.check_column_name(write_column)
         kind = ((reader.manifest.get("columns") or {}).get(write_column) or {}).get("kind")
-        names = reader.table.column_names
+        names = reader.column_names
         taken = [c for c in (write_column, f"{write_column}_settings") if c in names]
         if taken and kind != "caption":
             raise QueryError(

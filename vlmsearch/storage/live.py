@@ -51,8 +51,17 @@ class LiveView:
         return metadata.as_stored(t)
 
     def rows_for(self, ids: np.ndarray | list[int], columns: str = "*") -> pa.Table:
-        t = self.arrow(columns, f"id IN {segments.ids_sql(list(map(int, ids)))}")
-        return metadata.as_stored(t)
+        ids = np.unique(np.asarray(ids, np.int64))
+        if len(ids) <= 4096:
+            where = f"id IN {segments.ids_sql(ids.tolist())}"
+            return metadata.as_stored(self.arrow(columns, where))
+        # a big delete: the ids as a table to join, not an SQL literal of millions
+        self._con.register("wanted", pa.table({"id": ids}))
+        try:
+            where = f"id BETWEEN {ids[0]} AND {ids[-1]} AND id IN (SELECT id FROM wanted)"
+            return metadata.as_stored(self.arrow(columns, where))
+        finally:
+            self._con.unregister("wanted")
 
     def ok_ids(self) -> np.ndarray:
         t = self.arrow("id", "status = 'ok'", " ORDER BY id")
