@@ -36,8 +36,9 @@ def _manifest(root: Path) -> dict:
 def _current(root: Path, files: int) -> bool:
     m = _manifest(root)
     idx = m.get("index") or {}
-    return m.get("counts", {}).get("files") == files and int(idx.get("generation", -1)) >= int(
-        m.get("data_generation", 0)
+    return (
+        m.get("counts", {}).get("files") == files
+        and int(idx.get("generation", -1)) >= int(m.get("data_generation", 0))
     )
 
 
@@ -49,13 +50,8 @@ def test_watch_follows_arrivals_changes_and_deletions(tmp_path, tiny_encoder):
     t = threading.Thread(
         target=watch,
         args=(root,),
-        kwargs={
-            "interval": 0.1,
-            "stop": stop,
-            "on_report": reports.append,
-            "encoder": tiny_encoder,
-            "options": IngestOptions(workers=0),
-        },  # fmt: skip
+        kwargs={"interval": 0.1, "stop": stop, "on_report": reports.append,
+                "encoder": tiny_encoder, "options": IngestOptions(workers=0)},  # fmt: skip
     )
     t.start()
     try:

@@ -68,7 +68,9 @@ def test_bad_query_images_are_refused_before_the_encoder(
     one_line_error(run("search", "--image", tmp_path, "-c", coll_path), "query image")
 
 
-def test_search_arguments_are_refused_before_the_encoder(coll_path: Path, no_models: None) -> None:
+def test_search_arguments_are_refused_before_the_encoder(
+    coll_path: Path, no_models: None
+) -> None:
     c = ("-c", coll_path)
     one_line_error(run("search", "red", "--text-column", "nope", *c), "no text column 'nope'")
     one_line_error(run("search", "red", "--where", "width >", *c))

@@ -327,7 +327,9 @@ def test_malformed_requests(client):
     assert_error(client.post(url, json={"txet": "typo"}), 422, "txet")
     assert_error(client.post(url, json={"text": "x", "k": "ten"}), 422, "k")
     assert_error(client.post(url, json={}), 400, "empty query")
-    res = client.post("/api/collections/photos/search/image", data={"query": "{not json"}, files=[])
+    res = client.post(
+        "/api/collections/photos/search/image", data={"query": "{not json"}, files=[]
+    )
     assert_error(res, 400, "not valid JSON")
     assert_error(client.post("/api/collections/nope/search", json={"text": "x"}), 404, "nope")
     assert_error(client.get("/api/collections/nope/thumbs/0"), 404, "no collection")

@@ -248,7 +248,9 @@ def has_student(collection: CollectionView) -> bool:
     from vlmsearch.models.encoders.base import Encoder
 
     entry = collection.manifest.get("region_student")
-    return bool(entry) and entry.get("encoder") == Encoder.identity(collection.manifest["encoder"])
+    return bool(entry) and entry.get("encoder") == Encoder.identity(
+        collection.manifest["encoder"]
+    )
 
 
 def load_student(collection: CollectionView, device: str | None = None) -> RegionStudent | None:
