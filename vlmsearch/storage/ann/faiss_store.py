@@ -127,6 +127,8 @@ def search(
     if k <= 0:
         raise QueryError("k must be at least 1")
     params = params or {}
+    if hasattr(index, "search_with"):  # an on-disk index of several parts (ondisk.py)
+        return index.search_with(queries, k, params, allowed_ids)
     sel, _keep = (None, None) if allowed_ids is None else id_selector(allowed_ids)
     base = base_of(index)
     if sel is None and gpu.gpu_enabled(None) and k <= gpu.GPU_MAX_K:
@@ -141,6 +143,11 @@ def search(
             return index.search(queries, k, params=sp)
     scores, labels = index.search(queries, k, params=sp)
     return scores, labels
+
+
+def single_threaded() -> contextlib.AbstractContextManager[None]:
+    """FAISS calls made by this thread in the block run on one OpenMP thread."""
+    return _omp_threads(1)
 
 
 @contextlib.contextmanager
@@ -198,6 +205,11 @@ def filtered_params(
     scale = max(1.0, math.sqrt(0.16 / max(fraction, 1e-9)))
     params["nprobe"] = min(int(ivf.nlist), math.ceil(nprobe * scale))
     return params
+
+
+def search_params_for(base: Any, params: dict[str, int], sel: Any, k: int) -> Any:
+    """FAISS search parameters for ``base`` from vlmsearch's ``params`` and a selector."""
+    return _search_params(base, params, sel, k)
 
 
 def _search_params(base: Any, params: dict[str, int], sel: Any, k: int) -> Any:
