@@ -80,9 +80,7 @@ def read_trained(path: Path) -> Any:
     return faiss.read_index(str(path))
 
 
-def add_shard(
-    trained: Any, ids: np.ndarray, vectors: np.ndarray, out: Path | None = None
-) -> Any:
+def add_shard(trained: Any, ids: np.ndarray, vectors: np.ndarray, out: Path | None = None) -> Any:
     """A copy of ``trained`` holding ``vectors`` labelled ``ids`` (float16 vectors are
     converted a block at a time), written to ``out`` when given. This is the per-shard
     step: it needs only the trained index and the shard."""
@@ -149,14 +147,17 @@ class OnDiskIndex:
     (which calls :meth:`search_with`); ``base_index`` is what the rest of the code
     introspects (its IVF kind and nlist)."""
 
-    def __init__(self, parts: list[Any], dead: list[np.ndarray]) -> None:
+    def __init__(self, parts: list[Any], dead: list[np.ndarray], ntotal: int | None = None) -> None:
         if len(parts) != len(dead):
             raise ValueError("one dead-id array per part")
         self.parts = parts
         self.dead = [np.unique(np.asarray(x, np.int64)) for x in dead]
         self.base_index = parts[0]
         self.d = int(parts[0].d)
-        self.ntotal = sum(int(p.ntotal) for p in parts) - sum(len(x) for x in self.dead)
+        # the live count, when known (a dead id need not be in its part: exact otherwise
+        # only if every dead id was)
+        stored = sum(int(p.ntotal) for p in parts) - sum(len(x) for x in self.dead)
+        self.ntotal = stored if ntotal is None else int(ntotal)
 
     def search_with(
         self,

@@ -11,7 +11,12 @@ The ``auto`` rule (sizes in vectors, ``budget`` = memory budget in bytes):
   two. autofaiss uses 4 sqrt(n); on CPU, training and adding cost n * nlist * d, and at
   1M x 512 on 2 cores IVF4096 took 400 s to build against 58 s for IVF1024, which still
   answers in about 7 ms at recall@10 0.97 (benchmarks/RESULTS.md, issue 6).
-- otherwise ``IVF{nlist},PQ{d/8}x8`` (d/8 bytes a vector, autofaiss's compressed family).
+- otherwise, or from :data:`ONDISK_MIN` vectors on, an **on-disk** ``IVF{nlist},PQ{m}x8``
+  (:mod:`vlmsearch.storage.ann.ondisk`: lists in a memory-mapped ``.ivfdata``). m is the
+  largest of d/4, d/8, d/16 whose lists, n (m + 8) bytes, fit the budget, so that the
+  page cache can hold every list; d/16 when none does (lists are then read from disk).
+  This is autofaiss's rule for large n (PQ codes sized to the memory budget), without
+  its OPQ rotation, which cost more training time than it gave recall here.
 
 The search defaults here (efSearch 128, nprobe nlist/16) are only for indexes built
 without tuning (:mod:`vlmsearch.storage.ann.tune`).
@@ -33,7 +38,11 @@ HNSW_MAX = 200_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
-NAMED_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+# From here on an index lives on disk: at 2M x 512 an in-memory IVF-Flat is 4 GB of RAM
+# in every process that opens it, read whole before the first query.
+ONDISK_MIN = 2_000_000
+ONDISK = "ondisk"
+NAMED_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq", ONDISK)
 
 
 @dataclass
@@ -45,6 +54,7 @@ class IndexPlan:
     factory: str
     search_params: dict[str, int] = field(default_factory=dict)
     reason: str = ""
+    ondisk: bool = False  # lists in a memory-mapped .ivfdata (storage/ann/ondisk.py)
 
     @property
     def wrapped(self) -> bool:
@@ -52,12 +62,15 @@ class IndexPlan:
         return not self.factory.startswith(("IVF", "OPQ", "PCA"))
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "requested": self.requested,
             "factory": self.factory,
             "search_params": dict(self.search_params),
             "reason": self.reason,
         }
+        if self.ondisk:
+            out["storage"] = ONDISK
+        return out
 
 
 def default_memory_budget() -> int:
@@ -98,9 +111,17 @@ def plan_index(requested: str, n: int, d: int, memory_budget: int | None = None)
             return IndexPlan(req, "Flat", {}, f"{n} vectors < {FLAT_MAX}: exact search")
         if n < HNSW_MAX and (4 * d + 8 * HNSW_M) * n <= budget:
             return _named("hnsw", req, n, d, f"{n} vectors < {HNSW_MAX}: HNSW graph")
-        if 4 * d * n <= budget:
+        if n < ONDISK_MIN and 4 * d * n <= budget:
             return _named("ivf", req, n, d, "fp32 vectors fit the memory budget: IVF")
-        return _named("ivfpq", req, n, d, "fp32 vectors exceed the memory budget: IVF-PQ")
+        big = n >= ONDISK_MIN
+        why = f"{n} vectors >= {ONDISK_MIN}" if big else "fp32 vectors exceed the budget"
+        return _ondisk(req, n, d, budget, f"{why}: IVF-PQ with lists on disk")
+    if kind == ONDISK:
+        return _flat_until_trainable(_ondisk(req, n, d, budget, "--index ondisk"), n, d)
+    if kind.startswith(ONDISK + ":"):
+        factory = req.split(":", 1)[1].strip()
+        plan = IndexPlan(req, factory, _default_params_for(factory, n), "--index ondisk:", True)
+        return _flat_until_trainable(plan, n, d)
     if kind in NAMED_KINDS:
         plan = _named(kind, req, n, d, f"--index {kind}")
     else:
@@ -167,7 +188,14 @@ def check_index_request(requested: str | None, dim: int, sparse: bool) -> None:
         return
     if kind in NAMED_KINDS:
         return
-    hint = "use auto, flat, hnsw, ivf, ivfpq or a FAISS factory string such as IVF256,Flat"
+    hint = (
+        "use auto, flat, hnsw, ivf, ivfpq, ondisk, ondisk:IVF-FACTORY or a FAISS factory "
+        "string such as IVF256,Flat"
+    )
+    if kind.startswith(ONDISK + ":"):
+        req = req.split(":", 1)[1].strip()
+        if "IVF" not in req.upper():
+            raise QueryError(f"--index {requested}: only IVF indexes can live on disk ({hint})")
     if kind.startswith("idmap"):
         raise QueryError(f"--index {req}: ids are mapped by vlmsearch itself; drop IDMap ({hint})")
     import faiss
@@ -201,6 +229,30 @@ def check_search_params(params: dict[str, int] | None, factory: str, sparse: boo
             f"{', '.join(unused)} does not apply to this collection's {factory or 'exact'} "
             "index (nprobe is for IVF indexes, efSearch for HNSW)"
         )
+
+
+def ondisk_code_size(n: int, d: int, budget: int) -> int:
+    """PQ bytes a vector for an on-disk index: the largest of d/4, d/8, d/16 whose lists
+    (n (m + 8) bytes: codes and ids) fit ``budget``, else d/16."""
+    sizes = [_pq_m_near(d, d // div) for div in (4, 8, 16)]
+    for m in sizes:
+        if n * (m + 8) <= budget:
+            return m
+    return sizes[-1]
+
+
+def _pq_m_near(d: int, want: int) -> int:
+    m = max(1, want)
+    while d % m:
+        m -= 1
+    return m
+
+
+def _ondisk(req: str, n: int, d: int, budget: int, reason: str) -> IndexPlan:
+    nlist = _nlist(n)
+    m = ondisk_code_size(n, d, budget)
+    nprobe = max(16, min(nlist, nlist // 16 or 1))
+    return IndexPlan(req, f"IVF{nlist},PQ{m}x8", {"nprobe": nprobe}, reason, True)
 
 
 def _named(kind: str, req: str, n: int, d: int, reason: str) -> IndexPlan:

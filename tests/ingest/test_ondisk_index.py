@@ -1,0 +1,75 @@
+"""A collection with an on-disk index: built at the end of a run, opened memory-mapped,
+extended by the next run with a delta and dead ids, compacted past the thresholds."""
+
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+
+from tests.conftest import TINY, make_images
+from vlmsearch import Collection
+from vlmsearch.ingest import ondisk_index
+from vlmsearch.ingest.options import IngestOptions
+
+SPEC = "ondisk:IVF2,Flat"  # 2 lists: nprobe 2 scans all, so results are exact
+
+
+def _check_exact(coll: Collection, k: int = 10) -> None:
+    """Hits score as an exact scan's top k (ids may differ among equal scores: a few
+    test images are drawn twice)."""
+    vt = coll.vectors
+    for row in (0, 7, len(vt.ids) - 1):
+        q = vt.vectors[row].astype(np.float32)
+        hits = coll.search_vector(q, k=k, params={"nprobe": 2})
+        exact = np.sort(vt.vectors.astype(np.float32) @ q)[::-1][:k]
+        np.testing.assert_allclose([h.score for h in hits], exact, rtol=1e-5, atol=1e-6)
+        got = dict(zip(vt.ids.tolist(), (vt.vectors.astype(np.float32) @ q).tolist(), strict=True))
+        np.testing.assert_allclose([got[h.id] for h in hits], exact, rtol=1e-5, atol=1e-6)
+
+
+def test_ondisk_build_extend_compact(tmp_path, monkeypatch):
+    root = tmp_path / "photos"
+    make_images(root, 100)
+    coll = Collection.index(root, model=TINY, options=IngestOptions(workers=0, index=SPEC))
+    m = json.loads((root / ".vlmsearch" / "manifest.json").read_text())
+    od = m["index"]["ondisk"]
+    assert m["index"]["storage"] == "ondisk" and od["ivfdata"].endswith(".ivfdata")
+    assert od["deltas"] == [] and od["dead"] is None
+    coll = Collection.open(root / ".vlmsearch")
+    base = coll.faiss_index.base_index
+    assert isinstance(
+        faiss.downcast_InvertedLists(faiss.extract_index_ivf(base).invlists),
+        faiss.OnDiskInvertedLists,
+    )
+    _check_exact(coll)
+
+    # new, changed and deleted files: a delta and dead ids, committed files untouched
+    make_images(root, 5, prefix="new")
+    (root / "img0003.png").unlink()
+    make_images(root, 2, prefix="img", sizes=[(64, 64)])  # img0000, img0001 re-encoded
+    coll = Collection.index(root, model=TINY, options=IngestOptions(workers=0))
+    m2 = json.loads((root / ".vlmsearch" / "manifest.json").read_text())
+    od2 = m2["index"]["ondisk"]
+    assert od2["ivfdata"] == od["ivfdata"] and len(od2["deltas"]) == 1 and od2["dead"]
+    assert coll.last_report.index_rebuilt is False
+    coll = Collection.open(root / ".vlmsearch")
+    assert coll.faiss_index.ntotal == len(coll.vectors.ids) == 104
+    _check_exact(coll)
+    gone = int(m["next_id"]) - 100 + 3  # img0003's id: the fourth file indexed
+    all_hits = coll.search_vector(coll.vectors.vectors[0].astype(np.float32), k=200)
+    ids = [h.id for h in all_hits]
+    assert len(ids) == len(set(ids)) == 104  # re-encoded ids once, deleted ids never
+    assert gone not in ids
+
+    # past the delta threshold: compacted into a new .ivfdata with no deltas
+    monkeypatch.setattr(ondisk_index, "MAX_DELTAS", 1)
+    make_images(root, 3, prefix="more")
+    coll = Collection.index(root, model=TINY, options=IngestOptions(workers=0))
+    od3 = json.loads((root / ".vlmsearch" / "manifest.json").read_text())["index"]["ondisk"]
+    assert od3["ivfdata"] != od["ivfdata"] and od3["deltas"] == [] and od3["dead"] is None
+    assert od3["trained"] == od["trained"]  # compaction reuses the trained index
+    coll = Collection.open(root / ".vlmsearch")
+    assert coll.faiss_index.ntotal == 107
+    _check_exact(coll)
