@@ -17,7 +17,7 @@ def _unit(n: int, d: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("factory", ["IVF32,Flat", "IVF32,PQ8x4", "OPQ8,IVF32,PQ8x4"])
+@pytest.mark.parametrize("factory", ["IVF32,Flat", "IVF32,SQ8", "IVF32,PQ8x4", "OPQ8,IVF32,PQ8x4"])
 def test_on_disk_equals_in_memory(tmp_path, factory):
     d, n = 32, 12_000
     x = _unit(n, d, 0).astype(np.float16)  # stored vectors are float16
@@ -100,17 +100,19 @@ def test_not_ivf_is_refused():
 
 
 def test_auto_rule_for_large_collections():
+    # fp32 (2 GB) does not fit 256 MB; 1M x (512 + 8) bytes of SQ8 lists do not either,
+    # 1M x (64 + 8) bytes of PQ64 lists do
     small_budget = plan_index("auto", 1_000_000, 512, memory_budget=1 << 28)
-    # fp32 (2 GB) does not fit 256 MB; 1M x (128 + 8) bytes of lists do
-    assert small_budget.ondisk and small_budget.factory == "IVF1024,PQ128x8"
+    assert small_budget.ondisk and small_budget.factory == "IVF1024,PQ64x8"
     assert not plan_index("auto", 1_000_000, 512, memory_budget=8 << 30).ondisk
     ten_m = plan_index("auto", 10_000_000, 512, memory_budget=8 << 30)
-    # 10M x (128 + 8) bytes = 1.4 GB of lists fit 8 GB: the largest codes
-    assert ten_m.ondisk and ten_m.factory == "IVF4096,PQ128x8"
+    # 10M x (512 + 8) bytes = 5.2 GB of lists fit 8 GB: SQ8
+    assert ten_m.ondisk and ten_m.factory == "IVF4096,SQ8"
     assert ten_m.to_json()["storage"] == "ondisk"
     assert plan_index("auto", 10_000_000, 512, memory_budget=1 << 30).factory.endswith("PQ64x8")
+    assert plan_index("auto", 10_000_000, 512, memory_budget=1 << 28).factory.endswith("PQ32x8")
     assert plan_index("ondisk:IVF64,Flat", 10_000, 32).factory == "IVF64,Flat"
-    assert plan_index("ondisk", 100, 32).factory == "Flat"  # too few to train: exact
+    assert plan_index("ondisk", 20, 32).factory == "Flat"  # too few to train: exact
     with pytest.raises(QueryError, match="only IVF"):
         check_index_request("ondisk:HNSW32", 32, False)
     check_index_request("ondisk:IVF64,PQ8x8", 32, False)

@@ -11,12 +11,15 @@ The ``auto`` rule (sizes in vectors, ``budget`` = memory budget in bytes):
   two. autofaiss uses 4 sqrt(n); on CPU, training and adding cost n * nlist * d, and at
   1M x 512 on 2 cores IVF4096 took 400 s to build against 58 s for IVF1024, which still
   answers in about 7 ms at recall@10 0.97 (benchmarks/RESULTS.md, issue 6).
-- otherwise, or from :data:`ONDISK_MIN` vectors on, an **on-disk** ``IVF{nlist},PQ{m}x8``
-  (:mod:`vlmsearch.storage.ann.ondisk`: lists in a memory-mapped ``.ivfdata``). m is the
-  largest of d/4, d/8, d/16 whose lists, n (m + 8) bytes, fit the budget, so that the
-  page cache can hold every list; d/16 when none does (lists are then read from disk).
-  This is autofaiss's rule for large n (PQ codes sized to the memory budget), without
-  its OPQ rotation, which cost more training time than it gave recall here.
+- otherwise, or from :data:`ONDISK_MIN` vectors on, an **on-disk** IVF index
+  (:mod:`vlmsearch.storage.ann.ondisk`: lists in a memory-mapped ``.ivfdata``) whose codes
+  are sized to the budget, as autofaiss sizes its PQ codes: ``SQ8`` (d bytes a vector,
+  recall close to IVF-Flat, no codebook to train) when the lists, n (d + 8) bytes, fit
+  the budget, else ``PQ{d/8}x8`` or ``PQ{d/16}x8``, the first whose lists fit (the page
+  cache can then hold every list; when none fits, lists are read from disk per query).
+  OPQ is not used: its rotation is trained with 256-centroid PQs and took minutes on 2
+  cores for a few points of recall. PQ training costs ~1.5 s per sub-quantizer there
+  (so d/4 codes, 128 sub-quantizers, are never chosen).
 
 The search defaults here (efSearch 128, nprobe nlist/16) are only for indexes built
 without tuning (:mod:`vlmsearch.storage.ann.tune`).
@@ -115,7 +118,7 @@ def plan_index(requested: str, n: int, d: int, memory_budget: int | None = None)
             return _named("ivf", req, n, d, "fp32 vectors fit the memory budget: IVF")
         big = n >= ONDISK_MIN
         why = f"{n} vectors >= {ONDISK_MIN}" if big else "fp32 vectors exceed the budget"
-        return _ondisk(req, n, d, budget, f"{why}: IVF-PQ with lists on disk")
+        return _ondisk(req, n, d, budget, f"{why}: IVF with lists on disk")
     if kind == ONDISK:
         return _flat_until_trainable(_ondisk(req, n, d, budget, "--index ondisk"), n, d)
     if kind.startswith(ONDISK + ":"):
@@ -231,14 +234,17 @@ def check_search_params(params: dict[str, int] | None, factory: str, sparse: boo
         )
 
 
-def ondisk_code_size(n: int, d: int, budget: int) -> int:
-    """PQ bytes a vector for an on-disk index: the largest of d/4, d/8, d/16 whose lists
-    (n (m + 8) bytes: codes and ids) fit ``budget``, else d/16."""
-    sizes = [_pq_m_near(d, d // div) for div in (4, 8, 16)]
+def ondisk_codes(n: int, d: int, budget: int) -> str:
+    """The code part of an on-disk IVF factory: ``SQ8`` when n (d + 8) bytes of lists fit
+    ``budget``, else the first of ``PQ{d/8}x8`` and ``PQ{d/16}x8`` whose lists
+    (n (m + 8) bytes) fit, else the smallest."""
+    if n * (d + 8) <= budget:
+        return "SQ8"
+    sizes = [_pq_m_near(d, d // div) for div in (8, 16)]
     for m in sizes:
         if n * (m + 8) <= budget:
-            return m
-    return sizes[-1]
+            return f"PQ{m}x8"
+    return f"PQ{sizes[-1]}x8"
 
 
 def _pq_m_near(d: int, want: int) -> int:
@@ -250,9 +256,9 @@ def _pq_m_near(d: int, want: int) -> int:
 
 def _ondisk(req: str, n: int, d: int, budget: int, reason: str) -> IndexPlan:
     nlist = _nlist(n)
-    m = ondisk_code_size(n, d, budget)
     nprobe = max(16, min(nlist, nlist // 16 or 1))
-    return IndexPlan(req, f"IVF{nlist},PQ{m}x8", {"nprobe": nprobe}, reason, True)
+    factory = f"IVF{nlist},{ondisk_codes(n, d, budget)}"
+    return IndexPlan(req, factory, {"nprobe": nprobe}, reason, True)
 
 
 def _named(kind: str, req: str, n: int, d: int, reason: str) -> IndexPlan:
