@@ -73,3 +73,17 @@ def test_ondisk_build_extend_compact(tmp_path, monkeypatch):
     coll = Collection.open(root / ".vlmsearch")
     assert coll.faiss_index.ntotal == 107
     _check_exact(coll)
+
+
+def test_ondisk_filtered_search_reads_no_vector_table(tmp_path):
+    """A filter on an on-disk index searches the lists with an id selector (nprobe
+    widened, then every list): it never loads the stored vectors into RAM."""
+    root = tmp_path / "photos"
+    make_images(root, 100)
+    Collection.index(root, model=TINY, options=IngestOptions(workers=0, index=SPEC))
+    coll = Collection.open(root / ".vlmsearch")
+    q = np.ones(coll.dim, np.float32) / np.sqrt(coll.dim)
+    hits = coll.search_vector(q, k=5, where="width >= 45")
+    assert len(hits) == 5
+    assert all(coll.rows([h.id])[h.id]["width"] >= 45 for h in hits)
+    assert coll.reader.loaded_vectors is None

@@ -194,11 +194,13 @@ def filtered_params(
     by sqrt(0.16 / fraction) (never below the tuned value, at most nlist). With an id
     selector, distances are computed for allowed ids only, so extra lists are cheap: at
     1M x 512 and a 1% filter, 2x the tuned nprobe gave recall@10 0.998, 4x gave 1.000
-    in 2.2 ms, every list 9.6 ms (benchmarks/RESULTS.md, issue 6)."""
+    in 2.2 ms, every list 9.6 ms (benchmarks/RESULTS.md, issue 6). On-disk indexes of
+    any IVF kind are widened too: the exact alternative would read every stored vector."""
     import faiss
 
     ivf = ivf_of(base_of(index))
-    if ivf is None or not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat):
+    on_disk = hasattr(index, "search_with")  # never scan stored vectors: they are not in RAM
+    if ivf is None or not (on_disk or isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat)):
         return None
     params = dict(params or {})
     nprobe = int(params.get("nprobe", 16))

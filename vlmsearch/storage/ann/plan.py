@@ -120,10 +120,12 @@ def plan_index(requested: str, n: int, d: int, memory_budget: int | None = None)
         why = f"{n} vectors >= {ONDISK_MIN}" if big else "fp32 vectors exceed the budget"
         return _ondisk(req, n, d, budget, f"{why}: IVF with lists on disk")
     if kind == ONDISK:
-        return _flat_until_trainable(_ondisk(req, n, d, budget, "--index ondisk"), n, d)
+        plan = _ondisk(req, n, d, budget, "--index ondisk: lists on disk")
+        return _flat_until_trainable(plan, n, d)
     if kind.startswith(ONDISK + ":"):
         factory = req.split(":", 1)[1].strip()
-        plan = IndexPlan(req, factory, _default_params_for(factory, n), "--index ondisk:", True)
+        why = "--index ondisk:FACTORY: lists on disk"
+        plan = IndexPlan(req, factory, _default_params_for(factory, n), why, True)
         return _flat_until_trainable(plan, n, d)
     if kind in NAMED_KINDS:
         plan = _named(kind, req, n, d, f"--index {kind}")
