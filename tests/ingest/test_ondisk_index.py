@@ -7,9 +7,11 @@ import json
 
 import faiss
 import numpy as np
+import pytest
 
 from tests.conftest import TINY, make_images
 from vlmsearch import Collection
+from vlmsearch.errors import CollectionError
 from vlmsearch.ingest import ondisk_index
 from vlmsearch.ingest.options import IngestOptions
 
@@ -87,3 +89,34 @@ def test_ondisk_filtered_search_reads_no_vector_table(tmp_path):
     assert len(hits) == 5
     assert all(coll.rows([h.id])[h.id]["width"] >= 45 for h in hits)
     assert coll.reader.loaded_vectors is None
+
+
+def test_ondisk_damage_found_by_check_and_repaired(tmp_path):
+    """Readers check the memory-mapped lists by size only; `check` hashes them, and
+    `check --repair` rebuilds the index from the stored vectors."""
+    from vlmsearch.ingest.repair import check, repair
+    from vlmsearch.storage.layout import Layout
+
+    root = tmp_path / "photos"
+    make_images(root, 100)
+    Collection.index(root, model=TINY, options=IngestOptions(workers=0, index=SPEC))
+    folder = root / ".vlmsearch"
+    m = json.loads((folder / "manifest.json").read_text())
+    lists = folder / m["index"]["ondisk"]["ivfdata"]
+    data = bytearray(lists.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different bytes
+    lists.write_bytes(bytes(data))
+    report = check(Layout(folder))
+    bad = [f for f in report.files if f.status == "damaged"]
+    assert [f.name for f in bad] == [lists.name] and bad[0].kind == "on-disk index"
+    repaired = repair(Layout(folder))
+    assert repaired.healthy
+    coll = Collection.open(folder)
+    assert coll.manifest["index"]["ondisk"]["ivfdata"] != lists.name
+    _check_exact(coll)
+
+    lists = folder / coll.manifest["index"]["ondisk"]["ivfdata"]
+    with open(lists, "r+b") as f:
+        f.truncate(lists.stat().st_size - 8)
+    with pytest.raises(CollectionError, match="truncated"):
+        Collection.open(folder).search_vector(np.ones(coll.dim, np.float32), k=3)
