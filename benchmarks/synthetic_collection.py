@@ -114,6 +114,7 @@ def metadata_table(n: int, seed: int) -> Any:
     cols = {
         "id": pa.array(ids),
         "path": pa.array([f"img/{i // 1000:04d}/{i:08d}.jpg" for i in range(n)]),
+        "path_bytes": pa.nulls(n, pa.binary()),
         "size": pa.array(rng.integers(20_000, 4_000_000, n)),
         "mtime_ns": pa.array(np.full(n, 1_700_000_000 * 10**9, np.int64)),
         "content_hash": pa.array([f"{i:016x}" for i in range(n)]),

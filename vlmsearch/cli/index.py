@@ -72,8 +72,15 @@ def index(
         str | None,
         typer.Option(
             "--index",
-            help="auto, flat, hnsw, ivf, ivfpq or a FAISS factory string. Default: the "
+            help="auto, flat, hnsw, ivf, ivfpq, ondisk (IVF-PQ, lists memory-mapped from "
+            "disk), ondisk:IVF-FACTORY or a FAISS factory string. Default: the "
             "collection's saved choice (auto for a new one); auto resets it.",
+        ),
+    ] = None,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory --index auto may plan for, e.g. 4G or 512M (default: half of RAM).",
         ),
     ] = None,
     rebuild: Annotated[bool, typer.Option(help="Start over: re-encode every file.")] = False,
@@ -123,6 +130,7 @@ def index(
 
     opts = IngestOptions(
         index=index_type,
+        memory_budget=_bytes(memory_budget),
         rebuild=rebuild,
         repair=repair,
         batch_size=batch_size,
@@ -247,3 +255,18 @@ def _report(coll: Any, rep: Any, quiet: bool, json_: bool, shown: list[str]) -> 
         output.err.print(f"  [red]error[/red] {output.text(path)}: {output.text(msg)}")
     if rep.errors > 10:
         output.err.print(f"  ... {rep.errors - 10} more (see metadata column 'error')")
+
+
+def _bytes(text: str | None) -> int | None:
+    """``4G``, ``512M``, ``100000K`` or plain bytes, for --memory-budget."""
+    if text is None:
+        return None
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if scale > 1 else t)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a size such as 4G or 512M") from None
+    if value <= 0:
+        raise typer.BadParameter("--memory-budget must be positive")
+    return int(value * scale)

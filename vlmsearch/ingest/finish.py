@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from vlmsearch.ingest.ondisk_index import finish_ondisk
 from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
 from vlmsearch.storage import integrity
 from vlmsearch.storage.ann import faiss_store
@@ -79,6 +80,11 @@ def _finish_faiss(
     )
     if old_current and int(m.get("data_generation", 0)) == start_data_generation:
         return  # nothing changed since the index was written
+    if plan.ondisk:
+        staged, info = finish_ondisk(writer, plan, old, bool(old_current), dirty, live, progress)
+        report.index_rebuilt = staged.merged is not None
+        _commit_index(writer, live, staged, {**info, "ntotal": staged.ntotal, "dim": dim})
+        return
     index = _updated_in_place(writer, old["file"], dirty, live) if old_current else None
     tuning: dict[str, Any] = {}
     if index is None:

@@ -76,6 +76,8 @@ def kind_of(name: str) -> str:
         return "metadata"
     if name.endswith(".faiss"):
         return "faiss index"
+    if name.endswith((".ivfdata", ".dead.npy")):
+        return "on-disk index"
     if name.endswith(".postings.npz"):
         return "posting lists"
     if name.startswith("textvec-"):
@@ -187,9 +189,12 @@ def repair(layout: Layout, progress: Any = None, locked: bool = False) -> CheckR
         )
     data_changed = bool(bad & _shard_names(manifest, sparse)) or restored or bool(reencode)
     index_file = (m.get("index") or {}).get("file")
-    rebuild_index = data_changed or index_file in bad
+    # an on-disk index is damaged when any of its files is (lists, deltas, dead ids)
+    index_files = {index_file, *integrity.ondisk_index_files(m.get("index") or {})}
+    rebuild_index = data_changed or bool(index_files & bad)
     if rebuild_index and m.get("index"):
-        m["index"] = {k: v for k, v in m["index"].items() if k not in ("file", "generation")}
+        dropped = ("file", "generation", "ondisk")
+        m["index"] = {k: v for k, v in m["index"].items() if k not in dropped}
     for column, entry in list((m.get("text_vectors") or {}).items()):
         if entry.get("file") in bad:
             del m["text_vectors"][column]

@@ -17,6 +17,7 @@ from vlmsearch.storage.snapshot import on_one_commit
 # cheaper than an ANN walk that skips most nodes, and it always fills k.
 EXACT_SUBSET_MAX = 50_000
 MAX_K = 10_000
+ALL_LISTS = 1 << 30  # nprobe is clipped to nlist
 
 
 @on_one_commit
@@ -56,6 +57,9 @@ def search_vector(
         elif len(allowed) <= EXACT_SUBSET_MAX:
             return _exact_hits(reader, q[0], k, allowed)
     d, i = faiss_store.search(index, q, k, params, allowed)
+    if allowed is not None and (i[0] < 0).any() and hasattr(index, "search_with"):
+        # on disk: every list before an exact scan, which would load every stored vector
+        d, i = faiss_store.search(index, q, k, {**params, "nprobe": ALL_LISTS}, allowed)
     scores, ids = d[0], i[0]
     keep = ids >= 0
     if allowed is not None and keep.sum() < k:

@@ -25,13 +25,15 @@ from typing import Any
 
 from vlmsearch.storage import segments
 from vlmsearch.storage.atomic import fsync_dir, is_temp_name
+from vlmsearch.storage.integrity import ondisk_index_files
 
 RETAIN_SECONDS = 60.0
 RETIRED = "retired"
 VECTORS = "vectors"
 
 _OWN_NAME = re.compile(
-    r"^((?:metadata|seg|tomb|col)-\d+\.parquet|index-\d+\.(faiss|postings\.npz)|textvec-\d+-[0-9a-f]{8}\.npz"
+    r"^((?:metadata|seg|tomb|col)-\d+\.parquet|index-\d+\.(faiss|postings\.npz|ivfdata|trained\.faiss"
+    r"|delta\.faiss|dead\.npy)|textvec-\d+-[0-9a-f]{8}\.npz"
     r"|student-\d+\.pt|vectors/shard-\d+\.(ids\.npy|f16\.npy|sparse\.npz))$"
 )
 _SHARD_SUFFIXES = (".ids.npy", ".f16.npy", ".sparse.npz")
@@ -47,6 +49,7 @@ def named_files(manifest: dict[str, Any] | None) -> set[str]:
     if not manifest:
         return set()
     names = {manifest.get("metadata_file"), (manifest.get("index") or {}).get("file")}
+    names.update(ondisk_index_files(manifest.get("index") or {}))
     for col in (manifest.get("text_vectors") or {}).values():
         names.add((col or {}).get("file"))
     names.add((manifest.get("region_student") or {}).get("file"))

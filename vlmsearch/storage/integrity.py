@@ -68,6 +68,7 @@ def committed_files(manifest: dict[str, Any]) -> list[str]:
     index_file = (manifest.get("index") or {}).get("file")
     if index_file:
         names.append(str(index_file))
+    names += ondisk_index_files(manifest.get("index") or {})
     for entry in (manifest.get("text_vectors") or {}).values():
         if (entry or {}).get("file"):
             names.append(str(entry["file"]))
@@ -75,6 +76,16 @@ def committed_files(manifest: dict[str, Any]) -> list[str]:
     if student:
         names.append(str(student))
     return names
+
+
+def ondisk_index_files(entry: dict[str, Any]) -> list[str]:
+    """The files besides ``file`` of an on-disk index entry (storage/ann/ondisk_files.py):
+    lists, trained index, deltas, dead ids; none for other indexes."""
+    od = entry.get("ondisk") if isinstance(entry, dict) else None
+    if not isinstance(od, dict):
+        return []
+    names = [od.get("ivfdata"), od.get("trained"), *(od.get("deltas") or []), od.get("dead")]
+    return [n for n in names if isinstance(n, str)]
 
 
 def shard_files(shard: str, sparse: bool) -> list[str]:
@@ -105,9 +116,13 @@ def _size(path: Path) -> int | None:
         return None
 
 
-def verify(directory: Path, manifest: dict[str, Any], name: str) -> Path:
+def verify(directory: Path, manifest: dict[str, Any], name: str, digest: bool = True) -> Path:
     """The path of ``name`` after checking it exists and matches its recorded size and
-    digest (once per process per file version); :class:`DamagedFileError` otherwise."""
+    digest (once per process per file version); :class:`DamagedFileError` otherwise.
+
+    ``digest=False`` checks the size only: for an on-disk index's memory-mapped lists,
+    which hashing would read whole (10 GB at 10M vectors) when a search reads a few
+    lists. Their digest is recorded at commit and checked by ``vlmsearch check``."""
     path = directory / name
     try:
         st = path.stat()
@@ -121,6 +136,8 @@ def verify(directory: Path, manifest: dict[str, Any], name: str) -> Path:
     if st.st_size != entry.get("size"):
         problem = f"{st.st_size} bytes, the commit wrote {entry.get('size')} (truncated?)"
         raise DamagedFileError(path, problem, directory)
+    if not digest:
+        return path
     key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, str(entry[HASH]))
     if key in _verified:
         return path

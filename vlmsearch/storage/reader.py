@@ -21,6 +21,7 @@ from vlmsearch import names
 from vlmsearch.errors import CollectionError
 from vlmsearch.storage import integrity, metadata, segments, snapshot
 from vlmsearch.storage.ann import faiss_store
+from vlmsearch.storage.ann.ondisk_files import open_entry
 from vlmsearch.storage.ann.plan import plan_index
 from vlmsearch.storage.ann.postings import PostingIndex
 from vlmsearch.storage.filter_budget import FilterBudget
@@ -232,6 +233,8 @@ class CollectionReader:
         )
         if current:
             path = self.layout.file(info["file"])
+            if path.is_file() and info.get("ondisk") and not self.sparse:
+                return self._open_ondisk(info)
             if path.is_file():
                 # verified first: a damaged index is a one-line error naming it
                 reader = PostingIndex.read if self.sparse else faiss_store.read_index
@@ -245,6 +248,16 @@ class CollectionReader:
             return PostingIndex.build(vt.ids, vt.vectors)
         plan = plan_index("flat", len(vt), self.dim)
         return faiss_store.build_index(plan, self.dim, vt.ids, vt.vectors.astype(np.float32))
+
+    def _open_ondisk(self, info: dict[str, Any]) -> Any:
+        """An on-disk index, its lists memory-mapped (checked by size; the small files
+        by digest): opening reads the header, never the lists."""
+
+        def verify(name: str, digest: bool) -> Path:
+            return integrity.verify(self.layout.path, self.manifest, name, digest)
+
+        with integrity.reading(self.layout.file(info["file"]), self.layout.path):
+            return open_entry(self.layout.path, info, verify)
 
     def load_current(self, load: Callable[[], T]) -> T:
         """``load()`` from this object's commit; when a newer commit has since collected a

@@ -263,13 +263,15 @@ class CollectionWriter:
         student: tuple[Any, dict[str, Any]] | None,
     ) -> None:
         if index is not None and index_info is not None:
-            if isinstance(index, PostingIndex):
-                index_name = f"index-{gen:06d}.postings.npz"
-                index.write(self.layout.file(index_name))
+            if hasattr(index, "commit_as"):  # on-disk: storage/ann/ondisk_files.py
+                files = index.commit_as(self.layout.path, gen)
+            elif isinstance(index, PostingIndex):
+                files = {"file": f"index-{gen:06d}.postings.npz"}
+                index.write(self.layout.file(files["file"]))
             else:
-                index_name = f"index-{gen:06d}.faiss"
-                faiss_store.write_index(index, self.layout.file(index_name))
-            m["index"] = {**index_info, "file": index_name, "generation": gen}
+                files = {"file": f"index-{gen:06d}.faiss"}
+                faiss_store.write_index(index, self.layout.file(files["file"]))
+            m["index"] = {**index_info, **files, "generation": gen}
         if text_vectors:
             entries = dict(m.get("text_vectors") or {})
             for column, (tv, info) in text_vectors.items():

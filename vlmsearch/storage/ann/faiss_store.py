@@ -127,6 +127,8 @@ def search(
     if k <= 0:
         raise QueryError("k must be at least 1")
     params = params or {}
+    if hasattr(index, "search_with"):  # an on-disk index of several parts (ondisk.py)
+        return index.search_with(queries, k, params, allowed_ids)
     sel, _keep = (None, None) if allowed_ids is None else id_selector(allowed_ids)
     base = base_of(index)
     if sel is None and gpu.gpu_enabled(None) and k <= gpu.GPU_MAX_K:
@@ -141,6 +143,11 @@ def search(
             return index.search(queries, k, params=sp)
     scores, labels = index.search(queries, k, params=sp)
     return scores, labels
+
+
+def single_threaded() -> contextlib.AbstractContextManager[None]:
+    """FAISS calls made by this thread in the block run on one OpenMP thread."""
+    return _omp_threads(1)
 
 
 @contextlib.contextmanager
@@ -187,17 +194,24 @@ def filtered_params(
     by sqrt(0.16 / fraction) (never below the tuned value, at most nlist). With an id
     selector, distances are computed for allowed ids only, so extra lists are cheap: at
     1M x 512 and a 1% filter, 2x the tuned nprobe gave recall@10 0.998, 4x gave 1.000
-    in 2.2 ms, every list 9.6 ms (benchmarks/RESULTS.md, issue 6)."""
+    in 2.2 ms, every list 9.6 ms (benchmarks/RESULTS.md, issue 6). On-disk indexes of
+    any IVF kind are widened too: the exact alternative would read every stored vector."""
     import faiss
 
     ivf = ivf_of(base_of(index))
-    if ivf is None or not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat):
+    on_disk = hasattr(index, "search_with")  # never scan stored vectors: they are not in RAM
+    if ivf is None or not (on_disk or isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat)):
         return None
     params = dict(params or {})
     nprobe = int(params.get("nprobe", 16))
     scale = max(1.0, math.sqrt(0.16 / max(fraction, 1e-9)))
     params["nprobe"] = min(int(ivf.nlist), math.ceil(nprobe * scale))
     return params
+
+
+def search_params_for(base: Any, params: dict[str, int], sel: Any, k: int) -> Any:
+    """FAISS search parameters for ``base`` from vlmsearch's ``params`` and a selector."""
+    return _search_params(base, params, sel, k)
 
 
 def _search_params(base: Any, params: dict[str, int], sel: Any, k: int) -> Any:

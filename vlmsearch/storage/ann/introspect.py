@@ -9,8 +9,13 @@ from typing import Any
 
 
 def base_of(index: Any) -> Any:
-    """The index under an ``IndexIDMap``/``IndexIDMap2`` wrapper (or ``index`` itself)."""
+    """The index under an ``IndexIDMap``/``IndexIDMap2`` wrapper, the base part of an
+    on-disk index (``ondisk.OnDiskIndex``), or ``index`` itself."""
     import faiss
+
+    layered = getattr(index, "base_index", None)
+    if layered is not None:
+        return layered
 
     if isinstance(index, faiss.IndexIDMap2 | faiss.IndexIDMap):
         return faiss.downcast_index(index.index)

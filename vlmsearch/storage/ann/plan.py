@@ -11,7 +11,15 @@ The ``auto`` rule (sizes in vectors, ``budget`` = memory budget in bytes):
   two. autofaiss uses 4 sqrt(n); on CPU, training and adding cost n * nlist * d, and at
   1M x 512 on 2 cores IVF4096 took 400 s to build against 58 s for IVF1024, which still
   answers in about 7 ms at recall@10 0.97 (benchmarks/RESULTS.md, issue 6).
-- otherwise ``IVF{nlist},PQ{d/8}x8`` (d/8 bytes a vector, autofaiss's compressed family).
+- otherwise, or from :data:`ONDISK_MIN` vectors on, an **on-disk** IVF index
+  (:mod:`vlmsearch.storage.ann.ondisk`: lists in a memory-mapped ``.ivfdata``) whose codes
+  are sized to the budget, as autofaiss sizes its PQ codes: ``SQ8`` (d bytes a vector,
+  recall close to IVF-Flat, no codebook to train) when the lists, n (d + 8) bytes, fit
+  the budget, else ``PQ{d/8}x8`` or ``PQ{d/16}x8``, the first whose lists fit (the page
+  cache can then hold every list; when none fits, lists are read from disk per query).
+  OPQ is not used: its rotation is trained with 256-centroid PQs and took minutes on 2
+  cores for a few points of recall. PQ training costs ~1.5 s per sub-quantizer there
+  (so d/4 codes, 128 sub-quantizers, are never chosen).
 
 The search defaults here (efSearch 128, nprobe nlist/16) are only for indexes built
 without tuning (:mod:`vlmsearch.storage.ann.tune`).
@@ -33,7 +41,11 @@ HNSW_MAX = 200_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
-NAMED_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+# From here on an index lives on disk: at 2M x 512 an in-memory IVF-Flat is 4 GB of RAM
+# in every process that opens it, read whole before the first query.
+ONDISK_MIN = 2_000_000
+ONDISK = "ondisk"
+NAMED_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq", ONDISK)
 
 
 @dataclass
@@ -45,6 +57,7 @@ class IndexPlan:
     factory: str
     search_params: dict[str, int] = field(default_factory=dict)
     reason: str = ""
+    ondisk: bool = False  # lists in a memory-mapped .ivfdata (storage/ann/ondisk.py)
 
     @property
     def wrapped(self) -> bool:
@@ -52,12 +65,15 @@ class IndexPlan:
         return not self.factory.startswith(("IVF", "OPQ", "PCA"))
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "requested": self.requested,
             "factory": self.factory,
             "search_params": dict(self.search_params),
             "reason": self.reason,
         }
+        if self.ondisk:
+            out["storage"] = ONDISK
+        return out
 
 
 def default_memory_budget() -> int:
@@ -98,9 +114,19 @@ def plan_index(requested: str, n: int, d: int, memory_budget: int | None = None)
             return IndexPlan(req, "Flat", {}, f"{n} vectors < {FLAT_MAX}: exact search")
         if n < HNSW_MAX and (4 * d + 8 * HNSW_M) * n <= budget:
             return _named("hnsw", req, n, d, f"{n} vectors < {HNSW_MAX}: HNSW graph")
-        if 4 * d * n <= budget:
+        if n < ONDISK_MIN and 4 * d * n <= budget:
             return _named("ivf", req, n, d, "fp32 vectors fit the memory budget: IVF")
-        return _named("ivfpq", req, n, d, "fp32 vectors exceed the memory budget: IVF-PQ")
+        big = n >= ONDISK_MIN
+        why = f"{n} vectors >= {ONDISK_MIN}" if big else "fp32 vectors exceed the budget"
+        return _ondisk(req, n, d, budget, f"{why}: IVF with lists on disk")
+    if kind == ONDISK:
+        plan = _ondisk(req, n, d, budget, "--index ondisk: lists on disk")
+        return _flat_until_trainable(plan, n, d)
+    if kind.startswith(ONDISK + ":"):
+        factory = req.split(":", 1)[1].strip()
+        why = "--index ondisk:FACTORY: lists on disk"
+        plan = IndexPlan(req, factory, _default_params_for(factory, n), why, True)
+        return _flat_until_trainable(plan, n, d)
     if kind in NAMED_KINDS:
         plan = _named(kind, req, n, d, f"--index {kind}")
     else:
@@ -167,7 +193,14 @@ def check_index_request(requested: str | None, dim: int, sparse: bool) -> None:
         return
     if kind in NAMED_KINDS:
         return
-    hint = "use auto, flat, hnsw, ivf, ivfpq or a FAISS factory string such as IVF256,Flat"
+    hint = (
+        "use auto, flat, hnsw, ivf, ivfpq, ondisk, ondisk:IVF-FACTORY or a FAISS factory "
+        "string such as IVF256,Flat"
+    )
+    if kind.startswith(ONDISK + ":"):
+        req = req.split(":", 1)[1].strip()
+        if "IVF" not in req.upper():
+            raise QueryError(f"--index {requested}: only IVF indexes can live on disk ({hint})")
     if kind.startswith("idmap"):
         raise QueryError(f"--index {req}: ids are mapped by vlmsearch itself; drop IDMap ({hint})")
     import faiss
@@ -201,6 +234,33 @@ def check_search_params(params: dict[str, int] | None, factory: str, sparse: boo
             f"{', '.join(unused)} does not apply to this collection's {factory or 'exact'} "
             "index (nprobe is for IVF indexes, efSearch for HNSW)"
         )
+
+
+def ondisk_codes(n: int, d: int, budget: int) -> str:
+    """The code part of an on-disk IVF factory: ``SQ8`` when n (d + 8) bytes of lists fit
+    ``budget``, else the first of ``PQ{d/8}x8`` and ``PQ{d/16}x8`` whose lists
+    (n (m + 8) bytes) fit, else the smallest."""
+    if n * (d + 8) <= budget:
+        return "SQ8"
+    sizes = [_pq_m_near(d, d // div) for div in (8, 16)]
+    for m in sizes:
+        if n * (m + 8) <= budget:
+            return f"PQ{m}x8"
+    return f"PQ{sizes[-1]}x8"
+
+
+def _pq_m_near(d: int, want: int) -> int:
+    m = max(1, want)
+    while d % m:
+        m -= 1
+    return m
+
+
+def _ondisk(req: str, n: int, d: int, budget: int, reason: str) -> IndexPlan:
+    nlist = _nlist(n)
+    nprobe = max(16, min(nlist, nlist // 16 or 1))
+    factory = f"IVF{nlist},{ondisk_codes(n, d, budget)}"
+    return IndexPlan(req, factory, {"nprobe": nprobe}, reason, True)
 
 
 def _named(kind: str, req: str, n: int, d: int, reason: str) -> IndexPlan:
