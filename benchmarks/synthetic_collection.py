@@ -124,7 +124,6 @@ def metadata_table(n: int, seed: int) -> Any:
         "status": pa.array(["ok"] * n),
         "error": pa.nulls(n, pa.string()),
         "indexed_at": pa.array(np.full(n, now), pa.timestamp("us", tz="UTC")),
-        "path_bytes": pa.nulls(n, pa.binary()),
     }
     return pa.table(cols, schema=metadata.BASE_SCHEMA)
 
