@@ -5,7 +5,9 @@ the manifest).
 A synthetic collection of N rows is written (benchmarks/synthetic_collection.py, small
 vectors: only the metadata is measured), then one checkpoint of ``--batch`` rows, half of
 them re-encoded files and half new, is committed, ``--repeat`` times. Reported per
-checkpoint: bytes written (new files and the manifest) and seconds.
+checkpoint: bytes written (new files and the manifest) and seconds; then, in a fresh
+process, what reading the metadata costs (open, first and warm 1% filter, 10 rows by id,
+a path lookup, peak RSS).
 
     python benchmarks/bench_segments.py --rows 100000 1000000 --json out.json
 """
@@ -84,30 +86,73 @@ def format1_checkpoint(table: Any, path: Path, batch: int, round_: int) -> tuple
     return table, size, seconds
 
 
-def run(n: int, batch: int, repeat: int, workdir: Path) -> dict[str, Any]:
+def read_figures(path: Path) -> dict[str, Any]:
+    """Open a reader in this process and time what a query needs from the metadata: the
+    open (the DuckDB copy or view), a 1% ``--where``, 10 rows by id, a path lookup."""
+    import resource
+
+    from benchmarks.synthetic_collection import ONE_PERCENT_WHERE
+    from vlmsearch.storage.reader import CollectionReader
+
+    out: dict[str, Any] = {}
+    t = time.perf_counter()
+    reader = CollectionReader(Layout(path))
+    f = reader.metadata_filter()
+    out["open_s"] = round(time.perf_counter() - t, 3)
+    out["in_place"] = f.in_place
+    t = time.perf_counter()
+    n = len(reader.filter_ids(ONE_PERCENT_WHERE))
+    out["first_filter_s"], out["filter_rows"] = round(time.perf_counter() - t, 3), n
+    t = time.perf_counter()
+    reader.filter_ids(ONE_PERCENT_WHERE)
+    out["warm_filter_s"] = round(time.perf_counter() - t, 3)
+    n_rows = len(reader)
+    ids = np.random.default_rng(1).choice(n_rows, 10, replace=False)
+    t = time.perf_counter()
+    assert len(reader.rows(ids)) == 10
+    out["rows_10_ids_s"] = round(time.perf_counter() - t, 3)
+    probe = f"img/{(n_rows // 2) // 1000:04d}/{n_rows // 2:08d}.jpg"
+    t = time.perf_counter()
+    found = f.select("SELECT id FROM metadata WHERE path = ?", [probe]).num_rows
+    out["path_lookup_s"], out["path_found"] = round(time.perf_counter() - t, 3), found
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    return out
+
+
+def _read_in_fresh_process(path: Path) -> dict[str, Any]:
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--read", str(path)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run(n: int, batch: int, repeat: int, workdir: Path, format1: bool) -> dict[str, Any]:
     path = workdir / f"c{n}"
     vecs = np.zeros((n, DIM), np.float16)
     write_collection(path, vecs, shard_rows=max(n, 1))
+    del vecs
     f2 = [format2_checkpoint(path, batch, r) for r in range(repeat)]
-    t = time.perf_counter()
-    layout = Layout(path)
-    reader_table = CollectionWriter(layout, layout.read_manifest()).table
-    read_s = time.perf_counter() - t
-    f1 = []
-    table = reader_table
-    for r in range(repeat):
-        table, size, seconds = format1_checkpoint(table, workdir, batch, r)
-        f1.append((size, seconds))
-    shutil.rmtree(path)
-    return {
+    res: dict[str, Any] = {
         "rows": n,
         "batch": batch,
         "format2_bytes": int(np.median([b for b, _ in f2])),
         "format2_seconds": round(float(np.median([s for _, s in f2])), 4),
-        "format1_metadata_bytes": int(np.median([b for b, _ in f1])),
-        "format1_metadata_seconds": round(float(np.median([s for _, s in f1])), 4),
-        "format1_read_table_seconds": round(read_s, 3),
+        "format2_reads": _read_in_fresh_process(path),
     }
+    if format1:
+        t = time.perf_counter()
+        layout = Layout(path)
+        table = CollectionWriter(layout, layout.read_manifest()).table
+        res["format1_read_table_seconds"] = round(time.perf_counter() - t, 3)
+        f1 = []
+        for r in range(repeat):
+            table, size, seconds = format1_checkpoint(table, workdir, batch, r)
+            f1.append((size, seconds))
+        res["format1_metadata_bytes"] = int(np.median([b for b, _ in f1]))
+        res["format1_metadata_seconds"] = round(float(np.median([s for _, s in f1])), 4)
+    shutil.rmtree(path)
+    return res
 
 
 def main() -> None:
@@ -115,12 +160,20 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--format1-max", type=int, default=4_000_000, help="largest size to run format 1 at"
+    )
+    ap.add_argument("--workdir", type=Path, help="where to write the collections (default: /tmp)")
+    ap.add_argument("--read", type=Path, help=argparse.SUPPRESS)  # the fresh-process read phase
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if args.read:
+        print(json.dumps(read_figures(args.read)))
+        return
     results = []
-    with tempfile.TemporaryDirectory(prefix="bench-segments-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-segments-", dir=args.workdir) as tmp:
         for n in args.rows:
-            res = run(n, args.batch, args.repeat, Path(tmp))
+            res = run(n, args.batch, args.repeat, Path(tmp), n <= args.format1_max)
             print(json.dumps(res), flush=True)
             results.append(res)
     if args.json:

@@ -86,7 +86,10 @@ def _copy(con: Any, select: str, path: Path) -> int:
 
     def write(tmp: Path) -> None:
         q = "'" + str(tmp).replace("'", "''") + "'"
-        con.execute(f"COPY ({select}) TO {q} (FORMAT parquet, COMPRESSION zstd)")
+        con.execute(
+            f"COPY ({select}) TO {q} (FORMAT parquet, COMPRESSION zstd, "
+            f"ROW_GROUP_SIZE {segments.ROW_GROUP_ROWS})"
+        )
 
     atomic_write(path, write)
     return int(con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0])

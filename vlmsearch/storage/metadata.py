@@ -6,6 +6,7 @@ captions) add columns, which are carried through incremental updates.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,30 +138,54 @@ def filter_ids(
         return f.ids(where, only_ok)
 
 
+# Segments of up to this many live rows are copied into DuckDB (fast filters, about
+# 440 bytes of RAM a row); above it they are queried in place. The on-disk index rule
+# starts at the same size (storage/ann/plan.py).
+COPY_MAX_ROWS = 2_000_000
+
+
 class MetadataFilter:
-    """A private in-memory DuckDB database holding a copy of one metadata table.
+    """A private DuckDB database answering filters and lookups over one metadata table.
 
-    Opening a connection costs about 20 ms and scanning a registered Arrow table converts
-    its string columns on every query (~20 ms at 1M rows); a native copy made once (~0.3 s
-    at 1M rows) answers a filter in a few ms (benchmarks/RESULTS.md, issue 6). External
-    access is disabled and the configuration locked, so a filter can read nothing but this
-    table. Queries run within ``budget`` (time, memory, a few at a time, one thread each)
-    and stop on Ctrl-C: see :mod:`vlmsearch.storage.filter_budget`."""
+    Two modes. **Copy** (an Arrow table, or segments up to :data:`COPY_MAX_ROWS` rows):
+    the rows are copied once into DuckDB's own storage. Opening a connection costs about
+    20 ms and scanning a registered Arrow table converts its string columns on every query
+    (~20 ms at 1M rows); a native copy made once (~0.3 s at 1M rows) answers a filter in a
+    few ms (benchmarks/RESULTS.md, issue 6). **In place** (bigger collections): the table
+    is a view over the Parquet segments, read by each query; nothing is copied, so opening
+    costs nothing and memory stays flat (10M rows: a copy took 12.8 s and 4.3 GB, a 1%
+    filter in place 0.33 s, a lookup by path 0.07 s; benchmarks/RESULTS.md).
 
-    def __init__(self, source: pa.Table | str, budget: FilterBudget | None = None) -> None:
+    External access is disabled and the configuration locked, so a filter can read nothing
+    but this table (in place: only the collection's own metadata files are allowed).
+    Queries run within ``budget`` (time, memory, a few at a time, one thread each) and stop
+    on Ctrl-C: see :mod:`vlmsearch.storage.filter_budget`."""
+
+    def __init__(
+        self,
+        source: pa.Table | str,
+        budget: FilterBudget | None = None,
+        in_place: Sequence[str] | None = None,
+    ) -> None:
         """``source``: an Arrow table, or the SQL of a collection's live rows (format 2:
-        a SELECT over its Parquet segments, read once into DuckDB's own storage, never
-        into Python objects, before external access is disabled)."""
+        a SELECT over its Parquet segments, read into DuckDB's own storage, never into
+        Python objects). ``in_place``: the files ``source`` reads, to query it as a view
+        over them instead of copying it."""
         import duckdb
 
         self._table = source if isinstance(source, pa.Table) else None
         self.budget = budget or FilterBudget()
+        self.in_place = in_place is not None and not isinstance(source, pa.Table)
         self._con = duckdb.connect(":memory:")
         try:
             if isinstance(source, pa.Table):
                 self._con.register("_arrow", source)
                 self._con.execute(f"CREATE TABLE {TABLE_NAME} AS SELECT * FROM _arrow")
                 self._con.unregister("_arrow")
+            elif self.in_place:
+                self._con.execute(f"CREATE VIEW {TABLE_NAME} AS {source}")
+                allowed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in in_place or [])
+                self._con.execute(f"SET allowed_paths = [{allowed}]")
             else:
                 # sorted by id: row-group zone maps then make lookups by id cheap
                 self._con.execute(
@@ -181,14 +206,14 @@ class MetadataFilter:
 
     @property
     def table(self) -> pa.Table:
-        """The rows of the copy as one Arrow table, ordered by id (made on first use when
-        the copy was read from Parquet segments)."""
+        """Every row as one Arrow table, ordered by id (made on first use when the rows
+        were read from Parquet segments: for small collections and tools)."""
         if self._table is None:
             self._table = as_stored(self.select(f"SELECT * FROM {TABLE_NAME} ORDER BY id"))
         return self._table
 
     def select(self, sql: str, params: list[Any] | None = None) -> pa.Table:
-        """vlmsearch's own query over the copy (lookups by id or path), as Arrow."""
+        """vlmsearch's own query over the table (lookups by id or path), as Arrow."""
         cur = self._con.cursor()
         try:
             return cur.sql(sql, params=params or None).to_arrow_table()
