@@ -75,10 +75,20 @@ def _index(root: Path, **opts) -> Collection:
     )
 
 
-@pytest.fixture
-def churned(image_dir: Path) -> tuple[Collection, set[int]]:
-    """A collection after deletes and re-encodes: returns it and the ids that died."""
-    coll = _index(image_dir)
+@pytest.fixture(
+    params=[("copy", "auto"), ("in_place", "auto"), ("in_place", "ondisk:IVF2,Flat")],
+    ids=["copy", "in-place", "in-place-ondisk"],
+)
+def churned(request, image_dir: Path, monkeypatch) -> tuple[Collection, set[int]]:
+    """A collection after deletes and re-encodes: returns it and the ids that died. Its
+    metadata is read as a DuckDB copy or in place (as collections past
+    ``COPY_MAX_ROWS`` are), its index in memory or on disk (dead ids in the parts)."""
+    mode, index = request.param
+    if mode == "in_place":
+        monkeypatch.setattr(metadata, "COPY_MAX_ROWS", 0)
+    if index.startswith("ondisk"):
+        make_images(image_dir / "bulk", 80)  # IVF2 trains on 2 x 39 points at least
+    coll = _index(image_dir, index=index)
     first = {r["path"]: r["id"] for r in coll.table.select(["path", "id"]).to_pylist()}
     # a caption for every image, so that text-column and fused searches see dead ids too
     coll._write_text_column("caption", {i: f"caption {i}" for i in first.values()}, {"lm": "t"})
@@ -86,10 +96,14 @@ def churned(image_dir: Path) -> tuple[Collection, set[int]]:
     for p in files[:3]:
         p.unlink()
     make_images(image_dir / "more", 2)
-    coll = _index(image_dir)
+    coll = _index(image_dir, index=index)
     now = {r["path"]: r["id"] for r in coll.table.select(["path", "id"]).to_pylist()}
     dead = {i for p, i in first.items() if p not in now}
     assert dead and coll.manifest["tombstones"]
+    assert coll.reader.metadata_filter().in_place == (mode == "in_place")
+    if index.startswith("ondisk"):  # the dead ids are filtered, not yet rebuilt away
+        assert coll.manifest["index"].get("storage") == "ondisk", coll.manifest["index"]
+        assert coll.manifest["index"]["ondisk"]["dead"]
     return coll, dead
 
 
@@ -191,3 +205,34 @@ def test_newer_format_is_refused_with_a_clear_message(image_dir):
         _index(image_dir)
     assert json.loads(mpath.read_text())["format_version"] == 3  # left untouched
     assert os.path.exists(coll.path / m["segments"][0]["file"])
+
+
+def test_in_place_metadata_answers_like_the_copy_and_reads_only_its_files(
+    tmp_path: Path, monkeypatch
+):
+    """Past COPY_MAX_ROWS the reader queries the segments in place: the same ids, rows
+    and lookups as the copy, and its DuckDB can read no file but the collection's own."""
+    import duckdb
+
+    path = tmp_path / "c"
+    write_collection(path, np.zeros((3_000, 8), np.float16), shard_rows=3_000)
+    checkpoint_bytes(path, batch=256)  # a second segment and tombstones
+    where = "width >= 1900 AND path LIKE 'img/0001/%'"
+    answers = {}
+    for mode, limit in (("copy", 10**9), ("in_place", 0)):
+        monkeypatch.setattr(metadata, "COPY_MAX_ROWS", limit)
+        coll = Collection.open(path)
+        f = coll.reader.metadata_filter()
+        assert f.in_place == (mode == "in_place")
+        ids = coll.filter_ids(where)
+        rows = coll.rows([0, 5, 200, 2_999, 3_100, 10**6])
+        by_path = f.select("SELECT id FROM metadata WHERE path = ?", ["img/0002/00002500.jpg"])
+        answers[mode] = (ids.tolist(), sorted(rows), by_path["id"].to_pylist())
+        assert len(ids) > 0 and 10**6 not in rows
+        assert rows[5]["path"] == "new/5.jpg"  # ids 0..127 were replaced: the new row only
+        assert rows[200]["path"] == "img/0000/00000200.jpg"
+        outside = tmp_path / "other.parquet"
+        metadata.write_table(outside, metadata.empty_table())
+        with pytest.raises(duckdb.Error):
+            f.select(f"SELECT * FROM read_parquet('{outside}')")
+    assert answers["copy"] == answers["in_place"]
