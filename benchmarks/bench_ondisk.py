@@ -70,15 +70,13 @@ def _exact_top(x16: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
 def phase_build(args: argparse.Namespace) -> dict:
     from vlmsearch.ingest.finish import finish_index
     from vlmsearch.ingest.options import IngestOptions, IngestReport
-    from vlmsearch.storage import metadata
     from vlmsearch.storage.layout import Layout
     from vlmsearch.storage.store import CollectionWriter
 
     layout = Layout(args.work / f"n{args.n}")
     with layout.lock():
         m = layout.read_manifest()
-        table = metadata.read_table(layout.file(m["metadata_file"]))
-        writer = CollectionWriter(layout, m, table)
+        writer = CollectionWriter(layout, m)
         writer.previous = m
         opts = IngestOptions(index=args.index, memory_budget=args.memory_budget, rebuild=False)
         report = IngestReport(str(m["root"]), str(layout.path))
@@ -110,6 +108,8 @@ def _evict(folder: Path) -> None:
 
 
 def phase_search(args: argparse.Namespace) -> dict:
+    from synthetic_collection import ONE_PERCENT_WHERE
+
     from vlmsearch import Collection
 
     folder = args.work / f"n{args.n}"
@@ -123,8 +123,16 @@ def phase_search(args: argparse.Namespace) -> dict:
     _ = coll.faiss_index
     t_open = time.perf_counter() - t
     t = time.perf_counter()
-    coll.search_vector(queries[0], k=10)
+    filtered = coll.search_vector(queries[0], k=10, where=ONE_PERCENT_WHERE)
+    t_first_filtered = time.perf_counter() - t
+    t = time.perf_counter()
+    coll.search_vector(queries[1], k=10)
     t_first = time.perf_counter() - t
+    lat_f = []
+    for q in queries[2:52]:
+        t = time.perf_counter()
+        coll.search_vector(q, k=10, where=ONE_PERCENT_WHERE)
+        lat_f.append(time.perf_counter() - t)
     lat, recall = [], []
     for qi, q in enumerate(queries):
         t = time.perf_counter()
@@ -134,7 +142,10 @@ def phase_search(args: argparse.Namespace) -> dict:
     lat_ms = np.array(lat[1:]) * 1000  # the first was already warm-ish: skip it
     return {
         "open_s": round(t_open, 3),
+        "first_filtered_query_s": round(t_first_filtered, 3),
+        "first_filtered_hits": len(filtered),
         "first_query_s": round(t_first, 3),
+        "filtered_p50_ms": round(float(np.percentile(np.array(lat_f) * 1000, 50)), 2),
         "p50_ms": round(float(np.percentile(lat_ms, 50)), 2),
         "p99_ms": round(float(np.percentile(lat_ms, 99)), 2),
         "recall_at_10": round(float(np.mean(recall)), 3),

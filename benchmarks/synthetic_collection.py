@@ -77,6 +77,12 @@ def draw_mixture(
     return x
 
 
+# Up to this many rows the vectors are drawn in one piece (the files cached for the 1M
+# figures stay byte-identical); above it, block by block.
+CHUNKED_FROM = 2_000_000
+CHUNK_ROWS = 1_000_000
+
+
 def vectors_file(
     cache: Path, n: int, dim: int, clusters: int, noise: float, subspace: int, seed: int
 ) -> Path:
@@ -91,13 +97,22 @@ def load_or_make_vectors(
     if path.is_file():
         return np.load(path, mmap_mode="r")
     cache.mkdir(parents=True, exist_ok=True)
-    x = subspace_mixture(n, dim, clusters, noise, subspace, np.random.default_rng(seed))
-    x16 = x.astype(np.float16)
-    del x
     tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, x16)
+    rng = np.random.default_rng(seed)
+    if n <= CHUNKED_FROM:
+        x16 = subspace_mixture(n, dim, clusters, noise, subspace, rng).astype(np.float16)
+        np.save(tmp, x16)
+    else:
+        # drawn in blocks into a memory-mapped file: 10M x 512 float32 would be 20 GB
+        structure = mixture_structure(dim, clusters, subspace, rng)
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, dim))
+        for lo in range(0, n, CHUNK_ROWS):
+            hi = min(n, lo + CHUNK_ROWS)
+            out[lo:hi] = draw_mixture(hi - lo, structure, noise, rng).astype(np.float16)
+        out.flush()
+        del out
     tmp.rename(path)
-    return x16
+    return np.load(path, mmap_mode="r")
 
 
 def metadata_table(n: int, seed: int) -> Any:
@@ -172,13 +187,12 @@ def write_collection(
 def commit_index(path: Path, index: Any, plan: Any) -> float:
     """Store ``index`` (built from ``plan``) as the collection's current index; seconds."""
     from vlmsearch.storage.layout import Layout
-    from vlmsearch.storage.metadata import read_table
     from vlmsearch.storage.store import CollectionWriter
 
     layout = Layout(path)
     m = layout.read_manifest()
     t = time.perf_counter()
-    writer = CollectionWriter(layout, m, read_table(layout.file(m["metadata_file"])))
+    writer = CollectionWriter(layout, m)  # no metadata change: the index alone is committed
     writer.previous = m
     info = {**plan.to_json(), "ntotal": int(index.ntotal), "dim": int(index.d)}
     writer.commit(index=index, index_info=info, data_changed=False)
