@@ -89,8 +89,6 @@ def format1_checkpoint(table: Any, path: Path, batch: int, round_: int) -> tuple
 def read_figures(path: Path) -> dict[str, Any]:
     """Open a reader in this process and time what a query needs from the metadata: the
     open (the DuckDB copy or view), a 1% ``--where``, 10 rows by id, a path lookup."""
-    import resource
-
     from benchmarks.synthetic_collection import ONE_PERCENT_WHERE
     from vlmsearch.storage.reader import CollectionReader
 
@@ -115,8 +113,17 @@ def read_figures(path: Path) -> dict[str, Any]:
     t = time.perf_counter()
     found = f.select("SELECT id FROM metadata WHERE path = ?", [probe]).num_rows
     out["path_lookup_s"], out["path_found"] = round(time.perf_counter() - t, 3), found
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     return out
+
+
+def peak_rss_mb() -> int:
+    """This process's peak RSS (VmHWM). Not ``ru_maxrss``: Linux carries that over an
+    exec from the parent's memory, so a child of a big parent reports the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    return -1
 
 
 def _read_in_fresh_process(path: Path) -> dict[str, Any]:
