@@ -36,6 +36,8 @@ def finish_index(
         # no data change and no new index request: skip reading every vector shard
         report.index_factory = str((m.get("index") or {}).get("factory", ""))
         return
+    # dense rows stay in the memory-mapped shards until an index build asks for them:
+    # an on-disk build streams them block by block (storage/vectors.py ShardRows)
     live = _live_vectors(writer)
     if m.get("vectors") == "sparse":
         _finish_postings(writer, opts, report, start_data_generation, live, progress)
@@ -51,7 +53,9 @@ def _live_vectors(writer: CollectionWriter) -> VectorTable:
     sparse = m.get("vectors") == "sparse"
     for shard in m.get("shards", []):
         integrity.verify_all(writer.layout.path, m, integrity.shard_files(shard, sparse))
-    return VectorTable.load(writer.layout.vectors_dir, m.get("shards", []), dim, ok_ids, sparse)
+    return VectorTable.load(
+        writer.layout.vectors_dir, m.get("shards", []), dim, ok_ids, sparse, lazy=not sparse
+    )
 
 
 def _finish_faiss(
@@ -85,6 +89,7 @@ def _finish_faiss(
         report.index_rebuilt = staged.merged is not None
         _commit_index(writer, live, staged, {**info, "ntotal": staged.ntotal, "dim": dim})
         return
+    live = VectorTable(live.ids, np.asarray(live.vectors[:]))  # in memory: read them all once
     index = _updated_in_place(writer, old["file"], dirty, live) if old_current else None
     tuning: dict[str, Any] = {}
     if index is None:
@@ -159,7 +164,7 @@ def _commit_index(
     m = writer.manifest
     stored = sum(shard_rows(writer.layout.vectors_dir, s) for s in m.get("shards", []))
     compact = stored > 2 * len(live) + 1024
-    shard = (live.ids, live.vectors) if compact else None
+    shard = (live.ids, np.asarray(live.vectors[:])) if compact else None
     writer.commit(
         shard=shard, index=index, index_info=info, replace_shards=compact, data_changed=False
     )

@@ -117,7 +117,11 @@ class VectorTable:
         dim: int,
         live_ids: np.ndarray | None = None,
         sparse: bool = False,
+        lazy: bool = False,
     ) -> VectorTable:
+        """The live rows of ``shards``. ``lazy`` (dense only): rows stay in the
+        memory-mapped shards and are gathered when indexed (:class:`ShardRows`), so a
+        10M x 512 collection is not copied into 10 GB of RAM to be streamed into an index."""
         if not shards:
             if sparse:
                 import scipy.sparse as sp
@@ -149,6 +153,8 @@ class VectorTable:
         if sparse:
             return cls(rev_unique.astype(np.int64), stack(all_vecs)[pos])
         offsets = np.cumsum([0] + [len(a) for a in all_ids])
+        if lazy:
+            return cls(rev_unique.astype(np.int64), ShardRows(all_vecs, offsets, pos, dim))
         out = np.empty((len(pos), dim), np.float16)
         for s, vecs in enumerate(all_vecs):
             lo, hi = offsets[s], offsets[s + 1]
@@ -173,3 +179,35 @@ class VectorTable:
     def dense(self, ids: np.ndarray) -> np.ndarray:
         rows = self.get(ids)
         return rows.toarray() if self.sparse else rows
+
+
+class ShardRows:
+    """Row ``i`` of the live vectors, read from the memory-mapped shard that holds it:
+    ``rows[lo:hi]`` and ``rows[positions]`` gather float16 arrays on demand, so memory
+    holds only the rows asked for (the page cache holds the rest, and can drop it)."""
+
+    def __init__(
+        self, shards: list[np.ndarray], offsets: np.ndarray, pos: np.ndarray, dim: int
+    ) -> None:
+        self._shards = shards
+        self._offsets = np.asarray(offsets, np.int64)
+        self._pos = np.asarray(pos, np.int64)  # live row -> position in the concatenation
+        self.shape = (len(self._pos), dim)
+        self.dtype = np.dtype(np.float16)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, tuple) or not isinstance(key, slice | np.ndarray | list):
+            raise TypeError("ShardRows takes a slice or an array of row positions")
+        pos = self._pos[key]
+        out = np.empty((len(pos), self.shape[1]), np.float16)
+        shard = np.searchsorted(self._offsets, pos, side="right") - 1
+        for s in np.unique(shard):
+            sel = shard == s
+            out[sel] = self._shards[s][pos[sel] - self._offsets[s]]
+        return out
+
+    def astype(self, dtype: Any) -> np.ndarray:
+        return self[:].astype(dtype)
