@@ -55,7 +55,8 @@ def write_compacted(layout: Layout, manifest: dict[str, Any], gen: int) -> dict[
             "FROM live ORDER BY id",
             layout.file(name),
         )
-        out["segments"] = [{"file": name, "generation": gen, "rows": rows}]
+        top = con.execute("SELECT coalesce(max(id), -1) FROM live").fetchone()[0]
+        out["segments"] = [{"file": name, "generation": gen, "rows": rows, "max_id": int(top)}]
         cols = segments.column_names(m) or [
             c for c in _columns(con) if c not in metadata.BASE_COLUMNS
         ]

@@ -182,6 +182,15 @@ def metadata_files(manifest: dict[str, Any]) -> list[str]:
     return files(as_format2(manifest))
 
 
+def max_committed_id(manifest: dict[str, Any]) -> int | None:
+    """The largest id any segment holds, from the ``max_id`` of the segment entries;
+    None when an entry lacks it (segments written before it was recorded, format 1)."""
+    segs = entries(as_format2(manifest), "segments")
+    if any("max_id" not in e for e in segs):
+        return None
+    return max((int(e["max_id"]) for e in segs), default=-1)
+
+
 def ids_sql(ids: Iterable[int]) -> str:
     """A literal list of ids for an IN clause (ids are integers: no quoting issue)."""
     return "(" + ",".join(str(int(i)) for i in ids) + ")" if ids else "(NULL)"

@@ -182,7 +182,9 @@ class CollectionWriter:
         base, extra = _split_columns(table)
         name = segments.segment_name(gen)
         segments.write_segment(self.layout.file(name), base, gen, np.full(len(base), gen))
-        m["segments"] = [{"file": name, "generation": gen, "rows": base.num_rows}]
+        m["segments"] = [
+            {"file": name, "generation": gen, "rows": base.num_rows, **_id_range(base)}
+        ]
         m["tombstones"], m["column_segments"] = [], []
         if extra.num_columns > 1:
             col = segments.column_segment_name(gen)
@@ -197,7 +199,10 @@ class CollectionWriter:
         view = self.view
         rows = self._batch_rows(view, gen)
         touched_or_new = [int(i) for i in rows["id"].to_pylist()] if rows is not None else []
-        affected = sorted(set(touched_or_new) | self._dead)
+        # ids above every committed segment's largest are new: nothing to look up or kill
+        # (ids are never reused), so a checkpoint reads only the segments it replaces rows of
+        top = segments.max_committed_id(m)
+        affected = sorted(i for i in set(touched_or_new) | self._dead if top is None or i <= top)
         old = view.rows_for(affected, "id, status") if affected else None
         counts = dict(m.get("counts") or {"files": 0, "ok": 0, "error": 0})
         if old is not None and old.num_rows:
@@ -213,7 +218,7 @@ class CollectionWriter:
             base = rows.drop_columns(["_since"])
             segments.write_segment(self.layout.file(name), base, gen, since)
             m["segments"] = segments.entries(m, "segments") + [
-                {"file": name, "generation": gen, "rows": rows.num_rows}
+                {"file": name, "generation": gen, "rows": rows.num_rows, **_id_range(rows)}
             ]
             counts = _add_counts(counts, _counts(rows["status"]), 1)
         m["counts"] = counts
@@ -296,6 +301,11 @@ def _legacy_table(layout: Layout, manifest: dict[str, Any]) -> pa.Table:
     if not name:
         return metadata.empty_table()
     return integrity.read_checked(layout.path, manifest, name, metadata.read_table)
+
+
+def _id_range(rows: pa.Table) -> dict[str, int]:
+    """The segment's largest id, recorded in its manifest entry (see _commit_batch)."""
+    return {"max_id": int(pc.max(rows["id"]).as_py())} if rows.num_rows else {"max_id": -1}
 
 
 def _split_columns(table: pa.Table) -> tuple[pa.Table, pa.Table]:
