@@ -28,6 +28,7 @@ class LiveView:
         self.sql = segments.live_sql(base, manifest, hidden=True)
         self._con = duckdb.connect(":memory:")
         self._con.execute("SET threads = 1")
+        self._con.execute("SET parquet_metadata_cache = true")  # footers parsed once
 
     def close(self) -> None:
         self._con.close()
