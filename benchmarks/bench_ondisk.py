@@ -82,7 +82,7 @@ def phase_build(args: argparse.Namespace) -> dict:
         m = layout.read_manifest()
         writer = CollectionWriter(layout, m)
         writer.previous = m
-        opts = IngestOptions(index=args.index, memory_budget=args.memory_budget, rebuild=False)
+        opts = IngestOptions(index=args.index, memory_budget=args.memory_budget, rebuild=True)
         report = IngestReport(str(m["root"]), str(layout.path))
         t = time.perf_counter()
         finish_index(writer, opts, report, -1, set(), None)

@@ -111,3 +111,79 @@ def _held_out_truth(
             break
     truth = np.stack([row[m][:k] for row, m in zip(pos, keep, strict=True)])
     return q, np.asarray(ids, np.int64)[truth]
+
+
+# Rows per block when the exact top k of the tuning queries is computed over stored
+# vectors that stay on disk (float32 block: 128 MB at d = 512).
+EXACT_BLOCK_ROWS = 65_536
+
+
+def tune_on_stored(
+    plan: IndexPlan,
+    index: Any,
+    ids: np.ndarray,
+    vectors: Any,
+    target: float = TUNE_TARGET_RECALL,
+    k: int = TUNE_K,
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """The smallest nprobe of an IVF ``index`` that already holds every row (an on-disk
+    index, built shard by shard: nothing can be held out) reaching recall@k >= ``target``
+    + :data:`TUNE_MARGIN`. Stored rows are the queries; each query's own id is dropped
+    from both its exact and its ANN answer, so it does not count as a neighbour it found.
+    ``vectors`` may be memory-mapped rows (``ShardRows``): the exact answer is computed
+    block by block."""
+    n = len(ids)
+    ivf = ivf_of(base_of(index))
+    if ivf is None or n < TUNE_MIN_VECTORS:
+        return dict(plan.search_params), {}
+    t = time.perf_counter()
+    ids = np.asarray(ids, np.int64)
+    pos = np.sort(np.random.default_rng(0).choice(n, TUNE_QUERIES, replace=False))
+    q = np.ascontiguousarray(vectors[pos], dtype=np.float32)
+    truth = _exact_top_without_self(q, vectors, ids, ids[pos], k)
+    tried: list[tuple[int, float]] = []
+    params = dict(plan.search_params)
+    for value in [v for v in _TUNE_GRID if v <= ivf.nlist]:
+        params["nprobe"] = value
+        _, labels = search(index, q, k + 1, params)
+        found = [
+            row[(row >= 0) & (row != own)][:k] for row, own in zip(labels, ids[pos], strict=True)
+        ]
+        recall = (
+            float(np.mean([len(np.intersect1d(f, t)) for f, t in zip(found, truth, strict=True)]))
+            / k
+        )
+        tried.append((value, round(recall, 4)))
+        if recall >= target + TUNE_MARGIN:
+            break
+    report = {
+        "param": "nprobe",
+        "target_recall": target,
+        "margin": TUNE_MARGIN,
+        "k": k,
+        "queries": len(q),
+        "queries_from": "stored rows, their own id excluded",
+        "tried": tried,
+        "seconds": round(time.perf_counter() - t, 2),
+    }
+    return params, report
+
+
+def _exact_top_without_self(
+    q: np.ndarray, vectors: Any, ids: np.ndarray, own: np.ndarray, k: int
+) -> np.ndarray:
+    """Each query's exact top-k ids among ``vectors``, its own id left out."""
+    depth = k + 1
+    best_s = np.full((len(q), depth), -np.inf, np.float32)
+    best_i = np.full((len(q), depth), -1, np.int64)
+    for lo in range(0, len(ids), EXACT_BLOCK_ROWS):
+        block = np.asarray(vectors[lo : lo + EXACT_BLOCK_ROWS], dtype=np.float32)
+        s = q @ block.T
+        s[ids[lo : lo + len(block)][None, :] == own[:, None]] = -np.inf
+        cand_s = np.concatenate([best_s, s], axis=1)
+        cand_i = np.concatenate([best_i, np.broadcast_to(ids[lo : lo + len(block)], s.shape)], 1)
+        top = np.argpartition(-cand_s, depth - 1, axis=1)[:, :depth]
+        best_s = np.take_along_axis(cand_s, top, 1)
+        best_i = np.take_along_axis(cand_i, top, 1)
+    order = np.argsort(-best_s, axis=1)[:, :k]
+    return np.take_along_axis(best_i, order, 1)
