@@ -29,6 +29,15 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 
+def _status_mb(field: str) -> float:
+    """A field of /proc/self/status in MB (RssAnon: the process's own memory; RssFile:
+    mapped file pages, such as index lists, which the kernel can drop under pressure)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return -1.0
+
+
 def _rss_mb() -> float:
     """Peak RSS of this process (VmHWM; ``ru_maxrss`` would carry the parent's over exec)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -138,10 +147,12 @@ def phase_search(args: argparse.Namespace) -> dict:
         coll.search_vector(q, k=10, where=ONE_PERCENT_WHERE)
         lat_f.append(time.perf_counter() - t)
     lat, recall = [], []
+    anon = _status_mb("RssAnon")
     for qi, q in enumerate(queries):
         t = time.perf_counter()
         hits = coll.search_vector(q, k=10)
         lat.append(time.perf_counter() - t)
+        anon = max(anon, _status_mb("RssAnon"))
         recall.append(len({h.id for h in hits} & set(truth[qi].tolist())) / 10)
     lat_ms = np.array(lat[1:]) * 1000  # the first was already warm-ish: skip it
     return {
@@ -154,6 +165,8 @@ def phase_search(args: argparse.Namespace) -> dict:
         "p99_ms": round(float(np.percentile(lat_ms, 99)), 2),
         "recall_at_10": round(float(np.mean(recall)), 3),
         "peak_rss_mb": round(_rss_mb()),
+        "peak_anon_rss_mb": round(anon),  # sampled after each unfiltered query
+        "file_rss_mb_at_end": round(_status_mb("RssFile")),
         "rss_before_open_mb": round(rss0),
     }
 
