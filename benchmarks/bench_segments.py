@@ -134,32 +134,44 @@ def _read_in_fresh_process(path: Path) -> dict[str, Any]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run(n: int, batch: int, repeat: int, workdir: Path, format1: bool) -> dict[str, Any]:
-    path = workdir / f"c{n}"
-    vecs = np.zeros((n, DIM), np.float16)
-    write_collection(path, vecs, shard_rows=max(n, 1))
-    del vecs
-    f2 = [format2_checkpoint(path, batch, r) for r in range(repeat)]
-    res: dict[str, Any] = {
-        "rows": n,
-        "batch": batch,
-        "format2_bytes": int(np.median([b for b, _ in f2])),
-        "format2_seconds": round(float(np.median([s for _, s in f2])), 4),
-        "format2_reads": _read_in_fresh_process(path),
-    }
-    if format1:
-        t = time.perf_counter()
-        layout = Layout(path)
-        table = CollectionWriter(layout, layout.read_manifest()).table
-        res["format1_read_table_seconds"] = round(time.perf_counter() - t, 3)
-        f1 = []
-        for r in range(repeat):
-            table, size, seconds = format1_checkpoint(table, workdir, batch, r)
-            f1.append((size, seconds))
-        res["format1_metadata_bytes"] = int(np.median([b for b, _ in f1]))
-        res["format1_metadata_seconds"] = round(float(np.median([s for _, s in f1])), 4)
-    shutil.rmtree(path)
-    return res
+def run_all(sizes: list[int], batch: int, repeat: int, workdir: Path, format1_max: int) -> list:
+    """Every size's collection first, then the checkpoints interleaved across sizes
+    (round r commits once to each), so that a busy disk or CPU weighs on every size
+    alike; then the reads, then format 1."""
+    paths = {}
+    for n in sizes:
+        paths[n] = workdir / f"c{n}"
+        write_collection(paths[n], np.zeros((n, DIM), np.float16), shard_rows=max(n, 1))
+    f2: dict[int, list[tuple[int, float]]] = {n: [] for n in sizes}
+    for r in range(repeat):
+        for n in sizes:
+            f2[n].append(format2_checkpoint(paths[n], batch, r))
+    results = []
+    for n in sizes:
+        res: dict[str, Any] = {
+            "rows": n,
+            "batch": batch,
+            "format2_bytes": int(np.median([b for b, _ in f2[n]])),
+            "format2_seconds": round(float(np.median([s for _, s in f2[n]])), 4),
+            "format2_seconds_all": [round(s, 4) for _, s in f2[n]],
+            "format2_reads": _read_in_fresh_process(paths[n]),
+        }
+        if n <= format1_max:
+            t = time.perf_counter()
+            layout = Layout(paths[n])
+            table = CollectionWriter(layout, layout.read_manifest()).table
+            res["format1_read_table_seconds"] = round(time.perf_counter() - t, 3)
+            f1 = []
+            for r in range(repeat):
+                table, size, seconds = format1_checkpoint(table, workdir, batch, r)
+                f1.append((size, seconds))
+            del table
+            res["format1_metadata_bytes"] = int(np.median([b for b, _ in f1]))
+            res["format1_metadata_seconds"] = round(float(np.median([s for _, s in f1])), 4)
+        shutil.rmtree(paths[n])
+        print(json.dumps(res), flush=True)
+        results.append(res)
+    return results
 
 
 def main() -> None:
@@ -177,12 +189,8 @@ def main() -> None:
     if args.read:
         print(json.dumps(read_figures(args.read)))
         return
-    results = []
     with tempfile.TemporaryDirectory(prefix="bench-segments-", dir=args.workdir) as tmp:
-        for n in args.rows:
-            res = run(n, args.batch, args.repeat, Path(tmp), n <= args.format1_max)
-            print(json.dumps(res), flush=True)
-            results.append(res)
+        results = run_all(args.rows, args.batch, args.repeat, Path(tmp), args.format1_max)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
