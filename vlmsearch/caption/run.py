@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from vlmsearch.errors import QueryError
 from vlmsearch.results import ProgressFn
@@ -37,15 +36,15 @@ def caption_targets(
             )
         check_writable_columns(reader.layout)  # writable and not being written: up front
     ids = reader.vectors.ids
-    table = reader.table  # read after the vectors, which may move the reader to a newer commit
+    # the columns after the vectors, which may move the reader to a newer commit
+    columns = reader.column_names
     if where and where.strip():
-        filtered = table
-        if write_column and write_column not in table.column_names:
-            # the first run of `--where "caption IS NULL" --write-column caption`
-            filtered = table.append_column(write_column, pa.nulls(table.num_rows, pa.string()))
-        ids = np.intersect1d(metadata.filter_ids(filtered, where), ids)
-    if write_column and write_column in table.column_names and not overwrite:
-        done = metadata.filter_ids(table, f"{write_column} IS NOT NULL")
+        # the first run of `--where "caption IS NULL" --write-column caption`: the column
+        # is not there yet, so null in every row
+        missing = [write_column] if write_column and write_column not in columns else []
+        ids = np.intersect1d(reader.filter_ids(where, null_columns=missing), ids)
+    if write_column and write_column in columns and not overwrite:
+        done = reader.filter_ids(f"{metadata.quote_name(write_column)} IS NOT NULL")
         ids = np.setdiff1d(ids, done)
     return ids
 

@@ -98,15 +98,17 @@ def column_vectors(
     they changed, passed to ``save``; a save that
     fails (read-only, another process writing) leaves them in memory for this process,
     with a line through ``note``. Kept per commit in ``reader.commit_cache``."""
-    check_text_column(reader, column)
+    check_text_column(reader, column)  # may move the reader to a newer commit: first
     key = f"text_vectors:{column}"
-    hit: tuple[pa.Table, TextVectors] | None = reader.commit_cache.get(key)
-    if hit is not None and hit[0] is reader.table:
+    state = reader.state
+    hit: tuple[tuple[Any, ...], TextVectors] | None = reader.commit_cache.get(key)
+    if hit is not None and reader.same_state(hit[0]):
         return hit[1]  # nothing committed since: no need to digest every row again
-    import pyarrow.compute as pc
-
-    table = reader.table
-    rows = table.filter(pc.and_(pc.equal(table["status"], "ok"), pc.is_valid(table[column])))
+    name = metadata.quote_name(column)
+    rows = reader.metadata_filter().select(
+        f"SELECT id, {name} FROM {metadata.TABLE_NAME} "
+        f"WHERE status = 'ok' AND {name} IS NOT NULL ORDER BY id"
+    )
     ids = rows["id"].to_numpy().astype(np.int64)
     texts = [str(t) for t in rows[column].to_pylist()]
     identity = Encoder.identity(reader.manifest["encoder"])
@@ -123,7 +125,7 @@ def column_vectors(
             save(column, tv, info)
         except (CollectionError, OSError) as e:
             note(f"embeddings of column {column!r} not saved: {e}")
-    reader.commit_cache[key] = (table, tv)
+    reader.commit_cache[key] = (state, tv)
     return tv
 
 
@@ -134,11 +136,11 @@ def check_text_column(reader: CollectionReader, column: str) -> None:
     kinds = {c: (e or {}).get("kind") for c, e in columns.items()}
     settings = {f"{c}_settings" for c, k in kinds.items() if k == "caption"}
     text_cols = [
-        f.name
-        for f in reader.table.schema
-        if f.name not in metadata.BASE_COLUMNS
-        and f.name not in settings
-        and (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+        name
+        for name, kind in reader.column_types().items()
+        if name not in metadata.BASE_COLUMNS
+        and name not in settings
+        and (pa.types.is_string(kind) or pa.types.is_large_string(kind))
     ]
     if column not in text_cols:
         known = ", ".join(text_cols) or "none yet; `vlmsearch caption --write-column` adds one"

@@ -22,6 +22,7 @@ from vlmsearch.collection import Collection
 from vlmsearch.errors import CollectionError
 from vlmsearch.models.encoders.base import Encoder
 from vlmsearch.server.scheduling import FairLock, SerialEncoder
+from vlmsearch.storage import metadata
 from vlmsearch.storage.filter_budget import FilterBudget
 from vlmsearch.storage.layout import Layout
 
@@ -164,28 +165,59 @@ class ServedCollection:
         if self._facets is not None and self._facets[0] == gen:
             return self._facets[1]
         import pyarrow as pa
-        import pyarrow.compute as pc
 
         hidden = {"content_hash", "status", "error", "mtime_ns"}
-        table = coll.table.filter(pc.equal(coll.table["status"], "ok"))
+        reader = coll.reader
+        types = {
+            name: kind
+            for name, kind in reader.column_types().items()
+            if name not in hidden and not name.endswith("_settings")
+        }
+        # SQL aggregates over the 'ok' rows, never the whole table in Python (in place, at
+        # 10M rows, that is gigabytes): one query for the row count, the numbers' ranges
+        # and the text columns' distinct counts, then the values of the few-valued ones
+        numbers = [n for n, t in types.items() if pa.types.is_integer(t) or pa.types.is_floating(t)]
+        texts = [
+            n
+            for n, t in types.items()
+            if (pa.types.is_string(t) or pa.types.is_large_string(t)) and n != "path"
+        ]
+        aggregates = ["count(*)"]
+        for n in numbers:
+            q = metadata.quote_name(n)
+            if pa.types.is_floating(types[n]):
+                # NaN left out unless there is nothing else, as Arrow's min_max does
+                aggregates += [
+                    f"coalesce(min({q}) FILTER (WHERE NOT isnan({q})), min({q}))",
+                    f"coalesce(max({q}) FILTER (WHERE NOT isnan({q})), max({q}))",
+                ]
+            else:
+                aggregates += [f"min({q})", f"max({q})"]
+        aggregates += [f"count(DISTINCT {metadata.quote_name(n)})" for n in texts]
+        mf = reader.metadata_filter()
+        ok = f"FROM {metadata.TABLE_NAME} WHERE status = 'ok'"
+        sql = "SELECT " + ", ".join(f"{a} AS a{i}" for i, a in enumerate(aggregates)) + f" {ok}"
+        got = mf.select(sql)
+        found = [got.column(i)[0].as_py() for i in range(got.num_columns)]
+        rows = int(found[0])
+        ranges = {n: (found[1 + 2 * i], found[2 + 2 * i]) for i, n in enumerate(numbers)}
+        distinct = {n: int(found[1 + 2 * len(numbers) + i]) for i, n in enumerate(texts)}
         cols: dict[str, Any] = {}
-        for f in table.schema:
-            if f.name in hidden or f.name.endswith("_settings"):
-                continue
-            entry: dict[str, Any] = {"type": str(f.type)}
-            if pa.types.is_integer(f.type) or pa.types.is_floating(f.type):
+        for name, kind in types.items():
+            entry: dict[str, Any] = {"type": str(kind)}
+            if name in ranges:
                 entry["kind"] = "number"
-                if table.num_rows:
-                    mm = pc.min_max(table[f.name])
-                    entry["min"], entry["max"] = mm["min"].as_py(), mm["max"].as_py()
-            elif pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+                if rows:
+                    entry["min"], entry["max"] = ranges[name]
+            elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
                 entry["kind"] = "text"
-                values = pc.unique(table[f.name].drop_null())
-                if len(values) <= MAX_FACET_VALUES and f.name != "path":
-                    entry["values"] = sorted(values.to_pylist())
+                if name in distinct and distinct[name] <= MAX_FACET_VALUES:
+                    q = metadata.quote_name(name)
+                    values = mf.select(f"SELECT DISTINCT {q} AS v {ok} AND {q} IS NOT NULL")
+                    entry["values"] = sorted(values["v"].to_pylist())
             else:
                 entry["kind"] = "other"
-            cols[f.name] = entry
+            cols[name] = entry
         self._facets = (gen, cols)
         return cols
 

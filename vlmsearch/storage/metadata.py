@@ -104,6 +104,11 @@ def check_column_name(name: str) -> None:
         raise QueryError(f"column name {name!r} must be a plain identifier (letters, digits, _)")
 
 
+def quote_name(name: str) -> str:
+    """``name`` as a SQL identifier: in double quotes, any double quote doubled."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def set_column(table: pa.Table, name: str, ids: np.ndarray, values: pa.Array) -> pa.Table:
     """Set column ``name`` for the rows with ``ids`` (others keep their value, or null)."""
     check_column_name(name)
@@ -231,26 +236,36 @@ class MetadataFilter:
     def close(self) -> None:
         self._runner.close()
 
-    def ids(self, where: str | None, only_ok: bool = True) -> np.ndarray:
-        """Sorted unique ids of the rows satisfying ``where`` (and status 'ok')."""
+    def ids(
+        self, where: str | None, only_ok: bool = True, null_columns: Sequence[str] = ()
+    ) -> np.ndarray:
+        """Sorted unique ids of the rows satisfying ``where`` (and status 'ok').
+
+        ``null_columns``: text columns the table does not have (yet), which ``where`` may
+        name: null in every row (the first run of ``--where "caption IS NULL"
+        --write-column caption``)."""
         import duckdb
 
+        extra = [c for c in null_columns if c not in self.column_names]
+        columns = [*self.column_names, *extra]
         if where and where.strip():
-            validate_where(where, self.column_names)
+            validate_where(where, columns)
         clauses = []
         if only_ok:
             clauses.append("status = 'ok'")
         if where and where.strip():
             clauses.append(f"({where})")
-        sql = f"SELECT id FROM {TABLE_NAME}" + (
-            f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        )
+        source = TABLE_NAME
+        if extra:
+            nulls = ", ".join(f"CAST(NULL AS VARCHAR) AS {quote_name(c)}" for c in extra)
+            source = f"(SELECT *, {nulls} FROM {TABLE_NAME}) AS {TABLE_NAME}"
+        sql = f"SELECT id FROM {source}" + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
         try:
             result = self._runner.fetchnumpy(sql)
         except duckdb.BinderException as e:
             raise QueryError(
                 f"invalid where filter {where!r}: {describe_error(e)} "
-                f"(columns: {', '.join(self.column_names)})"
+                f"(columns: {', '.join(columns)})"
             ) from None
         except duckdb.Error as e:
             raise QueryError(f"invalid where filter {where!r}: {describe_error(e)}") from None

@@ -102,6 +102,29 @@ class CollectionReader:
             return self._set_table.column_names
         return self.metadata_filter().column_names
 
+    def column_types(self) -> dict[str, pa.DataType]:
+        """Every column's Arrow type, in table order (as :attr:`table` has them), from a
+        zero-row query: no row is read."""
+        if self._set_table is not None:
+            schema = self._set_table.schema
+        else:
+            empty = self.metadata_filter().select(f"SELECT * FROM {metadata.TABLE_NAME} LIMIT 0")
+            schema = metadata.as_stored(empty).schema
+        return {f.name: f.type for f in schema}
+
+    @property
+    def state(self) -> tuple[Any, ...]:
+        """The objects that stand for this view's committed state (its manifest, and a
+        table set by a caller). A cache of one state keeps them and compares them by
+        identity (:meth:`same_state`): held, they cannot be mistaken for a newer state."""
+        return (self.manifest, self._set_table)
+
+    def same_state(self, state: tuple[Any, ...]) -> bool:
+        """Whether ``state`` (an earlier :attr:`state`) is this view's state still."""
+        return len(state) == len(self.state) and all(
+            a is b for a, b in zip(state, self.state, strict=True)
+        )
+
     def _state_key(self) -> Any:
         return (id(self._set_table), self.manifest.get("generation"), id(self.manifest))
 
@@ -156,9 +179,11 @@ class CollectionReader:
     def live_ids(self) -> np.ndarray:
         return self.filter_ids(None)
 
-    def filter_ids(self, where: str | None) -> np.ndarray:
-        """Sorted ids of the 'ok' rows satisfying ``where``, from the DuckDB copy."""
-        return self.metadata_filter().ids(where)
+    def filter_ids(self, where: str | None, null_columns: Sequence[str] = ()) -> np.ndarray:
+        """Sorted ids of the 'ok' rows satisfying ``where``, from the DuckDB copy;
+        ``null_columns``: text columns not there yet, null in every row (see
+        :meth:`metadata.MetadataFilter.ids`)."""
+        return self.metadata_filter().ids(where, null_columns=null_columns)
 
     def rows(self, ids: Sequence[int] | np.ndarray) -> dict[int, dict[str, Any]]:
         """Metadata rows by id, from the DuckDB copy (sorted by id: its zone maps skip
