@@ -38,6 +38,28 @@ def _status_mb(field: str) -> float:
     return -1.0
 
 
+class _AnonPeak:
+    """The largest RssAnon seen by a thread sampling it every 0.2 s while in the block."""
+
+    def __enter__(self) -> _AnonPeak:
+        import threading
+
+        self.peak = _status_mb("RssAnon")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, _status_mb("RssAnon"))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _status_mb("RssAnon"))
+
+
 def _rss_mb() -> float:
     """Peak RSS of this process (VmHWM; ``ru_maxrss`` would carry the parent's over exec)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -94,7 +116,8 @@ def phase_build(args: argparse.Namespace) -> dict:
         opts = IngestOptions(index=args.index, memory_budget=args.memory_budget, rebuild=True)
         report = IngestReport(str(m["root"]), str(layout.path))
         t = time.perf_counter()
-        finish_index(writer, opts, report, -1, set(), None)
+        with _AnonPeak() as anon:
+            finish_index(writer, opts, report, -1, set(), None)
         seconds = time.perf_counter() - t
     idx = writer.manifest["index"]
     files = [idx["file"], *(idx.get("ondisk") or {}).values()]
@@ -104,7 +127,8 @@ def phase_build(args: argparse.Namespace) -> dict:
         "storage": idx.get("storage", "memory"),
         "search_params": idx["search_params"],
         "build_s": round(seconds, 1),
-        "peak_rss_mb": round(_rss_mb()),
+        "peak_rss_mb": round(_rss_mb()),  # includes the mapped shard pages it read
+        "peak_anon_rss_mb": round(anon.peak),  # the process's own memory, sampled
         "index_bytes": size,
     }
 
