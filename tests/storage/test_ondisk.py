@@ -142,3 +142,25 @@ def test_tuned_nprobe_reaches_the_recall_bar_on_new_queries(tmp_path):
     exact = np.argsort(-(fresh @ base.astype(np.float32).T), axis=1)[:, :10] + 100
     recall = np.mean([len(np.intersect1d(g, e)) for g, e in zip(got, exact, strict=True)]) / 10
     assert recall >= TUNE_TARGET_RECALL - 0.03, (recall, report)
+
+
+def test_tuning_stops_where_compressed_codes_cap_recall(tmp_path):
+    """Codes too coarse to reach the bar: tuning keeps the nprobe where recall stopped
+    rising instead of probing every list."""
+    from benchmarks.synthetic_collection import subspace_mixture
+    from vlmsearch.storage.ann.plan import IndexPlan
+    from vlmsearch.storage.ann.tune import PLATEAU_GAIN, TUNE_TARGET_RECALL, tune_on_stored
+
+    d, n, nlist = 32, 8_000, 256
+    x = subspace_mixture(n, d, 4, 1.0, 8, np.random.default_rng(0)).astype(np.float16)
+    ids = np.arange(n, dtype=np.int64)
+    factory = f"IVF{nlist},PQ2x4"  # 1 byte a vector: recall far below the bar
+    trained = ondisk.train_index(factory, d, x[: ondisk.training_size(factory, n, nlist)])
+    ondisk.add_shard(trained, ids, x, tmp_path / "s.faiss")
+    merged = ondisk.merge_shards(trained, [tmp_path / "s.faiss"], tmp_path / "lists.ivfdata")
+    plan = IndexPlan("ondisk", factory, {"nprobe": 16}, "test", True)
+    params, report = tune_on_stored(plan, merged, ids, x)
+    recalls = dict(report["tried"])
+    assert max(recalls.values()) < TUNE_TARGET_RECALL and report["stopped"] == "plateau"
+    assert params["nprobe"] < nlist and params["nprobe"] == report["tried"][-3][0]
+    assert report["tried"][-1][1] - recalls[params["nprobe"]] < PLATEAU_GAIN
