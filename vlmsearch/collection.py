@@ -185,6 +185,44 @@ class Collection:
         coll.last_report = run.last_report
         return coll
 
+    @classmethod
+    def import_clip_retrieval(
+        cls,
+        folder: str | Path,
+        collection: str | Path,
+        encoder: Encoder,
+        root: str | Path | None = None,
+        options: IngestOptions | None = None,
+        progress: ProgressFn | None = None,
+    ) -> Collection:
+        """Make a collection from a clip-retrieval ``inference`` output folder without
+        encoding (see :mod:`vlmsearch.ingest.import_clip_retrieval`); an interrupted
+        import of the same folder resumes. The run's report is in ``.last_report``.
+
+        Args:
+            folder: the folder holding ``img_emb/`` and ``metadata/``.
+            collection: where the collection is written.
+            encoder: the model that made the embeddings (its dimension must match).
+            root: the folder image paths are relative to.
+            options: index settings (``index``, ``memory_budget``).
+            progress: called as the work goes.
+        """
+        from vlmsearch.ingest.import_clip_retrieval import import_clip_retrieval
+
+        layout = Layout(Path(collection).expanduser())
+        report = import_clip_retrieval(
+            Path(folder).expanduser(),
+            layout,
+            encoder,
+            Path(root).expanduser() if root else None,
+            options,
+            progress,
+        )
+        coll = cls(layout)
+        coll._encoders.loaded = encoder
+        coll.last_report = report
+        return coll
+
     # -- encoders -------------------------------------------------------------------------------
     def use_encoder(self, encoder: Encoder) -> None:
         """Use an already-loaded encoder for queries; refused unless it matches the collection's.

@@ -15,6 +15,7 @@ from vlmsearch.cli.check import check
 from vlmsearch.cli.classify import classify
 from vlmsearch.cli.compact import compact
 from vlmsearch.cli.distill import distill
+from vlmsearch.cli.import_cmd import import_app
 from vlmsearch.cli.index import index
 from vlmsearch.cli.info import info
 from vlmsearch.cli.search import search
@@ -55,6 +56,7 @@ app.command("compact")(compact)
 app.command("distill")(distill)
 app.command("serve")(serve)
 app.add_typer(asif_app, name="asif")
+app.add_typer(import_app, name="import")
 
 
 def main() -> None:
