@@ -18,17 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return -1.0
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_core import status_mb  # noqa: E402
 
 
 def write_parts(x16: np.ndarray, n: int, folder: Path, rows: int = 1_000_000) -> None:
@@ -75,7 +72,7 @@ def main() -> None:
         verbose=20,
     )
     build_s = time.perf_counter() - t
-    build_peak = peak_rss_mb()
+    build_peak = status_mb("VmHWM")
     if not index_path.is_file():
         raise SystemExit(f"autofaiss wrote no index (infos: {infos}); see its log above")
     index = faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)

@@ -64,6 +64,21 @@ def time_calls(fn: Callable[[int], Any], n: int, warmup: int) -> list[float]:
     return out
 
 
+def status_mb(field: str) -> float:
+    """A memory field of /proc/self/status in MB: ``VmHWM`` (peak RSS; unlike
+    ``ru_maxrss``, not carried over an exec from a big parent), ``RssAnon`` (the
+    process's own memory), ``RssFile`` (mapped file pages the kernel can drop); -1 when
+    absent (not Linux)."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return -1.0
+    for line in lines:
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return -1.0
+
+
 def loadavg() -> list[float] | None:
     """1/5/15-minute load averages: other work on the machine skews every figure here."""
     try:

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -28,14 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-
-def _status_mb(field: str) -> float:
-    """A field of /proc/self/status in MB (RssAnon: the process's own memory; RssFile:
-    mapped file pages, such as index lists, which the kernel can drop under pressure)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return -1.0
+from bench_core import status_mb  # noqa: E402
 
 
 class _AnonPeak:
@@ -44,7 +36,7 @@ class _AnonPeak:
     def __enter__(self) -> _AnonPeak:
         import threading
 
-        self.peak = _status_mb("RssAnon")
+        self.peak = status_mb("RssAnon")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -52,20 +44,12 @@ class _AnonPeak:
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
-            self.peak = max(self.peak, _status_mb("RssAnon"))
+            self.peak = max(self.peak, status_mb("RssAnon"))
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _status_mb("RssAnon"))
-
-
-def _rss_mb() -> float:
-    """Peak RSS of this process (VmHWM; ``ru_maxrss`` would carry the parent's over exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.peak = max(self.peak, status_mb("RssAnon"))
 
 
 def _vectors(args: argparse.Namespace) -> np.ndarray:
@@ -127,7 +111,7 @@ def phase_build(args: argparse.Namespace) -> dict:
         "storage": idx.get("storage", "memory"),
         "search_params": idx["search_params"],
         "build_s": round(seconds, 1),
-        "peak_rss_mb": round(_rss_mb()),  # includes the mapped shard pages it read
+        "peak_rss_mb": round(status_mb("VmHWM")),  # includes the mapped shard pages it read
         "peak_anon_rss_mb": round(anon.peak),  # the process's own memory, sampled
         "index_bytes": size,
     }
@@ -154,7 +138,7 @@ def phase_search(args: argparse.Namespace) -> dict:
     x = _vectors(args)
     queries = np.asarray(x[args.n :], np.float32)
     truth = np.load(args.work / f"truth-n{args.n}.npy")
-    rss0 = _rss_mb()
+    rss0 = status_mb("VmHWM")
     t = time.perf_counter()
     coll = Collection.open(folder)
     _ = coll.faiss_index
@@ -171,12 +155,12 @@ def phase_search(args: argparse.Namespace) -> dict:
         coll.search_vector(q, k=10, where=ONE_PERCENT_WHERE)
         lat_f.append(time.perf_counter() - t)
     lat, recall = [], []
-    anon = _status_mb("RssAnon")
+    anon = status_mb("RssAnon")
     for qi, q in enumerate(queries):
         t = time.perf_counter()
         hits = coll.search_vector(q, k=10)
         lat.append(time.perf_counter() - t)
-        anon = max(anon, _status_mb("RssAnon"))
+        anon = max(anon, status_mb("RssAnon"))
         recall.append(len({h.id for h in hits} & set(truth[qi].tolist())) / 10)
     lat_ms = np.array(lat[1:]) * 1000  # the first was already warm-ish: skip it
     return {
@@ -188,9 +172,9 @@ def phase_search(args: argparse.Namespace) -> dict:
         "p50_ms": round(float(np.percentile(lat_ms, 50)), 2),
         "p99_ms": round(float(np.percentile(lat_ms, 99)), 2),
         "recall_at_10": round(float(np.mean(recall)), 3),
-        "peak_rss_mb": round(_rss_mb()),
+        "peak_rss_mb": round(status_mb("VmHWM")),
         "peak_anon_rss_mb": round(anon),  # sampled after each unfiltered query
-        "file_rss_mb_at_end": round(_status_mb("RssFile")),
+        "file_rss_mb_at_end": round(status_mb("RssFile")),
         "rss_before_open_mb": round(rss0),
     }
 

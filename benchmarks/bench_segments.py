@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_core import status_mb  # noqa: E402
 from benchmarks.synthetic_collection import write_collection  # noqa: E402
 from vlmsearch.storage import metadata  # noqa: E402
 from vlmsearch.storage.layout import Layout  # noqa: E402
@@ -113,17 +114,8 @@ def read_figures(path: Path) -> dict[str, Any]:
     t = time.perf_counter()
     found = f.select("SELECT id FROM metadata WHERE path = ?", [probe]).num_rows
     out["path_lookup_s"], out["path_found"] = round(time.perf_counter() - t, 3), found
-    out["peak_rss_mb"] = peak_rss_mb()
+    out["peak_rss_mb"] = round(status_mb("VmHWM"))
     return out
-
-
-def peak_rss_mb() -> int:
-    """This process's peak RSS (VmHWM). Not ``ru_maxrss``: Linux carries that over an
-    exec from the parent's memory, so a child of a big parent reports the parent's size."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) // 1024
-    return -1
 
 
 def _read_in_fresh_process(path: Path) -> dict[str, Any]:
