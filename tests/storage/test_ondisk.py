@@ -119,6 +119,14 @@ def test_auto_rule_for_large_collections():
     check_index_request("ondisk", 32, False)
 
 
+def _one_shard_index(tmp_path, factory: str, nlist: int, ids: np.ndarray, x: np.ndarray):
+    """An on-disk IVF index of ``x`` trained, added as one shard and merged."""
+    n_train = ondisk.training_size(factory, len(x), nlist)
+    trained = ondisk.train_index(factory, x.shape[1], x[:n_train])
+    ondisk.add_shard(trained, ids, x, tmp_path / "s.faiss")
+    return ondisk.merge_shards(trained, [tmp_path / "s.faiss"], tmp_path / "lists.ivfdata")
+
+
 def test_tuned_nprobe_reaches_the_recall_bar_on_new_queries(tmp_path):
     """tune_on_stored picks nprobe with stored rows as queries (their own id left out):
     new queries from the same data then reach the recall bar, with fewer lists than all."""
@@ -131,9 +139,7 @@ def test_tuned_nprobe_reaches_the_recall_bar_on_new_queries(tmp_path):
     base, fresh = x[:n].astype(np.float16), x[n:]
     ids = np.arange(n, dtype=np.int64) + 100
     factory = f"IVF{nlist},Flat"
-    trained = ondisk.train_index(factory, d, base[: ondisk.training_size(factory, n, nlist)])
-    ondisk.add_shard(trained, ids, base, tmp_path / "s.faiss")
-    merged = ondisk.merge_shards(trained, [tmp_path / "s.faiss"], tmp_path / "lists.ivfdata")
+    merged = _one_shard_index(tmp_path, factory, nlist, ids, base)
     plan = IndexPlan("ondisk", factory, {"nprobe": nlist}, "test", True)
     params, report = tune_on_stored(plan, merged, ids, base)
     assert report["tried"][-1][1] >= TUNE_TARGET_RECALL
@@ -155,9 +161,7 @@ def test_tuning_stops_where_compressed_codes_cap_recall(tmp_path):
     x = subspace_mixture(n, d, 4, 1.0, 8, np.random.default_rng(0)).astype(np.float16)
     ids = np.arange(n, dtype=np.int64)
     factory = f"IVF{nlist},PQ2x4"  # 1 byte a vector: recall far below the bar
-    trained = ondisk.train_index(factory, d, x[: ondisk.training_size(factory, n, nlist)])
-    ondisk.add_shard(trained, ids, x, tmp_path / "s.faiss")
-    merged = ondisk.merge_shards(trained, [tmp_path / "s.faiss"], tmp_path / "lists.ivfdata")
+    merged = _one_shard_index(tmp_path, factory, nlist, ids, x)
     plan = IndexPlan("ondisk", factory, {"nprobe": 16}, "test", True)
     params, report = tune_on_stored(plan, merged, ids, x)
     recalls = dict(report["tried"])

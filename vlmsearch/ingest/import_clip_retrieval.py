@@ -71,14 +71,12 @@ def find_parts(folder: Path) -> list[Part]:
             raise CollectionError(f"{p.name} has no metadata file {meta.name} in {meta_dir}")
         try:
             arr = np.load(p, mmap_mode="r")
-            rows = pq.ParquetFile(meta).metadata.num_rows
-            names = pq.ParquetFile(meta).schema_arrow.names
+            meta_file = pq.ParquetFile(meta)
+            rows, names = meta_file.metadata.num_rows, meta_file.schema_arrow.names
         except (OSError, ValueError) as e:
             raise CollectionError(f"cannot read {p.name} or {meta.name}: {e}") from None
         if arr.ndim != 2 or arr.shape[0] != rows:
-            raise CollectionError(
-                f"{p.name} holds {arr.shape} vectors but {meta.name} {rows} rows"
-            )
+            raise CollectionError(f"{p.name} holds {arr.shape} vectors but {meta.name} {rows} rows")
         if "image_path" not in names:
             raise CollectionError(f"{meta.name} has no image_path column (columns: {names})")
         parts.append(Part(m.group(1), p, meta, rows, int(arr.shape[1])))
@@ -148,16 +146,14 @@ def import_clip_retrieval(
         start = int(manifest.get("data_generation", 0))
         done = set(manifest["source"]["parts_done"])
         total = sum(p.rows for p in parts)
-        seen = sum(p.rows for p in parts if p.number in done)
         for part in parts:
             if part.number in done:
                 report.unchanged += part.rows
-                continue
-            _commit_part(writer, part, base)
-            report.new += part.rows
-            seen += part.rows
+            else:
+                _commit_part(writer, part, base)
+                report.new += part.rows
             if progress:
-                progress("import", seen, total)
+                progress("import", part.rows, total)
         report.scanned = total
         finish_index(writer, opts, report, start, set(), progress)
         report.generation = int(writer.manifest.get("generation", 0))
@@ -165,12 +161,14 @@ def import_clip_retrieval(
 
 
 def _common_root(parts: list[Part], folder: Path) -> Path:
-    """The common folder of the image paths when all are absolute local paths."""
-    paths = pq.read_table(parts[0].metadata, columns=["image_path"])["image_path"].to_pylist()
-    local = [p for p in paths if isinstance(p, str) and os.path.isabs(p)]
-    if not local or len(local) != len(paths):
-        return folder
-    return Path(os.path.commonpath([os.path.dirname(p) for p in local]))
+    """The common folder of every part's image paths when all are absolute local paths."""
+    dirs: set[str] = set()
+    for part in parts:
+        for p in pq.read_table(part.metadata, columns=["image_path"])["image_path"].to_pylist():
+            if not (isinstance(p, str) and os.path.isabs(p)):
+                return folder
+            dirs.add(os.path.dirname(p))
+    return Path(os.path.commonpath(sorted(dirs))) if dirs else folder
 
 
 def _commit_part(writer: CollectionWriter, part: Part, base: Path) -> None:

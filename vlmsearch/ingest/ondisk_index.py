@@ -87,8 +87,8 @@ def build(
             out = ondisk_files.temp_file(directory, "ondisk-shard")
             ondisk.add_shard(trained, ids[lo : lo + SHARD_ROWS], vectors[lo : lo + SHARD_ROWS], out)
             shards.append(out)
-            if progress:
-                progress("index", min(n, lo + SHARD_ROWS), n)
+            if progress:  # done_now: the rows of this block
+                progress("index", min(n, lo + SHARD_ROWS) - lo, n)
         lists = ondisk_files.temp_file(directory, "ondisk-lists")
         merged = ondisk.merge_shards(trained, shards, lists)
     finally:

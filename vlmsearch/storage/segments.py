@@ -53,8 +53,7 @@ def entries(manifest: dict[str, Any], kind: str) -> list[dict[str, Any]]:
 
 def files(manifest: dict[str, Any]) -> list[str]:
     """Every metadata file a format-2 manifest names (for checksums and retirement)."""
-    out = [str(e["file"]) for kind in KINDS for e in entries(manifest, kind)]
-    return out
+    return [str(e["file"]) for kind in KINDS for e in entries(manifest, kind)]
 
 
 # Rows per Parquet row group: a lookup by id or path reads one group per segment (its

@@ -208,6 +208,3 @@ class ShardRows:
             sel = shard == s
             out[sel] = self._shards[s][pos[sel] - self._offsets[s]]
         return out
-
-    def astype(self, dtype: Any) -> np.ndarray:
-        return self[:].astype(dtype)

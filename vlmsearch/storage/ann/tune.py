@@ -78,8 +78,7 @@ def tune_search_params(
     for value in grid:
         params[key] = value
         _, labels = search(index, q, k, params)
-        hits = [len(np.intersect1d(f[f >= 0], t)) for f, t in zip(labels, truth, strict=True)]
-        recall = float(np.mean(hits)) / k
+        recall = _recall([f[f >= 0] for f in labels], truth, k)
         tried.append((value, round(recall, 4)))
         if recall >= target + TUNE_MARGIN:
             break
@@ -92,6 +91,12 @@ def tune_search_params(
         "tried": tried,
     }
     return params, report
+
+
+def _recall(found: list[np.ndarray], truth: np.ndarray, k: int) -> float:
+    """Mean share of each query's exact top ``k`` among the ids it found."""
+    hits = [len(np.intersect1d(f, t)) for f, t in zip(found, truth, strict=True)]
+    return float(np.mean(hits)) / k
 
 
 def _held_out_truth(
@@ -154,10 +159,7 @@ def tune_on_stored(
         found = [
             row[(row >= 0) & (row != own)][:k] for row, own in zip(labels, ids[pos], strict=True)
         ]
-        recall = (
-            float(np.mean([len(np.intersect1d(f, t)) for f, t in zip(found, truth, strict=True)]))
-            / k
-        )
+        recall = _recall(found, truth, k)
         tried.append((value, round(recall, 4)))
         if recall >= target + TUNE_MARGIN:
             stopped = "target"
