@@ -23,6 +23,7 @@ from vlmsearch.caption.run import caption_stored, caption_targets
 from vlmsearch.ingest.indexing import index_folder
 from vlmsearch.ingest.manifest import check_encoder_matches
 from vlmsearch.ingest.options import IngestOptions, IngestReport
+from vlmsearch.ingest.source_options import configure_sources
 from vlmsearch.models.encoders import DEFAULT_KIND
 from vlmsearch.models.encoders.base import Encoder
 from vlmsearch.rerank import apply
@@ -73,6 +74,7 @@ class Collection:
         self._writer = ExtraWriter(self.reader)
         # what rerankers read: the stored data and the encoder, never this object
         self.view = ReaderView(self.reader, lambda: self.encoder)
+        configure_sources(self.reader.manifest, self.reader.root)
 
     # the stored data (the reader follows newer commits when a writer collects its files)
     manifest = _reader_attr("manifest")
@@ -136,7 +138,7 @@ class Collection:
     @classmethod
     def index(
         cls,
-        root: str | Path,
+        root: str | Path | Sequence[str | Path],
         collection: str | Path | None = None,
         model: str | None = None,
         encoder: Encoder | None = None,
@@ -152,7 +154,8 @@ class Collection:
         the run's report (its time includes model loading) in ``.last_report``.
 
         Args:
-            root: the image folder.
+            root: the image folder; or dataset files (webdataset ``.tar`` shards, Parquet
+                files with an image column) and folders, indexed under their common folder.
             collection: where it is indexed (default: ``root/.vlmsearch``).
             model, encoder_kind: without them an existing collection keeps its encoder
                 (built only if a file must be encoded or a query export is missing) and a

@@ -63,7 +63,7 @@ def test_one_line_errors(indexed, tmp_path):
         (["search", "x", "-c", str(tmp_path / "nothing")], "no collection"),
         (["search", "x", "-c", coll, "--model", "ViT-B-32"], "model mismatch"),
         (["search", "--image", str(tmp_path / "missing.jpg"), "-c", coll], "cannot read"),
-        (["index", str(tmp_path / "missing-dir")], "not a directory"),
+        (["index", str(tmp_path / "missing-dir")], "no such file or folder"),
         (["classify", "--labels", "onlyone", "-c", coll], "at least two labels"),
     ]
     for args, needle in cases:

@@ -38,7 +38,7 @@ def test_help_has_no_python_types_or_braces(args: list[str]) -> None:
 
 
 def test_usage_names_arguments_in_capitals() -> None:
-    assert re.search(r"Usage: vlmsearch index \[OPTIONS\] DIRECTORY\b", _help(["index"]))
+    assert re.search(r"Usage: vlmsearch index \[OPTIONS\] PATHS\.\.\.", _help(["index"]))
     assert re.search(r"Usage: vlmsearch caption \[OPTIONS\] \[PATHS\]\.\.\.", _help(["caption"]))
 
 

@@ -145,7 +145,7 @@ def test_model_mismatch_and_wrong_root(image_dir, tmp_path, tiny_encoder):
     make_images(other, 2)
     with pytest.raises(CollectionError, match="indexes"):
         Collection.index(other, collection=image_dir / ".vlmsearch", model=TINY)
-    with pytest.raises(CollectionError, match="not a directory"):
+    with pytest.raises(CollectionError, match="no such file or folder"):
         Collection.index(tmp_path / "missing", model=TINY)
 
 

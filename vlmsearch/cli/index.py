@@ -17,7 +17,14 @@ from vlmsearch.errors import VlmsearchError
 
 @user_errors
 def index(
-    directory: Annotated[Path, typer.Argument(help="Folder of images to index (recursively).")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Folder of images to index (recursively), or dataset files: webdataset "
+            ".tar shards, Parquet files with an image column.",
+            show_default=False,
+        ),
+    ],
     collection: Annotated[
         Path | None,
         typer.Option("--collection", "-c", help="Collection directory. Default: DIR/.vlmsearch."),
@@ -111,6 +118,20 @@ def index(
             "model runs on CUDA.",
         ),
     ] = None,
+    image_column: Annotated[
+        str | None,
+        typer.Option(
+            help="Parquet datasets: the column holding the image (bytes, a {bytes, path} "
+            "struct, or a path). Default: the first bytes or image-struct column.",
+        ),
+    ] = None,
+    image_base: Annotated[
+        Path | None,
+        typer.Option(
+            help="Parquet datasets: the folder image paths are relative to (default: the "
+            "Parquet file's folder).",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     json_: JsonOpt = False,
@@ -125,8 +146,12 @@ def index(
         float, typer.Option(min=0.05, help="With --watch: seconds between scans.")
     ] = 2.0,
 ) -> None:
-    """Embed every image under DIRECTORY, incrementally (new, changed and deleted files)."""
+    """Embed every image under a folder, or in dataset files, incrementally (new, changed
+    and deleted images)."""
     from vlmsearch.ingest.options import IngestOptions
+
+    if watch and (len(paths) != 1 or not paths[0].is_dir()):
+        raise VlmsearchError("--watch needs one folder")
 
     opts = IngestOptions(
         index=index_type,
@@ -140,6 +165,8 @@ def index(
         commit_every=commit_every,
         fast_decode=fast_decode,
         gpu_decode=gpu_decode,
+        image_column=image_column,
+        image_base=str(image_base) if image_base else None,
     )
     enc_opts = _given(
         k=asif_k,
@@ -154,9 +181,9 @@ def index(
         model=model, encoder_kind=encoder, options=opts, device=device, encoder_options=enc_opts
     )
     if watch:
-        _watch(directory, collection, how, quiet, json_, interval)
+        _watch(paths[0], collection, how, quiet, json_, interval)
     else:
-        _index_once(directory, collection, how, quiet, json_)
+        _index_once(paths, collection, how, quiet, json_)
 
 
 def _given(**options: Any) -> dict[str, Any]:
@@ -182,7 +209,7 @@ def _encoder_choice(
 
 
 def _index_once(
-    directory: Path, collection: Path | None, how: dict[str, Any], quiet: bool, json_: bool
+    paths: list[Path], collection: Path | None, how: dict[str, Any], quiet: bool, json_: bool
 ) -> None:
     """One ``index`` run with progress bars, then its report; ``how`` holds the keyword
     arguments for :meth:`Collection.index` (model, encoder, options, device)."""
@@ -197,7 +224,8 @@ def _index_once(
             output.note(note)
 
     with ingest_progress(quiet or json_) as progress:
-        coll = Collection.index(directory, collection, progress=progress, on_notice=notice, **how)
+        target = paths[0] if len(paths) == 1 else paths
+        coll = Collection.index(target, collection, progress=progress, on_notice=notice, **how)
     rep = coll.last_report
     assert rep is not None
     _report(coll, rep, quiet, json_, shown)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlmsearch.imaging.file_read import read_image_file
+from vlmsearch.imaging.item_read import read_item
 
 # Images over this many pixels are refused before their pixels are decoded (the manifest's
 # documented ``max_pixels``); see :func:`allow_pixels` for how Pillow's own limit relates.
@@ -131,7 +131,7 @@ def decode_image_sized(
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
     """Read and decode one image file for a query, with a clear error."""
     try:
-        data = read_image_file(path)
+        data = read_item(path)
     except OSError as e:
         raise ImageDecodeError(f"cannot read {path}: {e.strerror or e}") from None
     try:
@@ -183,7 +183,7 @@ class ImageFileDataset:
     def __getitem__(self, i: int) -> Decoded:
         task = self.tasks[i]
         try:
-            data = read_image_file(task.path)
+            data = read_item(task.path)
         except OSError as e:
             msg = f"cannot read file: {e.strerror or e}"
             return Decoded(task.index, None, error=msg, read_failed=True)

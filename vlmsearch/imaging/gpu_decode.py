@@ -47,7 +47,7 @@ from vlmsearch.imaging.decode import (
     content_hash,
     decode_image_sized,
 )
-from vlmsearch.imaging.file_read import read_image_file
+from vlmsearch.imaging.item_read import read_item
 from vlmsearch.imaging.jpeg_header import JpegHeader, parse_jpeg_header
 from vlmsearch.imaging.tensor_preprocess import TensorPreprocess, orient, resize_crop_normalise
 
@@ -64,7 +64,7 @@ def _read(task: DecodeTask, max_pixels: int, pin: bool) -> _Read:
     import torch
 
     try:
-        data = read_image_file(task.path)
+        data = read_item(task.path)
     except OSError as e:
         msg = f"cannot read file: {e.strerror or e}"
         return _Read(Decoded(task.index, None, error=msg, read_failed=True))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vlmsearch.safe_open import is_inside
 
@@ -28,6 +29,15 @@ class ScannedFile:
     path: str  # POSIX path relative to the scan root, OS form (vlmsearch.names)
     size: int
     mtime_ns: int
+    # fields stored with the image: a dict (a Parquet row's other columns), or the names
+    # of its sidecar files or members (``key.txt``, ``key.json``), read when its row is made
+    extra: dict[str, Any] | tuple[str, ...] | None = field(default=None, compare=False)
+
+
+SIDECARS = (".txt", ".json")  # img2dataset's caption and fields beside ``key.jpg``
+Expand = Callable[[str, str, os.stat_result], "Iterable[ScannedFile] | None"]
+"""(root, relative path, stat) → the items of a dataset container, or None when the
+file is not one (see :mod:`vlmsearch.imaging.sources`)."""
 
 
 def normalise_extensions(extensions: Iterable[str] | None) -> tuple[str, ...]:
@@ -51,6 +61,7 @@ def scan(
     include_hidden: bool = False,
     exclude: Iterable[str | Path] = (),
     on_error: Callable[[ScanError], None] | None = None,
+    expand: Expand | None = None,
 ) -> Iterator[ScannedFile]:
     """Yield image files under ``root`` in a stable (sorted) order.
 
@@ -60,6 +71,9 @@ def scan(
     root (:mod:`vlmsearch.safe_open`), and the index must not promise others. A folder
     that cannot be listed, or an entry that cannot be examined (permission denied, I/O
     error), goes to ``on_error`` and is skipped; one that vanished is simply not there.
+    ``expand`` turns dataset containers (tar shards, Parquet files) into their items;
+    an image with a ``.txt`` or ``.json`` of the same stem beside it carries their names
+    in ``extra``.
     """
     root = Path(root)
     root_real = os.path.realpath(root)
@@ -87,6 +101,7 @@ def scan(
             failed(current, "cannot list folder", e)
             continue
         subdirs = []
+        present = {e.name for e in entries}
         for entry in entries:
             if not include_hidden and entry.name.startswith("."):
                 continue
@@ -98,12 +113,26 @@ def scan(
                 elif entry.is_file(follow_symlinks=True) and entry.name.lower().endswith(exts):
                     st = entry.stat(follow_symlinks=True)
                     rel = Path(entry.path).relative_to(root).as_posix()
-                    yield ScannedFile(rel, st.st_size, st.st_mtime_ns)
+                    yield ScannedFile(
+                        rel, st.st_size, st.st_mtime_ns, sidecars(entry.name, present)
+                    )
+                elif expand is not None and entry.is_file(follow_symlinks=True):
+                    rel = Path(entry.path).relative_to(root).as_posix()
+                    items = expand(str(root), rel, entry.stat(follow_symlinks=True))
+                    if items is not None:
+                        yield from items
             except FileNotFoundError:
                 continue  # vanished since the folder was listed
             except OSError as e:
                 failed(entry.path, "cannot examine", e)
         stack.extend(reversed(subdirs))
+
+
+def sidecars(name: str, present: set[str]) -> tuple[str, ...] | None:
+    """The names of ``name``'s sidecars among ``present`` (same stem, :data:`SIDECARS`)."""
+    stem = name.rsplit(".", 1)[0]
+    found = tuple(stem + s for s in SIDECARS if stem + s in present)
+    return found or None
 
 
 def is_under(path: str, unknown: set[str]) -> bool:

@@ -3,6 +3,7 @@ only re-dated, compared with the committed metadata."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pyarrow as pa
 
 from vlmsearch import names
 from vlmsearch.errors import CollectionError
+from vlmsearch.imaging import sources
 from vlmsearch.imaging.decode import DecodeTask
 from vlmsearch.imaging.scan import ScanError, ScannedFile, is_under, scan
 from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
@@ -27,6 +29,7 @@ class Changes:
     info: list[tuple[int, ScannedFile, bool]] = field(default_factory=list)
     gone: list[int] = field(default_factory=list)
     touched: dict[int, tuple[int, int]] = field(default_factory=dict)
+    root: str = ""  # the scan root, for reading sidecar fields when rows are made
 
     def add_task(
         self, root: Path, fid: int, f: ScannedFile, known: str | None, indexed: bool
@@ -49,14 +52,15 @@ def find_changes(
     scanned, unknown = _scan(root, opts, writer.layout.path, report, progress)
     scan_table = _scan_table(scanned)
     view = writer.view
-    changes = Changes()
+    changes = Changes(root=str(root))
     # rows under a folder that could not be listed are unknown this time, not deleted:
     # they keep their ids, vectors and labels
     gone = view.gone(scan_table)
+    only = set(opts.only or ())
     changes.gone = [
         fid
         for fid, p in zip(gone["id"].to_pylist(), names.column_paths(gone), strict=True)
-        if not is_under(p, unknown)
+        if not is_under(p, unknown) and (not only or is_under(p, only))
     ]
     report.deleted = len(changes.gone)
     # only new files and those with another size or mtime come back from the join
@@ -110,18 +114,55 @@ def _scan(
     report: IngestReport,
     progress: ProgressFn | None,
 ) -> tuple[list[ScannedFile], set[str]]:
-    """The image files under ``root``, and the folders that could not be listed (an
-    unlistable ``root`` ends the run)."""
+    """The image files and dataset items under ``root`` (or under ``opts.only``), and the
+    paths whose contents are unknown this time: folders that could not be listed and
+    damaged containers (an unlistable ``root`` ends the run)."""
     problems: list[ScanError] = []
-    scanned = list(
-        scan(
-            root,
-            opts.extensions,
-            opts.include_hidden,
-            exclude=[collection],
-            on_error=problems.append,
+    src_opts = sources.SourceOptions(opts.image_column, opts.image_base)
+
+    def walk(folder: Path, prefix: str) -> list[ScannedFile]:
+        """Scan ``folder`` (``prefix`` from the root); paths and problems from the root."""
+        here: list[ScanError] = []
+
+        def expand(base: str, rel: str, st: os.stat_result, explicit: bool = False):  # noqa: ANN202
+            on_error = lambda r, m: here.append(ScanError(r, m))  # noqa: E731
+            return sources.iter_containers(base, rel, st, src_opts, explicit, on_error)
+
+        if folder.is_file():  # a container or an image named on the command line
+            st = folder.stat()
+            items = expand(str(folder.parent), folder.name, st, True)
+            found = (
+                list(items)
+                if items is not None
+                else [ScannedFile(folder.name, st.st_size, st.st_mtime_ns)]
+            )
+            prefix = prefix.rpartition("/")[0]
+        else:
+            found = list(
+                scan(
+                    folder,
+                    opts.extensions,
+                    opts.include_hidden,
+                    exclude=[collection],
+                    on_error=here.append,
+                    expand=expand,
+                )
+            )
+        problems.extend(
+            ScanError(_join(prefix, p.path) if p.path != "." or not prefix else prefix, p.message)
+            for p in here
         )
-    )
+        return [_prefixed(prefix, f) for f in found] if prefix else found
+
+    if opts.only is None:
+        scanned = walk(root, "")
+    else:
+        scanned = []
+        for rel in opts.only:
+            path = root / rel
+            if not path.exists():
+                raise CollectionError(f"no such file or folder: {path}")
+            scanned += walk(path, rel)
     for p in problems:
         if p.path == ".":
             raise CollectionError(f"{root}: {p.message}; the collection was left as it was")
@@ -130,6 +171,14 @@ def _scan(
     if progress:
         progress("scan", len(scanned), len(scanned))
     return scanned, {p.path for p in problems}
+
+
+def _join(prefix: str, rel: str) -> str:
+    return f"{prefix}/{rel}" if prefix else rel
+
+
+def _prefixed(prefix: str, f: ScannedFile) -> ScannedFile:
+    return ScannedFile(_join(prefix, f.path), f.size, f.mtime_ns, f.extra)
 
 
 def _split_touched(

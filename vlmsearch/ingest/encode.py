@@ -14,8 +14,10 @@ import numpy as np
 
 from vlmsearch import names
 from vlmsearch.errors import CollectionError
+from vlmsearch.imaging import sources
 from vlmsearch.imaging.decode import DecodeTask, iter_decoded
 from vlmsearch.imaging.scan import ScannedFile
+from vlmsearch.ingest.columns import field_columns
 from vlmsearch.ingest.diff import Changes
 from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
 from vlmsearch.models.encoders.base import Encoder
@@ -32,6 +34,7 @@ class _Checkpoint:
         self.touched: dict[int, tuple[int, int]] = {}
         self.ids: list[np.ndarray] = []
         self.vecs: list[np.ndarray] = []
+        self.fields: dict[int, dict[str, Any]] = {}  # captions and fields from the source
         self.count = 0  # images handled since the last commit
         self.last_commit = time.perf_counter()
 
@@ -45,9 +48,13 @@ class _Checkpoint:
         # only this checkpoint's rows are written: a new segment, not the whole table
         writer.upsert(self.rows)
         writer.touch(self.touched)
+        if self.fields:
+            ids = list(self.fields)
+            writer.set_columns(np.asarray(ids, np.int64), field_columns(list(self.fields.values())))
         shard = (np.concatenate(self.ids), stack(self.vecs)) if self.ids else None
         writer.commit(shard=shard)
         self.rows.clear()
+        self.fields.clear()
         self.touched.clear()
         self.ids.clear()
         self.vecs.clear()
@@ -115,6 +122,10 @@ def _take_records(
             continue
         written.add(fid)
         pending.rows.append(_row(fid, f, rec, now))
+        if f.extra:
+            fields = sources.read_extras(changes.root, f)
+            if fields:
+                pending.fields[fid] = fields
         if rec.error is None:
             ok_ids.append(fid)
         else:

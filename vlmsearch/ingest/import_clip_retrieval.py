@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlmsearch.errors import CollectionError
+from vlmsearch.ingest.columns import column_name
 from vlmsearch.ingest.finish import finish_index
 from vlmsearch.ingest.manifest import new_manifest
 from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
@@ -38,8 +39,6 @@ from vlmsearch.storage.store import CollectionWriter
 
 SOURCE_KIND = "clip-retrieval"
 _PART = re.compile(r"^img_emb_(\d+)\.npy$")
-# metadata fields named like vlmsearch's own columns are kept under this prefix
-CLASH_PREFIX = "source_"
 
 
 @dataclass
@@ -209,7 +208,7 @@ def _row(i: int, image_path: Any, base: Path) -> dict[str, Any]:
 
 def _extra_columns(table: pa.Table) -> dict[str, pa.Array]:
     """``caption`` and every other field but ``image_path`` as added columns; nested
-    values as JSON text; names that clash with base columns get :data:`CLASH_PREFIX`."""
+    values as JSON text; names that clash with base columns get ``columns.CLASH_PREFIX``."""
     out: dict[str, pa.Array] = {}
     for name in table.column_names:
         if name == "image_path":
@@ -221,19 +220,3 @@ def _extra_columns(table: pa.Table) -> dict[str, pa.Array]:
             col = col.cast(pa.string())
         out[column_name(name, out)] = col
     return out
-
-
-def column_name(name: str, taken: dict[str, Any] | set[str]) -> str:
-    """A field's column name: a plain identifier (other characters become ``_``; a
-    ``json_normalize`` field ``exif.Image Make`` is ``exif_Image_Make``), prefixed with
-    :data:`CLASH_PREFIX` when it is a built-in name, numbered when already taken."""
-    key = re.sub(r"\W", "_", name) or "field"
-    if key[0].isdigit():
-        key = "_" + key
-    if key in metadata.BASE_COLUMNS:
-        key = CLASH_PREFIX + key
-    stem, n = key, 2
-    while key in taken:
-        key, n = f"{stem}_{n}", n + 1
-    metadata.check_column_name(key)
-    return key

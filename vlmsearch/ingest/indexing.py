@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +42,33 @@ class IndexRun:
         return self.source.get()
 
 
+def resolve_inputs(
+    paths: str | Path | Sequence[str | Path], opts: IngestOptions
+) -> tuple[Path, IngestOptions]:
+    """(root, options): one folder is the root as it is; dataset files (tar shards,
+    Parquet) or several paths get their common folder as the root, and ``options.only``
+    names them, so rows elsewhere under that folder are left alone."""
+    items = [paths] if isinstance(paths, str | Path) else list(paths)
+    if not items:
+        raise CollectionError("nothing to index: name a folder or dataset files")
+    found = [Path(p).expanduser() for p in items]
+    for p in found:
+        if not p.exists():
+            raise CollectionError(f"no such file or folder: {p}")
+    if len(found) == 1 and found[0].is_dir():
+        return found[0], opts
+    if opts.only is not None:
+        raise CollectionError("name the paths to index, or give options.only; not both")
+    real = [p.resolve() for p in found]
+    root = Path(os.path.commonpath([p if p.is_dir() else p.parent for p in real]))
+    only = tuple(dict.fromkeys(p.relative_to(root).as_posix() for p in real))
+    if "." in only:
+        return root, opts  # the common folder itself is named: all of it
+    return root, dataclasses.replace(opts, only=only)
+
+
 def index_folder(
-    root: str | Path,
+    root: str | Path | Sequence[str | Path],
     collection: str | Path | None = None,
     *,
     model: str | None = None,
@@ -56,12 +83,9 @@ def index_folder(
 ) -> IndexRun:
     """Index (or update) the images under ``root``; the arguments are
     :meth:`vlmsearch.Collection.index`'s, which documents them."""
-    root_path = Path(root).expanduser()
-    if not root_path.is_dir():
-        raise CollectionError(f"not a directory: {root_path}")
+    root_path, opts = resolve_inputs(root, options or IngestOptions())
     layout = Layout(collection or default_collection_for(root_path))
     layout.check_writable()  # before any model loads
-    opts = options or IngestOptions()
     model, encoder_kind = parse_model_option(model, encoder_kind)
     if encoder is not None:
         source, notices = LazyEncoder.ready(encoder), []

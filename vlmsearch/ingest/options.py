@@ -34,6 +34,13 @@ class IngestOptions:
     # nvJPEG decoding and tensor preprocessing on the GPU. None: on when the encoder runs
     # on CUDA and its preprocessing can be mirrored; True insists, False uses Pillow.
     gpu_decode: bool | None = None
+    # Only these paths (relative to the root: files, dataset containers or folders) are
+    # scanned, and only rows under them can be found deleted. None: the whole root.
+    only: tuple[str, ...] | None = None
+    # Parquet datasets: the image column (None: the first bytes or image-struct column)
+    # and the folder that path strings in it are relative to (None: the file's folder).
+    image_column: str | None = None
+    image_base: str | None = None
 
 
 @dataclass

@@ -24,6 +24,7 @@ from vlmsearch.ingest.finish import finish_index
 from vlmsearch.ingest.manifest import check_index_option, open_writer
 from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
 from vlmsearch.ingest.repair import repair
+from vlmsearch.ingest.source_options import source_options
 from vlmsearch.models.encoders.base import Encoder
 from vlmsearch.models.lazy_encoder import LazyEncoder, as_lazy
 from vlmsearch.storage.layout import Layout
@@ -60,6 +61,7 @@ def ingest(
         if opts.repair and not opts.rebuild and layout.exists():
             repairs = repair(layout, progress, locked=True).repaired
         writer, notices = open_writer(layout, root, source, opts)
+        opts = source_options(writer.manifest, root, opts)
         report = IngestReport(str(root), str(layout.path), notices=repairs + notices)
         start_data_generation = int(writer.manifest.get("data_generation", 0))
         dirty = _run(writer, root, source, opts, report, progress)

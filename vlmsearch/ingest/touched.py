@@ -13,13 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from vlmsearch.imaging.decode import content_hash
+from vlmsearch.imaging.item_read import read_item
 
 _THREADS = 4  # reading and hashing release the GIL; a few threads keep a disk busy
 
 
 def _same_bytes(path: Path, known_hash: str) -> bool:
     try:
-        return content_hash(path.read_bytes()) == known_hash
+        return content_hash(read_item(path)) == known_hash
     except OSError:
         return False  # unreadable now: the decoders record the error
 

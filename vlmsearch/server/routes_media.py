@@ -4,7 +4,6 @@ client), and the web page itself from a fixed list of packaged files."""
 from __future__ import annotations
 
 import mimetypes
-import os
 from importlib import resources
 from typing import Annotated
 
@@ -13,7 +12,6 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from vlmsearch.imaging.decode import ImageDecodeError
 from vlmsearch.imaging.thumbnails import cached_thumbnail_of
-from vlmsearch.safe_open import iter_fd, read_fd
 from vlmsearch.server.context import ImageId, ServerContext, get_ctx, require_row
 from vlmsearch.server.files import open_indexed
 
@@ -51,27 +49,38 @@ def static(name: str) -> Response:
 def image(name: str, image_id: ImageId, ctx: Ctx) -> StreamingResponse:
     coll = ctx.registry.get(name).current()
     row = require_row(coll, image_id)
-    fd, st = open_indexed(coll, image_id, row)
-    media = mimetypes.guess_type(row["path"])[0] or "application/octet-stream"
-    headers = {"cache-control": CACHE, "content-length": str(st.st_size)}
-    return StreamingResponse(iter_fd(fd, st.st_size), media_type=media, headers=headers)
+    image = open_indexed(coll, image_id, row)
+    media = mimetypes.guess_type(row["path"])[0] or _format_type(row)
+    headers = {"cache-control": CACHE, "content-length": str(image.size)}
+    return StreamingResponse(image.chunks(), media_type=media, headers=headers)
+
+
+def _format_type(row: dict) -> str:
+    """The media type of an image whose path has no extension (a Parquet row), from the
+    format its decoder saw."""
+    fmt = str(row.get("format") or "").lower()
+    return (
+        f"image/{fmt}"
+        if fmt in ("jpeg", "png", "webp", "gif", "bmp", "tiff")
+        else ("application/octet-stream")
+    )
 
 
 @router.get("/api/collections/{name}/thumbs/{image_id}", summary="A cached JPEG thumbnail")
 def thumbnail(name: str, image_id: ImageId, ctx: Ctx) -> Response:
     coll = ctx.registry.get(name).current()
     row = require_row(coll, image_id)
-    fd, st = open_indexed(coll, image_id, row)
+    image = open_indexed(coll, image_id, row)
     try:
         data, made = cached_thumbnail_of(
-            coll.path, image_id, ctx.config.thumb_size, st, lambda: read_fd(fd, st.st_size)
+            coll.path, image_id, ctx.config.thumb_size, image.stat, image.read
         )
     except OSError:
         raise HTTPException(404, f"image {image_id} is no longer on disk") from None
     except ImageDecodeError as e:
         raise HTTPException(422, f"image {image_id} cannot be decoded: {e}") from None
     finally:
-        os.close(fd)
+        image.close()
     if made:
         ctx.metrics.thumbnails.inc()
     return Response(data, media_type="image/jpeg", headers={"cache-control": CACHE})
