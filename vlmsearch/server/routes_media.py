@@ -6,11 +6,12 @@ from __future__ import annotations
 import mimetypes
 import os
 from importlib import resources
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
+from vlmsearch.collection import Collection
 from vlmsearch.imaging.decode import ImageDecodeError
 from vlmsearch.imaging.thumbnails import cached_thumbnail_of
 from vlmsearch.safe_open import iter_fd, read_fd
@@ -60,7 +61,13 @@ def image(name: str, image_id: ImageId, ctx: Ctx) -> StreamingResponse:
 @router.get("/api/collections/{name}/thumbs/{image_id}", summary="A cached JPEG thumbnail")
 def thumbnail(name: str, image_id: ImageId, ctx: Ctx) -> Response:
     coll = ctx.registry.get(name).current()
-    row = require_row(coll, image_id)
+    data = thumbnail_of(ctx, coll, image_id, require_row(coll, image_id))
+    return Response(data, media_type="image/jpeg", headers={"cache-control": CACHE})
+
+
+def thumbnail_of(ctx: ServerContext, coll: Collection, image_id: int, row: dict[str, Any]) -> bytes:
+    """The cached JPEG thumbnail of an indexed image (made now if missing), shared with the
+    clip-retrieval API's inline images; HTTPException when the file cannot be served."""
     fd, st = open_indexed(coll, image_id, row)
     try:
         data, made = cached_thumbnail_of(
@@ -74,4 +81,4 @@ def thumbnail(name: str, image_id: ImageId, ctx: Ctx) -> Response:
         os.close(fd)
     if made:
         ctx.metrics.thumbnails.inc()
-    return Response(data, media_type="image/jpeg", headers={"cache-control": CACHE})
+    return data
