@@ -346,6 +346,17 @@ def test_real_clip_client(app, tmp_path):
     assert captions[0]["caption"] == "a blue square"
 
 
+def test_real_clip_client_with_an_api_key(paths):
+    cc = _clip_client_module()
+    app = create_app(ServerConfig(collections=paths, api_key="a-long-enough-key"))
+    with live_server(app) as base:
+        url = base.replace("http://", "http://clip:a-long-enough-key@") + "/knn-service"
+        items = cc.ClipClient(url=url, indice_name="photos", num_images=2).query(text="red")
+        refused = cc.ClipClient(url=f"{base}/knn-service", indice_name="photos").query(text="red")
+    assert len(items) >= 1 and "similarity" in items[0]
+    assert refused == {"error": "missing or wrong API key", "status": 401}
+
+
 def _vector_of(app, image_id: int) -> list[float]:
     coll = app.state.ctx.registry.get("photos").current()
     return coll.vectors.dense(np.asarray([image_id]))[0].astype(float).tolist()
