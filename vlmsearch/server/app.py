@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 
 from vlmsearch._version import __version__
 from vlmsearch.errors import BusyError, CollectionError, ModelError, QueryError, VlmsearchError
-from vlmsearch.server import routes_media, routes_meta, routes_search
+from vlmsearch.server import routes_clip_retrieval, routes_media, routes_meta, routes_search
 from vlmsearch.server.config import ServerConfig
 from vlmsearch.server.context import ServerContext
 from vlmsearch.server.hosts import HostCheckMiddleware, allowed_names
@@ -71,7 +71,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         redoc_url=None,
     )
     app.state.ctx = ServerContext(config, registry, metrics)
-    for module in (routes_meta, routes_search, routes_media):
+    for module in (routes_meta, routes_search, routes_media, routes_clip_retrieval):
         app.include_router(module.router)
 
     @app.exception_handler(VlmsearchError)

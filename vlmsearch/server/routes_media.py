@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import mimetypes
 from importlib import resources
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
+from vlmsearch.collection import Collection
 from vlmsearch.imaging.decode import ImageDecodeError
 from vlmsearch.imaging.thumbnails import cached_thumbnail_of
 from vlmsearch.server.context import ImageId, ServerContext, get_ctx, require_row
@@ -59,17 +60,20 @@ def _format_type(row: dict) -> str:
     """The media type of an image whose path has no extension (a Parquet row), from the
     format its decoder saw."""
     fmt = str(row.get("format") or "").lower()
-    return (
-        f"image/{fmt}"
-        if fmt in ("jpeg", "png", "webp", "gif", "bmp", "tiff")
-        else ("application/octet-stream")
-    )
+    known = ("jpeg", "png", "webp", "gif", "bmp", "tiff")
+    return f"image/{fmt}" if fmt in known else "application/octet-stream"
 
 
 @router.get("/api/collections/{name}/thumbs/{image_id}", summary="A cached JPEG thumbnail")
 def thumbnail(name: str, image_id: ImageId, ctx: Ctx) -> Response:
     coll = ctx.registry.get(name).current()
-    row = require_row(coll, image_id)
+    data = thumbnail_of(ctx, coll, image_id, require_row(coll, image_id))
+    return Response(data, media_type="image/jpeg", headers={"cache-control": CACHE})
+
+
+def thumbnail_of(ctx: ServerContext, coll: Collection, image_id: int, row: dict[str, Any]) -> bytes:
+    """The cached JPEG thumbnail of an indexed image (made now if missing), shared with the
+    clip-retrieval API's inline images; HTTPException when the file cannot be served."""
     image = open_indexed(coll, image_id, row)
     try:
         data, made = cached_thumbnail_of(
@@ -83,4 +87,4 @@ def thumbnail(name: str, image_id: ImageId, ctx: Ctx) -> Response:
         image.close()
     if made:
         ctx.metrics.thumbnails.inc()
-    return Response(data, media_type="image/jpeg", headers={"cache-control": CACHE})
+    return data

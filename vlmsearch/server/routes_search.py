@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from vlmsearch import names
 from vlmsearch.collection import Collection
 from vlmsearch.errors import ModelError, QueryError
+from vlmsearch.results import Hit
 from vlmsearch.server.context import (
     ImageId,
     ServerContext,
@@ -43,6 +44,19 @@ def _check_k(ctx: ServerContext, k: int) -> None:
 def _run_search(
     ctx: ServerContext, name: str, req: SearchRequest, images: list[Any], negatives: list[Any]
 ) -> dict[str, Any]:
+    coll, hits = search_hits(ctx, name, req, images, negatives)
+    return {
+        "collection": name,
+        "generation": coll.manifest.get("generation"),
+        "hits": [hit_json(name, h) for h in hits],
+    }
+
+
+def search_hits(
+    ctx: ServerContext, name: str, req: SearchRequest, images: list[Any], negatives: list[Any]
+) -> tuple[Collection, list[Hit]]:
+    """The checked search every route shares (this API's and the clip-retrieval one's), with
+    the collection object it ran on, so that callers read ids from that same commit."""
     _check_k(ctx, req.k)
     check_search(ctx.config, req, len(images) + len(negatives))
     where = check_where(req.where, ctx.config.max_where_chars)
@@ -67,11 +81,7 @@ def _run_search(
     lock = ctx.registry.rerank_lock if req.rerank else contextlib.nullcontext()
     with lock:
         hits = _search(coll, req, where, weighted, negative_weighted, params)
-    return {
-        "collection": name,
-        "generation": coll.manifest.get("generation"),
-        "hits": [hit_json(name, h) for h in hits],
-    }
+    return coll, hits
 
 
 def _search(
@@ -126,7 +136,7 @@ async def search_image(
     except RecursionError:  # json.loads recurses once per nesting level
         raise HTTPException(400, "the query field is nested too deeply") from None
     except ValidationError as e:
-        raise HTTPException(422, _validation_summary(e)) from None
+        raise HTTPException(422, validation_summary(e)) from None
     ctx.registry.get(name)  # an unknown collection before reading any image
     check_search(ctx.config, req, len(image or []) + len(negative_image or []))
     images = await read_images(image or [], ctx.config.max_pixels)
@@ -134,7 +144,8 @@ async def search_image(
     return await run_in_threadpool(_run_search, ctx, name, req, images, negatives)
 
 
-def _validation_summary(e: ValidationError) -> str:
+def validation_summary(e: ValidationError) -> str:
+    """A pydantic error as one line: ``field: message; ...``."""
     parts = []
     for err in e.errors():
         loc = ".".join(str(x) for x in err.get("loc", ()))
