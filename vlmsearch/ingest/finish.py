@@ -10,6 +10,7 @@ import numpy as np
 
 from vlmsearch.ingest.ondisk_index import finish_ondisk
 from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
+from vlmsearch.ingest.ray_index import ray_block_adder
 from vlmsearch.storage import integrity
 from vlmsearch.storage.ann import faiss_store
 from vlmsearch.storage.ann.plan import plan_index
@@ -85,7 +86,10 @@ def _finish_faiss(
     if old_current and int(m.get("data_generation", 0)) == start_data_generation:
         return  # nothing changed since the index was written
     if plan.ondisk:
-        staged, info = finish_ondisk(writer, plan, old, bool(old_current), dirty, live, progress)
+        adder = ray_block_adder(opts.ray) if getattr(opts, "ray", None) else None
+        staged, info = finish_ondisk(
+            writer, plan, old, bool(old_current), dirty, live, progress, adder
+        )
         report.index_rebuilt = staged.merged is not None
         _commit_index(writer, live, staged, {**info, "ntotal": staged.ntotal, "dim": dim})
         return

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from vlmsearch.ingest.options import ProgressFn
+from vlmsearch.ingest.ray_index import AddBlocks
 from vlmsearch.storage import integrity
 from vlmsearch.storage.ann import ondisk, ondisk_files
 from vlmsearch.storage.ann.ondisk_files import StagedOnDisk
@@ -42,6 +43,7 @@ def finish_ondisk(
     dirty: set[int],
     live: VectorTable,
     progress: ProgressFn | None,
+    add_blocks: AddBlocks | None = None,
 ) -> tuple[StagedOnDisk, dict[str, Any]]:
     """The staged on-disk index for ``live`` and its manifest entry (without files):
     a delta on top of the committed index when ``old_current`` and it is on disk with
@@ -56,7 +58,8 @@ def finish_ondisk(
             params = dict(old.get("search_params") or plan.search_params)
             return staged, {**plan.to_json(), "search_params": params, "parts": parts}
     trained = _committed_trained(writer, old) if same else None
-    staged = build(directory, trained or _train(plan, live), live.ids, live.vectors, progress)
+    index = trained or _train(plan, live)
+    staged = build(directory, index, live.ids, live.vectors, progress, add_blocks)
     if trained is not None:  # compaction: the committed trained index stays
         staged.keep = {"trained": old["ondisk"]["trained"]}
     else:
@@ -77,22 +80,27 @@ def build(
     ids: np.ndarray,
     vectors: np.ndarray,
     progress: ProgressFn | None = None,
+    add_blocks: AddBlocks | None = None,
 ) -> StagedOnDisk:
     """Add the vectors :data:`SHARD_ROWS` at a time into small indexes (temporary files
-    in ``directory``), merge them into one ``.ivfdata`` and stage the result."""
+    in ``directory``), merge them into one ``.ivfdata`` and stage the result.
+    ``add_blocks`` runs the adds elsewhere (a Ray cluster: :mod:`.ray_index`)."""
     n = len(ids)
-    shards = []
+    shards = [
+        (lo, min(n, lo + SHARD_ROWS), ondisk_files.temp_file(directory, "ondisk-shard"))
+        for lo in range(0, n, SHARD_ROWS)
+    ]
     try:
-        for lo in range(0, n, SHARD_ROWS):
-            out = ondisk_files.temp_file(directory, "ondisk-shard")
-            ondisk.add_shard(trained, ids[lo : lo + SHARD_ROWS], vectors[lo : lo + SHARD_ROWS], out)
-            shards.append(out)
+        if add_blocks is not None:
+            add_blocks(trained, ids, vectors, shards, progress)
+        for lo, hi, out in shards if add_blocks is None else ():
+            ondisk.add_shard(trained, ids[lo:hi], vectors[lo:hi], out)
             if progress:  # done_now: the rows of this block
-                progress("index", min(n, lo + SHARD_ROWS) - lo, n)
+                progress("index", hi - lo, n)
         lists = ondisk_files.temp_file(directory, "ondisk-lists")
-        merged = ondisk.merge_shards(trained, shards, lists)
+        merged = ondisk.merge_shards(trained, [out for _, _, out in shards], lists)
     finally:
-        for p in shards:
+        for _, _, p in shards:
             p.unlink(missing_ok=True)
     staged = StagedOnDisk(n, merged=merged, ivfdata_tmp=lists, dead=np.zeros((0, 2), np.int64))
     staged.source = trained
