@@ -34,6 +34,9 @@ class IngestOptions:
     # nvJPEG decoding and tensor preprocessing on the GPU. None: on when the encoder runs
     # on CUDA and its preprocessing can be mirrored; True insists, False uses Pillow.
     gpu_decode: bool | None = None
+    # Decode and encode on a Ray cluster (vlmsearch.ingest.ray_encode): None runs here;
+    # "auto" starts a local Ray runtime on every core and GPU; else a cluster's address.
+    ray: str | None = None
 
 
 @dataclass
@@ -55,6 +58,7 @@ class IngestReport:
     index_rebuilt: bool = False
     generation: int = 0
     notices: list[str] = field(default_factory=list)
+    workers: dict[str, int] = field(default_factory=dict)  # --ray: images per encoder actor
 
     @property
     def images_per_second(self) -> float:
