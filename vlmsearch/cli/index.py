@@ -111,6 +111,16 @@ def index(
             "model runs on CUDA.",
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="auto|ADDRESS",
+            help="Decode and encode on Ray: 'auto' starts a local Ray runtime on every core "
+            "and GPU, an address joins a cluster (images and collection on a shared "
+            "filesystem). Needs the extra: pip install 'vlmsearch[ray]'.",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     json_: JsonOpt = False,
@@ -140,6 +150,7 @@ def index(
         commit_every=commit_every,
         fast_decode=fast_decode,
         gpu_decode=gpu_decode,
+        ray=ray,
     )
     enc_opts = _given(
         k=asif_k,
