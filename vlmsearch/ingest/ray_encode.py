@@ -82,7 +82,14 @@ def encode_changes_ray(
         record_decoder(writer.manifest, "pillow-draft" if draft else "pillow")
         writer.manifest["ingest"] = {"executor": {"kind": "ray", "nodes": nodes, "actors": actors}}
         ds = _dataset(ray, changes.tasks, encoder, opts, draft, staging, actors, gpus)
-        return _collect(writer, changes, ds.iter_rows(), staging, opts, report, progress)
+        try:
+            return _collect(writer, changes, ds.iter_rows(), staging, opts, report, progress)
+        except ray.exceptions.RayError as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise CollectionError(
+                f"the Ray run failed ({first}); what was committed is kept, run the index "
+                "again to encode the rest"
+            ) from e
     finally:
         discard_staging(writer.layout)
         if started:
@@ -99,7 +106,9 @@ def _connect(ray: Any, address: str | None) -> bool:
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False}
     try:
         if address in (None, "auto"):
-            ray.init(include_dashboard=False, **kwargs)
+            # "local": a new runtime on this machine's cores and GPUs, never a cluster
+            # that happens to run here (plain ray.init() would join that one)
+            ray.init(address="local", include_dashboard=False, **kwargs)
         else:
             ray.init(address=address, **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as e:
