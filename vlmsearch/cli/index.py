@@ -132,6 +132,16 @@ def index(
             "Parquet file's folder).",
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="auto|ADDRESS",
+            help="Decode and encode on Ray: 'auto' starts a local Ray runtime on every core "
+            "and GPU, an address joins a cluster (images and collection on a shared "
+            "filesystem). Needs the extra: pip install 'vlmsearch[ray]'.",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     json_: JsonOpt = False,
@@ -167,6 +177,7 @@ def index(
         gpu_decode=gpu_decode,
         image_column=image_column,
         image_base=str(image_base) if image_base else None,
+        ray=ray,
     )
     enc_opts = _given(
         k=asif_k,

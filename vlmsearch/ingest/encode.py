@@ -77,9 +77,7 @@ def encode_changes(
     written: set[int] = set()
     enc_t0 = time.perf_counter()
     batches, decoder = _decoder(changes.tasks, encoder, opts, workers)
-    used = writer.manifest["preprocessing"]["decode"].setdefault("decoders_used", [])
-    if decoder not in used:
-        used.append(decoder)
+    record_decoder(writer.manifest, decoder)
     for records, pixels in batches:
         vecs = encoder.encode_pixels(pixels) if pixels is not None else None
         ok_ids = _take_records(records, changes, pending, report, written)
@@ -95,6 +93,13 @@ def encode_changes(
     pending.commit()
     report.encode_seconds = time.perf_counter() - enc_t0
     return written
+
+
+def record_decoder(manifest: dict[str, Any], decoder: str) -> None:
+    """Name ``decoder`` in the manifest's ``decoders_used`` (pillow, pillow-draft, nvjpeg)."""
+    used = manifest["preprocessing"]["decode"].setdefault("decoders_used", [])
+    if decoder not in used:
+        used.append(decoder)
 
 
 def _take_records(
@@ -183,14 +188,21 @@ def _decoder(
             tasks, pp, opts.batch_size, device, opts.max_pixels, read_threads=max(2, workers)
         )
         return pipe, "nvjpeg"
-    draft = None
-    if opts.fast_decode:
-        if pp is None:
-            raise CollectionError(
-                f"--fast-decode needs to know the input size of {encoder.display_name}, "
-                "which does not say it (index without --fast-decode)"
-            )
-        draft = (pp.size, pp.size)
+    draft = pillow_draft(encoder, opts)
     transform = encoder.image_transform()
     batches = iter_decoded(tasks, transform, opts.batch_size, workers, opts.max_pixels, draft)
     return batches, "pillow-draft" if draft else "pillow"
+
+
+def pillow_draft(encoder: Encoder, opts: IngestOptions) -> tuple[int, int] | None:
+    """The JPEG draft size for ``--fast-decode`` (None without it): the model's input
+    size, which a draft-decoded image never goes below."""
+    if not opts.fast_decode:
+        return None
+    pp = encoder.tensor_preprocess()
+    if pp is None:
+        raise CollectionError(
+            f"--fast-decode needs to know the input size of {encoder.display_name}, "
+            "which does not say it (index without --fast-decode)"
+        )
+    return (pp.size, pp.size)

@@ -17,6 +17,7 @@ from vlmsearch.ingest.manifest import readable_manifest
 from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
 from vlmsearch.ingest.pipeline import ingest
 from vlmsearch.ingest.query_exports import prepare_query_exports
+from vlmsearch.ingest.ray_encode import require_ray
 from vlmsearch.models.choice import asif_defaults_from, parse_model_option
 from vlmsearch.models.choice import choose_encoder as choose_encoder_for
 from vlmsearch.models.encoders import DEFAULT_KIND, encoder_class, encoder_from_spec
@@ -86,6 +87,8 @@ def index_folder(
     root_path, opts = resolve_inputs(root, options or IngestOptions())
     layout = Layout(collection or default_collection_for(root_path))
     layout.check_writable()  # before any model loads
+    if opts.ray is not None:
+        require_ray()  # before any model loads
     model, encoder_kind = parse_model_option(model, encoder_kind)
     if encoder is not None:
         source, notices = LazyEncoder.ready(encoder), []

@@ -41,6 +41,9 @@ class IngestOptions:
     # and the folder that path strings in it are relative to (None: the file's folder).
     image_column: str | None = None
     image_base: str | None = None
+    # Decode and encode on a Ray cluster (vlmsearch.ingest.ray_encode): None runs here;
+    # "auto" starts a local Ray runtime on every core and GPU; else a cluster's address.
+    ray: str | None = None
 
 
 @dataclass
@@ -62,6 +65,7 @@ class IngestReport:
     index_rebuilt: bool = False
     generation: int = 0
     notices: list[str] = field(default_factory=list)
+    workers: dict[str, int] = field(default_factory=dict)  # --ray: images per encoder actor
 
     @property
     def images_per_second(self) -> float:

@@ -23,6 +23,7 @@ from vlmsearch.ingest.encode import encode_changes
 from vlmsearch.ingest.finish import finish_index
 from vlmsearch.ingest.manifest import check_index_option, open_writer
 from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
+from vlmsearch.ingest.ray_encode import discard_staging, encode_changes_ray, require_ray
 from vlmsearch.ingest.repair import repair
 from vlmsearch.ingest.source_options import source_options
 from vlmsearch.models.encoders.base import Encoder
@@ -54,6 +55,8 @@ def ingest(
     root = root.resolve()
     names.require_utf8_folder(layout.path)
     t0 = time.perf_counter()
+    if opts.ray is not None:
+        require_ray()  # a one-line error before any model loads or file is read
     check_index_option(layout, encoder, opts)
     layout.prepare()
     with layout.lock():
@@ -84,6 +87,7 @@ def _run(
     progress: ProgressFn | None,
 ) -> set[int]:
     """Scan, diff and encode; returns the dirty ids (deleted, new or re-encoded)."""
+    discard_staging(writer.layout)  # what a killed --ray run staged and never committed
     changes = find_changes(writer, root, opts, report, progress)
     dirty = set(changes.gone)
     if not changes.tasks:
@@ -91,4 +95,7 @@ def _run(
             writer.commit(data_changed=bool(changes.gone))
         return dirty
     encoder = source.get()  # only now: a run with nothing to encode never builds it
+    if opts.ray is not None:
+        return dirty | encode_changes_ray(writer, changes, encoder, opts, report, progress)
+    writer.manifest["ingest"] = {"executor": {"kind": "local"}}
     return dirty | encode_changes(writer, changes, encoder, opts, report, progress)

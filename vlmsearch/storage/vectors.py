@@ -71,6 +71,23 @@ def _load_csr(path: Path) -> Any:
         return sp.csr_matrix((z["data"].astype(np.float32), z["indices"], z["indptr"]), shape=shape)
 
 
+def read_shard(directory: Path, name: str, sparse: bool = False) -> tuple[np.ndarray, Any]:
+    """One shard's ids and rows as written (float16 rows, or a float32 CSR matrix): for
+    shards written elsewhere and adopted by a commit (``vlmsearch index --ray``)."""
+    ids_path, vec_path = shard_files(directory, name)
+    ids = np.load(ids_path)
+    vecs = _load_csr(sparse_file(directory, name)) if sparse else np.load(vec_path)
+    if vecs.shape[0] != len(ids):
+        raise ValueError(f"shard {name}: {len(ids)} ids but {vecs.shape[0]} rows")
+    return ids, vecs
+
+
+def remove_shard(directory: Path, name: str) -> None:
+    """Delete one shard's files (those that exist)."""
+    for path in (*shard_files(directory, name), sparse_file(directory, name)):
+        path.unlink(missing_ok=True)
+
+
 def shard_rows(directory: Path, name: str) -> int:
     return int(np.load(shard_files(directory, name)[0], mmap_mode="r").shape[0])
 
