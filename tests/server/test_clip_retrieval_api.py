@@ -360,3 +360,36 @@ def test_real_clip_client_with_an_api_key(paths):
 def _vector_of(app, image_id: int) -> list[float]:
     coll = app.state.ctx.registry.get("photos").current()
     return coll.vectors.dense(np.asarray([image_id]))[0].astype(float).tolist()
+
+
+def test_cors_for_a_front_end_on_another_origin(paths):
+    """clip-retrieval's front end runs on its own origin: with --cors-origin its browser
+    preflight and calls are allowed, even with an API key; other origins get no grant."""
+    front = "http://localhost:1234"
+    app = create_app(ServerConfig(collections=paths, api_key="sekrit", cors_origins=(front,)))
+    c = TestClient(app, base_url="http://127.0.0.1")
+    pre = c.options(
+        "/knn-service",
+        headers={"Origin": front, "Access-Control-Request-Method": "POST"},
+    )
+    assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == front
+    body = {"text": "a red square", "modality": "image", "num_images": 2, "indice_name": "photos"}
+    got = c.post("/knn-service", json=body, headers={"Origin": front, "x-api-key": "sekrit"})
+    assert got.status_code == 200 and got.headers["access-control-allow-origin"] == front
+    other = c.post(
+        "/knn-service", json=body, headers={"Origin": "http://evil.example", "x-api-key": "sekrit"}
+    )
+    assert "access-control-allow-origin" not in other.headers
+    assert c.post("/knn-service", json=body, headers={"Origin": front}).status_code == 401
+    plain = TestClient(create_app(ServerConfig(collections=paths)), base_url="http://127.0.0.1")
+    got = plain.post("/knn-service", json=body, headers={"Origin": front})
+    assert "access-control-allow-origin" not in got.headers  # off by default
+
+
+def test_cli_refuses_a_bad_cors_origin(tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmsearch.cli.app import app as cli
+
+    res = CliRunner().invoke(cli, ["serve", "--cors-origin", "localhost:1234"])
+    assert res.exit_code == 1 and "give a scheme and host" in res.output

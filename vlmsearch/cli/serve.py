@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -69,6 +70,14 @@ def serve(
             help="Another name clients may use in the Host header (repeatable; '*' = any). "
             "Without an API key only loopback names and the bound address are answered "
             "(DNS rebinding guard).",
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A web origin whose pages may call the API from a browser, e.g. "
+            "http://localhost:1234 for clip-retrieval's front end (repeatable; none by "
+            "default).",
         ),
     ] = None,
     api_key_file: Annotated[
@@ -137,12 +146,18 @@ def serve(
             f"--host {host} is not a loopback address: anyone who can reach it could search "
             "and read your images. Pass --allow-remote to do it anyway (and set an API key)."
         )
+    for origin in cors_origin or ():
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise VlmsearchError(
+                f"--cors-origin {origin!r}: give a scheme and host, e.g. http://localhost:1234"
+            )
     rerankers = tuple(r for r in (rerank or ["region"]) if r.lower() != "none")
     config = ServerConfig(
         collections=parse_collection_args(list(collections or [])),
         api_key=read_api_key(api_key_file),
         host=host,
         allowed_hosts=tuple(allowed_host or ()),
+        cors_origins=tuple(cors_origin or ()),
         max_upload_bytes=int(max_upload_mb * 2**20),
         max_pixels=max_pixels,
         max_k=max_k,

@@ -102,4 +102,13 @@ def create_app(config: ServerConfig) -> FastAPI:
     elif "*" not in config.allowed_hosts:
         allowed = allowed_names(config.host, config.allowed_hosts)
         app.add_middleware(HostCheckMiddleware, allowed=allowed)
+    if config.cors_origins:  # outermost: a browser's preflight carries no key
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["content-type", "authorization", "x-api-key"],
+        )
     return app

@@ -52,6 +52,9 @@ class ServerConfig:
     keep_alive_timeout: float = 5.0
     max_connections: int = 100
     title: str = "vlmsearch"
+    # Web pages on these origins may call the API from a browser (CORS), e.g.
+    # clip-retrieval's front end served from another port; none by default.
+    cors_origins: tuple[str, ...] = ()
 
 
 def parse_collection_args(items: list[str]) -> dict[str, Path]:
