@@ -112,14 +112,14 @@ def test_changed_file_that_cannot_be_read_keeps_its_row(image_dir, tiny_encoder,
     draw_image(target, (0, 0, 0), (50, 50), seed=7)
     os.utime(target, ns=(old["mtime_ns"] + 10**9, old["mtime_ns"] + 10**9))
 
-    read = decode.read_image_file
+    read = decode.read_item
 
     def unreadable(path, *a, **kw):
         if os.fspath(path) == str(target):
             raise PermissionError(13, "Permission denied", str(path))
         return read(path, *a, **kw)
 
-    monkeypatch.setattr(decode, "read_image_file", unreadable)
+    monkeypatch.setattr(decode, "read_item", unreadable)
     rep = _index(image_dir, tiny_encoder).last_report
     monkeypatch.undo()
     assert rep.errors == 1 and rep.encoded == 0
