@@ -64,6 +64,16 @@ def _exactly_once(coll: Collection, n: int) -> list[str]:
     return sorted(paths)
 
 
+def _assert_same_vectors(local: Collection, dist: Collection) -> None:
+    """The same ids for the same paths, and the same embeddings (cosine >= 0.9999)."""
+    by_path = _ids_by_path(local)
+    assert _ids_by_path(dist) == by_path
+    ids = np.array(sorted(by_path.values()))
+    a, b = local.vectors.get(ids), dist.vectors.get(ids)
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() >= 0.9999
+
+
 def test_ray_index_matches_one_process(cluster, tmp_path):
     root = tmp_path / "photos"
     make_images(root, 160)
@@ -76,13 +86,7 @@ def test_ray_index_matches_one_process(cluster, tmp_path):
     assert sum(n for stage, n, _ in seen if stage == "encode") == 160
     executor = dist.manifest["ingest"]["executor"]
     assert executor["kind"] == "ray" and executor["nodes"] == 3 and executor["actors"] >= 1
-    # same ids for the same paths, and the same embeddings
-    by_path = _ids_by_path(local)
-    assert _ids_by_path(dist) == by_path
-    ids = np.array(sorted(by_path.values()))
-    a, b = local.vectors.get(ids), dist.vectors.get(ids)
-    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    assert cos.min() >= 0.9999
+    _assert_same_vectors(local, dist)
     for query in ("a red square", "a blue photo"):
         want = [(h.relpath, round(h.score, 3)) for h in local.search(query, k=10)]
         assert [(h.relpath, round(h.score, 3)) for h in dist.search(query, k=10)] == want
@@ -208,12 +212,7 @@ def test_ray_indexes_shards_and_parquet(cluster, tmp_path, monkeypatch):
     assert blocks_on_ray == [1]  # the on-disk index's block was added by a Ray task
     assert sum(n for stage, n, _ in seen if stage == "index") == 64
     assert dist.manifest["index"]["ondisk"] and local.manifest["index"]["ondisk"]
-    by_path = _ids_by_path(local)
-    assert _ids_by_path(dist) == by_path
-    ids = np.array(sorted(by_path.values()))
-    a, b = local.vectors.get(ids), dist.vectors.get(ids)
-    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    assert cos.min() >= 0.9999
+    _assert_same_vectors(local, dist)
     rows = {r["path"]: r for r in dist.table.to_pylist()}
     assert rows["00001.tar/000000025.png"]["caption"] == "a green square"
     assert rows["hf.parquet/3"]["text"] == D.CAPTIONS[D.colour(51)]

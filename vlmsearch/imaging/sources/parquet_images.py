@@ -34,6 +34,9 @@ class _Layout:
 
 
 _LAYOUTS: OrderedDict[tuple[str, int, int, str | None], _Layout] = OrderedDict()
+# (file identity, the column asked for, or None to pick) -> its layout: a member read
+# finds the layout without opening the file's footer again
+_READERS: dict[tuple[str, int, int, str | None], _Layout] = {}
 _GROUP: dict[str, Any] = {}  # the last row group's image column read: {ident: values}
 _OPTIONS: dict[str, Any] = {}  # collection root (real path) -> SourceOptions
 _LOCK = threading.Lock()  # the server reads from several threads
@@ -206,6 +209,10 @@ def _layout_for(path: str) -> _Layout:
     st = os.stat(path)
     opts = _options_for(path)
     wanted = getattr(opts, "image_column", None)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, wanted)
+    hit = _READERS.get(key)
+    if hit is not None:
+        return hit
     try:
         pf = pq.ParquetFile(path)
         picked = _pick_column(pf.schema_arrow, wanted)
@@ -216,7 +223,12 @@ def _layout_for(path: str) -> _Layout:
     if picked is None:
         raise OSError(f"{os.path.basename(path)} has no image column")
     base = getattr(opts, "image_base", None) or os.path.dirname(path)
-    return _layout(pf, path, st, picked[0], picked[1], base)
+    layout = _layout(pf, path, st, picked[0], picked[1], base)
+    with _LOCK:
+        if len(_READERS) >= _CACHE_FILES:
+            _READERS.clear()
+        _READERS[key] = layout
+    return layout
 
 
 def _group_values(path: str, layout: _Layout, rg: int) -> list[Any]:
