@@ -61,6 +61,7 @@ def test_min_score_cuts_before_sorting(coll: Collection):
     kept = coll.search("a colourful photo", k=8, min_score=cut)
     assert [h.id for h in kept] == [h.id for h in relevance if h.score >= cut]
     assert len(kept) >= 3 and all(h.score >= cut for h in kept)
+    assert [h.rank for h in kept] == list(range(1, len(kept) + 1))
     both = coll.search("a colourful photo", k=8, min_score=cut, sort="-taken_at")
     assert sorted(h.id for h in both) == sorted(h.id for h in kept)
     assert coll.search("a colourful photo", k=8, min_score=10.0) == []

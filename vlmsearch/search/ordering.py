@@ -3,8 +3,8 @@
 The cut-off (``min_score``) keeps hits scoring at least that much; ``sort`` then orders
 the kept hits by a column (``taken_at``, ``-taken_at`` for newest first), so "the
 relevant photos, by date" is one search (Immich #5996, #11819). Ties keep their
-relevance order and nulls go last either way; ``rank`` is renumbered to the new order,
-while ``score`` still says how relevant each hit is.
+relevance order and nulls go last either way; ``rank`` is renumbered to the new order
+(and after a cut), while ``score`` still says how relevant each hit is.
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ def order_hits(
     """The hits scoring at least ``min_score``, ordered by ``sort`` (see the module)."""
     cut = check_min_score(min_score)
     if cut is not None:
-        hits = [h for h in hits if h.score >= cut]
+        kept = [h for h in hits if h.score >= cut]
+        if len(kept) < len(hits):  # a reranker's tail may interleave: no gaps in ranks
+            hits = [dataclasses.replace(h, rank=n) for n, h in enumerate(kept, start=1)]
     if sort is None or not hits:
         return hits
     column, descending = parse_sort(reader, sort)
