@@ -34,6 +34,7 @@ from vlmsearch.results import Prediction, ProgressFn
 from vlmsearch.search import fused, vector_search
 from vlmsearch.search.classify import classify_files as classify_files
 from vlmsearch.search.classify import classify_stored
+from vlmsearch.search.ordering import check_order, order_hits
 from vlmsearch.search.preflight import check_search
 from vlmsearch.search.query import positive_text, query_vector, search_terms
 from vlmsearch.search.query_encoders import QueryEncoders, encoder_for_model
@@ -266,6 +267,8 @@ class Collection:
         fusion: float | None = None,
         rerank_options: dict[str, Any] | None = None,
         progress: ProgressFn | None = None,
+        min_score: float | None = None,
+        sort: str | None = None,
     ) -> list[Hit]:
         """Text, image or combined search; every argument is checked, and query images
         decoded, before a model is built.
@@ -280,9 +283,13 @@ class Collection:
                 its options, or a loaded :class:`~vlmsearch.rerank.Reranker`.
             rerank_top: how many hits it rescores (default: the reranker's; 50, or 10 for
                 the region teacher on a CPU); fusion, progress: see :meth:`rerank_hits`.
+            min_score: keep only hits scoring at least this (a relevance cut-off).
+            sort: order the kept hits by a metadata column (``"taken_at"``; ``"-taken_at"``
+                newest first), ties in relevance order, nulls last; ranks are renumbered.
         """
         terms = search_terms(self.reader, k, text, image, negative, negative_image)
         check_search(self.reader, where=where, text_column=text_column, text_weight=text_weight)
+        check_order(self.reader, min_score, sort)
         reranker, top = apply.load_for_search(
             rerank, rerank_top, self.view, self.device, rerank_options
         )
@@ -292,10 +299,10 @@ class Collection:
             hits = self.search_fused(vector, text_column, text_weight, first_k, where, params)
         else:
             hits = self.search_vector(vector, k=first_k, where=where, params=params)
-        if reranker is None or top is None:
-            return hits
-        query = RerankQuery(positive_text(terms), vector, self.view)
-        return self.rerank_hits(hits, reranker, query, top, fusion, progress)[:k]
+        if reranker is not None and top is not None:
+            query = RerankQuery(positive_text(terms), vector, self.view)
+            hits = self.rerank_hits(hits, reranker, query, top, fusion, progress)[:k]
+        return order_hits(self.reader, hits, min_score, sort)
 
     def search_vector(
         self,

@@ -116,3 +116,29 @@ def test_page_folds_away_hits_scoring_near_zero(browser, tmp_path, tiny_encoder)
         page.evaluate("hits => render({hits}, '')", clip)
         assert page.locator("#results .card").count() == 2
         assert errors == []
+
+
+def test_min_score_slider_and_sort_travel_with_the_search(browser, tmp_path, tiny_encoder):
+    from vlmsearch.server.app import create_app
+    from vlmsearch.server.config import ServerConfig
+
+    path = build_collection(tmp_path / "photos", tiny_encoder, n=6)
+    app = create_app(ServerConfig(collections={"photos": path}))
+    with live_server(app) as base:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(base + "/")
+        page.wait_for_selector("body[data-ready='1']")
+        page.click("#more summary")
+        page.fill("#minscore-slider", "-0.5")  # the slider sets the number box
+        assert page.input_value("#minscore") == "-0.5"
+        page.select_option("#sort", "-taken_at")
+        page.fill("#q", "a red square")
+        with page.expect_request(lambda r: r.url.endswith("/search")) as req:
+            page.keyboard.press("Enter")
+        body = req.value.post_data_json
+        assert body["min_score"] == -0.5 and body["sort"] == "-taken_at"
+        page.wait_for_selector("#results .card img")
+        assert page.locator("#results .card").count() == 6  # PNGs: no EXIF, nulls kept
+        assert page.is_hidden("#error") and errors == []

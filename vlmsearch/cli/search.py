@@ -93,6 +93,17 @@ def search(
             "boxes=detections.json, normalize=true, batch_size=8."
         ),
     ] = None,
+    min_score: Annotated[
+        float | None,
+        typer.Option(help="Keep only hits scoring at least this (a relevance cut-off)."),
+    ] = None,
+    sort: Annotated[
+        str | None,
+        typer.Option(
+            help="Order the hits kept by a metadata column, e.g. taken_at; -taken_at for "
+            "newest first. Ties keep relevance order; nulls last."
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
     csv_: CsvOpt = False,
@@ -133,6 +144,8 @@ def search(
             fusion=fusion,
             rerank_options=reranker_options(rerank_option),
             progress=progress,
+            min_score=min_score,
+            sort=sort,
         )
     _print_notes(coll, fmt)
     if html is not None:

@@ -85,16 +85,28 @@ def decode_image_sized(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft: tuple[int, int] | None = None,
 ) -> tuple[Any, str, tuple[int, int]]:
+    """:func:`decode_image_meta` without the EXIF columns."""
+    img, fmt, size, _ = decode_image_meta(data, max_pixels, draft)
+    return img, fmt, size
+
+
+def decode_image_meta(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: tuple[int, int] | None = None,
+) -> tuple[Any, str, tuple[int, int], dict[str, Any]]:
     """:func:`decode_image`, optionally with JPEG draft mode; returns (image, format, size).
 
     ``draft=(w, h)`` lets libjpeg scale a JPEG down by 1/2, 1/4 or 1/8 in the DCT domain
     while decoding, keeping both sides at least ``w`` and ``h`` (Pillow's
     ``Image.draft``). That is faster but changes the pixels (and so the embeddings)
     slightly, so it is opt-in. ``size`` is always the full image size (after EXIF
-    orientation), whatever draft mode did.
+    orientation), whatever draft mode did. The last item is the EXIF columns
+    (:mod:`vlmsearch.imaging.exif`), read from the image already open, before decoding.
     """
     from PIL import Image, ImageOps
 
+    from vlmsearch.imaging import exif
     from vlmsearch.imaging.pixel_modes import to_rgb
 
     if not data:
@@ -109,6 +121,7 @@ def decode_image_sized(
                 f"image is {w}x{h} = {w * h} pixels, over the {max_pixels}-pixel limit "
                 "(decompression-bomb guard)"
             )
+        meta = exif.from_image(img)  # never raises: corrupt EXIF is no EXIF
         if draft is not None and fmt == "JPEG":
             img.draft("RGB", draft)
         img.load()
@@ -125,7 +138,7 @@ def decode_image_sized(
         raise ImageDecodeError("not an image (format not recognised)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise ImageDecodeError(f"cannot decode image: {e}") from None
-    return img, fmt, (w, h)
+    return img, fmt, (w, h), meta
 
 
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
@@ -158,6 +171,7 @@ class Decoded:
     error: str | None = None
     unchanged: bool = False
     read_failed: bool = False  # the file could not be read (not: its bytes do not decode)
+    exif: dict[str, Any] | None = None  # EXIF columns (vlmsearch.imaging.exif), if any
 
 
 class ImageFileDataset:
@@ -191,13 +205,13 @@ class ImageFileDataset:
         if task.known_hash is not None and digest == task.known_hash:
             return Decoded(task.index, None, content_hash=digest, unchanged=True)
         try:
-            img, fmt, (width, height) = decode_image_sized(data, self.max_pixels, self.draft)
+            img, fmt, (width, height), meta = decode_image_meta(data, self.max_pixels, self.draft)
             pixels = self.transform(img)
         except ImageDecodeError as e:
             return Decoded(task.index, None, content_hash=digest, error=str(e))
         except Exception as e:  # a transform failure must not abort a run
             return Decoded(task.index, None, content_hash=digest, error=f"preprocess failed: {e}")
-        return Decoded(task.index, pixels, width, height, fmt, digest)
+        return Decoded(task.index, pixels, width, height, fmt, digest, exif=meta or None)
 
 
 def _collate(items: list[Decoded]) -> tuple[list[Decoded], Any]:

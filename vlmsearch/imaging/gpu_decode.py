@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from vlmsearch.imaging import exif
 from vlmsearch.imaging.bounded_resize import is_extreme, resize_centre_crop
 from vlmsearch.imaging.decode import (
     DEFAULT_MAX_PIXELS,
@@ -71,7 +72,7 @@ def _read(task: DecodeTask, max_pixels: int, pin: bool) -> _Read:
     digest = content_hash(data)
     if task.known_hash is not None and digest == task.known_hash:
         return _Read(Decoded(task.index, None, content_hash=digest, unchanged=True))
-    rec = Decoded(task.index, None, content_hash=digest)
+    rec = Decoded(task.index, None, content_hash=digest, exif=exif.from_bytes(data) or None)
     header = parse_jpeg_header(data)
     if header is not None:
         if header.width * header.height > max_pixels:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from vlmsearch.imaging.exif import EXIF_COLUMNS
 from vlmsearch.storage import metadata
 
 # fields named like vlmsearch's own columns are kept under this prefix
@@ -18,11 +19,11 @@ CLASH_PREFIX = "source_"
 def column_name(name: str, taken: dict[str, Any] | set[str]) -> str:
     """A field's column name: a plain identifier (other characters become ``_``; a
     ``json_normalize`` field ``exif.Image Make`` is ``exif_Image_Make``), prefixed with
-    :data:`CLASH_PREFIX` when it is a built-in name, numbered when already taken."""
+    :data:`CLASH_PREFIX` when it is a built-in name (EXIF ones too), numbered when already taken."""
     key = re.sub(r"\W", "_", name) or "field"
     if key[0].isdigit():
         key = "_" + key
-    if key in metadata.BASE_COLUMNS:
+    if key in metadata.BASE_COLUMNS or key in EXIF_COLUMNS:
         key = CLASH_PREFIX + key
     stem, n = key, 2
     while key in taken:

@@ -14,7 +14,7 @@ import numpy as np
 
 from vlmsearch import names
 from vlmsearch.errors import CollectionError
-from vlmsearch.imaging import sources
+from vlmsearch.imaging import exif, sources
 from vlmsearch.imaging.decode import DecodeTask, iter_decoded
 from vlmsearch.imaging.scan import ScannedFile
 from vlmsearch.ingest.columns import field_columns
@@ -35,6 +35,7 @@ class _Checkpoint:
         self.ids: list[np.ndarray] = []
         self.vecs: list[np.ndarray] = []
         self.fields: dict[int, dict[str, Any]] = {}  # captions and fields from the source
+        self.exif: dict[int, dict[str, Any]] = {}  # EXIF columns of every written row
         self.count = 0  # images handled since the last commit
         self.last_commit = time.perf_counter()
 
@@ -51,10 +52,14 @@ class _Checkpoint:
         if self.fields:
             ids = list(self.fields)
             writer.set_columns(np.asarray(ids, np.int64), field_columns(list(self.fields.values())))
+        if self.exif:  # nulls too: a re-encoded image without EXIF loses its old values
+            ids = np.asarray(list(self.exif), np.int64)
+            writer.set_columns(ids, exif.to_columns(list(self.exif.values())))
         shard = (np.concatenate(self.ids), stack(self.vecs)) if self.ids else None
         writer.commit(shard=shard)
         self.rows.clear()
         self.fields.clear()
+        self.exif.clear()
         self.touched.clear()
         self.ids.clear()
         self.vecs.clear()
@@ -127,6 +132,7 @@ def _take_records(
             continue
         written.add(fid)
         pending.rows.append(_row(fid, f, rec, now))
+        pending.exif[fid] = rec.exif or {}
         if f.extra:
             fields = sources.read_extras(changes.root, f)
             if fields:

@@ -20,6 +20,7 @@ from vlmsearch import names
 from vlmsearch.errors import CollectionError
 from vlmsearch.ingest.diff import find_changes
 from vlmsearch.ingest.encode import encode_changes
+from vlmsearch.ingest.exif_backfill import backfill_exif
 from vlmsearch.ingest.finish import finish_index
 from vlmsearch.ingest.manifest import check_index_option, open_writer
 from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
@@ -67,6 +68,7 @@ def ingest(
         opts = source_options(writer.manifest, root, opts)
         report = IngestReport(str(root), str(layout.path), notices=repairs + notices)
         start_data_generation = int(writer.manifest.get("data_generation", 0))
+        backfill_exif(writer, root, report, progress)  # rows indexed before EXIF columns
         dirty = _run(writer, root, source, opts, report, progress)
         finish_index(writer, opts, report, start_data_generation, dirty, progress)
         writer.migrate()  # a format-1 collection that had nothing new: migrated now

@@ -105,6 +105,8 @@ def _search(
         rerank=req.rerank,
         rerank_top=req.rerank_top,
         fusion=req.fusion,
+        min_score=req.min_score,
+        sort=req.sort,
     )
 
 

@@ -28,6 +28,16 @@ class SearchRequest(_Strict):
     text_weight: float = Field(1.0, ge=0.0, le=1.0)
     nprobe: int | None = Field(None, ge=1, le=65536)
     ef_search: int | None = Field(None, ge=1, le=65536)
+    min_score: float | None = Field(
+        None, allow_inf_nan=False, description="Keep only hits scoring at least this."
+    )
+    sort: str | None = Field(
+        None,
+        max_length=200,
+        description='Order the kept hits by a metadata column ("taken_at"; "-taken_at" '
+        "newest first); ties keep relevance order, nulls last.",
+        examples=["-taken_at"],
+    )
 
 
 class ClassifyRequest(_Strict):

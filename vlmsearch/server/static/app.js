@@ -212,6 +212,10 @@ async function search() {
   if (neg) req.negative = neg;
   const where = whereClause();
   if (where) req.where = where;
+  // the server drops hits below the cut-off (of the top k) and orders the rest by "sort"
+  const minScore = $("#minscore").value.trim();
+  if (minScore !== "" && !Number.isNaN(Number(minScore))) req.min_score = Number(minScore);
+  if ($("#sort").value) req.sort = $("#sort").value;
   // the depth is the reranker's own default (the region teacher on a CPU takes 10)
   if ($("#rerank").value) req.rerank = $("#rerank").value;
   $("#status").textContent = "searching…";
@@ -311,6 +315,11 @@ async function init() {
   $("#file").addEventListener("change", (e) => { addImages(e.target.files); e.target.value = ""; });
   $("#collection").addEventListener("change", (e) => chooseCollection(e.target.value));
   $("#back").addEventListener("click", back);
+  // the slider and the number box are one setting: the box may be empty ("auto")
+  $("#minscore-slider").addEventListener("input", (e) => { $("#minscore").value = e.target.value; });
+  $("#minscore").addEventListener("input", (e) => {
+    if (e.target.value.trim() !== "") $("#minscore-slider").value = e.target.value;
+  });
   document.addEventListener("keydown", onKey);
   setupDrop();
   try {
