@@ -105,6 +105,7 @@ def _search(
         rerank=req.rerank,
         rerank_top=req.rerank_top,
         fusion=req.fusion,
+        dedupe=req.dedupe,
     )
 
 

@@ -28,6 +28,9 @@ class SearchRequest(_Strict):
     text_weight: float = Field(1.0, ge=0.0, le=1.0)
     nprobe: int | None = Field(None, ge=1, le=65536)
     ef_search: int | None = Field(None, ge=1, le=65536)
+    dedupe: bool = Field(
+        False, description="Collapse near-duplicates (cosine >= 0.94), keeping the best-ranked."
+    )
 
 
 class ClassifyRequest(_Strict):
