@@ -45,6 +45,11 @@ def duplicates(
     check_threshold(threshold)
     html = check_output_file(html, "--html")
     coll = open_collection(collection, None, "comparing")
+    if coll.sparse:
+        output.note(
+            "ASIF vectors also join distinct images of one category (precision 0.89 at 0.94 "
+            "on ImageNet images); check the groups, or index with a CLIP model"
+        )
     from vlmsearch.cli.progress import ingest_progress
 
     with ingest_progress(fmt != "table" or len(coll) < PROGRESS_MIN) as progress:
