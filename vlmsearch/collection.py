@@ -31,7 +31,7 @@ from vlmsearch.rerank.base import RerankQuery
 from vlmsearch.rerank.view import ReaderView
 from vlmsearch.results import Hit as Hit
 from vlmsearch.results import Prediction, ProgressFn
-from vlmsearch.search import fused, vector_search
+from vlmsearch.search import duplicates, fused, vector_search
 from vlmsearch.search.classify import classify_files as classify_files
 from vlmsearch.search.classify import classify_stored
 from vlmsearch.search.ordering import check_order, order_hits
@@ -269,6 +269,7 @@ class Collection:
         progress: ProgressFn | None = None,
         min_score: float | None = None,
         sort: str | None = None,
+        dedupe: bool | float = False,
     ) -> list[Hit]:
         """Text, image or combined search; every argument is checked, and query images
         decoded, before a model is built.
@@ -286,7 +287,11 @@ class Collection:
             min_score: keep only hits scoring at least this (a relevance cut-off).
             sort: order the kept hits by a metadata column (``"taken_at"``; ``"-taken_at"``
                 newest first), ties in relevance order, nulls last; ranks are renumbered.
+            dedupe: collapse near-duplicates, keeping the best-ranked of each group
+                (True: cosine >= 0.94, clip-retrieval's; a float: that threshold); up to
+                ``3 * k`` first-stage hits are drawn so that ``k`` remain.
         """
+        threshold = duplicates.dedupe_threshold(dedupe)
         terms = search_terms(self.reader, k, text, image, negative, negative_image)
         check_search(self.reader, where=where, text_column=text_column, text_weight=text_weight)
         check_order(self.reader, min_score, sort)
@@ -295,14 +300,18 @@ class Collection:
         )
         vector = query_vector(self._query_encoder(terms), terms)
         first_k = max(k, top) if reranker is not None and top else k
+        if threshold is not None:
+            first_k = min(max(first_k, 3 * k), vector_search.MAX_K)
         if text_column is not None:
             hits = self.search_fused(vector, text_column, text_weight, first_k, where, params)
         else:
             hits = self.search_vector(vector, k=first_k, where=where, params=params)
+        if threshold is not None:
+            hits = duplicates.dedupe_hits(hits, self.reader.vectors.get, threshold)
         if reranker is not None and top is not None:
             query = RerankQuery(positive_text(terms), vector, self.view)
-            hits = self.rerank_hits(hits, reranker, query, top, fusion, progress)[:k]
-        return order_hits(self.reader, hits, min_score, sort)
+            hits = self.rerank_hits(hits, reranker, query, top, fusion, progress)
+        return order_hits(self.reader, hits[:k], min_score, sort)
 
     def search_vector(
         self,
@@ -331,6 +340,23 @@ class Collection:
             k, where, params: as for :meth:`search_vector`.
         """
         return vector_search.similar(self.reader, id, k, where, params)
+
+    def duplicates(
+        self,
+        threshold: float = duplicates.DEFAULT_THRESHOLD,
+        where: str | None = None,
+        progress: ProgressFn | None = None,
+    ) -> list[duplicates.Group]:
+        """Groups of near-duplicate stored images (cosine similarity >= ``threshold``,
+        joined transitively), largest first; each suggests a keeper: the largest image,
+        then the oldest file, then the lowest id. Nothing is decoded or encoded.
+
+        Args:
+            threshold: in (0, 1]; 0.94 is clip-retrieval's (CLIP models).
+            where: a SQL filter over the metadata: only those rows are compared.
+            progress: called with ("duplicates", rows done now, total rows).
+        """
+        return duplicates.stored_duplicates(self.reader, threshold, where, progress)
 
     def search_fused(
         self,

@@ -393,3 +393,17 @@ def test_cli_refuses_a_bad_cors_origin(tmp_path):
 
     res = CliRunner().invoke(cli, ["serve", "--cors-origin", "localhost:1234"])
     assert res.exit_code == 1 and "give a scheme and host" in res.output
+
+
+def test_native_search_dedupe(client, paths):
+    """The native search's ``dedupe`` uses the same rule: the copy and its original
+    never both come back (with the tiny model both may join a better-ranked image)."""
+    coll = Collection.open(paths["dups"])
+    names = {r["path"]: i for i, r in coll.rows(coll.vectors.ids).items()}
+    pair = {names["img0000.png"], names["copy-of-first.png"]}
+    body = {"text": "a red square", "k": 6}
+    plain = {h["id"] for h in native(client, body, "dups")}
+    assert pair <= plain
+    deduped = native(client, {**body, "dedupe": True}, "dups")
+    assert len(pair & {h["id"] for h in deduped}) <= 1
+    assert deduped[0]["id"] == native(client, body, "dups")[0]["id"]

@@ -15,6 +15,7 @@ from vlmsearch.cli.check import check
 from vlmsearch.cli.classify import classify
 from vlmsearch.cli.compact import compact
 from vlmsearch.cli.distill import distill
+from vlmsearch.cli.duplicates import duplicates
 from vlmsearch.cli.import_cmd import import_app
 from vlmsearch.cli.index import index
 from vlmsearch.cli.info import info
@@ -49,6 +50,7 @@ def _main(
 app.command("index")(index)
 app.command("search")(search)
 app.command("classify")(classify)
+app.command("duplicates")(duplicates)
 app.command("info")(info)
 app.command("caption")(caption)
 app.command("check")(check)

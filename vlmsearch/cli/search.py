@@ -49,6 +49,13 @@ def search(
         str | None,
         typer.Option(help='SQL boolean over metadata columns, e.g. "width >= 1024".'),
     ] = None,
+    dedupe: Annotated[
+        bool,
+        typer.Option(
+            help="Collapse near-duplicates (cosine >= 0.94, as clip-retrieval), keeping the "
+            "best-ranked of each group; k results remain."
+        ),
+    ] = False,
     collection: CollectionOpt = None,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Must match the collection's model.")
@@ -146,6 +153,7 @@ def search(
             progress=progress,
             min_score=min_score,
             sort=sort,
+            dedupe=dedupe,
         )
     _print_notes(coll, fmt)
     if html is not None:

@@ -125,6 +125,27 @@ def classify_sheet(
     return _page(title, meta or f"{len(preds)} images", "".join(sections))
 
 
+def duplicates_sheet(groups: Sequence[Any], title: str, meta: str = "") -> str:
+    """One section per near-duplicate group, keeper first. The images are linked by
+    ``file:`` URL, not embedded: a large collection can have thousands of groups."""
+    sections = []
+    for n, g in enumerate(groups, start=1):
+        sims = dict(zip(g.others, g.similarity, strict=True))
+        figs = []
+        for i in g.ids:
+            path = g.paths.get(i, "")
+            what = "<b>keep</b>" if i == g.keeper else f"<b>{sims[i]:.3f}</b>"
+            src = html.escape(Path(path).as_uri(), quote=True) if path else ""
+            img = f'<img alt="" loading="lazy" src="{src}">'
+            cap = f"{what} {html.escape(names.readable(path))}"
+            figs.append(
+                f'<figure><div class="frame">{img}</div><figcaption>{cap}</figcaption></figure>'
+            )
+        sections.append(f'<h2>group {n} ({len(g)})</h2><div class="grid">{"".join(figs)}</div>')
+    body = "".join(sections) or "<p>no near-duplicates</p>"
+    return _page(title, meta or f"{len(groups)} groups", body)
+
+
 def write(path: str | Path, text: str) -> Path:
     p = Path(path).expanduser()
     atomic_write_text(p, names.readable(text))  # file names that are not UTF-8 as \xNN

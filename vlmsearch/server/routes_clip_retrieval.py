@@ -23,6 +23,7 @@ from vlmsearch import names
 from vlmsearch.collection import Collection
 from vlmsearch.errors import QueryError
 from vlmsearch.results import Hit
+from vlmsearch.search.duplicates import DEFAULT_THRESHOLD, dedupe_hits
 from vlmsearch.server.context import ServerContext, get_ctx, jsonable, require_row
 from vlmsearch.server.routes_media import thumbnail_of
 from vlmsearch.server.routes_search import search_hits, validation_summary
@@ -35,7 +36,7 @@ router = APIRouter(tags=["clip-retrieval"])
 Ctx = Annotated[ServerContext, Depends(get_ctx)]
 
 # clip_back's threshold: results whose embeddings are closer than this are one image
-DEDUP_SIMILARITY = 0.94
+DEDUP_SIMILARITY = DEFAULT_THRESHOLD
 # modality "text" searches caption embeddings, as clip_back's text index holds them
 CAPTION_COLUMN = "caption"
 _DATA_URL = re.compile(r"data:image/[\w.+-]+;base64,(.*)", re.DOTALL)
@@ -144,7 +145,8 @@ def knn_service(req: Annotated[KnnRequest, Depends(_knn_body)], ctx: Ctx) -> lis
         images = [] if kind == "text" else [decode_upload(value, kind, ctx.config.max_pixels)]
         coll, hits = search_hits(ctx, name, search, images, [])
     if req.deduplicate:
-        hits = _deduplicate(coll, hits)
+        # clip_back's rule over every candidate: cosine >= 0.94, groups joined transitively
+        hits = dedupe_hits(hits, coll.vectors.get, DEDUP_SIMILARITY)
     # as clip_back: every candidate left, the first num_images with their metadata (the
     # front end asks /metadata for the others as the user scrolls)
     rows = coll.rows([h.id for h in hits[: req.num_images]])
@@ -240,30 +242,6 @@ def _vector_search(
         return coll, coll.search_vector(vector, k=k)
     prepare_text_column(coll, column, ctx.config.max_text_embed)
     return coll, coll.search_fused(vector, column, 1.0, k=k)
-
-
-def _deduplicate(coll: Collection, hits: list[Hit]) -> list[Hit]:
-    """clip_back's rule: hits whose stored image embeddings have cosine similarity above
-    0.94 are grouped (transitively), and each group keeps its best-ranked hit."""
-    if len(hits) < 2:
-        return hits
-    v = np.asarray(coll.vectors.dense(np.asarray([h.id for h in hits], np.int64)), np.float32)
-    norms = np.linalg.norm(v, axis=1, keepdims=True)
-    v = v / np.where(norms == 0, 1, norms)
-    close = (v @ v.T) > DEDUP_SIMILARITY
-    group = list(range(len(hits)))  # union-find; a group's root is its best-ranked hit
-
-    def root(i: int) -> int:
-        while group[i] != i:
-            group[i] = group[group[i]]
-            i = group[i]
-        return i
-
-    for i, j in zip(*np.nonzero(np.triu(close, 1)), strict=True):
-        a, b = root(int(i)), root(int(j))
-        if a != b:
-            group[max(a, b)] = min(a, b)
-    return [h for i, h in enumerate(hits) if root(i) == i]
 
 
 def _metadata(

@@ -107,6 +107,7 @@ def _search(
         fusion=req.fusion,
         min_score=req.min_score,
         sort=req.sort,
+        dedupe=req.dedupe,
     )
 
 

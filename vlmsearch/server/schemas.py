@@ -38,6 +38,9 @@ class SearchRequest(_Strict):
         "newest first); ties keep relevance order, nulls last.",
         examples=["-taken_at"],
     )
+    dedupe: bool = Field(
+        False, description="Collapse near-duplicates (cosine >= 0.94), keeping the best-ranked."
+    )
 
 
 class ClassifyRequest(_Strict):
