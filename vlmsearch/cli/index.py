@@ -145,8 +145,7 @@ def index(
         float | None,
         typer.Option(
             min=0.1,
-            help="With --video: seconds between sampled frames. Default: the collection's, "
-            "else 2.",
+            help="With --video: seconds between sampled frames. Default: the collection's, else 2.",
         ),
     ] = None,
     ray: Annotated[

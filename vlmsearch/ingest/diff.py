@@ -13,8 +13,8 @@ from vlmsearch import names
 from vlmsearch.errors import CollectionError
 from vlmsearch.imaging import sources
 from vlmsearch.imaging.decode import DecodeTask
-from vlmsearch.imaging.sources.video import set_progress
 from vlmsearch.imaging.scan import ScanError, ScannedFile, is_under, scan
+from vlmsearch.imaging.sources.video import set_progress
 from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
 from vlmsearch.ingest.touched import same_bytes
 from vlmsearch.storage.store import CollectionWriter

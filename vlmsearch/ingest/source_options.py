@@ -1,5 +1,6 @@
 """How a collection's dataset containers are read (the Parquet image column and base
-folder, whether videos are indexed and how often frames are sampled), kept in the manifest so later runs and every reader use the same settings."""
+folder, whether videos are indexed and how often frames are sampled), kept in the
+manifest so later runs and every reader use the same settings."""
 
 from __future__ import annotations
 

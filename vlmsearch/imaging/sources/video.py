@@ -147,6 +147,7 @@ def cached_times(path: str, st: os.stat_result, interval: float, cache: str | No
 
 class Video:
     suffixes = SUFFIXES
+    sized_by_container = True  # an item's size is the video's (see the module doc)
 
     def items(
         self,
