@@ -33,7 +33,10 @@ def test_sample_times_interval_and_scene_changes(tmp_path: Path) -> None:
     assert video.sample_times(str(clip)) == [0.0, 2.0, 4.0]
     assert video.sample_times(str(clip), interval=5.0) == [0.0, 2.0, 4.0, 5.0]
     assert video.sample_times(str(clip), interval=1.0) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
-    # a cut half a second after a kept frame is dropped (at most one frame per 0.5 s)
+    # a cut between scenes of about the same brightness is seen too
+    red_blue = write_video(tmp_path / "rb.mp4", ("red", "blue"))
+    assert video.sample_times(str(red_blue), interval=5.0) == [0.0, 2.0]
+    # no two kept frames closer than min_gap: the earlier one wins
     assert video.sample_times(str(clip), interval=1.0, min_gap=2.5) == [0.0, 3.0]
 
 
@@ -91,3 +94,13 @@ def test_named_video_and_missing_av(tmp_path: Path, tiny_encoder, monkeypatch) -
     monkeypatch.setitem(__import__("sys").modules, "av", None)
     with pytest.raises(VlmsearchError, match=r"pip install 'vlmsearch\[video\]'"):
         _index(clip, tiny_encoder, tmp_path / "coll")
+
+
+def test_watch_sees_videos_when_indexed(tmp_path: Path) -> None:
+    from vlmsearch.ingest.watch import snapshot
+    from vlmsearch.storage.layout import Layout
+
+    write_video(tmp_path / "clip.mp4", ("red",), seconds=1)
+    layout = Layout(tmp_path / ".vlmsearch")
+    assert {p for p, _, _ in snapshot(tmp_path, layout, IngestOptions(video=True))} == {"clip.mp4"}
+    assert not snapshot(tmp_path, layout, IngestOptions())

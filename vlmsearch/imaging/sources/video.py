@@ -3,11 +3,12 @@
 Sampling decodes the whole video once, in order: a frame is kept every ``interval``
 seconds (the first frame at or after 0, N, 2N, ... s) and at scene changes, never two
 within :data:`MIN_GAP` seconds (the earlier one wins). A scene change is a frame whose
-32x32 grayscale thumbnail differs from the previous decoded frame's by more than
-:data:`SCENE_THRESHOLD` in mean absolute value (0-255 scale). This is the idea of
-PySceneDetect's content detector (a cut is a jump in a per-frame difference score;
-its default threshold 27 is on a similar 0-255 scale), reduced to luma, which is cheap
-because the thumbnail comes out of the decoder's scaler.
+32x32 RGB thumbnail differs from the previous decoded frame's by more than
+:data:`SCENE_THRESHOLD` in mean absolute value over pixels and channels (0-255 scale).
+This is the idea of PySceneDetect's content detector (a cut is a jump in a per-frame
+difference score; its default threshold 27 is on a similar 0-255 scale), on RGB rather
+than HSV; cheap because the thumbnail comes out of the decoder's scaler. Luma alone is
+not enough: a red and a blue scene can have almost the same brightness.
 
 Decoding is the expensive part, so the sampled timestamps are cached per video, keyed
 by (real path, size, mtime, interval) in a folder the collection names (its
@@ -36,7 +37,7 @@ from vlmsearch.imaging.scan import ScannedFile
 SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 DEFAULT_INTERVAL = 2.0  # seconds between sampled frames
 MIN_GAP = 0.5  # seconds: no two sampled frames closer than this
-SCENE_THRESHOLD = 30.0  # mean absolute difference of 32x32 luma thumbnails, 0-255
+SCENE_THRESHOLD = 30.0  # mean absolute difference of 32x32 RGB thumbnails, 0-255
 THUMB = 32
 JPEG_QUALITY = 95
 INSTALL = "pip install 'vlmsearch[video]'"
@@ -95,8 +96,8 @@ def sample_times(
         done = 0
         for n, frame in enumerate(container.decode(stream)):
             t = frame.time if frame.time is not None else n / float(stream.average_rate or 25)
-            thumb = frame.reformat(width=THUMB, height=THUMB, format="gray").to_ndarray()
-            thumb = thumb[:THUMB, :THUMB].astype(np.int16)
+            thumb = frame.reformat(width=THUMB, height=THUMB, format="rgb24").to_ndarray()
+            thumb = thumb.astype(np.int16)
             scene = prev is not None and float(np.abs(thumb - prev).mean()) > threshold
             prev = thumb
             tick = t >= next_tick - _EPS
