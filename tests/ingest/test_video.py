@@ -78,6 +78,10 @@ def test_index_video_frames_and_reindex_without_decoding(
     hits = again.search(image=query, k=4)
     assert 4.0 <= hits[0].extra["timestamp"] <= 5.0
     assert hits[0].extra["video_path"] == "sub/clip.mp4"
+    # --no-video: the frames go as deleted, and the manifest says so
+    off = _index(folder, tiny_encoder, video=False)
+    assert off.table.num_rows == 0 and off.last_report.deleted == 4
+    assert off.manifest["sources"]["video"] is False
 
 
 def _no_decoding(*a, **k):
