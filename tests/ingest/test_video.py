@@ -88,6 +88,17 @@ def _no_decoding(*a, **k):
     raise AssertionError("an unchanged video was decoded again")
 
 
+def test_damaged_video_is_an_error_line(tmp_path: Path, tiny_encoder) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "broken.mp4").write_bytes(b"not a video at all" * 10)
+    c = _index(folder, tiny_encoder, video=True)
+    rep = c.last_report
+    assert rep.errors == 1 and rep.error_samples[0][0] == "broken.mp4"
+    assert rep.error_samples[0][1].startswith("cannot decode video")
+    assert c.table.num_rows == 0
+
+
 def test_named_video_and_missing_av(tmp_path: Path, tiny_encoder, monkeypatch) -> None:
     clip = write_video(tmp_path / "d" / "clip.mp4", ("red",), seconds=1)
     c = _index(clip, tiny_encoder, tmp_path / "coll")

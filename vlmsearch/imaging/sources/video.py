@@ -89,7 +89,7 @@ def sample_times(
     kept: list[float] = []
     next_tick, prev = 0.0, None
     with av.open(path) as container:
-        stream = container.streams.video[0]
+        stream = _video_stream(container)
         stream.thread_type = "AUTO"
         estimate = int(stream.frames or 0)
         _frames_seen += estimate
@@ -203,13 +203,19 @@ class Video:
         return {}  # a frame's fields travel inline with its scanned item
 
 
+def _video_stream(container: Any) -> Any:
+    if not container.streams.video:
+        raise ValueError("no video stream")
+    return container.streams.video[0]
+
+
 def frame_at(path: str, t: float) -> Any:
     """The RGB PIL image of the first frame at or after ``t`` seconds (the last frame
     when ``t`` is past the end): seek to the keyframe before ``t``, decode forward."""
     import av
 
     with av.open(path) as container:
-        stream = container.streams.video[0]
+        stream = _video_stream(container)
         if stream.time_base:
             container.seek(max(int(t / stream.time_base), 0), stream=stream, backward=True)
         last = None
