@@ -44,14 +44,37 @@ INSTALL = "pip install 'vlmsearch[video]'"
 _EPS = 0.0005  # timestamps are kept to the millisecond
 
 ProgressFn = Callable[[str, int, int], None]
-_progress: ProgressFn | None = None  # set by the index run for the "video" phase
-_frames_seen = 0  # frames estimated so far in this run, the phase's total
+
+
+class _Tally:
+    """The "video" progress phase of an index run: frames decoded while sampling, out of
+    the frame counts the containers declare (raised when a video has more)."""
+
+    def __init__(self) -> None:
+        self.reset(None)
+
+    def reset(self, progress: ProgressFn | None) -> None:
+        self.progress = progress
+        self.total = self.done = self.unsent = 0
+
+    def start(self, estimate: int) -> None:
+        self.total += estimate
+
+    def frame(self, flush: bool = False) -> None:
+        self.done += not flush
+        self.unsent += not flush
+        self.total = max(self.total, self.done)
+        if self.progress is not None and self.unsent and (flush or self.unsent >= 64):
+            self.progress("video", self.unsent, self.total)
+            self.unsent = 0
+
+
+_tally = _Tally()
 
 
 def set_progress(progress: ProgressFn | None) -> None:
     """Report decoding as ``progress("video", frames, total)`` (None: stop reporting)."""
-    global _progress, _frames_seen
-    _progress, _frames_seen = progress, 0
+    _tally.reset(progress)
 
 
 def member_name(t: float) -> str:
@@ -85,15 +108,12 @@ def sample_times(
     import av
     import numpy as np
 
-    global _frames_seen
     kept: list[float] = []
     next_tick, prev = 0.0, None
     with av.open(path) as container:
         stream = _video_stream(container)
         stream.thread_type = "AUTO"
-        estimate = int(stream.frames or 0)
-        _frames_seen += estimate
-        done = 0
+        _tally.start(int(stream.frames or 0))
         for n, frame in enumerate(container.decode(stream)):
             t = frame.time if frame.time is not None else n / float(stream.average_rate or 25)
             thumb = frame.reformat(width=THUMB, height=THUMB, format="rgb24").to_ndarray()
@@ -105,13 +125,8 @@ def sample_times(
                 next_tick = (int((t + _EPS) // interval) + 1) * interval
             if (tick or scene) and (not kept or t - kept[-1] >= min_gap - _EPS):
                 kept.append(round(max(t, 0.0), 3))
-            done += 1
-            if _progress is not None and done % 64 == 0:
-                _frames_seen = max(_frames_seen, done)
-                _progress("video", 64, _frames_seen)
-        if _progress is not None:
-            _frames_seen += max(done - estimate, 0)
-            _progress("video", done % 64, _frames_seen)
+            _tally.frame()
+        _tally.frame(flush=True)
     return kept
 
 
