@@ -106,6 +106,14 @@ def test_named_video_and_missing_av(tmp_path: Path, tiny_encoder, monkeypatch) -
     assert "--video" in c.last_report.error_samples[0][1]
     c = _index(clip, tiny_encoder, tmp_path / "coll", video=True)
     assert sorted(c.table["video_path"].to_pylist()) == ["clip.mp4"]
+    # named with another file: indexed under their common folder, the video's path too
+    other = tmp_path / "d2" / "b" / "x.png"
+    other.parent.mkdir(parents=True)
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(other)
+    named = write_video(tmp_path / "d2" / "a" / "clip.mp4", ("red",), seconds=1)
+    opts = IngestOptions(workers=0, video=True)
+    both = Collection.index([named, other], encoder=tiny_encoder, options=opts, text_onnx=False)
+    assert sorted(map(str, both.table["video_path"].to_pylist())) == ["None", "a/clip.mp4"]
     monkeypatch.setitem(__import__("sys").modules, "av", None)
     with pytest.raises(VlmsearchError, match=r"pip install 'vlmsearch\[video\]'"):
         _index(clip, tiny_encoder, tmp_path / "coll")
