@@ -31,7 +31,7 @@ from vlmsearch.rerank.base import RerankQuery
 from vlmsearch.rerank.view import ReaderView
 from vlmsearch.results import Hit as Hit
 from vlmsearch.results import Prediction, ProgressFn
-from vlmsearch.search import duplicates, fused, vector_search
+from vlmsearch.search import duplicates, fused, vector_search, video_hits
 from vlmsearch.search.classify import classify_files as classify_files
 from vlmsearch.search.classify import classify_stored
 from vlmsearch.search.ordering import check_order, order_hits
@@ -270,6 +270,7 @@ class Collection:
         min_score: float | None = None,
         sort: str | None = None,
         dedupe: bool | float = False,
+        all_frames: bool = False,
     ) -> list[Hit]:
         """Text, image or combined search; every argument is checked, and query images
         decoded, before a model is built.
@@ -290,6 +291,8 @@ class Collection:
             dedupe: collapse near-duplicates, keeping the best-ranked of each group
                 (True: cosine >= 0.94, clip-retrieval's; a float: that threshold); up to
                 ``3 * k`` first-stage hits are drawn so that ``k`` remain.
+            all_frames: keep every matching frame of a video (``index --video``); by
+                default each video's best frame stands for it (``10 * k`` hits drawn).
         """
         threshold = duplicates.dedupe_threshold(dedupe)
         terms = search_terms(self.reader, k, text, image, negative, negative_image)
@@ -302,12 +305,17 @@ class Collection:
         first_k = max(k, top) if reranker is not None and top else k
         if threshold is not None:
             first_k = min(max(first_k, 3 * k), vector_search.MAX_K)
+        collapse = not all_frames and video_hits.has_video(self.reader.column_names)
+        if collapse:
+            first_k = min(max(first_k, video_hits.DRAW * k), vector_search.MAX_K)
         if text_column is not None:
             hits = self.search_fused(vector, text_column, text_weight, first_k, where, params)
         else:
             hits = self.search_vector(vector, k=first_k, where=where, params=params)
         if threshold is not None:
             hits = duplicates.dedupe_hits(hits, self.reader.vectors.get, threshold)
+        if collapse:
+            hits = video_hits.best_frames(hits)
         if reranker is not None and top is not None:
             query = RerankQuery(positive_text(terms), vector, self.view)
             hits = self.rerank_hits(hits, reranker, query, top, fusion, progress)

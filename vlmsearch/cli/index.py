@@ -21,7 +21,7 @@ def index(
         list[Path],
         typer.Argument(
             help="Folder of images to index (recursively), or dataset files: webdataset "
-            ".tar shards, Parquet files with an image column.",
+            ".tar shards, Parquet files with an image column, videos (with --video).",
             show_default=False,
         ),
     ],
@@ -132,6 +132,22 @@ def index(
             "Parquet file's folder).",
         ),
     ] = None,
+    video: Annotated[
+        bool | None,
+        typer.Option(
+            "--video/--no-video",
+            help="Also index video files (.mp4 .mov .mkv .webm .avi .m4v): a frame every "
+            "--video-interval seconds and at scene changes, each a result with its time. "
+            "Remembered by the collection. Needs the extra: pip install 'vlmsearch[video]'.",
+        ),
+    ] = None,
+    video_interval: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="With --video: seconds between sampled frames. Default: the collection's, else 2.",
+        ),
+    ] = None,
     ray: Annotated[
         str | None,
         typer.Option(
@@ -162,6 +178,10 @@ def index(
 
     if watch and (len(paths) != 1 or not paths[0].is_dir()):
         raise VlmsearchError("--watch needs one folder")
+    if video:
+        from vlmsearch.imaging.sources.video import require_av
+
+        require_av()  # before any model loads
 
     opts = IngestOptions(
         index=index_type,
@@ -177,6 +197,8 @@ def index(
         gpu_decode=gpu_decode,
         image_column=image_column,
         image_base=str(image_base) if image_base else None,
+        video=video,
+        video_interval=video_interval,
         ray=ray,
     )
     enc_opts = _given(

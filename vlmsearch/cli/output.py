@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vlmsearch import names
+from vlmsearch.search import video_hits
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
@@ -75,7 +76,7 @@ def hits(items: Sequence[Any], fmt: str, text_column: str | None = None) -> None
             cells = [str(r["rank"]), f"{r['score']:.4f}"]
             if parts:
                 cells.append(" ".join(f"{v:.3f}" for v in r["scores"].values()))
-            cells.append(text(r["path"]))
+            cells.append(text(video_hits.describe(r) or r["path"]))
             if text_column:
                 cells.append(text(r.get(text_column) or ""))
             if boxes:

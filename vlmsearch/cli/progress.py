@@ -24,7 +24,7 @@ class _Rate(ProgressColumn):
     """Items per second, or seconds per item when slower than one a second (captions)."""
 
     # every other phase counts images
-    UNITS = {"embed": "text", "train": "epoch", "caption": "caption"}
+    UNITS = {"embed": "text", "train": "epoch", "caption": "caption", "video": "frame"}
 
     def render(self, task: Any) -> Text:
         unit = self.UNITS.get(task.description.strip(), "img")

@@ -56,6 +56,13 @@ def search(
             "best-ranked of each group; k results remain."
         ),
     ] = False,
+    all_frames: Annotated[
+        bool,
+        typer.Option(
+            help="Videos (index --video): list every matching frame; by default each "
+            "video shows only its best frame."
+        ),
+    ] = False,
     collection: CollectionOpt = None,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Must match the collection's model.")
@@ -154,6 +161,7 @@ def search(
             min_score=min_score,
             sort=sort,
             dedupe=dedupe,
+            all_frames=all_frames,
         )
     _print_notes(coll, fmt)
     if html is not None:

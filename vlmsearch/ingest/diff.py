@@ -14,9 +14,12 @@ from vlmsearch.errors import CollectionError
 from vlmsearch.imaging import sources
 from vlmsearch.imaging.decode import DecodeTask
 from vlmsearch.imaging.scan import ScanError, ScannedFile, is_under, scan
+from vlmsearch.imaging.sources.video import set_progress
 from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
 from vlmsearch.ingest.touched import same_bytes
 from vlmsearch.storage.store import CollectionWriter
+
+VIDEO_CACHE = "video-frames"  # the collection's folder of sampled frame lists, per video
 
 
 @dataclass
@@ -118,7 +121,13 @@ def _scan(
     paths whose contents are unknown this time: folders that could not be listed and
     damaged containers (an unlistable ``root`` ends the run)."""
     problems: list[ScanError] = []
-    src_opts = sources.SourceOptions(opts.image_column, opts.image_base)
+    src_opts = sources.SourceOptions(
+        opts.image_column,
+        opts.image_base,
+        bool(opts.video),
+        opts.video_interval,
+        str(collection / VIDEO_CACHE),
+    )
 
     def walk(folder: Path, prefix: str) -> list[ScannedFile]:
         """Scan ``folder`` (``prefix`` from the root); paths and problems from the root."""
@@ -154,15 +163,19 @@ def _scan(
         )
         return [_prefixed(prefix, f) for f in found] if prefix else found
 
-    if opts.only is None:
-        scanned = walk(root, "")
-    else:
-        scanned = []
-        for rel in opts.only:
-            path = root / rel
-            if not path.exists():
-                raise CollectionError(f"no such file or folder: {path}")
-            scanned += walk(path, rel)
+    set_progress(progress)  # decoding videos to sample frames: the "video" phase
+    try:
+        if opts.only is None:
+            scanned = walk(root, "")
+        else:
+            scanned = []
+            for rel in opts.only:
+                path = root / rel
+                if not path.exists():
+                    raise CollectionError(f"no such file or folder: {path}")
+                scanned += walk(path, rel)
+    finally:
+        set_progress(None)
     for p in problems:
         if p.path == ".":
             raise CollectionError(f"{root}: {p.message}; the collection was left as it was")
@@ -178,7 +191,10 @@ def _join(prefix: str, rel: str) -> str:
 
 
 def _prefixed(prefix: str, f: ScannedFile) -> ScannedFile:
-    return ScannedFile(_join(prefix, f.path), f.size, f.mtime_ns, f.extra)
+    extra = f.extra
+    if isinstance(extra, dict) and "video_path" in extra:  # a frame names its video too
+        extra = {**extra, "video_path": _join(prefix, extra["video_path"])}
+    return ScannedFile(_join(prefix, f.path), f.size, f.mtime_ns, extra)
 
 
 def _split_touched(

@@ -41,6 +41,11 @@ class IngestOptions:
     # and the folder that path strings in it are relative to (None: the file's folder).
     image_column: str | None = None
     image_base: str | None = None
+    # Video files: index sampled frames (vlmsearch.imaging.sources.video) every
+    # ``video_interval`` seconds plus scene changes. None: the collection's setting
+    # (off for a new one; recorded in the manifest's ``sources``).
+    video: bool | None = None
+    video_interval: float | None = None
     # Decode and encode on a Ray cluster (vlmsearch.ingest.ray_encode): None runs here;
     # "auto" starts a local Ray runtime on every core and GPU; else a cluster's address.
     ray: str | None = None

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vlmsearch import names
 from vlmsearch.errors import CollectionError
+from vlmsearch.imaging.sources.video import require_av
 from vlmsearch.ingest.diff import find_changes
 from vlmsearch.ingest.encode import encode_changes
 from vlmsearch.ingest.exif_backfill import backfill_exif
@@ -58,6 +59,8 @@ def ingest(
     t0 = time.perf_counter()
     if opts.ray is not None:
         require_ray()  # a one-line error before any model loads or file is read
+    if opts.video:
+        require_av()
     check_index_option(layout, encoder, opts)
     layout.prepare()
     with layout.lock():

@@ -1,5 +1,6 @@
 """How a collection's dataset containers are read (the Parquet image column and base
-folder), kept in the manifest so later runs and every reader use the same settings."""
+folder, whether videos are indexed and how often frames are sampled), kept in the
+manifest so later runs and every reader use the same settings."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmsearch.imaging import sources
+from vlmsearch.imaging.sources.video import require_av
 from vlmsearch.ingest.options import IngestOptions
 
 
@@ -15,7 +17,7 @@ def source_options(manifest: dict[str, Any], root: Path, opts: IngestOptions) ->
     """The run's options with the collection's recorded source settings filled in (a
     setting given now replaces the recorded one); readers in this process are told."""
     recorded = dict(manifest.get("sources") or {})
-    for key in ("image_column", "image_base"):
+    for key in ("image_column", "image_base", "video", "video_interval"):
         given = getattr(opts, key)
         if given is not None:
             recorded[key] = (
@@ -27,7 +29,11 @@ def source_options(manifest: dict[str, Any], root: Path, opts: IngestOptions) ->
         opts,
         image_column=recorded.get("image_column"),
         image_base=recorded.get("image_base"),
+        video=bool(recorded.get("video")),
+        video_interval=recorded.get("video_interval"),
     )
+    if opts.video:
+        require_av()  # recorded by an earlier run: still needed
     configure_sources(manifest, root)
     return opts
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vlmsearch.errors import CollectionError
-from vlmsearch.imaging.scan import scan
+from vlmsearch.imaging.scan import normalise_extensions, scan
+from vlmsearch.imaging.sources import video as video_source
 from vlmsearch.ingest.indexing import index_folder
 from vlmsearch.ingest.options import IngestOptions, IngestReport
 from vlmsearch.models.encoders.base import Encoder
@@ -41,9 +42,16 @@ class Indexed(Protocol):
 def snapshot(root: Path, layout: Layout, options: IngestOptions | None = None) -> Snapshot:
     """(path, size, mtime_ns) of every file an index run would consider: the run's own
     scan settings when given, else the collection's saved ones."""
-    saved = (layout.read_manifest().get("scan") or {}) if layout.exists() else {}
+    manifest = layout.read_manifest() if layout.exists() else {}
+    saved = manifest.get("scan") or {}
     extensions = (options.extensions if options else None) or saved.get("extensions")
     hidden = bool(options.include_hidden if options else saved.get("include_hidden"))
+    video = options.video if options and options.video is not None else None
+    if video is None:
+        video = (manifest.get("sources") or {}).get("video")
+    if video:
+        # a video's frames come and go with the file itself: watch the file
+        extensions = normalise_extensions(extensions) + video_source.SUFFIXES
     files = scan(root, extensions, hidden, exclude=[layout.path])
     return frozenset((f.path, f.size, f.mtime_ns) for f in files)
 

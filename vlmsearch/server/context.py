@@ -51,6 +51,8 @@ def hit_json(name: str, hit: Hit) -> dict[str, Any]:
     d.pop("path", None)
     d["image_url"] = f"/api/collections/{name}/images/{hit.id}"
     d["thumb_url"] = f"/api/collections/{name}/thumbs/{hit.id}"
+    if hit.extra.get("video_path") is not None:  # a frame: its video, seekable
+        d["video_url"] = f"/api/collections/{name}/videos/{hit.id}"
     return _finite(d)
 
 

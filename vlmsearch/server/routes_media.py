@@ -7,7 +7,7 @@ import mimetypes
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, Header, HTTPException
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from vlmsearch.collection import Collection
@@ -15,6 +15,7 @@ from vlmsearch.imaging.decode import ImageDecodeError
 from vlmsearch.imaging.thumbnails import cached_thumbnail_of
 from vlmsearch.server.context import ImageId, ServerContext, get_ctx, require_row
 from vlmsearch.server.files import open_indexed
+from vlmsearch.server.video_files import video_response
 
 router = APIRouter(tags=["images"])
 Ctx = Annotated[ServerContext, Depends(get_ctx)]
@@ -54,6 +55,17 @@ def image(name: str, image_id: ImageId, ctx: Ctx) -> StreamingResponse:
     media = mimetypes.guess_type(row["path"])[0] or _format_type(row)
     headers = {"cache-control": CACHE, "content-length": str(image.size)}
     return StreamingResponse(image.chunks(), media_type=media, headers=headers)
+
+
+@router.get(
+    "/api/collections/{name}/videos/{image_id}",
+    summary="The video a frame comes from (index --video), with Range support",
+)
+def video(
+    name: str, image_id: ImageId, ctx: Ctx, range: Annotated[str | None, Header()] = None
+) -> Response:
+    coll = ctx.registry.get(name).current()
+    return video_response(coll, image_id, require_row(coll, image_id), range)
 
 
 def _format_type(row: dict) -> str:

@@ -108,6 +108,7 @@ def _search(
         min_score=req.min_score,
         sort=req.sort,
         dedupe=req.dedupe,
+        all_frames=req.all_frames,
     )
 
 

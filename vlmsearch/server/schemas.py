@@ -41,6 +41,10 @@ class SearchRequest(_Strict):
     dedupe: bool = Field(
         False, description="Collapse near-duplicates (cosine >= 0.94), keeping the best-ranked."
     )
+    all_frames: bool = Field(
+        False,
+        description="Videos: every matching frame; by default a video's best frame stands for it.",
+    )
 
 
 class ClassifyRequest(_Strict):

@@ -1,5 +1,6 @@
-"""Dataset containers whose items are indexed one by one: webdataset tar shards and
-Parquet files with an image column (one module each, registered here by suffix).
+"""Dataset containers whose items are indexed one by one: webdataset tar shards,
+Parquet files with an image column, and video files whose items are sampled frames
+(``--video``; one module each, registered here by suffix).
 
 An item inside a container has the relative path ``CONTAINER/MEMBER`` (``00000.tar/
 000000012.jpg``, ``train-0001.parquet/000000012``), so every stage that reads an indexed
@@ -28,10 +29,16 @@ class SourceOptions:
     """How containers are read. ``image_column``: the Parquet column holding the image
     (bytes, a ``{bytes, path}`` struct, or a path string); None picks the first binary or
     image-struct column. ``image_base``: the folder that path strings are relative to
-    (default: the Parquet file's folder)."""
+    (default: the Parquet file's folder). ``video*``: see the fields."""
 
     image_column: str | None = None
     image_base: str | None = None
+    # videos (sources/video.py): scanned only when ``video``; a frame every
+    # ``video_interval`` seconds plus scene changes; sampled timestamps cached in
+    # ``video_cache`` (a folder of the collection), None: not cached
+    video: bool = False
+    video_interval: float | None = None
+    video_cache: str | None = None
 
 
 class Source(Protocol):
@@ -87,10 +94,11 @@ def _load_builtin() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        from vlmsearch.imaging.sources import parquet_images, webdataset
+        from vlmsearch.imaging.sources import parquet_images, video, webdataset
 
         register(webdataset.WebDataset())
         register(parquet_images.ParquetImages())
+        register(video.Video())
 
 
 def configure(root: str, opts: SourceOptions) -> None:

@@ -139,6 +139,29 @@ function splitByScore(hits) {
   return { shown: hits.filter((h) => h.score >= cut), low: hits.filter((h) => h.score < cut) };
 }
 
+// m:ss.s, as the CLI shows a frame's time
+function clock(seconds) {
+  const t = Math.max(0, Math.round(seconds * 10)) / 10;
+  const m = Math.floor(t / 60);
+  const s = (t - 60 * m).toFixed(1).padStart(4, "0");
+  return m + ":" + s;
+}
+
+// a frame hit's video, loaded when played, starting at the frame's time (the server
+// answers Range requests, so the browser can seek without downloading the whole file)
+function player(hit) {
+  const v = document.createElement("video");
+  v.className = "clip";
+  v.controls = true;
+  v.preload = "none";
+  v.poster = hit.thumb_url;
+  v.src = hit.video_url + "#t=" + hit.timestamp;
+  v.addEventListener("loadedmetadata", () => { v.currentTime = hit.timestamp; }, { once: true });
+  v.addEventListener("click", (e) => e.stopPropagation());
+  v.addEventListener("keydown", (e) => e.stopPropagation());
+  return v;
+}
+
 function card(hit) {
   const fig = document.createElement("figure");
   fig.className = "card";
@@ -170,9 +193,11 @@ function card(hit) {
   const score = document.createElement("span");
   score.className = "score";
   score.textContent = hit.score.toFixed(3);
-  cap.append(score, document.createTextNode(" " + hit.relpath));
+  const where = hit.video_url ? hit.video_path + " @ " + clock(hit.timestamp) : hit.relpath;
+  cap.append(score, document.createTextNode(" " + where));
   if (hit.error) cap.append(document.createTextNode(" (" + hit.error + ")"));
   fig.append(frame, cap);
+  if (hit.video_url) fig.append(player(hit));
   fig.addEventListener("click", () => moreLike(hit));
   return fig;
 }
