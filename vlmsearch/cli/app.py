@@ -11,6 +11,7 @@ import typer
 from vlmsearch._version import __version__
 from vlmsearch.cli.asif import asif_app
 from vlmsearch.cli.caption import caption
+from vlmsearch.cli.ocr import ocr
 from vlmsearch.cli.check import check
 from vlmsearch.cli.classify import classify
 from vlmsearch.cli.compact import compact
@@ -53,6 +54,7 @@ app.command("classify")(classify)
 app.command("duplicates")(duplicates)
 app.command("info")(info)
 app.command("caption")(caption)
+app.command("ocr")(ocr)
 app.command("check")(check)
 app.command("compact")(compact)
 app.command("distill")(distill)
