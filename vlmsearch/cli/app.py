@@ -11,7 +11,6 @@ import typer
 from vlmsearch._version import __version__
 from vlmsearch.cli.asif import asif_app
 from vlmsearch.cli.caption import caption
-from vlmsearch.cli.ocr import ocr
 from vlmsearch.cli.check import check
 from vlmsearch.cli.classify import classify
 from vlmsearch.cli.compact import compact
@@ -20,6 +19,7 @@ from vlmsearch.cli.duplicates import duplicates
 from vlmsearch.cli.import_cmd import import_app
 from vlmsearch.cli.index import index
 from vlmsearch.cli.info import info
+from vlmsearch.cli.ocr import ocr
 from vlmsearch.cli.search import search
 from vlmsearch.cli.serve import serve
 
