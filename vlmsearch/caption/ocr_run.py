@@ -43,8 +43,8 @@ def ocr_one(engine: Any, path: str) -> tuple[str, list[dict[str, Any]], str | No
     empty text and its error, never an exception."""
     try:
         image = load_image(path)
-    except ImageDecodeError as e:
-        return "", [], str(e)
+    except ImageDecodeError as e:  # its message starts with the path: shown beside it
+        return "", [], str(e).removeprefix(f"{path}: ")
     lines = [ln.to_dict() for ln in engine.read(image)]
     return "\n".join(ln["text"] for ln in lines), lines, None
 
