@@ -160,7 +160,7 @@ def index(
         typer.Option(
             "--ocr",
             help="Then read the text inside the images that lack it into column 'text' "
-            "(see `vlmsearch ocr`; needs pip install 'vlmsearch[ocr]').",
+            "(see `vlmsearch ocr`; needs the ocr extra: rapidocr-onnxruntime).",
         ),
     ] = False,
 ) -> None:

@@ -46,7 +46,7 @@ def ocr(
     """Read the text inside stored images (OCR), to search it with --where or --text-column.
 
     The first run downloads nothing: the detection and recognition models ship with
-    rapidocr-onnxruntime (pip install 'vlmsearch[ocr]'). About a second or two per image on
+    rapidocr-onnxruntime (vlmsearch's ocr extra). About a second or two per image on
     a CPU; Ctrl-C keeps what is done and the next run resumes.
     """
     from vlmsearch.models.ocr import OcrEngine, check_available
