@@ -192,3 +192,32 @@ def test_like_patterns_and_best_line():
     assert best_line(lines, ["invoice"])["text"] == "INV0ICE No 7"
     assert best_line(lines, ["total"])["text"] == "TOTAL 12.00"
     assert best_line(lines, ["zebra"]) is None
+
+
+def test_page_draws_the_line(ocr_coll):
+    """The web page outlines the matching line over the thumbnail (headless Chromium)."""
+    from tests.serve_helpers import live_server
+    from tests.server.test_browser import CHROMIUM
+
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"browser test skipped: no Chromium at {CHROMIUM}")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from vlmsearch.server.app import create_app
+    from vlmsearch.server.config import ServerConfig
+
+    app = create_app(ServerConfig(collections={"p": ocr_coll}))
+    with live_server(app) as base, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(base + "/")
+            page.wait_for_selector("body[data-ready='1']")
+            page.evaluate("document.querySelector('#where').value = \"text ILIKE '%garden%'\"")
+            page.fill("#q", "garden")
+            page.keyboard.press("Enter")
+            page.wait_for_selector("#results .card svg.ocr-box polygon", state="attached")
+            points = page.get_attribute("#results .card svg.ocr-box polygon", "points")
+            assert len(points.split()) == 4
+            assert "GARDEN" in page.inner_text("#results .card figcaption").upper()
+        finally:
+            browser.close()
