@@ -170,6 +170,7 @@ def test_cli_errors_are_one_line(tmp_path):
     one_line_error(run("ocr", "-c", tmp_path / "c", "--where", "nosuchcol = 1"))
     one_line_error(run("ocr", "-c", tmp_path / "nowhere"))
     one_line_error(run("index", folder, "--ocr", "--watch"), "--watch")
+    one_line_error(run("ocr", "-c", tmp_path / "c", "--max-side", 5), "at least 32")
     # a column that holds something else is not overwritten
     coll = Collection.open(tmp_path / "c")
     coll._write_text_column("cap", {0: "a caption"}, {"method": "magic"})
@@ -221,3 +222,16 @@ def test_page_draws_the_line(ocr_coll):
             assert "GARDEN" in page.inner_text("#results .card figcaption").upper()
         finally:
             browser.close()
+
+
+def test_missing_extra_is_named(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "rapidocr_onnxruntime" else real(name, *a),
+    )
+    one_line_error(run("ocr", "-c", tmp_path / "c"), "pip install 'vlmsearch[ocr]'")
+    one_line_error(run("index", tmp_path, "--ocr"), "vlmsearch[ocr]")

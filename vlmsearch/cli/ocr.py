@@ -35,7 +35,7 @@ def ocr(
     max_side: Annotated[
         int,
         typer.Option(
-            min=32, help="Scale images down to this many pixels on the longer side first."
+            help="Scale images down to this many pixels on the longer side first (>= 32)."
         ),
     ] = 1600,
     dry_run: Annotated[
@@ -51,8 +51,8 @@ def ocr(
     """
     from vlmsearch.models.ocr import OcrEngine, check_available
 
+    engine = OcrEngine(max_side)  # bad settings fail before any work
     check_available()
-    engine = OcrEngine(max_side)
     rows = run_ocr(collection, where, None if dry_run else write_column, overwrite, engine, json_)
     if json_:
         output.emit_json(rows)
