@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from vlmsearch.caption.ocr_run import OcrResult, ocr_stored
 from vlmsearch.caption.run import caption_stored, caption_targets
 from vlmsearch.ingest.indexing import index_folder
 from vlmsearch.ingest.manifest import check_encoder_matches
@@ -31,7 +32,7 @@ from vlmsearch.rerank.base import RerankQuery
 from vlmsearch.rerank.view import ReaderView
 from vlmsearch.results import Hit as Hit
 from vlmsearch.results import Prediction, ProgressFn
-from vlmsearch.search import duplicates, fused, vector_search, video_hits
+from vlmsearch.search import duplicates, fused, ocr_lines, vector_search, video_hits
 from vlmsearch.search.classify import classify_files as classify_files
 from vlmsearch.search.classify import classify_stored
 from vlmsearch.search.ordering import check_order, order_hits
@@ -319,7 +320,8 @@ class Collection:
         if reranker is not None and top is not None:
             query = RerankQuery(positive_text(terms), vector, self.view)
             hits = self.rerank_hits(hits, reranker, query, top, fusion, progress)
-        return order_hits(self.reader, hits[:k], min_score, sort)
+        hits = order_hits(self.reader, hits[:k], min_score, sort)
+        return ocr_lines.attach_lines(self.reader, hits, positive_text(terms), where, text_column)
 
     def search_vector(
         self,
@@ -481,15 +483,21 @@ class Collection:
 
     # -- captions (MAGIC) -----------------------------------------------------------------------
     def caption_targets(
-        self, where: str | None = None, write_column: str | None = None, overwrite: bool = False
+        self,
+        where: str | None = None,
+        write_column: str | None = None,
+        overwrite: bool = False,
+        kind: str = "caption",
     ) -> np.ndarray:
-        """Ids that :meth:`caption` would caption; checks the filter and the target column
-        (name, kind, writability) so that mistakes fail before any model loads.
+        """Ids that :meth:`caption` (or, with ``kind="ocr"``, :meth:`ocr`) would read;
+        checks the filter and the target column (name, kind, writability) so that
+        mistakes fail before any model loads.
 
         Args:
             where, write_column, overwrite: as for :meth:`caption`.
+            kind: ``caption`` or ``ocr``.
         """
-        return caption_targets(self.reader, where, write_column, overwrite)
+        return caption_targets(self.reader, where, write_column, overwrite, kind)
 
     def caption(
         self,
@@ -522,6 +530,41 @@ class Collection:
 
         out = caption_stored(
             self.reader, captioner, ids, write if write_column else None, commit_every, progress
+        )
+        if write_column and out:
+            self.text_vectors(write_column, progress)  # embedded now, so searches start warm
+        return out
+
+    # -- text inside images (OCR) ---------------------------------------------------------------
+    def ocr(
+        self,
+        engine: Any,
+        *,
+        where: str | None = None,
+        write_column: str | None = "text",
+        overwrite: bool = False,
+        commit_every: int = 8,
+        progress: ProgressFn | None = None,
+        ids: np.ndarray | None = None,
+    ) -> list[OcrResult]:
+        """Read the text inside stored images (each image is decoded again); the text goes
+        to ``write_column``, each line's text, box and confidence to ``write_column_lines``.
+
+        Args:
+            engine: an :class:`~vlmsearch.models.ocr.OcrEngine`.
+            where, overwrite, commit_every, progress: as for :meth:`caption`.
+            write_column: None reads without storing; rows read there already are skipped
+                unless ``overwrite`` (an interrupted run resumes).
+            ids: the targets from ``caption_targets(..., kind="ocr")``.
+        """
+        if ids is None:
+            ids = caption_targets(self.reader, where, write_column, overwrite, kind="ocr")
+
+        def write(values: dict[int, Any]) -> None:
+            self._writer.ocr_column(str(write_column), values, engine.describe())
+
+        out = ocr_stored(
+            self.reader, engine, ids, write if write_column else None, commit_every, progress
         )
         if write_column and out:
             self.text_vectors(write_column, progress)  # embedded now, so searches start warm

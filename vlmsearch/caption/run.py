@@ -20,19 +20,24 @@ def caption_targets(
     where: str | None = None,
     write_column: str | None = None,
     overwrite: bool = False,
+    kind: str = "caption",
 ) -> np.ndarray:
     """Ids to caption: the stored vectors ``where`` allows, less the rows that already
     have a caption in ``write_column`` (unless ``overwrite``). The filter and the column
-    (name, kind, writability) are checked here, so mistakes fail before any model loads."""
+    (name, kind, writability) are checked here, so mistakes fail before any model loads.
+    ``kind="ocr"`` does the same for OCR text (whose column has ``_lines`` beside it)."""
     if write_column:
         metadata.check_column_name(write_column)
-        kind = ((reader.manifest.get("columns") or {}).get(write_column) or {}).get("kind")
+        held = ((reader.manifest.get("columns") or {}).get(write_column) or {}).get("kind")
         names = reader.column_names
-        taken = [c for c in (write_column, f"{write_column}_settings") if c in names]
-        if taken and kind != "caption":
+        own = [write_column, f"{write_column}_settings"]
+        own += [f"{write_column}_lines"] if kind == "ocr" else []
+        taken = [c for c in own if c in names]
+        if taken and held != kind:
+            what = "captions" if kind == "caption" else "OCR text"
             raise QueryError(
-                f"column {taken[0]!r} already holds {kind or 'other data'}, not "
-                "captions; choose another --write-column"
+                f"column {taken[0]!r} already holds {held or 'other data'}, not "
+                f"{what}; choose another --write-column"
             )
         check_writable_columns(reader.layout)  # writable and not being written: up front
     ids = reader.vectors.ids

@@ -19,6 +19,7 @@ from vlmsearch.cli.duplicates import duplicates
 from vlmsearch.cli.import_cmd import import_app
 from vlmsearch.cli.index import index
 from vlmsearch.cli.info import info
+from vlmsearch.cli.ocr import ocr
 from vlmsearch.cli.search import search
 from vlmsearch.cli.serve import serve
 
@@ -53,6 +54,7 @@ app.command("classify")(classify)
 app.command("duplicates")(duplicates)
 app.command("info")(info)
 app.command("caption")(caption)
+app.command("ocr")(ocr)
 app.command("check")(check)
 app.command("compact")(compact)
 app.command("distill")(distill)

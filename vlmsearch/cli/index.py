@@ -171,6 +171,14 @@ def index(
     interval: Annotated[
         float, typer.Option(min=0.05, help="With --watch: seconds between scans.")
     ] = 2.0,
+    ocr: Annotated[
+        bool,
+        typer.Option(
+            "--ocr",
+            help="Then read the text inside the images that lack it into column 'text' "
+            "(see `vlmsearch ocr`; needs the ocr extra: rapidocr-onnxruntime).",
+        ),
+    ] = False,
 ) -> None:
     """Embed every image under a folder, or in dataset files, incrementally (new, changed
     and deleted images)."""
@@ -182,6 +190,12 @@ def index(
         from vlmsearch.imaging.sources.video import require_av
 
         require_av()  # before any model loads
+    if ocr:
+        if watch:
+            raise VlmsearchError("--ocr does not go with --watch; run `vlmsearch ocr` after")
+        from vlmsearch.cli.ocr import check_ocr_column
+
+        check_ocr_column(OCR_COLUMN)  # the extra is there: before any work
 
     opts = IngestOptions(
         index=index_type,
@@ -216,7 +230,10 @@ def index(
     if watch:
         _watch(paths[0], collection, how, quiet, json_, interval)
     else:
-        _index_once(paths, collection, how, quiet, json_)
+        _index_once(paths, collection, how, quiet, json_, ocr)
+
+
+OCR_COLUMN = "text"  # where `index --ocr` stores the text (`vlmsearch ocr` can choose)
 
 
 def _given(**options: Any) -> dict[str, Any]:
@@ -242,10 +259,16 @@ def _encoder_choice(
 
 
 def _index_once(
-    paths: list[Path], collection: Path | None, how: dict[str, Any], quiet: bool, json_: bool
+    paths: list[Path],
+    collection: Path | None,
+    how: dict[str, Any],
+    quiet: bool,
+    json_: bool,
+    ocr: bool = False,
 ) -> None:
-    """One ``index`` run with progress bars, then its report; ``how`` holds the keyword
-    arguments for :meth:`Collection.index` (model, encoder, options, device)."""
+    """One ``index`` run with progress bars, then (``ocr``) OCR of the rows without text,
+    then its report; ``how`` holds the keyword arguments for :meth:`Collection.index`
+    (model, encoder, options, device)."""
     from vlmsearch.cli.progress import ingest_progress
     from vlmsearch.collection import Collection
 
@@ -261,7 +284,13 @@ def _index_once(
         coll = Collection.index(target, collection, progress=progress, on_notice=notice, **how)
     rep = coll.last_report
     assert rep is not None
-    _report(coll, rep, quiet, json_, shown)
+    read = None
+    if ocr:
+        from vlmsearch.cli.ocr import run_ocr
+        from vlmsearch.models.ocr import OcrEngine
+
+        read = len(run_ocr(coll, None, OCR_COLUMN, False, OcrEngine(), quiet or json_))
+    _report(coll, rep, quiet, json_, shown, read)
 
 
 def _watch(
@@ -294,13 +323,16 @@ def _watch(
     watch(directory, collection, interval=interval, on_report=on_report, on_error=on_error, **how)
 
 
-def _report(coll: Any, rep: Any, quiet: bool, json_: bool, shown: list[str]) -> None:
+def _report(
+    coll: Any, rep: Any, quiet: bool, json_: bool, shown: list[str], ocr_read: int | None = None
+) -> None:
     """The notes not shown yet, then the run's summary (JSON, or a line on stderr)."""
     for note in rep.notices if not quiet else ():
         if note not in shown:
             output.note(note)
     if json_:
-        output.emit_json(rep.to_dict())
+        extra = {"ocr_read": ocr_read} if ocr_read is not None else {}
+        output.emit_json({**rep.to_dict(), **extra})
         return
     if quiet:
         return

@@ -72,6 +72,9 @@ def hits(items: Sequence[Any], fmt: str, text_column: str | None = None) -> None
         boxes = any("box" in r or "error" in r for r in rows)
         if boxes:
             t.add_column("region / note", overflow="fold")
+        lines = any("ocr_line" in r for r in rows)
+        if lines:
+            t.add_column("text in image (box)", overflow="fold")
         for r in rows:
             cells = [str(r["rank"]), f"{r['score']:.4f}"]
             if parts:
@@ -83,8 +86,19 @@ def hits(items: Sequence[Any], fmt: str, text_column: str | None = None) -> None
                 box = r.get("box")
                 note = " ".join(f"{v:.0f}" for v in box) if box else ""
                 cells.append(text(r.get("error") or note))
+            if lines:
+                cells.append(_ocr_cell(r.get("ocr_line")))
             t.add_row(*cells)
         print_table(t)
+
+
+def _ocr_cell(line: dict[str, Any] | None) -> str:
+    """The matching OCR line and its box's bounds (x0 y0 x1 y1, image pixels)."""
+    if not line:
+        return ""
+    xs = [p[0] for p in line["box"]]
+    ys = [p[1] for p in line["box"]]
+    return f"{text(line['text'])} ({min(xs):.0f} {min(ys):.0f} {max(xs):.0f} {max(ys):.0f})"
 
 
 def predictions(items: Sequence[Any], fmt: str) -> None:

@@ -92,7 +92,8 @@ def column_vectors(
     note: Callable[[str], None],
     progress: ProgressFn | None = None,
 ) -> TextVectors:
-    """The embeddings of a text column's non-empty rows, brought up to date.
+    """The embeddings of a text column's non-empty rows (an image where OCR found no text
+    holds ""), brought up to date.
 
     New or changed texts are embedded with ``encoder()`` (the collection's own) and, when
     they changed, passed to ``save``; a save that
@@ -107,7 +108,7 @@ def column_vectors(
     name = metadata.quote_name(column)
     rows = reader.metadata_filter().select(
         f"SELECT id, {name} FROM {metadata.TABLE_NAME} "
-        f"WHERE status = 'ok' AND {name} IS NOT NULL ORDER BY id"
+        f"WHERE status = 'ok' AND {name} IS NOT NULL AND {name} <> '' ORDER BY id"
     )
     ids = rows["id"].to_numpy().astype(np.int64)
     texts = [str(t) for t in rows[column].to_pylist()]
@@ -130,11 +131,12 @@ def column_vectors(
 
 
 def check_text_column(reader: CollectionReader, column: str) -> None:
-    """Refuse a column that is not a searchable text column (settings columns of captions
-    hold JSON, not text to search)."""
+    """Refuse a column that is not a searchable text column (the settings columns of
+    captions and OCR, and OCR's lines, hold JSON, not text to search)."""
     columns = reader.manifest.get("columns") or {}
     kinds = {c: (e or {}).get("kind") for c, e in columns.items()}
-    settings = {f"{c}_settings" for c, k in kinds.items() if k == "caption"}
+    settings = {f"{c}_settings" for c, k in kinds.items() if k in ("caption", "ocr")}
+    settings |= {f"{c}_lines" for c, k in kinds.items() if k == "ocr"}  # JSON, not text
     text_cols = [
         name
         for name, kind in reader.column_types().items()

@@ -59,6 +59,22 @@ class ExtraWriter:
         columns = {column: arr, f"{column}_settings": settings}
         self.commit(ids, columns, {column: {"kind": "caption", **info}})
 
+    def ocr_column(
+        self,
+        column: str,
+        values: dict[int, tuple[str, list[dict[str, Any]]]],
+        info: dict[str, Any],
+    ) -> None:
+        """OCR results by id: the text as ``column`` (lines joined by newlines, "" for an
+        image without text), each line's text, 4-point box and confidence as JSON in
+        ``column_lines``, and ``info`` per row as ``column_settings``."""
+        ids = np.fromiter(values, np.int64, len(values))
+        texts = pa.array([values[i][0] for i in ids.tolist()], pa.string())
+        lines = pa.array([json.dumps(values[i][1]) for i in ids.tolist()], pa.string())
+        settings = pa.array([json.dumps(info, sort_keys=True)] * len(ids), pa.string())
+        columns = {column: texts, f"{column}_lines": lines, f"{column}_settings": settings}
+        self.commit(ids, columns, {column: {"kind": "ocr", **info}})
+
     def commit(
         self,
         ids: np.ndarray | None = None,

@@ -189,6 +189,7 @@ function card(hit) {
     b.style.height = (100 * (y1 - y0) / hit.height) + "%";
     frame.appendChild(b);
   }
+  if (hit.ocr_line && hit.width && hit.height) frame.appendChild(ocrOverlay(hit));
   const cap = document.createElement("figcaption");
   const score = document.createElement("span");
   score.className = "score";
@@ -196,10 +197,34 @@ function card(hit) {
   const where = hit.video_url ? hit.video_path + " @ " + clock(hit.timestamp) : hit.relpath;
   cap.append(score, document.createTextNode(" " + where));
   if (hit.error) cap.append(document.createTextNode(" (" + hit.error + ")"));
+  if (hit.ocr_line) {
+    const line = document.createElement("span");
+    line.className = "ocr-text";
+    line.textContent = " \u201c" + hit.ocr_line.text + "\u201d";
+    cap.append(line);
+  }
   fig.append(frame, cap);
   if (hit.video_url) fig.append(player(hit));
   fig.addEventListener("click", () => moreLike(hit));
   return fig;
+}
+
+// The OCR line that matched, as a polygon: its 4 corners are in pixels of the original
+// image, so an SVG whose viewBox is that image's size scales them to the thumbnail.
+function ocrOverlay(hit) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("class", "ocr-box");
+  svg.setAttribute("viewBox", "0 0 " + hit.width + " " + hit.height);
+  svg.setAttribute("preserveAspectRatio", "none");
+  const poly = document.createElementNS(ns, "polygon");
+  poly.setAttribute("points", hit.ocr_line.box.map((p) => p[0] + "," + p[1]).join(" "));
+  poly.setAttribute("vector-effect", "non-scaling-stroke");
+  const title = document.createElementNS(ns, "title");
+  title.textContent = "text in image: " + hit.ocr_line.text;
+  poly.appendChild(title);
+  svg.appendChild(poly);
+  return svg;
 }
 
 function render(result, label, showAll) {
