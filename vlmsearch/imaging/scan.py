@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlmsearch.imaging.format_extensions import EXTENSIONS as PLUGIN_EXTENSIONS
 from vlmsearch.safe_open import is_inside
 
+# Pillow's formats, then the plugins' (HEIC, AVIF, camera RAW): those are scanned even
+# without the ``formats`` extra, so each becomes an error row that names it.
 DEFAULT_EXTENSIONS = (
     ".jpg",
     ".jpeg",
@@ -21,6 +24,7 @@ DEFAULT_EXTENSIONS = (
     ".tiff",
     ".jfif",
     ".ppm",
+    *PLUGIN_EXTENSIONS,
 )
 
 

@@ -10,9 +10,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
+from vlmsearch import names
 from vlmsearch.collection import Collection
+from vlmsearch.imaging import formats
 from vlmsearch.imaging.decode import ImageDecodeError
-from vlmsearch.imaging.thumbnails import cached_thumbnail_of
+from vlmsearch.imaging.thumbnails import FULL_VIEW, cached_thumbnail_of
 from vlmsearch.server.context import ImageId, ServerContext, get_ctx, require_row
 from vlmsearch.server.files import open_indexed
 
@@ -47,13 +49,23 @@ def static(name: str) -> Response:
 
 
 @router.get("/api/collections/{name}/images/{image_id}", summary="The original image")
-def image(name: str, image_id: ImageId, ctx: Ctx) -> StreamingResponse:
+def image(name: str, image_id: ImageId, ctx: Ctx) -> Response:
+    """The file as it is, or, for a format browsers cannot show (HEIC, camera RAW), a
+    cached JPEG of it (longest side at most ``FULL_VIEW``)."""
     coll = ctx.registry.get(name).current()
     row = require_row(coll, image_id)
+    if _needs_jpeg(row):
+        data = thumbnail_of(ctx, coll, image_id, row, FULL_VIEW)
+        return Response(data, media_type="image/jpeg", headers={"cache-control": CACHE})
     image = open_indexed(coll, image_id, row)
     media = mimetypes.guess_type(row["path"])[0] or _format_type(row)
     headers = {"cache-control": CACHE, "content-length": str(image.size)}
     return StreamingResponse(image.chunks(), media_type=media, headers=headers)
+
+
+def _needs_jpeg(row: dict) -> bool:
+    fmt = str(row.get("format") or "")
+    return formats.needs_jpeg(row["path"]) or fmt in ("HEIF", "RAW")
 
 
 def _format_type(row: dict) -> str:
@@ -71,13 +83,24 @@ def thumbnail(name: str, image_id: ImageId, ctx: Ctx) -> Response:
     return Response(data, media_type="image/jpeg", headers={"cache-control": CACHE})
 
 
-def thumbnail_of(ctx: ServerContext, coll: Collection, image_id: int, row: dict[str, Any]) -> bytes:
+def thumbnail_of(
+    ctx: ServerContext,
+    coll: Collection,
+    image_id: int,
+    row: dict[str, Any],
+    size: int | None = None,
+) -> bytes:
     """The cached JPEG thumbnail of an indexed image (made now if missing), shared with the
     clip-retrieval API's inline images; HTTPException when the file cannot be served."""
     image = open_indexed(coll, image_id, row)
     try:
         data, made = cached_thumbnail_of(
-            coll.path, image_id, ctx.config.thumb_size, image.stat, image.read
+            coll.path,
+            image_id,
+            size or ctx.config.thumb_size,
+            image.stat,
+            image.read,
+            names.row_path(row),
         )
     except OSError:
         raise HTTPException(404, f"image {image_id} is no longer on disk") from None
