@@ -25,7 +25,12 @@ from vlmsearch.imaging.decode import (
     decode_image_meta,
 )
 from vlmsearch.imaging.formats import raw
-from vlmsearch.imaging.scan import DEFAULT_EXTENSIONS, scan
+from vlmsearch.imaging.scan import (
+    DEFAULT_EXTENSIONS,
+    LEGACY_DEFAULT_EXTENSIONS,
+    saved_extensions,
+    scan,
+)
 from vlmsearch.ingest.options import IngestOptions
 
 HINT = "pip install 'vlmsearch[formats]'"
@@ -288,3 +293,18 @@ def test_fake_raw_over_pixel_limit(monkeypatch):
     _fake_rawpy(monkeypatch, _jpeg_thumb((1200, 800)))
     with pytest.raises(ImageDecodeError, match="pixel limit"):
         decode_image(b"RAW", max_pixels=80 * 60 - 1, name="x.raf")
+
+
+def test_collection_with_the_old_defaults_scans_the_new_formats(tmp_path, monkeypatch):
+    root = tmp_path / "photos"
+    root.mkdir()
+    (root / "a.jpg").write_bytes(jpeg_bytes())
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    _index(root)
+    manifest = root / ".vlmsearch" / "manifest.json"
+    saved = json.loads(manifest.read_text())
+    saved["scan"]["extensions"] = list(LEGACY_DEFAULT_EXTENSIONS)  # made before the plugins
+    manifest.write_text(json.dumps(saved))
+    (root / "b.dng").write_bytes(make_dng())
+    assert set(_rows(_index(root))) == {"a.jpg", "b.dng"}  # an error row without rawpy
+    assert saved_extensions([".jpg", ".png"]) == (".jpg", ".png")  # a chosen list stays

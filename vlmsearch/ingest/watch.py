@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vlmsearch.errors import CollectionError
-from vlmsearch.imaging.scan import scan
+from vlmsearch.imaging.scan import saved_extensions, scan
 from vlmsearch.ingest.indexing import index_folder
 from vlmsearch.ingest.options import IngestOptions, IngestReport
 from vlmsearch.models.encoders.base import Encoder
@@ -42,7 +42,9 @@ def snapshot(root: Path, layout: Layout, options: IngestOptions | None = None) -
     """(path, size, mtime_ns) of every file an index run would consider: the run's own
     scan settings when given, else the collection's saved ones."""
     saved = (layout.read_manifest().get("scan") or {}) if layout.exists() else {}
-    extensions = (options.extensions if options else None) or saved.get("extensions")
+    extensions = (options.extensions if options else None) or saved_extensions(
+        saved.get("extensions")
+    )
     hidden = bool(options.include_hidden if options else saved.get("include_hidden"))
     files = scan(root, extensions, hidden, exclude=[layout.path])
     return frozenset((f.path, f.size, f.mtime_ns) for f in files)
