@@ -184,7 +184,8 @@ def test_real_dng_demosaiced_and_turned():
     pytest.importorskip("rawpy")
     img, fmt, size, meta = decode_image_meta(make_dng(64, 48, orientation=6), name="x.DNG")
     assert fmt == "RAW" and img.mode == "RGB"
-    assert size == img.size == (24, 32)  # half size, portrait (libraw turned it)
+    assert img.size == (24, 32)  # demosaiced at half size, portrait (libraw turned it)
+    assert size == (48, 64)  # the row's size: the full image's
     assert meta == {"camera_make": "Vlmsearch", "camera_model": "Test DNG", "orientation": 6}
 
 
@@ -192,11 +193,11 @@ def test_real_dng_large_preview_used_small_one_not():
     pytest.importorskip("rawpy")
     big = jpeg_bytes((1200, 800), (0, 0, 255))
     img, _, size, _ = decode_image_meta(make_dng(orientation=6, preview=big), name="x.dng")
-    assert size == (800, 1200)  # the preview, turned by the file's orientation
+    assert img.size == (800, 1200) and size == (48, 64)  # the preview, turned
     assert img.getpixel((400, 600))[2] > 200  # blue: the preview's pixels
     small = jpeg_bytes((300, 200), (0, 0, 255))
     img, _, size, _ = decode_image_meta(make_dng(orientation=6, preview=small), name="x.dng")
-    assert size == (24, 32)  # too small: demosaiced instead
+    assert img.size == (24, 32)  # too small: demosaiced instead
 
 
 def test_damaged_raw_is_an_error():
@@ -211,7 +212,9 @@ def test_damaged_raw_is_an_error():
 class _FakeRaw:
     def __init__(self, thumb, flip: int, calls: list):
         self.thumb, self.calls = thumb, calls
-        self.sizes = types.SimpleNamespace(raw_width=80, raw_height=60, flip=flip)
+        self.sizes = types.SimpleNamespace(
+            raw_width=80, raw_height=60, width=80, height=60, flip=flip
+        )
 
     def __enter__(self):
         return self
@@ -266,9 +269,9 @@ def _jpeg_thumb(size):
 )  # fmt: skip
 def test_fake_preview_used_and_turned(monkeypatch, flip, size, corner):
     calls = _fake_rawpy(monkeypatch, _jpeg_thumb((1200, 800)), flip)
-    img, fmt, got, meta = decode_image_meta(b"RAW", name="x.nef")
+    img, fmt, got, meta = decode_image_meta(b"RAW", name="x.nef")  # 80x60 sensor
     assert calls == [] and fmt == "RAW"  # no demosaicing
-    assert got == img.size == size
+    assert img.size == size and got == ((60, 80) if flip & 4 else (80, 60))
     assert img.getpixel(corner)[0] > 200 and img.getpixel(corner)[1] < 60  # red moved there
     assert meta["orientation"] == raw.FLIP_TO_ORIENTATION[flip]
 
@@ -277,7 +280,7 @@ def test_fake_bitmap_preview(monkeypatch):
     bitmap = np.asarray(_marked((1024, 700)))
     _fake_rawpy(monkeypatch, types.SimpleNamespace(format="bitmap", data=bitmap))
     img, _, size, _ = decode_image_meta(b"RAW", name="x.arw")
-    assert size == (1024, 700) and img.getpixel((0, 0)) == (255, 0, 0)
+    assert img.size == (1024, 700) and img.getpixel((0, 0)) == (255, 0, 0)
 
 
 @pytest.mark.parametrize("thumb", [None, "small"])
@@ -285,7 +288,7 @@ def test_fake_small_or_no_preview_demosaics(monkeypatch, thumb):
     t = _jpeg_thumb((raw.PREVIEW_MIN_SIDE - 1, 600)) if thumb else None
     calls = _fake_rawpy(monkeypatch, t, flip=6)
     img, _, size, _ = decode_image_meta(b"RAW", name="x.cr3")
-    assert size == (40, 30)  # what postprocess returned, not turned again
+    assert img.size == (40, 30) and size == (60, 80)  # postprocess's, not turned again
     assert calls == [{"use_camera_wb": True, "half_size": True, "output_bps": 8}]
 
 
@@ -308,3 +311,10 @@ def test_collection_with_the_old_defaults_scans_the_new_formats(tmp_path, monkey
     (root / "b.dng").write_bytes(make_dng())
     assert set(_rows(_index(root))) == {"a.jpg", "b.dng"}  # an error row without rawpy
     assert saved_extensions([".jpg", ".png"]) == (".jpg", ".png")  # a chosen list stays
+
+
+def test_fake_large_preview_decoded_at_a_reduced_dct_scale(monkeypatch):
+    _fake_rawpy(monkeypatch, _jpeg_thumb((4400, 2400)))
+    img, _, size, _ = decode_image_meta(b"RAW", name="x.orf")
+    assert img.size == (2200, 1200)  # 1/2: the smallest scale keeping both sides >= 1024
+    assert size == (80, 60)

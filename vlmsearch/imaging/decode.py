@@ -123,7 +123,7 @@ def decode_image_meta(
     try:
         opened = formats.open_image(data, name, max_pixels)
         img, fmt = opened.image, opened.format
-        w, h = img.size
+        w, h = opened.size or img.size
         if w * h > max_pixels:
             raise ImageDecodeError(
                 f"image is {w}x{h} = {w * h} pixels, over the {max_pixels}-pixel limit "

@@ -34,6 +34,7 @@ class Opened:
     format: str
     exif: dict[str, Any] | None = None  # EXIF columns read by the plugin (None: from image)
     oriented: bool = False  # pixels already upright: no EXIF transpose
+    size: tuple[int, int] | None = None  # the full upright size, when the pixels are smaller
 
 
 @dataclass(frozen=True)

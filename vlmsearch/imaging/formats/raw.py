@@ -1,10 +1,14 @@
 """Camera RAW files (LibRaw through ``rawpy``).
 
 A RAW file usually embeds a JPEG preview the camera made from the same exposure. When the
-preview's long side is at least :data:`PREVIEW_MIN_SIDE` it is used as the image: decoding
-it takes milliseconds where demosaicing takes about a second, and the encoders only ever
-see a few hundred pixels. Otherwise the sensor data is demosaiced at half size with the
-camera's white balance (``postprocess(use_camera_wb=True, half_size=True)``).
+preview's long side is at least :data:`PREVIEW_MIN_SIDE` it is used as the image: it is
+the camera's own rendering of the shot (its tone curve and colours, what the photographer
+saw), and the encoders only ever see a few hundred pixels. It is decoded at the smallest
+JPEG DCT scale (1/2, 1/4, 1/8) that keeps both sides at least :data:`PREVIEW_MIN_SIDE`.
+Otherwise the sensor data is demosaiced at half size with the camera's white balance
+(``postprocess(use_camera_wb=True, half_size=True)``). The row's width and height are the
+full image's (LibRaw's ``sizes``), whichever was decoded; see
+benchmarks/bench_formats.py for the cost of each path.
 
 Orientation: LibRaw's ``postprocess`` already turns its output by the file's orientation
 (``sizes.flip``), but the embedded preview is stored as the sensor saw it, so the same
@@ -64,7 +68,8 @@ def open_raw(data: bytes, max_pixels: int) -> Opened:
         if img is None:
             img = develop(raw, rawpy)
         flip = sizes.flip
-    return Opened(img, "RAW", columns(data, flip), oriented=True)
+        full = (sizes.height, sizes.width) if flip & 4 else (sizes.width, sizes.height)
+    return Opened(img, "RAW", columns(data, flip), oriented=True, size=full)
 
 
 def preview(raw: Any, rawpy: Any) -> Any:
@@ -82,6 +87,7 @@ def preview(raw: Any, rawpy: Any) -> Any:
             img = Image.open(io.BytesIO(thumb.data))
             if max(img.size) < PREVIEW_MIN_SIDE:
                 return None
+            img.draft("RGB", (PREVIEW_MIN_SIDE, PREVIEW_MIN_SIDE))  # DCT scaling, see above
             img = img.convert("RGB")
         elif thumb.format == rawpy.ThumbFormat.BITMAP:
             img = Image.fromarray(np.asarray(thumb.data, dtype=np.uint8)).convert("RGB")
