@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 
 import pytest
 from PIL import Image
@@ -63,3 +64,18 @@ def test_browser_formats_sent_as_they_are(served):
     client, ids, _ = served
     res = client.get(f"/api/collections/photos/images/{ids['plain.jpg']}")
     assert res.status_code == 200 and res.content == jpeg_bytes()
+
+
+@pytest.mark.parametrize("path", ["phone.heic", "camera.dng"])
+def test_uploaded_query_in_these_formats(served, path):
+    client, ids, coll = served
+    if path not in ids:
+        pytest.skip(f"{path}: the formats extra is not installed")
+    data = (coll.parent / path).read_bytes()
+    res = client.post(
+        "/api/collections/photos/search/image",
+        files=[("image", (path, data, "application/octet-stream"))],
+        data={"query": json.dumps({"k": 3})},
+    )
+    assert res.status_code == 200, res.text
+    assert res.json()["hits"][0]["id"] == ids[path]
