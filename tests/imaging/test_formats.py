@@ -318,3 +318,14 @@ def test_fake_large_preview_decoded_at_a_reduced_dct_scale(monkeypatch):
     img, _, size, _ = decode_image_meta(b"RAW", name="x.orf")
     assert img.size == (2200, 1200)  # 1/2: the smallest scale keeping both sides >= 1024
     assert size == (80, 60)
+
+
+def test_exif_backfill_reads_plugin_formats_whole(tmp_path):
+    data = heic_bytes(orientation=6)
+    want = {"orientation": 6, "taken_at": dt.datetime(2021, 5, 6, 7, 8, 9)}
+    for name in ("p.heic", "misnamed.jpg"):  # by extension, and by its bytes
+        (tmp_path / name).write_bytes(data)
+        assert formats.file_exif(str(tmp_path / name)) == want
+    (tmp_path / "c.dng").write_bytes(make_dng(orientation=3))
+    got = formats.file_exif(str(tmp_path / "c.dng"))
+    assert got["orientation"] == 3 and got["camera_make"] == "Vlmsearch"

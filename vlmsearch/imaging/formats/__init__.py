@@ -16,10 +16,8 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-INSTALL_HINT = "pip install 'vlmsearch[formats]'"
 
 
 class FormatError(ValueError):
@@ -46,7 +44,6 @@ class FormatPlugin:
     open: Callable[[bytes, int], Opened]  # (bytes, max_pixels) -> Opened; FormatError
     read_exif: Callable[[bytes], dict[str, Any]]  # EXIF columns without decoding pixels
     browser_native: bool = False  # browsers show it as it is (else the server sends JPEG)
-    modules: tuple[str, ...] = field(default=())  # the libraries it imports
 
 
 def plugins() -> tuple[FormatPlugin, ...]:
@@ -83,15 +80,14 @@ def open_image(data: bytes, name: str | None, max_pixels: int) -> Opened:
     return Opened(img, img.format or "unknown")
 
 
-def needs_jpeg(name: str | None, data_head: bytes = b"") -> bool:
-    """Whether a browser cannot show the file as it is (the server converts it)."""
-    plugin = plugin_for(data_head, name)
+def needs_jpeg(name: str | None) -> bool:
+    """Whether a browser cannot show a file so named as it is (the server converts it)."""
+    plugin = plugin_for_name(name)
     return plugin is not None and not plugin.browser_native
 
 
 def missing_extra(what: str, extra: str = "formats") -> FormatError:
-    hint = INSTALL_HINT.replace("formats", extra)
-    return FormatError(f"{what} files need the '{extra}' extra: {hint}")
+    return FormatError(f"{what} files need the '{extra}' extra: pip install 'vlmsearch[{extra}]'")
 
 
 def exif_of(data: bytes, name: str | None = None) -> dict[str, Any]:

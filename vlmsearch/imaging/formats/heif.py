@@ -99,7 +99,6 @@ HEIF = FormatPlugin(
     sniff=lambda head: _brand(head) in HEIF_BRANDS,
     open=open_heif,
     read_exif=heif_exif,
-    modules=("pillow_heif",),
 )
 AVIF = FormatPlugin(
     name="AVIF",
@@ -109,5 +108,4 @@ AVIF = FormatPlugin(
     open=open_avif,
     read_exif=avif_exif,
     browser_native=True,  # Chrome 85+, Firefox 93+, Safari 16+
-    modules=("PIL._avif", "pillow_heif"),
 )

@@ -164,5 +164,4 @@ RAW = FormatPlugin(
     sniff=lambda head: False,  # many RAWs are TIFFs: recognised by extension only
     open=open_raw,
     read_exif=raw_exif,
-    modules=("rawpy",),
 )
