@@ -41,7 +41,7 @@ def thumbnailer(collection: Path | None, size: int = THUMB) -> Thumbnailer:
         try:
             if collection is not None and image_id is not None:
                 return cached_thumbnail(collection, image_id, path, size)[0]
-            return make_thumbnail(path.read_bytes(), size)
+            return make_thumbnail(path.read_bytes(), size, name=str(path))
         except (OSError, ImageDecodeError):
             return None
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import threading
 import warnings
@@ -74,9 +73,14 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Any, str]:
-    """Decode bytes to an RGB PIL image with EXIF orientation applied; returns (image, format)."""
-    img, fmt, _ = decode_image_sized(data, max_pixels)
+def decode_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
+) -> tuple[Any, str]:
+    """Decode bytes to an RGB PIL image with EXIF orientation applied; returns (image, format).
+
+    ``name`` (the file's name or path) routes formats Pillow does not read, such as camera
+    RAW, to their plugin (:mod:`vlmsearch.imaging.formats`)."""
+    img, fmt, _ = decode_image_sized(data, max_pixels, name=name)
     return img, fmt
 
 
@@ -84,9 +88,10 @@ def decode_image_sized(
     data: bytes,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft: tuple[int, int] | None = None,
+    name: str | None = None,
 ) -> tuple[Any, str, tuple[int, int]]:
     """:func:`decode_image_meta` without the EXIF columns."""
-    img, fmt, size, _ = decode_image_meta(data, max_pixels, draft)
+    img, fmt, size, _ = decode_image_meta(data, max_pixels, draft, name)
     return img, fmt, size
 
 
@@ -94,6 +99,7 @@ def decode_image_meta(
     data: bytes,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft: tuple[int, int] | None = None,
+    name: str | None = None,
 ) -> tuple[Any, str, tuple[int, int], dict[str, Any]]:
     """:func:`decode_image`, optionally with JPEG draft mode; returns (image, format, size).
 
@@ -103,35 +109,41 @@ def decode_image_meta(
     slightly, so it is opt-in. ``size`` is always the full image size (after EXIF
     orientation), whatever draft mode did. The last item is the EXIF columns
     (:mod:`vlmsearch.imaging.exif`), read from the image already open, before decoding.
+    ``name``: see :func:`decode_image`; a format whose extra is not installed is an
+    ImageDecodeError naming the extra.
     """
     from PIL import Image, ImageOps
 
-    from vlmsearch.imaging import exif
+    from vlmsearch.imaging import exif, formats
     from vlmsearch.imaging.pixel_modes import to_rgb
 
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     allow_pixels(max_pixels)
     try:
-        img = Image.open(io.BytesIO(data))
-        fmt = img.format or "unknown"
-        w, h = img.size
+        opened = formats.open_image(data, name, max_pixels)
+        img, fmt = opened.image, opened.format
+        w, h = opened.size or img.size
         if w * h > max_pixels:
             raise ImageDecodeError(
                 f"image is {w}x{h} = {w * h} pixels, over the {max_pixels}-pixel limit "
                 "(decompression-bomb guard)"
             )
-        meta = exif.from_image(img)  # never raises: corrupt EXIF is no EXIF
+        # never raises: corrupt EXIF is no EXIF
+        meta = exif.from_image(img) if opened.exif is None else opened.exif
         if draft is not None and fmt == "JPEG":
             img.draft("RGB", draft)
         img.load()
         loaded = img.size
-        img = ImageOps.exif_transpose(img)
+        if not opened.oriented:
+            img = ImageOps.exif_transpose(img)
         if img.size != loaded:  # rotated by 90 or 270 degrees
             w, h = h, w
         img = to_rgb(img)
     except ImageDecodeError:
         raise
+    except formats.FormatError as e:
+        raise ImageDecodeError(str(e)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError(f"decompression bomb: {e}") from None
     except Image.UnidentifiedImageError:
@@ -148,7 +160,7 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
     except OSError as e:
         raise ImageDecodeError(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        return decode_image(data, max_pixels)[0]
+        return decode_image(data, max_pixels, name=str(path))[0]
     except ImageDecodeError as e:
         raise ImageDecodeError(f"{path}: {e}") from None
 
@@ -205,7 +217,9 @@ class ImageFileDataset:
         if task.known_hash is not None and digest == task.known_hash:
             return Decoded(task.index, None, content_hash=digest, unchanged=True)
         try:
-            img, fmt, (width, height), meta = decode_image_meta(data, self.max_pixels, self.draft)
+            img, fmt, (width, height), meta = decode_image_meta(
+                data, self.max_pixels, self.draft, task.path
+            )
             pixels = self.transform(img)
         except ImageDecodeError as e:
             return Decoded(task.index, None, content_hash=digest, error=str(e))

@@ -56,7 +56,14 @@ def from_image(img: Any) -> dict[str, Any]:
     """The EXIF columns of an opened (not necessarily loaded) PIL image; {} when it has
     none or they cannot be parsed."""
     try:
-        exif = img.getexif()
+        return from_exif(img.getexif())
+    except Exception:  # corrupt EXIF never fails a row
+        return {}
+
+
+def from_exif(exif: Any) -> dict[str, Any]:
+    """The EXIF columns of a parsed ``PIL.Image.Exif``; {} when empty or unparsable."""
+    try:
         if not exif:
             return {}
         out = _base_tags(exif)
@@ -84,13 +91,14 @@ def from_bytes(data: bytes) -> dict[str, Any]:
 
 def from_file(path: str) -> dict[str, Any]:
     """The EXIF columns of an indexed item, reading its header only where it is a plain
-    file (a container member is read whole); {} when it cannot be read."""
+    file (a container member is read whole); {} when it cannot be read. Formats with a
+    plugin go through :func:`vlmsearch.imaging.formats.file_exif` instead."""
     import io
 
     from PIL import Image
 
     try:
-        data = _head(path)
+        data = read_head(path)
     except OSError as e:
         if e.errno != errno.ENOTDIR:
             return {}
@@ -112,7 +120,7 @@ def to_columns(values: list[dict[str, Any]]) -> dict[str, pa.Array]:
     return {f.name: pa.array([v.get(f.name) for v in values], f.type) for f in EXIF_SCHEMA}
 
 
-def _head(path: str) -> bytes:
+def read_head(path: str) -> bytes:
     """The first :data:`HEADER_BYTES` of a regular file (never blocks on a FIFO)."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(path, flags)

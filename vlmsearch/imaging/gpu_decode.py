@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from vlmsearch.imaging import exif
+from vlmsearch.imaging import formats
 from vlmsearch.imaging.bounded_resize import is_extreme, resize_centre_crop
 from vlmsearch.imaging.decode import (
     DEFAULT_MAX_PIXELS,
@@ -59,6 +59,7 @@ class _Read:
     raw: bytes | None = None
     data: Any = None  # uint8 tensor of the file bytes (pinned on CUDA), JPEGs only
     header: JpegHeader | None = None
+    name: str | None = None  # the file's path: routes formats Pillow does not read
 
 
 def _read(task: DecodeTask, max_pixels: int, pin: bool) -> _Read:
@@ -72,7 +73,8 @@ def _read(task: DecodeTask, max_pixels: int, pin: bool) -> _Read:
     digest = content_hash(data)
     if task.known_hash is not None and digest == task.known_hash:
         return _Read(Decoded(task.index, None, content_hash=digest, unchanged=True))
-    rec = Decoded(task.index, None, content_hash=digest, exif=exif.from_bytes(data) or None)
+    meta = formats.exif_of(data, task.path)
+    rec = Decoded(task.index, None, content_hash=digest, exif=meta or None)
     header = parse_jpeg_header(data)
     if header is not None:
         if header.width * header.height > max_pixels:
@@ -85,7 +87,7 @@ def _read(task: DecodeTask, max_pixels: int, pin: bool) -> _Read:
         rec.width, rec.height = (h, w) if header.orientation >= 5 else (w, h)
         rec.format = "JPEG"
     else:
-        return _Read(rec, data)
+        return _Read(rec, data, name=task.path)
     tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     if pin:
         tensor = tensor.pin_memory()
@@ -290,7 +292,7 @@ class TensorImagePipeline:
 
         assert r.raw is not None
         try:
-            img, fmt, (w, h) = decode_image_sized(r.raw, self.max_pixels)
+            img, fmt, (w, h) = decode_image_sized(r.raw, self.max_pixels, name=r.name)
         except ImageDecodeError as e:
             _fail(r.record, str(e))
             return None

@@ -8,20 +8,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlmsearch.imaging.format_extensions import EXTENSIONS as PLUGIN_EXTENSIONS
 from vlmsearch.safe_open import is_inside
 
-DEFAULT_EXTENSIONS = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".webp",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-    ".jfif",
-    ".ppm",
-)
+# Pillow's formats, then the plugins' (HEIC, AVIF, camera RAW): those are scanned even
+# without the ``formats`` extra, so each becomes an error row that names it.
+PILLOW_EXTENSIONS = (
+    ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".ppm",
+)  # fmt: skip
+DEFAULT_EXTENSIONS = (*PILLOW_EXTENSIONS, *PLUGIN_EXTENSIONS)
+
+
+# The defaults before the format plugins: a collection that saved exactly these chose
+# "the defaults", and later runs scan the current ones (HEIC, RAW...) as a new one would.
+LEGACY_DEFAULT_EXTENSIONS = PILLOW_EXTENSIONS
+
+
+def saved_extensions(saved: Iterable[str] | None) -> tuple[str, ...] | None:
+    """A collection's saved extensions as a later run uses them (see above)."""
+    if saved is None:
+        return None
+    saved = tuple(saved)
+    return DEFAULT_EXTENSIONS if saved == LEGACY_DEFAULT_EXTENSIONS else saved
 
 
 @dataclass(frozen=True)

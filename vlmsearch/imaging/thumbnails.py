@@ -23,9 +23,17 @@ QUALITY = 82  # JPEG quality: small files, artefacts invisible at thumbnail size
 MAX_THUMB_BYTES = 16 * 2**20  # a cached thumbnail is a few kB; never read more than this
 
 
-def make_thumbnail(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
-    """JPEG bytes of the image scaled so that its longest side is at most ``size``."""
-    img, _ = decode_image(data, max_pixels)
+FULL_VIEW = 4096
+"""The longest side of the JPEG the server sends as the full-size view of a format
+browsers cannot show (HEIC, camera RAW): made and cached like a thumbnail."""
+
+
+def make_thumbnail(
+    data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
+) -> bytes:
+    """JPEG bytes of the image scaled so that its longest side is at most ``size``
+    (``name`` routes formats such as camera RAW, see :func:`decode_image`)."""
+    img, _ = decode_image(data, max_pixels, name=name)
     img.thumbnail((size, size))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=QUALITY, optimize=True)
@@ -47,7 +55,7 @@ def cached_thumbnail(collection: Path, image_id: int, image: Path, size: int) ->
     """(JPEG bytes, whether it was made now) of the file ``image`` as it is now; see
     :func:`cached_thumbnail_of`."""
     st = image.stat()
-    return cached_thumbnail_of(collection, image_id, size, st, image.read_bytes)
+    return cached_thumbnail_of(collection, image_id, size, st, image.read_bytes, str(image))
 
 
 def cached_thumbnail_of(
@@ -56,6 +64,7 @@ def cached_thumbnail_of(
     size: int,
     source: os.stat_result,
     read: Callable[[], bytes],
+    name: str | None = None,
 ) -> tuple[bytes, bool]:
     """(JPEG bytes, whether it was made now): made from ``read()`` (the image whose stat is
     ``source``) and stored on first use. Raises OSError when the image cannot be read and
@@ -71,7 +80,7 @@ def cached_thumbnail_of(
             return read_fd(fd, min(st.st_size, MAX_THUMB_BYTES)), False
         finally:
             os.close(fd)
-    data = make_thumbnail(read(), size)
+    data = make_thumbnail(read(), size, name=name)
     path = collection / rel
     try:
         links = (path.parent.parent, path.parent)  # thumbs/ and its bucket

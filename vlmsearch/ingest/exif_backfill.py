@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from vlmsearch import names
-from vlmsearch.imaging import exif
+from vlmsearch.imaging import exif, formats
 from vlmsearch.ingest.options import IngestReport, ProgressFn
 from vlmsearch.storage.store import CollectionWriter
 
@@ -49,7 +49,7 @@ def backfill_exif(
     for start in range(0, len(ids), batch):
         chunk = ids[start : start + batch]
         rows = writer.view.rows_for(chunk, "id, path, path_bytes").to_pylist()
-        values = [exif.from_file(str(root / names.row_path(r))) for r in rows]
+        values = [formats.file_exif(str(root / names.row_path(r))) for r in rows]
         got = np.asarray([r["id"] for r in rows], np.int64)
         writer.set_columns(got, exif.to_columns(values))
         done = start + batch >= len(ids)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmsearch.errors import CollectionError, ModelError
-from vlmsearch.imaging.scan import normalise_extensions
+from vlmsearch.imaging.scan import normalise_extensions, saved_extensions
 from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.models.encoders.base import Encoder
 from vlmsearch.models.lazy_encoder import LazyEncoder, as_lazy
@@ -147,7 +147,7 @@ def open_writer(
         check_encoder_matches(manifest, source, "this index run")
         check_root(manifest, root, layout)
         if opts.extensions is None:
-            opts.extensions = tuple(manifest["scan"]["extensions"])
+            opts.extensions = saved_extensions(manifest["scan"]["extensions"])
     if manifest is None:
         manifest = new_manifest(root, source.get(), opts)
         previous = _start_numbering(layout, manifest)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vlmsearch.errors import CollectionError
-from vlmsearch.imaging.scan import normalise_extensions, scan
+from vlmsearch.imaging.scan import normalise_extensions, saved_extensions, scan
 from vlmsearch.imaging.sources import video as video_source
 from vlmsearch.ingest.indexing import index_folder
 from vlmsearch.ingest.options import IngestOptions, IngestReport
@@ -44,7 +44,9 @@ def snapshot(root: Path, layout: Layout, options: IngestOptions | None = None) -
     scan settings when given, else the collection's saved ones."""
     manifest = layout.read_manifest() if layout.exists() else {}
     saved = manifest.get("scan") or {}
-    extensions = (options.extensions if options else None) or saved.get("extensions")
+    extensions = (options.extensions if options else None) or saved_extensions(
+        saved.get("extensions")
+    )
     hidden = bool(options.include_hidden if options else saved.get("include_hidden"))
     video = options.video if options and options.video is not None else None
     if video is None:

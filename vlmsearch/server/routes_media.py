@@ -10,9 +10,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, HTTPException
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
+from vlmsearch import names
 from vlmsearch.collection import Collection
+from vlmsearch.imaging import formats
 from vlmsearch.imaging.decode import ImageDecodeError
-from vlmsearch.imaging.thumbnails import cached_thumbnail_of
+from vlmsearch.imaging.thumbnails import FULL_VIEW, cached_thumbnail_of
 from vlmsearch.server.context import ImageId, ServerContext, get_ctx, require_row
 from vlmsearch.server.files import open_indexed
 from vlmsearch.server.video_files import video_response
@@ -48,9 +50,14 @@ def static(name: str) -> Response:
 
 
 @router.get("/api/collections/{name}/images/{image_id}", summary="The original image")
-def image(name: str, image_id: ImageId, ctx: Ctx) -> StreamingResponse:
+def image(name: str, image_id: ImageId, ctx: Ctx) -> Response:
+    """The file as it is, or, for a format browsers cannot show (HEIC, camera RAW), a
+    cached JPEG of it (longest side at most ``FULL_VIEW``)."""
     coll = ctx.registry.get(name).current()
     row = require_row(coll, image_id)
+    if _needs_jpeg(row):
+        data = thumbnail_of(ctx, coll, image_id, row, FULL_VIEW)
+        return Response(data, media_type="image/jpeg", headers={"cache-control": CACHE})
     image = open_indexed(coll, image_id, row)
     media = mimetypes.guess_type(row["path"])[0] or _format_type(row)
     headers = {"cache-control": CACHE, "content-length": str(image.size)}
@@ -68,6 +75,11 @@ def video(
     return video_response(coll, image_id, require_row(coll, image_id), range)
 
 
+def _needs_jpeg(row: dict) -> bool:
+    fmt = str(row.get("format") or "")
+    return formats.needs_jpeg(row["path"]) or fmt in ("HEIF", "RAW")
+
+
 def _format_type(row: dict) -> str:
     """The media type of an image whose path has no extension (a Parquet row), from the
     format its decoder saw."""
@@ -83,13 +95,24 @@ def thumbnail(name: str, image_id: ImageId, ctx: Ctx) -> Response:
     return Response(data, media_type="image/jpeg", headers={"cache-control": CACHE})
 
 
-def thumbnail_of(ctx: ServerContext, coll: Collection, image_id: int, row: dict[str, Any]) -> bytes:
+def thumbnail_of(
+    ctx: ServerContext,
+    coll: Collection,
+    image_id: int,
+    row: dict[str, Any],
+    size: int | None = None,
+) -> bytes:
     """The cached JPEG thumbnail of an indexed image (made now if missing), shared with the
     clip-retrieval API's inline images; HTTPException when the file cannot be served."""
     image = open_indexed(coll, image_id, row)
     try:
         data, made = cached_thumbnail_of(
-            coll.path, image_id, ctx.config.thumb_size, image.stat, image.read
+            coll.path,
+            image_id,
+            size or ctx.config.thumb_size,
+            image.stat,
+            image.read,
+            names.row_path(row),
         )
     except OSError:
         raise HTTPException(404, f"image {image_id} is no longer on disk") from None

@@ -15,7 +15,7 @@ def decode_upload(data: bytes, filename: str | None, max_pixels: int) -> Any:
     that is not an image, 422 for a damaged one."""
     label = filename or "upload"
     try:
-        return decode_image(data, max_pixels)[0]
+        return decode_image(data, max_pixels, name=filename)[0]
     except ImageDecodeError as e:
         msg = str(e)
         if "pixel limit" in msg or "decompression bomb" in msg:
