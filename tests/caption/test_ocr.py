@@ -147,6 +147,25 @@ def test_interrupted_run_keeps_its_rows_and_resumes(tmp_path):
     assert sorted(texts) == ["word40", "word41", "word42", "word43"]
 
 
+def test_changed_image_loses_its_old_text_and_is_read_again(tmp_path):
+    folder = tmp_path / "p"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("RGB", (40 + i, 30), (i * 90, 20, 20)).save(folder / f"i{i}.png")
+    opts = IngestOptions(workers=0)
+    coll = Collection.index(folder, model=TINY, options=opts)
+    coll.ocr(FakeEngine())
+    Image.new("RGB", (77, 30), (5, 200, 5)).save(folder / "i1.png")  # new content
+    coll = Collection.index(folder, coll.path, model=TINY, options=opts)
+    texts = {Path(r["path"]).name: r["text"] for r in coll.rows(coll.vectors.ids).values()}
+    assert texts == {"i0.png": "word40", "i1.png": None}  # no stale text from the old image
+    engine = FakeEngine()
+    coll.ocr(engine)
+    assert engine.calls == 1  # only the changed image is read again
+    texts = {Path(r["path"]).name: r["text"] for r in coll.rows(coll.vectors.ids).values()}
+    assert texts == {"i0.png": "word40", "i1.png": "word77"}
+
+
 def test_unreadable_image_stores_empty_text(tmp_path):
     folder = tmp_path / "p"
     folder.mkdir()
