@@ -21,3 +21,12 @@ class QueryError(VlmsearchError):
 
 class BusyError(VlmsearchError):
     """Enough work of this kind is running; the same request may succeed later."""
+
+
+def reason(e: BaseException) -> str:
+    """A library error's message without its wrapping: PyAV's ``[Errno N] text: 'path'``
+    becomes ``text``, LibRaw's ``b'text'`` becomes ``text``."""
+    msg: object = getattr(e, "strerror", None) or (e.args[0] if e.args else "") or str(e)
+    if isinstance(msg, bytes):
+        msg = msg.decode("utf-8", "replace")
+    return str(msg) or type(e).__name__

@@ -46,3 +46,16 @@ def test_video_errors(tmp_path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "av", None)
     res = run("index", folder, "-m", "no/such-model", "--video")
     one_line_error(res, "pip install 'vlmsearch[video]'")
+
+
+def test_video_interval_without_video_is_refused(tmp_path) -> None:
+    folder = tmp_path / "clips"
+    write_video(folder / "clip.mp4")
+    coll = tmp_path / "coll"
+    one_line_error(run("index", folder, "-c", coll, "-m", TINY, "--video-interval", 3), "--video")
+    assert not (coll / "manifest.json").exists()  # refused before any work
+    ok(run("index", folder, "-c", coll, "-m", TINY, "--workers", 0, "--video", "-q"))
+    # the collection remembers --video, so a new interval alone is fine
+    res = run("index", folder, "-c", coll, "-m", TINY, "--workers", 0, "--video-interval", 1)
+    ok(res)
+    assert "--video-interval" not in res.output

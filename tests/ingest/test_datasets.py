@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from tests.conftest import TINY
 from tests.ingest import datasets as D
 from vlmsearch import Collection
+from vlmsearch.errors import CollectionError
 from vlmsearch.ingest.options import IngestOptions
 
 OPTS = IngestOptions(workers=0)
@@ -220,3 +222,24 @@ def test_cli_indexes_shards(tmp_path: Path) -> None:
     assert res.exit_code != 0 and "no such file or folder" in res.output
     assert len(res.output.strip().splitlines()) == 1
     assert len(Collection.open(coll)) == 6  # the failed run changed nothing
+
+
+def test_collection_folders_are_not_indexed_as_datasets(tmp_path):
+    """A collection's own Parquet segments are metadata: naming the collection is a
+    one-line error, and a collection inside the scanned folder is skipped."""
+    photos, other = tmp_path / "photos", tmp_path / "other"
+    for folder in (photos, other):
+        folder.mkdir()
+        for i in range(2):
+            Image.new("RGB", (32, 24), (i * 100, 10, 10)).save(folder / f"p{i}.png")
+    opts = IngestOptions(workers=0)
+    Collection.index(other, photos / "coll", model=TINY, options=opts)  # kept in photos/
+    coll = Collection.index(photos, tmp_path / "c1", model=TINY, options=opts)
+    report = coll.last_report
+    assert (report.scanned, report.new, report.errors) == (2, 2, 0)  # not its segments
+    with pytest.raises(CollectionError, match="collection's own files"):
+        Collection.index(photos / "coll", tmp_path / "c2", model=TINY)
+    seg = next((photos / "coll").glob("seg-*.parquet"))
+    with pytest.raises(CollectionError, match="collection's own files"):
+        Collection.index([seg], tmp_path / "c2", model=TINY)
+    assert not (tmp_path / "c2").exists()

@@ -138,7 +138,7 @@ def index(
             "--video/--no-video",
             help="Also index video files (.mp4 .mov .mkv .webm .avi .m4v): a frame every "
             "--video-interval seconds and at scene changes, each a result with its time. "
-            "Remembered by the collection. Needs the extra: pip install 'vlmsearch[video]'.",
+            "Remembered by the collection. Needs the extra: pip install 'vlmsearch\\[video]'.",
         ),
     ] = None,
     video_interval: Annotated[
@@ -155,7 +155,7 @@ def index(
             metavar="auto|ADDRESS",
             help="Decode and encode on Ray: 'auto' starts a local Ray runtime on every core "
             "and GPU, an address joins a cluster (images and collection on a shared "
-            "filesystem). Needs the extra: pip install 'vlmsearch[ray]'.",
+            "filesystem). Needs the extra: pip install 'vlmsearch\\[ray]'.",
         ),
     ] = None,
     device: DeviceOpt = "auto",

@@ -10,6 +10,7 @@ from typing import Any
 
 from vlmsearch.imaging.format_extensions import EXTENSIONS as PLUGIN_EXTENSIONS
 from vlmsearch.safe_open import is_inside
+from vlmsearch.storage.layout import is_collection_dir
 
 # Pillow's formats, then the plugins' (HEIC, AVIF, camera RAW): those are scanned even
 # without the ``formats`` extra, so each becomes an error row that names it.
@@ -110,6 +111,8 @@ def scan(
             continue
         subdirs = []
         present = {e.name for e in entries}
+        if is_collection_dir(present):
+            continue  # another collection's files (its Parquet segments are no dataset)
         for entry in entries:
             if not include_hidden and entry.name.startswith("."):
                 continue

@@ -18,12 +18,13 @@ from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
 from vlmsearch.ingest.pipeline import ingest
 from vlmsearch.ingest.query_exports import prepare_query_exports
 from vlmsearch.ingest.ray_encode import require_ray
+from vlmsearch.ingest.source_options import check_video_interval
 from vlmsearch.models.choice import asif_defaults_from, parse_model_option
 from vlmsearch.models.choice import choose_encoder as choose_encoder_for
 from vlmsearch.models.encoders import DEFAULT_KIND, encoder_class, encoder_from_spec
 from vlmsearch.models.encoders.base import Encoder
 from vlmsearch.models.lazy_encoder import LazyEncoder
-from vlmsearch.storage.layout import Layout, default_collection_for
+from vlmsearch.storage.layout import Layout, default_collection_for, is_collection_dir
 from vlmsearch.storage.locate import remember
 
 NoticeFn = Callable[[str], None]
@@ -56,6 +57,12 @@ def resolve_inputs(
     for p in found:
         if not p.exists():
             raise CollectionError(f"no such file or folder: {p}")
+        folder = p if p.is_dir() else p.parent
+        if is_collection_dir(frozenset(os.listdir(folder))):
+            raise CollectionError(
+                f"{p} is a vlmsearch collection's own files, not images: index the folder "
+                f"of images it was built from (`vlmsearch info {folder}` names it)"
+            )
     if len(found) == 1 and found[0].is_dir():
         return found[0], opts
     if opts.only is not None:
@@ -87,6 +94,7 @@ def index_folder(
     root_path, opts = resolve_inputs(root, options or IngestOptions())
     layout = Layout(collection or default_collection_for(root_path))
     layout.check_writable()  # before any model loads
+    check_video_interval(readable_manifest(layout) if layout.exists() else None, opts)
     if opts.ray is not None:
         require_ray()  # before any model loads
     model, encoder_kind = parse_model_option(model, encoder_kind)

@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from vlmsearch.errors import QueryError
 from vlmsearch.imaging import sources
 from vlmsearch.imaging.sources.video import require_av
 from vlmsearch.ingest.options import IngestOptions
@@ -36,6 +37,16 @@ def source_options(manifest: dict[str, Any], root: Path, opts: IngestOptions) ->
         require_av()  # recorded by an earlier run: still needed
     configure_sources(manifest, root)
     return opts
+
+
+def check_video_interval(manifest: dict[str, Any] | None, opts: IngestOptions) -> None:
+    """A frame interval for a run that indexes no videos is a mistake, said before any
+    work: ignoring it would index no videos and say nothing."""
+    video = opts.video
+    if video is None:
+        video = bool(((manifest or {}).get("sources") or {}).get("video"))
+    if opts.video_interval is not None and not video:
+        raise QueryError("--video-interval needs --video (this collection indexes no videos)")
 
 
 def configure_sources(manifest: dict[str, Any], root: str | Path) -> None:

@@ -171,6 +171,13 @@ def _left_by_first_run(p: Path) -> bool:
     return False
 
 
+def is_collection_dir(names: set[str] | frozenset[str]) -> bool:
+    """Whether a folder listing ``names`` is a collection's own folder (its manifest
+    beside its lock or vector shards): scans skip such folders, whose Parquet files are
+    metadata, not images."""
+    return MANIFEST in names and (LOCK_NAME in names or "vectors" in names)
+
+
 def default_collection_for(root: str | Path) -> Path:
     return Path(root).expanduser().absolute() / DEFAULT_DIRNAME
 

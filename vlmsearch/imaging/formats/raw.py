@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from vlmsearch.errors import reason
 from vlmsearch.imaging.format_extensions import RAW_EXTENSIONS
 from vlmsearch.imaging.formats import FormatError, FormatPlugin, Opened, missing_extra
 
@@ -55,7 +56,7 @@ def open_raw(data: bytes, max_pixels: int) -> Opened:
     try:
         raw = rawpy.imread(io.BytesIO(data))
     except _errors(rawpy) as e:
-        raise FormatError(f"cannot decode RAW: {e}") from None
+        raise FormatError(f"cannot decode RAW: {reason(e)}") from None
     with raw:
         sizes = raw.sizes
         pixels = sizes.raw_width * sizes.raw_height
@@ -119,7 +120,7 @@ def develop(raw: Any, rawpy: Any) -> Any:
     try:
         rgb = raw.postprocess(use_camera_wb=True, half_size=True, output_bps=8)
     except _errors(rawpy) as e:
-        raise FormatError(f"cannot decode RAW: {e}") from None
+        raise FormatError(f"cannot decode RAW: {reason(e)}") from None
     return Image.fromarray(rgb).convert("RGB")
 
 

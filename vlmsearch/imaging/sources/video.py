@@ -31,7 +31,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from vlmsearch.errors import VlmsearchError
+from vlmsearch.errors import VlmsearchError, reason
 from vlmsearch.imaging.scan import ScannedFile
 
 SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
@@ -189,7 +189,7 @@ class Video:
             on_error(rel, f"cannot read videos without PyAV: {INSTALL}")
             return
         except Exception as e:  # not a video, or damaged (av raises its own errors)
-            on_error(rel, f"cannot decode video: {e}")
+            on_error(rel, f"cannot decode video: {reason(e)}")
             return
         for t in times:
             extra = {"video_path": rel, "timestamp": t}
@@ -207,7 +207,7 @@ class Video:
         except OSError:
             raise
         except Exception as e:
-            raise OSError(f"cannot decode video: {e}") from None
+            raise OSError(f"cannot decode video: {reason(e)}") from None
         buf = io.BytesIO()
         image.save(buf, "JPEG", quality=JPEG_QUALITY)
         if buf.tell() > max_bytes:
