@@ -187,7 +187,7 @@ def test_cli_duplicates(coll, tmp_path):
     ok(res)
     assert "copy_b.png" in res.stdout and "2 groups, 3 images could go" in res.stderr
     text = page.read_text()
-    assert text.count("<img") == 5 and "file://" in text
+    assert text.count('src="data:image/jpeg;base64,') == 5 and text.count('href="file://') == 5
 
 
 def test_cli_duplicates_errors(coll, tmp_path):

@@ -17,7 +17,12 @@ from vlmsearch.cli.options import (
     JsonOpt,
     choose_format,
 )
-from vlmsearch.cli.outpaths import check_output_file, write_output
+from vlmsearch.cli.outpaths import (
+    check_output_file,
+    check_outside_root,
+    check_page_file,
+    write_output,
+)
 from vlmsearch.cli.which import open_collection
 from vlmsearch.errors import VlmsearchError
 
@@ -72,7 +77,7 @@ def classify(
     label_list = parse_labels(labels, str(labels_file) if labels_file else None)
     if paths and (collection or write_column or where):
         raise VlmsearchError("give PATHS or --collection (with --where/--write-column), not both")
-    html = check_output_file(html, "--html")
+    html = check_page_file(html, "--html")
     parquet = check_output_file(parquet, "--parquet")
     coll = None
     if paths:
@@ -80,6 +85,7 @@ def classify(
         preds = _classify_files(paths, label_list, how, batch_size, device)
     else:
         coll = open_collection(collection, device, "classifying")
+        check_outside_root(html, "--html", coll.root)
         if write_column:
             coll.check_label_column(write_column)
         if model:

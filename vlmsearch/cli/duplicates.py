@@ -10,7 +10,7 @@ import typer
 from vlmsearch.cli import output
 from vlmsearch.cli.errors import user_errors
 from vlmsearch.cli.options import CollectionOpt, CsvOpt, JsonOpt, choose_format
-from vlmsearch.cli.outpaths import check_output_file, write_output
+from vlmsearch.cli.outpaths import check_outside_root, check_page_file, write_output
 from vlmsearch.cli.which import open_collection
 
 # with fewer vectors the work takes about a second: no bar
@@ -34,7 +34,7 @@ def duplicates(
     csv_: CsvOpt = False,
     html: Annotated[
         Path | None,
-        typer.Option("--html", help="Also write a page of the groups (HTML, images linked)."),
+        typer.Option("--html", help="Also write a page of the groups (HTML, with thumbnails)."),
     ] = None,
 ) -> None:
     """Group near-duplicate images (resized, re-encoded, lightly edited copies) and suggest
@@ -43,8 +43,9 @@ def duplicates(
 
     fmt = choose_format(json_, csv_)
     check_threshold(threshold)
-    html = check_output_file(html, "--html")
+    html = check_page_file(html, "--html")
     coll = open_collection(collection, None, "comparing")
+    check_outside_root(html, "--html", coll.root)
     if coll.sparse:
         output.note(
             "ASIF vectors also join distinct images of one category (precision 0.89 at 0.94 "
@@ -89,11 +90,21 @@ def _table(groups: list[Any]) -> None:
     t.add_column("", justify="left")
     t.add_column("similarity", justify="right")
     t.add_column("path", overflow="fold")
+    labels = {i: g.label(i) for g in groups for i in g.ids}  # a frame: clip.mp4 @ 0:04.0
     for r in _flat(groups):
-        t.add_row(str(r["group"]), r["role"], r["similarity"], output.text(r["path"]))
+        t.add_row(str(r["group"]), r["role"], r["similarity"], output.text(labels[r["id"]]))
     output.print_table(t)
+    output.err.print(summary(groups))
+
+
+def summary(groups: list[Any]) -> str:
+    """``2 groups, 3 images could go`` (``1 group, 1 image`` for one)."""
     dups = sum(len(g.others) for g in groups)
-    output.err.print(f"{len(groups)} groups, {dups} images could go")
+    return f"{_count(len(groups), 'group')}, {_count(dups, 'image')} could go"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _write_sheet(
@@ -101,9 +112,12 @@ def _write_sheet(
 ) -> None:
     from vlmsearch.imaging import contact_sheet
 
-    meta = f"{len(groups)} groups at cosine >= {threshold} in {coll.root}"
+    meta = f"{summary(groups)}; cosine >= {threshold} in {coll.root}"
     page = contact_sheet.duplicates_sheet(
-        groups, "vlmsearch: near-duplicates", meta + (f" where {where}" if where else "")
+        groups,
+        "vlmsearch: near-duplicates",
+        contact_sheet.thumbnailer(coll.path),
+        meta + (f" where {where}" if where else ""),
     )
     written = write_output(html, "--html", lambda p: contact_sheet.write(p, page))
-    output.err.print(f"wrote {output.text(written)} ({len(groups)} groups)")
+    output.err.print(f"wrote {output.text(written)} ({_count(len(groups), 'group')})")

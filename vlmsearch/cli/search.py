@@ -19,7 +19,7 @@ from vlmsearch.cli.options import (
     choose_format,
     reranker_options,
 )
-from vlmsearch.cli.outpaths import check_output_file, write_output
+from vlmsearch.cli.outpaths import check_outside_root, check_page_file, write_output
 from vlmsearch.cli.which import open_collection
 from vlmsearch.errors import VlmsearchError
 
@@ -133,8 +133,9 @@ def search(
     fmt = choose_format(json_, csv_, paths_only)
     if k < 1:
         raise VlmsearchError(f"-k must be at least 1 (got {k})")
-    html = check_output_file(html, "--html")
+    html = check_page_file(html, "--html")
     coll = open_collection(collection, device, "searching")
+    check_outside_root(html, "--html", coll.root)
     if model:
         coll.check_model(model)
     from vlmsearch.cli.progress import ingest_progress

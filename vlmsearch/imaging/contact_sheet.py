@@ -9,13 +9,17 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
+import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vlmsearch import names
+from vlmsearch.imaging import sources
 from vlmsearch.imaging.decode import ImageDecodeError
-from vlmsearch.imaging.thumbnails import cached_thumbnail, make_thumbnail
+from vlmsearch.imaging.item_read import read_item
+from vlmsearch.imaging.thumbnails import cached_thumbnail, cached_thumbnail_of, make_thumbnail
 from vlmsearch.storage.atomic import atomic_write_text
 
 THUMB = 256
@@ -35,17 +39,42 @@ Thumbnailer = Callable[[int | None, Path], bytes | None]
 
 
 def thumbnailer(collection: Path | None, size: int = THUMB) -> Thumbnailer:
-    """Thumbnail bytes for (id, path): from the collection's cache when there is one."""
+    """Thumbnail bytes for (id, path): from the collection's cache when there is one.
+    ``path`` may name a member of a dataset container or a video frame (``shard.tar/
+    key.jpg``, ``clip.mp4/t000004.000``); None when it cannot be read or decoded."""
 
     def get(image_id: int | None, path: Path) -> bytes | None:
         try:
-            if collection is not None and image_id is not None:
-                return cached_thumbnail(collection, image_id, path, size)[0]
-            return make_thumbnail(path.read_bytes(), size, name=str(path))
+            if path.is_file():
+                if collection is not None and image_id is not None:
+                    return cached_thumbnail(collection, image_id, path, size)[0]
+                return make_thumbnail(read_item(path), size, name=str(path))
+            return _member_thumbnail(collection, image_id, path, size)
         except (OSError, ImageDecodeError):
             return None
 
     return get
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """A member's identity for the thumbnail cache, as the server keys it: its byte size
+    and its container's mtime."""
+
+    st_size: int
+    st_mtime_ns: int
+
+
+def _member_thumbnail(
+    collection: Path | None, image_id: int | None, path: Path, size: int
+) -> bytes:
+    """The thumbnail of a container's member (OSError when ``path`` names none)."""
+    data = read_item(path)
+    found = sources.split_member(str(path))
+    if collection is None or image_id is None or found is None:
+        return make_thumbnail(data, size, name=str(path))
+    identity: Any = _Identity(len(data), os.stat(found[0]).st_mtime_ns)
+    return cached_thumbnail_of(collection, image_id, size, identity, lambda: data, str(path))[0]
 
 
 def _figure(
@@ -54,6 +83,7 @@ def _figure(
     width: int | None = None,
     height: int | None = None,
     box: Sequence[float] | None = None,
+    href: str | None = None,
 ) -> str:
     ratio = f' style="aspect-ratio:{width}/{height}"' if width and height else ""
     if data is None:
@@ -70,6 +100,8 @@ def _figure(
             "</div>"
         )
     frame = f'<div class="frame"{ratio}>{img}{overlay}</div>'
+    if href:
+        frame = f'<a href="{html.escape(href, quote=True)}">{frame}</a>'
     return f"<figure>{frame}<figcaption>{caption}</figcaption></figure>"
 
 
@@ -125,9 +157,10 @@ def classify_sheet(
     return _page(title, meta or f"{len(preds)} images", "".join(sections))
 
 
-def duplicates_sheet(groups: Sequence[Any], title: str, meta: str = "") -> str:
-    """One section per near-duplicate group, keeper first. The images are linked by
-    ``file:`` URL, not embedded: a large collection can have thousands of groups."""
+def duplicates_sheet(groups: Sequence[Any], title: str, thumbs: Thumbnailer, meta: str = "") -> str:
+    """One section per near-duplicate group, keeper first: each image's thumbnail (as in
+    :func:`search_sheet`), linked to its file when it is one (not a member of a container
+    or a video frame); a video frame reads ``clip.mp4 @ 0:04.0``."""
     sections = []
     for n, g in enumerate(groups, start=1):
         sims = dict(zip(g.others, g.similarity, strict=True))
@@ -135,12 +168,10 @@ def duplicates_sheet(groups: Sequence[Any], title: str, meta: str = "") -> str:
         for i in g.ids:
             path = g.paths.get(i, "")
             what = "<b>keep</b>" if i == g.keeper else f"<b>{sims[i]:.3f}</b>"
-            src = html.escape(Path(path).as_uri(), quote=True) if path else ""
-            img = f'<img alt="" loading="lazy" src="{src}">'
-            cap = f"{what} {html.escape(names.readable(path))}"
-            figs.append(
-                f'<figure><div class="frame">{img}</div><figcaption>{cap}</figcaption></figure>'
-            )
+            cap = f"{what} {html.escape(names.readable(g.label(i)))}"
+            real_file = path and Path(path).is_absolute() and Path(path).is_file()
+            href = Path(path).as_uri() if real_file else None
+            figs.append(_figure(thumbs(i, Path(path)) if path else None, cap, href=href))
         sections.append(f'<h2>group {n} ({len(g)})</h2><div class="grid">{"".join(figs)}</div>')
     body = "".join(sections) or "<p>no near-duplicates</p>"
     return _page(title, meta or f"{len(groups)} groups", body)

@@ -22,6 +22,7 @@ import numpy as np
 from vlmsearch import names
 from vlmsearch.errors import QueryError
 from vlmsearch.results import Hit, ProgressFn
+from vlmsearch.search.video_hits import TIME_COLUMN, VIDEO_COLUMN, describe
 from vlmsearch.storage.reader import CollectionReader
 from vlmsearch.storage.snapshot import on_one_commit
 
@@ -40,12 +41,14 @@ KeeperKey = Callable[[np.ndarray], dict[int, tuple[Any, ...]]]
 @dataclass
 class Group:
     """One set of near-duplicates: the suggested ``keeper`` and the ``others``, each with
-    its cosine similarity to the keeper; ``paths`` by id when known."""
+    its cosine similarity to the keeper; ``paths`` by id when known, and ``frames``: the
+    video and time of those that are video frames (``index --video``)."""
 
     keeper: int
     others: list[int]
     similarity: list[float]
     paths: dict[int, str] = field(default_factory=dict)
+    frames: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ids(self) -> list[int]:
@@ -53,6 +56,12 @@ class Group:
 
     def __len__(self) -> int:
         return 1 + len(self.others)
+
+    def label(self, image_id: int) -> str:
+        """How a member reads to a person: its path, or ``clip.mp4 @ 0:04.0`` for a frame."""
+        path = self.paths.get(image_id, "")
+        frame = self.frames.get(image_id)
+        return (describe({**frame, "path": path}) if frame else None) or path
 
     def to_dict(self) -> dict[str, Any]:
         """The group for ``--json``: sizes, ids, paths and similarities to the keeper."""
@@ -104,7 +113,15 @@ def stored_duplicates(
     found = reader.rows(np.asarray([i for g in groups for i in g.ids], np.int64))
     for g in groups:
         g.paths = {i: str(reader.root / names.row_path(found[i])) for i in g.ids if i in found}
+        g.frames = {i: _frame(found[i]) for i in g.ids if i in found and _frame(found[i])}
     return groups
+
+
+def _frame(row: dict[str, Any]) -> dict[str, Any]:
+    """The video columns of a frame's row; empty for an image."""
+    if not isinstance(row.get(VIDEO_COLUMN), str) or row.get(TIME_COLUMN) is None:
+        return {}
+    return {VIDEO_COLUMN: row[VIDEO_COLUMN], TIME_COLUMN: row[TIME_COLUMN]}
 
 
 def _keeper_rank(row: dict[str, Any]) -> tuple[Any, ...]:
