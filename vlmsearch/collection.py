@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from vlmsearch.caption.ocr_run import OcrResult, ocr_stored
-from vlmsearch.caption.run import caption_stored, caption_targets
+from vlmsearch.caption.run import COMMIT_WAIT_S, caption_stored, caption_targets
 from vlmsearch.ingest.indexing import index_folder
 from vlmsearch.ingest.manifest import check_encoder_matches
 from vlmsearch.ingest.options import IngestOptions, IngestReport
@@ -509,6 +509,7 @@ class Collection:
         commit_every: int = 16,
         progress: ProgressFn | None = None,
         ids: np.ndarray | None = None,
+        commit_wait_s: float = COMMIT_WAIT_S,
     ) -> list[tuple[int, str]]:
         """Caption stored images from their stored vectors (nothing is re-encoded); returns
         ``(id, caption)`` pairs.
@@ -521,16 +522,17 @@ class Collection:
                 unless ``overwrite``, so an interrupted run resumes where it stopped.
             progress: called per image.
             ids: the targets from :meth:`caption_targets` (not computed again).
+            commit_wait_s: while another process writes the collection, each commit waits
+                this long for it; then the run fails, saying how many rows it kept.
         """
         if ids is None:
             ids = self.caption_targets(where, write_column, overwrite)
 
         def write(values: dict[int, str]) -> None:
-            self._write_text_column(str(write_column), values, captioner.describe())
+            self._write_text_column(str(write_column), values, captioner.describe(), commit_wait_s)
 
-        out = caption_stored(
-            self.reader, captioner, ids, write if write_column else None, commit_every, progress
-        )
+        to = write if write_column is not None else None
+        out = caption_stored(self.reader, captioner, ids, to, commit_every, progress)
         if write_column and out:
             self.text_vectors(write_column, progress)  # embedded now, so searches start warm
         return out
@@ -546,26 +548,27 @@ class Collection:
         commit_every: int = 8,
         progress: ProgressFn | None = None,
         ids: np.ndarray | None = None,
+        commit_wait_s: float = COMMIT_WAIT_S,
     ) -> list[OcrResult]:
         """Read the text inside stored images (each image is decoded again); the text goes
         to ``write_column``, each line's text, box and confidence to ``write_column_lines``.
 
         Args:
             engine: an :class:`~vlmsearch.models.ocr.OcrEngine`.
-            where, overwrite, commit_every, progress: as for :meth:`caption`.
+            where, overwrite, commit_every, progress, commit_wait_s: as for :meth:`caption`.
             write_column: None reads without storing; rows read there already are skipped
-                unless ``overwrite`` (an interrupted run resumes).
+                unless ``overwrite`` (an interrupted run resumes). A file that cannot be
+                read is left null there (read again next run), with its ``error``.
             ids: the targets from ``caption_targets(..., kind="ocr")``.
         """
         if ids is None:
             ids = caption_targets(self.reader, where, write_column, overwrite, kind="ocr")
 
         def write(values: dict[int, Any]) -> None:
-            self._writer.ocr_column(str(write_column), values, engine.describe())
+            self._writer.ocr_column(str(write_column), values, engine.describe(), commit_wait_s)
 
-        out = ocr_stored(
-            self.reader, engine, ids, write if write_column else None, commit_every, progress
-        )
+        to = write if write_column is not None else None
+        out = ocr_stored(self.reader, engine, ids, to, commit_every, progress)
         if write_column and out:
             self.text_vectors(write_column, progress)  # embedded now, so searches start warm
         return out

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tests.cli_helpers import ok, one_line_error, run
 from tests.conftest import TINY
 from vlmsearch import Collection
+from vlmsearch.errors import QueryError
 from vlmsearch.ingest.options import IngestOptions
 from vlmsearch.models.ocr import OcrLine
 from vlmsearch.search.ocr_lines import best_line, like_patterns
@@ -166,17 +167,132 @@ def test_changed_image_loses_its_old_text_and_is_read_again(tmp_path):
     assert texts == {"i0.png": "word40", "i1.png": "word77"}
 
 
-def test_unreadable_image_stores_empty_text(tmp_path):
+def _small(tmp_path: Path, n: int = 2) -> Collection:
     folder = tmp_path / "p"
     folder.mkdir()
-    for i in range(2):
-        Image.new("RGB", (40, 30), (i * 90, 20, 20)).save(folder / f"i{i}.png")
-    coll = Collection.index(folder, model=TINY, options=IngestOptions(workers=0))
-    (folder / "i1.png").write_bytes(b"not an image any more")
+    for i in range(n):
+        Image.new("RGB", (40 + i, 30), (i * 20, 20, 20)).save(folder / f"i{i}.png")
+    return Collection.index(folder, tmp_path / "c", model=TINY, options=IngestOptions(workers=0))
+
+
+def test_undecodable_image_stores_empty_text(tmp_path):
+    coll = _small(tmp_path)
+    (coll.root / "i1.png").write_bytes(b"not an image any more")
     done = {Path(r.path).name: r for r in coll.ocr(FakeEngine())}
     assert done["i1.png"].text == "" and done["i1.png"].error.startswith("not an image")
     assert done["i0.png"].text == "word40" and done["i0.png"].error is None
+    # stored as "" with the image without text: not read again and again
     assert len(Collection.open(coll.path).caption_targets(None, "text", kind="ocr")) == 0
+
+
+def test_missing_file_is_left_null_and_read_next_run(tmp_path):
+    coll = _small(tmp_path, 3)
+    moved = tmp_path / "away.png"
+    (coll.root / "i1.png").rename(moved)  # a drive not mounted, say
+    done = {Path(r.path).name: r for r in coll.ocr(FakeEngine())}
+    assert done["i1.png"].text is None and "cannot read" in done["i1.png"].error
+    assert done["i1.png"].to_dict()["error"] == done["i1.png"].error
+    texts = {Path(r["path"]).name: r["text"] for r in coll.rows(coll.vectors.ids).values()}
+    assert texts == {"i0.png": "word40", "i1.png": None, "i2.png": "word42"}
+    moved.rename(coll.root / "i1.png")  # back again: only it is read
+    engine = FakeEngine()
+    assert [Path(r.path).name for r in Collection.open(coll.path).ocr(engine)] == ["i1.png"]
+    assert engine.calls == 1
+    # the CLI names it and says it is left for the next run (the real engine: 2 images)
+    pytest.importorskip("rapidocr_onnxruntime")
+    (coll.root / "i2.png").rename(moved)
+    res = run("ocr", "-c", coll.path, "--overwrite")
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.stderr.split())
+    assert "i2.png" in said and "1 file could not be read" in said
+
+
+class _HeldLock:
+    """Another writer: holds the collection's writer lock on a thread from ``start()``
+    until ``release`` is set (flock: another open file in this process is another holder)."""
+
+    def __init__(self, coll: Collection, hold_s: float | None) -> None:
+        import threading
+
+        self.layout, self.hold_s = coll.layout, hold_s
+        self.held, self.release = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._hold, daemon=True)
+
+    def _hold(self) -> None:
+        with self.layout.lock():
+            self.held.set()
+            self.release.wait(self.hold_s)
+
+    def start(self) -> None:
+        self.thread.start()
+        assert self.held.wait(5)
+
+    def stop(self) -> None:
+        self.release.set()
+        self.thread.join(5)
+
+
+class LockingEngine(FakeEngine):
+    """Another writer takes the lock while the ``at``-th image is read."""
+
+    def __init__(self, lock: _HeldLock, at: int) -> None:
+        super().__init__()
+        self.lock, self.at = lock, at
+
+    def read(self, image):
+        if self.calls + 1 == self.at:
+            self.lock.start()
+        return super().read(image)
+
+
+def test_commits_wait_for_another_writer(tmp_path):
+    coll = _small(tmp_path, 3)
+    lock = _HeldLock(coll, hold_s=1.0)  # an `index` run commits meanwhile
+    try:
+        done = coll.ocr(LockingEngine(lock, at=1), commit_every=2)
+    finally:
+        lock.stop()
+    assert len(done) == 3
+    texts = sorted(r["text"] for r in coll.rows(coll.vectors.ids).values())
+    assert texts == ["word40", "word41", "word42"]  # nothing lost
+
+
+def test_a_writer_past_the_wait_fails_saying_what_is_kept(tmp_path):
+    from vlmsearch.errors import CollectionError
+
+    coll = _small(tmp_path, 3)
+    lock = _HeldLock(coll, hold_s=None)  # held until the end of the test
+    try:
+        with pytest.raises(CollectionError) as err:
+            coll.ocr(LockingEngine(lock, at=3), commit_every=2, commit_wait_s=0.3)
+    finally:
+        lock.stop()
+    msg = str(err.value)
+    assert "being written by another" in msg and "waited 0.3 s" in msg
+    assert "the 2 rows stored before" in msg and "the 1 row of this batch" in msg
+    assert len(coll.caption_targets(None, "text", kind="ocr")) == 1  # read next run
+
+
+def test_caption_commits_wait_for_another_writer(tmp_path):
+    """Captions share the write path: a held lock is waited for, then they are stored."""
+    coll = _small(tmp_path, 2)
+    lock = _HeldLock(coll, hold_s=0.6)
+
+    class Captioner:
+        def describe(self):
+            return {"lm": "fake"}
+
+        def caption_vector(self, vector):
+            if not lock.thread.is_alive() and not lock.held.is_set():
+                lock.start()
+            return type("Cap", (), {"text": "a caption"})()
+
+    try:
+        done = coll.caption(Captioner(), write_column="cap", commit_every=1)
+    finally:
+        lock.stop()
+    assert len(done) == 2
+    assert [r["cap"] for r in coll.rows(coll.vectors.ids).values()] == ["a caption"] * 2
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -190,10 +306,34 @@ def test_cli_errors_are_one_line(tmp_path):
     one_line_error(run("ocr", "-c", tmp_path / "nowhere"))
     one_line_error(run("index", folder, "--ocr", "--watch"), "--watch")
     one_line_error(run("ocr", "-c", tmp_path / "c", "--max-side", 5), "at least 32")
-    # a column that holds something else is not overwritten
+    # "" is a bad name, not "store nothing" (that is --dry-run)
+    one_line_error(run("ocr", "-c", tmp_path / "c", "--write-column", ""), "identifier")
+    # the companions' suffixes: foo_lines would make foo_lines_lines and block foo
+    for name in ("foo_lines", "text_lines", "foo_settings"):
+        one_line_error(run("ocr", "-c", tmp_path / "c", "--write-column", name), "reserved")
     coll = Collection.open(tmp_path / "c")
+    assert "foo_lines" not in coll.reader.column_names
+    # captions: the same names are refused (their _settings companion, and OCR's _lines)
+    with pytest.raises(QueryError, match="reserved for the companion columns"):
+        coll.caption_targets(write_column="cap_settings")
+    with pytest.raises(QueryError, match="identifier"):
+        coll.caption_targets(write_column="")
+    # a column that holds something else is not overwritten
     coll._write_text_column("cap", {0: "a caption"}, {"method": "magic"})
     one_line_error(run("ocr", "-c", tmp_path / "c", "--write-column", "cap"), "caption")
+
+
+def test_index_ocr_over_a_dataset_text_column_names_the_way_out(tmp_path):
+    """A Parquet dataset whose captions are called ``text``: `index --ocr` indexes, then
+    points at `vlmsearch ocr --write-column ocr_text` (index has no --write-column)."""
+    pytest.importorskip("rapidocr_onnxruntime")
+    from tests.ingest import datasets as D
+
+    D.parquet_dataset(tmp_path / "data" / "part-0.parquet", 0, 2, tmp_path, "struct")
+    args = ["-c", tmp_path / "c", "-m", TINY, "--workers", 0, "--ocr", "-q"]
+    line = one_line_error(run("index", tmp_path / "data", *args), "--write-column ocr_text")
+    assert "vlmsearch ocr" in line and "choose another" not in line
+    assert len(Collection.open(tmp_path / "c")) == 2  # the index run committed
 
 
 def test_ocr_help():

@@ -86,6 +86,48 @@ def test_lock_holder_pid_comes_from_the_kernel(image_dir: Path):
     assert (coll.path / ".lock").stat().st_size == 0  # nothing written into it
 
 
+def test_a_waiting_writer_gets_the_lock_when_it_is_released(tmp_path: Path):
+    """``wait_s``: another process's lock is waited for; past the wait, one line naming it."""
+    import sys
+    import time
+
+    from vlmsearch.storage.lock import WriterLock
+
+    lock = tmp_path / "c" / ".lock"
+    lock.parent.mkdir()
+    code = (
+        "import sys, time; from pathlib import Path; "
+        "from vlmsearch.storage.lock import WriterLock; "
+        "lock = WriterLock(Path(sys.argv[1])); lock.__enter__(); "
+        "print('held', flush=True); time.sleep(float(sys.argv[2]))"
+    )
+
+    def hold(seconds: float) -> subprocess.Popen[str]:
+        args = [sys.executable, "-c", code, str(lock), str(seconds)]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        return proc
+
+    proc = hold(0.8)
+    try:
+        start = time.monotonic()
+        with WriterLock(lock, wait_s=30):
+            assert time.monotonic() - start >= 0.3  # it waited for the other writer
+    finally:
+        proc.wait(10)
+    proc = hold(30)
+    try:
+        with pytest.raises(CollectionError, match=r"being written .*waited 0\.3 s") as err:
+            WriterLock(lock, wait_s=0.3).__enter__()
+        if os.path.exists("/proc/locks"):
+            assert f"(pid {proc.pid})" in str(err.value)
+        with pytest.raises(CollectionError, match="wait for it to finish"):
+            WriterLock(lock).__enter__()  # no wait: at once, as before
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 # -- item 3: foreign folders and garbage collection -------------------------------------------
 def test_index_refuses_a_nonempty_folder_that_is_not_a_collection(image_dir: Path, tmp_path):
     folder = tmp_path / "my-files"

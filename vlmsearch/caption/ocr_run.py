@@ -3,6 +3,11 @@
 read by an :class:`~vlmsearch.models.ocr.OcrEngine`. Results are committed every few
 images, so an interrupted run keeps what it did and a new run resumes after it.
 
+What is stored for an image that gives no text: a file that cannot be read (missing, on a
+drive not mounted: an OSError) stores nothing, so the next run tries it again; bytes that
+are not a decodable image store ``""``, like an image without text, so no run reads them
+again. Both are reported in the result's ``error``.
+
 Which rows: :func:`vlmsearch.caption.run.caption_targets` with ``kind="ocr"``.
 """
 
@@ -15,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from vlmsearch import names
-from vlmsearch.imaging.decode import ImageDecodeError, load_image
+from vlmsearch.caption.run import CountedWrites
+from vlmsearch.imaging.decode import ImageDecodeError, decode_image
+from vlmsearch.imaging.item_read import read_item
 from vlmsearch.results import ProgressFn
 from vlmsearch.storage.reader import CollectionReader
 
@@ -27,7 +34,7 @@ WriteFn = Callable[[dict[int, OcrValue]], None]
 class OcrResult:
     id: int
     path: str
-    text: str
+    text: str | None  # None: the file could not be read (nothing stored; read next run)
     lines: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
 
@@ -38,13 +45,17 @@ class OcrResult:
         return names.readable_data(d)
 
 
-def ocr_one(engine: Any, path: str) -> tuple[str, list[dict[str, Any]], str | None]:
-    """(text, lines, error) for one image; an image that cannot be read or decoded gives
-    empty text and its error, never an exception."""
+def ocr_one(engine: Any, path: str) -> tuple[str | None, list[dict[str, Any]], str | None]:
+    """(text, lines, error) for one image, never an exception: a file that cannot be read
+    gives None and its error; one that does not decode gives "" and its error."""
     try:
-        image = load_image(path)
-    except ImageDecodeError as e:  # its message starts with the path: shown beside it
-        return "", [], str(e).removeprefix(f"{path}: ")
+        data = read_item(path)
+    except OSError as e:
+        return None, [], f"cannot read the file: {e.strerror or e}"
+    try:
+        image = decode_image(data, name=path)[0]
+    except ImageDecodeError as e:
+        return "", [], str(e)
     lines = [ln.to_dict() for ln in engine.read(image)]
     return "\n".join(ln["text"] for ln in lines), lines, None
 
@@ -58,11 +69,13 @@ def ocr_stored(
     progress: ProgressFn | None = None,
 ) -> list[OcrResult]:
     """OCR each id's image. With ``write``, results are passed on every ``commit_every``
-    images and once more at the end, also when interrupted (Ctrl-C keeps what is done).
-    An unreadable image is stored with empty text (so a resumed run does not retry it)
-    and its error is returned in its result."""
+    images and once more at the end, also when interrupted (Ctrl-C keeps what is done);
+    a failed commit's error says how many were kept. An image whose bytes do not decode
+    is stored with empty text (so a resumed run does not retry it), a file that cannot be
+    read is not stored (so it is); both have their error in their result."""
     out: list[OcrResult] = []
     pending: dict[int, OcrValue] = {}
+    write = CountedWrites(write) if write is not None else None
     rows = reader.rows(ids)
     try:
         for i in ids.tolist():
@@ -72,7 +85,8 @@ def ocr_stored(
             path = str(reader.root / names.row_path(r))
             text, lines, error = ocr_one(engine, path)
             out.append(OcrResult(int(i), path, text, lines, error))
-            pending[int(i)] = (text, lines)
+            if text is not None:
+                pending[int(i)] = (text, lines)
             if write is not None and len(pending) >= commit_every:
                 write(pending)
                 pending.clear()

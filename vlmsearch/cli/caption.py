@@ -68,7 +68,7 @@ def caption(
 
     if paths and collection is not None:
         raise VlmsearchError("give image PATHS or --collection, not both")
-    if paths and (where or write_column or overwrite):
+    if paths and (where or write_column is not None or overwrite):
         raise VlmsearchError(
             "--where, --write-column and --overwrite need --collection (or the default "
             "collection), not PATHS"

@@ -12,7 +12,7 @@ import typer
 from vlmsearch.cli import output
 from vlmsearch.cli.errors import user_errors
 from vlmsearch.cli.options import DEFAULT_MODEL, DeviceOpt, JsonOpt
-from vlmsearch.errors import VlmsearchError
+from vlmsearch.errors import QueryError, VlmsearchError
 
 
 @user_errors
@@ -286,10 +286,19 @@ def _index_once(
     assert rep is not None
     read = None
     if ocr:
+        from vlmsearch.caption.run import ColumnTakenError
         from vlmsearch.cli.ocr import run_ocr
         from vlmsearch.models.ocr import OcrEngine
 
-        read = len(run_ocr(coll, None, OCR_COLUMN, False, OcrEngine(), quiet or json_))
+        try:
+            read = len(run_ocr(coll, None, OCR_COLUMN, False, OcrEngine(), quiet or json_))
+        except ColumnTakenError as e:  # a Parquet dataset's own `text` column, say
+            which = "which" if e.column == OCR_COLUMN else f"whose companion {e.column!r}"
+            raise QueryError(
+                f"the images are indexed, but --ocr stores text in column {OCR_COLUMN!r}, "
+                f"{which} already holds {e.held}; run `vlmsearch ocr --write-column "
+                "ocr_text` to read the text into another column"
+            ) from None
     _report(coll, rep, quiet, json_, shown, read)
 
 

@@ -95,9 +95,12 @@ def run_ocr(
         done = coll.ocr(engine, write_column=write_column, progress=progress, ids=targets)
     if write_column and not quiet:
         found = sum(1 for r in done if r.text)
+        unread = sum(1 for r in done if r.text is None)
+        files = "1 file" if unread == 1 else f"{unread} files"
+        left = f"; {files} could not be read (the next run tries again)"
         output.err.print(
-            f"{len(done)} images read, {found} with text; stored in column {write_column!r} "
-            f"(lines in {write_column + '_lines'!r})"
+            f"{len(done) - unread} images read, {found} with text; stored in column "
+            f"{write_column!r} (lines in {write_column + '_lines'!r})" + (left if unread else "")
         )
     return [r.to_dict() for r in done]
 

@@ -50,46 +50,55 @@ class ExtraWriter:
         columns = {column: label_arr, f"{column}_score": score_arr}
         self.commit(ids, columns, {column: info})
 
-    def text_column(self, column: str, values: dict[int, str], info: dict[str, Any]) -> None:
+    def text_column(
+        self, column: str, values: dict[int, str], info: dict[str, Any], wait_s: float = 0.0
+    ) -> None:
         """Texts (captions) by id as ``column``; ``info`` (the settings that made them) is
-        kept per row too, as ``column_settings``: a resumed run may have used other ones."""
+        kept per row too, as ``column_settings``: a resumed run may have used other ones.
+        ``wait_s``: how long to wait for another writer (see :meth:`commit`)."""
         ids = np.fromiter(values, np.int64, len(values))
         arr = pa.array([values[i] for i in ids.tolist()], pa.string())
         settings = pa.array([json.dumps(info, sort_keys=True)] * len(ids), pa.string())
         columns = {column: arr, f"{column}_settings": settings}
-        self.commit(ids, columns, {column: {"kind": "caption", **info}})
+        self.commit(ids, columns, {column: {"kind": "caption", **info}}, wait_s=wait_s)
 
     def ocr_column(
         self,
         column: str,
         values: dict[int, tuple[str, list[dict[str, Any]]]],
         info: dict[str, Any],
+        wait_s: float = 0.0,
     ) -> None:
         """OCR results by id: the text as ``column`` (lines joined by newlines, "" for an
         image without text), each line's text, 4-point box and confidence as JSON in
-        ``column_lines``, and ``info`` per row as ``column_settings``."""
+        ``column_lines``, and ``info`` per row as ``column_settings``. ``wait_s``: how long
+        to wait for another writer (see :meth:`commit`)."""
         ids = np.fromiter(values, np.int64, len(values))
         texts = pa.array([values[i][0] for i in ids.tolist()], pa.string())
         lines = pa.array([json.dumps(values[i][1]) for i in ids.tolist()], pa.string())
         settings = pa.array([json.dumps(info, sort_keys=True)] * len(ids), pa.string())
         columns = {column: texts, f"{column}_lines": lines, f"{column}_settings": settings}
-        self.commit(ids, columns, {column: {"kind": "ocr", **info}})
+        self.commit(ids, columns, {column: {"kind": "ocr", **info}}, wait_s=wait_s)
 
     def commit(
         self,
         ids: np.ndarray | None = None,
         columns: dict[str, pa.Array] | None = None,
         column_info: dict[str, dict[str, Any]] | None = None,
+        *,
+        wait_s: float = 0.0,
         **commit: Any,
     ) -> None:
         """Commit metadata ``columns`` for ``ids`` (with their manifest ``column_info``), or
         side files passed on to :meth:`CollectionWriter.commit` (``text_vectors=``,
-        ``student=``), on top of the latest committed state."""
+        ``student=``), on top of the latest committed state. While another process writes
+        the collection, wait up to ``wait_s`` seconds for it (a long run's batch), else fail
+        at once."""
         reader = self.reader
         if self.read_only:
             raise CollectionError(f"collection {reader.path} is open read-only here")
         layout = reader.layout
-        with layout.lock():
+        with layout.lock(wait_s):
             manifest = layout.read_manifest()
             # only the new values are written (a column segment), not the metadata; a
             # format-1 collection is migrated by this commit (its table becomes a segment)

@@ -156,9 +156,10 @@ class Layout:
         return m if isinstance(m, dict) else None
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[WriterLock]:
-        """The writer lock, for one writer's work; a full disk in it becomes one line."""
-        with WriterLock(self.path / LOCK_NAME) as held, commit_guard(self.path):
+    def lock(self, wait_s: float = 0.0) -> Iterator[WriterLock]:
+        """The writer lock, for one writer's work; a full disk in it becomes one line.
+        ``wait_s``: how long to wait for another writer (default: fail at once)."""
+        with WriterLock(self.path / LOCK_NAME, wait_s) as held, commit_guard(self.path):
             yield held
 
 

@@ -14,32 +14,31 @@ import errno
 import fcntl
 import os
 import stat
+import time
 from pathlib import Path
 
 from vlmsearch.errors import CollectionError
 
 LOCK_NAME = ".lock"
+_WAIT_STEP_S = 0.2  # how often a waiting writer tries the lock again
 
 
 class WriterLock:
-    """An exclusive, non-blocking flock on a collection's ``.lock`` file."""
+    """An exclusive flock on a collection's ``.lock`` file. With ``wait_s`` (seconds), a lock
+    held by another writer is tried again every moment until then; without, it fails at once."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, wait_s: float = 0.0) -> None:
         self.path = path
+        self.wait_s = wait_s
         self._fd: int | None = None
 
     def __enter__(self) -> WriterLock:
         fd = _open_lock(self.path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = holder_pid(fd)
+            _take(fd, self.path, self.wait_s)
+        except BaseException:  # refused, or Ctrl-C while waiting
             os.close(fd)
-            holder = f" (pid {pid})" if pid else ""
-            raise CollectionError(
-                f"collection {self.path.parent} is being written by another vlmsearch "
-                f"process{holder}; wait for it to finish"
-            ) from None
+            raise
         self._fd = fd
         return self
 
@@ -49,6 +48,25 @@ class WriterLock:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def _take(fd: int, path: Path, wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(_WAIT_STEP_S, left))
+    pid = holder_pid(fd)
+    holder = f" (pid {pid})" if pid else ""
+    waited = f"; waited {wait_s:g} s for it to finish" if wait_s > 0 else "; wait for it to finish"
+    raise CollectionError(
+        f"collection {path.parent} is being written by another vlmsearch process{holder}{waited}"
+    )
 
 
 def _open_lock(path: Path) -> int:
