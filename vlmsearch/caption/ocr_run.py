@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from vlmsearch import names
-from vlmsearch.caption.run import CountedWrites
+from vlmsearch.caption.run import BatchedWrites
 from vlmsearch.imaging.decode import ImageDecodeError, decode_image
 from vlmsearch.imaging.item_read import read_item
 from vlmsearch.results import ProgressFn
@@ -74,10 +74,8 @@ def ocr_stored(
     is stored with empty text (so a resumed run does not retry it), a file that cannot be
     read is not stored (so it is); both have their error in their result."""
     out: list[OcrResult] = []
-    pending: dict[int, OcrValue] = {}
-    write = CountedWrites(write) if write is not None else None
     rows = reader.rows(ids)
-    try:
+    with BatchedWrites(write, commit_every) as batch:
         for i in ids.tolist():
             r = rows.get(int(i))
             if r is None:  # deleted since the targets were chosen
@@ -86,13 +84,7 @@ def ocr_stored(
             text, lines, error = ocr_one(engine, path)
             out.append(OcrResult(int(i), path, text, lines, error))
             if text is not None:
-                pending[int(i)] = (text, lines)
-            if write is not None and len(pending) >= commit_every:
-                write(pending)
-                pending.clear()
+                batch.add(int(i), (text, lines))
             if progress:
                 progress("ocr", 1, len(ids))
-    finally:
-        if write is not None and pending:
-            write(pending)
     return out

@@ -82,15 +82,28 @@ def _check_write_column(reader: CollectionReader, write_column: str, kind: str) 
         )
 
 
-class CountedWrites:
-    """Passes a run's batches on to ``write`` and counts the rows stored; a batch that cannot
-    be committed (another writer held the collection past the wait, say) fails with its
-    one-line error saying how many rows are kept."""
+class BatchedWrites:
+    """A run's values, passed on to ``write`` every ``commit_every`` rows and once more
+    when the run ends, also when it is interrupted (Ctrl-C keeps every value made); with
+    no ``write``, nothing is kept. A batch that cannot be committed (another writer held
+    the collection past the wait, say) fails with its one-line error saying how many rows
+    are kept."""
 
-    def __init__(self, write: Callable[[dict[int, Any]], None]) -> None:
-        self.write, self.kept = write, 0
+    def __init__(self, write: Callable[[dict[int, Any]], None] | None, commit_every: int) -> None:
+        self.write, self.commit_every, self.kept = write, commit_every, 0
+        self.pending: dict[int, Any] = {}
 
-    def __call__(self, values: dict[int, Any]) -> None:
+    def add(self, key: int, value: Any) -> None:
+        if self.write is None:
+            return
+        self.pending[key] = value
+        if len(self.pending) >= self.commit_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.write is None or not self.pending:
+            return
+        values, self.pending = self.pending, {}
         try:
             self.write(values)
         except CollectionError as e:  # same type and attributes, a longer message
@@ -100,6 +113,12 @@ class CountedWrites:
             )
             raise
         self.kept += len(values)
+
+    def __enter__(self) -> BatchedWrites:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
 
 
 def _rows(n: int) -> str:
@@ -119,19 +138,11 @@ def caption_stored(
     is interrupted (Ctrl-C keeps every caption made); a failed commit's error says how
     many were kept."""
     out: list[tuple[int, str]] = []
-    pending: dict[int, str] = {}
-    write = CountedWrites(write) if write is not None else None
-    try:
+    with BatchedWrites(write, commit_every) as batch:
         for i in ids.tolist():
             cap = captioner.caption_vector(reader.vectors.dense(np.asarray([i]))[0])
             out.append((int(i), cap.text))
-            pending[int(i)] = cap.text
-            if write is not None and len(pending) >= commit_every:
-                write(pending)
-                pending.clear()
+            batch.add(int(i), cap.text)
             if progress:
                 progress("caption", 1, len(ids))
-    finally:
-        if write is not None and pending:
-            write(pending)
     return out

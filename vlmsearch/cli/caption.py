@@ -85,13 +85,7 @@ def caption(
     if json_:
         output.emit_json(rows)
         return
-    for r in rows:
-        if r.get("error"):
-            output.err.print(
-                f"[red]error[/red] {output.text(r['path'])}: {output.text(r['error'])}"
-            )
-        else:
-            output.out.print(f"{output.text(r['path'])}\t{output.text(r['caption'])}")
+    output.path_lines(rows, lambda r: r["caption"])
 
 
 def _caption_stored(

@@ -57,14 +57,7 @@ def ocr(
     if json_:
         output.emit_json(rows)
         return
-    for r in rows:
-        if r.get("error"):
-            output.err.print(
-                f"[red]error[/red] {output.text(r['path'])}: {output.text(r['error'])}"
-            )
-        else:
-            text = " | ".join(ln["text"] for ln in r["lines"]) or "(no text)"
-            output.out.print(f"{output.text(r['path'])}\t{output.text(text)}")
+    output.path_lines(rows, lambda r: " | ".join(ln["text"] for ln in r["lines"]) or "(no text)")
 
 
 def run_ocr(

@@ -7,7 +7,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -43,6 +43,16 @@ def emit_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     w.writeheader()
     for r in rows:
         w.writerow(names.readable_data(r))
+
+
+def path_lines(rows: Sequence[dict[str, Any]], value: Callable[[dict[str, Any]], str]) -> None:
+    """One ``path<TAB>value`` line per row on stdout; a row with an ``error`` goes to
+    stderr as ``error path: message`` instead (captions, OCR)."""
+    for r in rows:
+        if r.get("error"):
+            err.print(f"[red]error[/red] {text(r['path'])}: {text(r['error'])}")
+        else:
+            out.print(f"{text(r['path'])}\t{text(value(r))}")
 
 
 def hits(items: Sequence[Any], fmt: str, text_column: str | None = None) -> None:
