@@ -105,7 +105,12 @@ def evaluate_retrieval(
     unmatched = sorted({paths[n] for n, i in enumerate(found) if i is None})
     if unmatched:
         sample = ", ".join(unmatched[:SAMPLE])
-        notes.append(f"{len(unmatched)} paths are not indexed images, skipped (e.g. {sample})")
+        what = (
+            "path is not an indexed image"
+            if len(unmatched) == 1
+            else "paths are not indexed images"
+        )
+        notes.append(f"{len(unmatched)} {what}, skipped (e.g. {sample})")
     if not keep:
         raise QueryError(
             f"none of the paths in --captions {captions_file} is an indexed image of "
