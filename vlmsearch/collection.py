@@ -6,7 +6,7 @@
 
 A facade: it reads through a :class:`~vlmsearch.storage.reader.CollectionReader` and hands
 each job to ingest, search, rerank, caption or :mod:`~vlmsearch.storage.extra_writes`.
-Why it is over 400 lines: about 190 of them are the ``Args:`` of the public API, which the
+Why it is over 400 lines: about 220 of them are the ``Args:`` of the public API, which the
 docs' Python API page points to; the code of each method is one or two delegating calls.
 """
 
