@@ -67,6 +67,16 @@ def test_table_output(coll):
     res = run("eval", "index", "-c", coll.path, "--queries", 3)
     ok(res)
     assert "recall@10" in res.stdout and "1.000" in res.stdout
+    res = run("eval", "classify", "-c", coll.path, "--labels-from-path", r"x_([a-z]+)_",
+              "--templates", "simple")  # fmt: skip
+    ok(res)
+    assert "top1" in res.stdout and "confused" in res.stdout
+    from vlmsearch.cli.eval import _cell
+
+    pairs = [{"true": "red", "predicted": "blue", "count": 3}]
+    assert _cell(pairs) == "red -> blue (3)"
+    assert _cell([{"label": "red", "top1": 0.25, "images": 8}]) == "red 0.250 (8)"
+    assert _cell({"R@1": 0.5, "median_rank": 2.0}) == "R@1 0.500  median_rank 2.000"
 
 
 @pytest.mark.parametrize(

@@ -148,8 +148,17 @@ def _cell(value: Any) -> Any:
     if isinstance(value, dict):
         return "  ".join(f"{k} {_cell(v)}" for k, v in value.items()) or "-"
     if isinstance(value, list):
-        return "; ".join(" ".join(str(_cell(v)) for v in item.values()) for item in value) or "-"
+        return "; ".join(_item(item) for item in value) or "-"
     return value
+
+
+def _item(item: dict[str, Any]) -> str:
+    """A confused pair as ``true -> predicted (count)``, a class as ``label top1 (images)``."""
+    if "predicted" in item:
+        return f"{item['true']} -> {item['predicted']} ({item['count']})"
+    if "label" in item:
+        return f"{item['label']} {item['top1']:.3f} ({item['images']})"
+    return " ".join(str(_cell(v)) for v in item.values())
 
 
 def _write_sheet(html: Path, report: Any, coll: Any) -> None:
