@@ -113,7 +113,7 @@ def evaluate_classify(
     metrics = _metrics(ids, rank, truth, pred, classes, len(reader.vectors))
     misses = [
         Miss(int(ids[n]), str(reader.root / paths.get(int(ids[n]), "")),
-             f"{classes[truth[n]]} -> {classes[pred[n]]}", int(rank[n]), classes[pred[n]])
+             f"{classes[truth[n]]} -> {classes[pred[n]]}", int(rank[n]))
         for n in np.flatnonzero(rank > 1)
     ]  # fmt: skip
     notes = [f"templates {templates}, rule {rule}"]
