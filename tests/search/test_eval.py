@@ -189,3 +189,14 @@ def test_flat_index_recall_is_one(coll):
     assert coll.eval_index(queries=500, k=50).metrics["queries"] == 12  # capped at n and n-1
     with pytest.raises(QueryError, match="at least 1"):
         coll.eval_index(queries=0)
+
+
+def test_index_misses_are_counted_and_named(coll, monkeypatch):
+    from vlmsearch.search.evaluate import index_eval
+
+    real = index_eval._ann
+    monkeypatch.setattr(index_eval, "_ann", lambda *a: real(*a)[:-1])  # one of k short
+    r = coll.eval_index(queries=4, k=3)
+    assert r.metrics["recall@3"] == pytest.approx(2 / 3)
+    miss = r.misses["queries with the lowest recall"][0]
+    assert miss.text == "1 of the exact top 3 missed" and miss.path.endswith(".png")

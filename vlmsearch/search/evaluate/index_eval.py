@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from vlmsearch import names
 from vlmsearch.errors import QueryError
 from vlmsearch.results import ProgressFn
 from vlmsearch.search.evaluate.report import EvalReport, Miss, worst
@@ -67,7 +68,11 @@ def evaluate_index(
         if progress is not None:
             progress("index", 1, len(sample))
     report = EvalReport("index", _metrics(info, reader, n, sample, k, recalls, times, params))
-    report.misses = {"queries with the lowest recall": worst(misses)}
+    shown = worst(misses)
+    rows = reader.rows(np.asarray([m.id for m in shown], np.int64))
+    for m in shown:
+        m.path = str(reader.root / names.row_path(rows[m.id])) if m.id in rows else ""
+    report.misses = {"queries with the lowest recall": shown}
     if reader.sparse:
         report.notes.append(
             "ASIF collections search posting lists exactly: recall is 1 by construction, "
