@@ -324,3 +324,39 @@ def test_ctrl_c_stops_a_slow_cli_filter_promptly(big_path, tmp_path):
     assert stopped_after < 8.0, stopped_after
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert err.startswith("interrupted"), err
+
+
+def test_ctrl_c_while_the_table_is_copied_is_a_keyboard_interrupt(monkeypatch):
+    """DuckDB reports a Ctrl-C during the copy as its own error; the CLI's one-line
+    "interrupted" message needs a KeyboardInterrupt (seen once under load in CI)."""
+    import duckdb
+
+    from vlmsearch.storage import metadata
+
+    real_connect = duckdb.connect
+
+    class Interrupting:
+        def __init__(self) -> None:
+            self.con = real_connect(":memory:")
+            self.closed = False
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql.startswith(f"CREATE TABLE {metadata.TABLE_NAME}"):
+                raise RuntimeError("Query interrupted")
+            return self.con.execute(sql, *args)
+
+        def close(self) -> None:
+            self.closed = True
+            self.con.close()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.con, name)
+
+    made: list[Interrupting] = []
+    monkeypatch.setattr(duckdb, "connect", lambda *_: made.append(Interrupting()) or made[-1])
+    with pytest.raises(KeyboardInterrupt):
+        metadata.MetadataFilter(pa.table({"id": [1, 2], "path": ["a", "b"]}))
+    assert made and made[0].closed  # the connection is not left open
+    monkeypatch.setattr(metadata, "_interrupted", lambda e: False)
+    with pytest.raises(RuntimeError, match="interrupted"):  # other errors pass through
+        metadata.MetadataFilter(pa.table({"id": [1, 2], "path": ["a", "b"]}))

@@ -206,8 +206,12 @@ class MetadataFilter:
             configure(self._con, self.budget)
             self._con.execute("SET enable_external_access = false")
             self._con.execute("SET lock_configuration = true")
-        except BaseException:
+        except BaseException as e:
             self._con.close()
+            if _interrupted(e):
+                # Ctrl-C while the table is copied: DuckDB turns it into its own error,
+                # which would print a traceback instead of the CLI's one line
+                raise KeyboardInterrupt from None
             raise
         self._runner = QueryRunner(self._con, self.budget)
 
@@ -279,3 +283,13 @@ class MetadataFilter:
         if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
             ids = np.unique(ids)
         return ids
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Whether ``e`` is DuckDB reporting a query stopped by Ctrl-C (its own exception
+    type, or a RuntimeError "Query interrupted" when the signal reached Python first)."""
+    import duckdb  # imported lazily, as above
+
+    if isinstance(e, duckdb.InterruptException):
+        return True
+    return isinstance(e, RuntimeError) and "query interrupted" in str(e).lower()
