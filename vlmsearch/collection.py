@@ -6,7 +6,7 @@
 
 A facade: it reads through a :class:`~vlmsearch.storage.reader.CollectionReader` and hands
 each job to ingest, search, rerank, caption or :mod:`~vlmsearch.storage.extra_writes`.
-Why it is over 400 lines: about 190 of them are the ``Args:`` of the public API, which the
+Why it is over 400 lines: about 220 of them are the ``Args:`` of the public API, which the
 docs' Python API page points to; the code of each method is one or two delegating calls.
 """
 
@@ -35,6 +35,8 @@ from vlmsearch.results import Prediction, ProgressFn
 from vlmsearch.search import duplicates, fused, ocr_lines, vector_search, video_hits
 from vlmsearch.search.classify import classify_files as classify_files
 from vlmsearch.search.classify import classify_stored
+from vlmsearch.search.evaluate import classify_eval, index_eval, retrieval
+from vlmsearch.search.evaluate.report import EvalReport
 from vlmsearch.search.ordering import check_order, order_hits
 from vlmsearch.search.preflight import check_search
 from vlmsearch.search.query import positive_text, query_vector, search_terms
@@ -480,6 +482,61 @@ class Collection:
             labels, templates: what made them (recorded in the manifest).
         """
         self._writer.predictions(column, preds, labels, templates)
+
+    # -- evaluation (vlmsearch eval) -----------------------------------------------------------
+    def eval_retrieval(
+        self, captions: str | Path, progress: ProgressFn | None = None
+    ) -> EvalReport:
+        """Text->image and image->text R@1/5/10 and median rank on a captions file.
+
+        Args:
+            captions: a CSV, Parquet or JSON-lines file with ``path`` (relative to the
+                root, or absolute) and ``caption`` columns; several captions per image
+                are allowed; paths not indexed are counted in the report's notes.
+            progress: told as captions are embedded and ranked.
+        """
+        return retrieval.evaluate_retrieval(self.reader, self._encoders.text, captions, progress)
+
+    def eval_classify(
+        self,
+        labels_from: str | None = None,
+        labels_from_path: str | None = None,
+        templates: str = "openai",
+        rule: str = "mean",
+        progress: ProgressFn | None = None,
+    ) -> EvalReport:
+        """Zero-shot top-1/top-5 accuracy over the distinct true labels, and the most
+        confused pairs.
+
+        Args:
+            labels_from: the metadata column holding each image's true label; or
+            labels_from_path: a regex whose first group in the path is the label
+                (underscores read as spaces).
+            templates, rule: as for :meth:`classify`.
+            progress: told as images are scored.
+        """
+        return classify_eval.evaluate_classify(
+            self.reader, self._encoders.text, labels_from, labels_from_path, templates, rule,
+            progress,
+        )  # fmt: skip
+
+    def eval_index(
+        self,
+        queries: int = index_eval.DEFAULT_QUERIES,
+        k: int = index_eval.DEFAULT_K,
+        seed: int = 0,
+        params: dict[str, int] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> EvalReport:
+        """Recall@k of the ANN index against an exact scan, and its latency per query.
+
+        Args:
+            queries: how many stored vectors are sampled as queries (with ``seed``).
+            k: the recall depth.
+            params: index search parameters to measure (``nprobe``, ``efSearch``).
+            progress: told per query.
+        """
+        return index_eval.evaluate_index(self.reader, queries, k, seed, params, progress)
 
     # -- captions (MAGIC) -----------------------------------------------------------------------
     def caption_targets(

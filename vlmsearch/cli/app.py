@@ -16,6 +16,7 @@ from vlmsearch.cli.classify import classify
 from vlmsearch.cli.compact import compact
 from vlmsearch.cli.distill import distill
 from vlmsearch.cli.duplicates import duplicates
+from vlmsearch.cli.eval import eval_app
 from vlmsearch.cli.import_cmd import import_app
 from vlmsearch.cli.index import index
 from vlmsearch.cli.info import info
@@ -61,6 +62,7 @@ app.command("distill")(distill)
 app.command("serve")(serve)
 app.add_typer(asif_app, name="asif")
 app.add_typer(import_app, name="import")
+app.add_typer(eval_app, name="eval")
 
 
 def main() -> None:

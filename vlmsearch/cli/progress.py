@@ -24,7 +24,14 @@ class _Rate(ProgressColumn):
     """Items per second, or seconds per item when slower than one a second (captions)."""
 
     # every other phase counts images
-    UNITS = {"embed": "text", "train": "epoch", "caption": "caption", "video": "frame"}
+    UNITS = {
+        "embed": "text",
+        "train": "epoch",
+        "caption": "caption",
+        "video": "frame",
+        "t2i": "text",  # eval retrieval: captions ranked
+        "index": "query",  # eval index
+    }
 
     def render(self, task: Any) -> Text:
         unit = self.UNITS.get(task.description.strip(), "img")

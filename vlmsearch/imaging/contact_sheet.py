@@ -177,6 +177,24 @@ def duplicates_sheet(groups: Sequence[Any], title: str, thumbs: Thumbnailer, met
     return _page(title, meta or f"{len(groups)} groups", body)
 
 
+def misses_sheet(
+    sections: dict[str, Sequence[Any]], title: str, thumbs: Thumbnailer, meta: str = ""
+) -> str:
+    """An evaluation's worst misses, one section each (``vlmsearch eval --html``): each
+    image with the rank its right answer got, the query text and what came first."""
+    parts = []
+    for heading, misses in sections.items():
+        figs = []
+        for m in misses:
+            cap = f"<b>rank {m.rank}</b> {html.escape(names.readable(m.text))}"
+            if m.got:
+                cap += f"<br>first: {html.escape(names.readable(m.got))}"
+            figs.append(_figure(thumbs(m.id, Path(m.path)) if m.path else None, cap))
+        grid = f'<div class="grid">{"".join(figs)}</div>' if figs else "<p>no misses</p>"
+        parts.append(f"<h2>{html.escape(heading)} ({len(misses)})</h2>{grid}")
+    return _page(title, meta, "".join(parts) or "<p>no misses</p>")
+
+
 def write(path: str | Path, text: str) -> Path:
     p = Path(path).expanduser()
     atomic_write_text(p, names.readable(text))  # file names that are not UTF-8 as \xNN
