@@ -610,7 +610,11 @@ def test_offline_default_fallback(
     m = coll.manifest
     assert m["encoder"]["kind"] == "asif" and m["vectors"] == "sparse"
     assert m["encoder"]["anchors"]["anchor_kind"] == "prototype"
-    assert m["encoder"]["anchors"]["default"] is True and m["encoder"]["anchors"]["count"] == 1000
+    from vlmsearch.models.asif.hierarchy import hypernyms
+
+    anchors = m["encoder"]["anchors"]
+    assert anchors["default"] is True and anchors["recipe"] == 2
+    assert anchors["count"] == 1000 + len(hypernyms())  # classes, then WordNet hypernyms
     choice = m["encoder_choice"]
     assert choice["requested"] == DEFAULT_MODEL and choice["used"] == m["encoder"]["name"]
     assert "not in the local cache" in choice["reason"] and choice["rule"]
@@ -634,6 +638,7 @@ def test_offline_default_fallback(
         "a rocket launch": "rocket.jpg",
         "a cup of coffee": "coffee.jpg",
         "a man with a camera": "cameraman.jpg",
+        "an animal": "cat.jpg",  # a hypernym anchor: no ImageNet class is named "animal"
     }
     for query, name in expected.items():
         assert coll.search(query, k=1)[0].relpath == name, query

@@ -51,6 +51,15 @@ def build(
             help="Prototype captions: a template with {}, or openai/simple (averaged sets)."
         ),
     ] = "a photo of a {}.",
+    with_prototypes: Annotated[
+        bool | None,
+        typer.Option(
+            "--prototypes/--no-prototypes",
+            help="With --from: add the image encoder's prototype anchors (classes and WordNet "
+            "hypernyms) as a second block. Default: when the encoder has a classifier head.",
+            show_default=False,
+        ),
+    ] = None,
     image_column: Annotated[str | None, typer.Option(help="Image path column.")] = None,
     caption_column: Annotated[str | None, typer.Option(help="Caption column.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing anchor set.")] = False,
@@ -65,6 +74,8 @@ def build(
 
     if prototype == (source is not None):
         raise VlmsearchError("choose one kind: --prototype, or --from SOURCE (data anchors)")
+    if prototype and with_prototypes is not None:
+        raise VlmsearchError("--prototypes/--no-prototypes go with --from (data anchors)")
     img = load_image_encoder(image_encoder, device=device)
     txt = load_text_encoder(text_encoder, device=device)
     failed: list[tuple[str, str]] = []
@@ -89,6 +100,7 @@ def build(
                 workers=workers,
                 progress=progress,
                 overwrite=overwrite,
+                prototypes=with_prototypes,
             )
     data = aset.info()
     data["images_failed"] = [{"path": p, "error": e} for p, e in failed]

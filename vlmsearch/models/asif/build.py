@@ -20,7 +20,13 @@ import pyarrow as pa
 
 from vlmsearch import names
 from vlmsearch.errors import CollectionError, ModelError, QueryError
-from vlmsearch.models.asif.anchors import AnchorSet, check_destination, write_anchor_set
+from vlmsearch.models.asif import hierarchy as hier
+from vlmsearch.models.asif.anchors import (
+    AnchorSet,
+    BlockData,
+    check_destination,
+    write_anchor_set,
+)
 from vlmsearch.models.unimodal import ImageEncoder, TextEncoder
 
 ProgressFn = Callable[[str, int, int], None]
@@ -32,6 +38,12 @@ PROTOTYPE_TEMPLATE = "a photo of a {}."  # the ASIF prototype caption, "a photo 
 # narrow band and need a high power. (2, 16) beat (4, 4) on text->image R@10 (0.729 vs 0.704)
 # and zero-shot top-5 (97.2% vs 92.8%). Data anchors keep p=4 on both sides.
 PROTOTYPE_POWERS = {"image": 2.0, "text": 16.0}
+DATA_POWERS = {"image": 4.0, "text": 4.0}  # relative.DEFAULT_P, measured for data anchors
+# Data anchors and prototype anchors side by side: each block's ASIF score counts with its
+# weight squared. Measured (bench_asif_words.py, RESULTS.md): on 150 held-out hand-captioned
+# photos, data+prototype R@10 0.95-0.97 for weights 0.5-1 against 0.77-0.82 for data
+# alone; 1.0 (equal) ships, since data anchors describe the user's own domain.
+PROTOTYPE_BLOCK_WEIGHT = 1.0
 
 IMAGE_COLUMNS = (
     "image", "path", "file", "filepath", "image_path", "filename", "file_name", "image_file",
@@ -57,14 +69,25 @@ def prompt_embeddings(
     return mean.astype(np.float32), [tmpl[0](n) for n in names]
 
 
-def build_prototype_anchors(
-    out: str | Path,
+def _mean_embeddings(text_encoder: TextEncoder, groups: Sequence[Sequence[str]]) -> np.ndarray:
+    """One unit vector per group of texts: the mean of their embeddings."""
+    flat = [t for g in groups for t in g]
+    emb = text_encoder.encode_texts(flat)
+    out, i = np.zeros((len(groups), emb.shape[1]), np.float32), 0
+    for j, g in enumerate(groups):
+        out[j] = emb[i : i + len(g)].mean(axis=0)
+        i += len(g)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def prototype_block(
     image_encoder: ImageEncoder,
     text_encoder: TextEncoder,
     templates: str = PROTOTYPE_TEMPLATE,
-    overwrite: bool = False,
-) -> AnchorSet:
-    check_destination(out, overwrite)
+    hierarchy: bool = True,
+) -> BlockData:
+    """The classifier's rows paired with "a photo of a {class}", plus (``hierarchy``, for a
+    1000-class ImageNet head) one anchor per WordNet hypernym covering several classes."""
     clf = image_encoder.classifier()
     if clf is None:
         raise ModelError(
@@ -75,28 +98,75 @@ def build_prototype_anchors(
     image_vectors = np.hstack([clf.weight, clf.bias[:, None]]).astype(np.float32)
     text_vectors, captions = prompt_embeddings(text_encoder, clf.class_names, templates)
     n = len(clf.class_names)
+    cols: dict[str, list[Any]] = {
+        "image": [f"class:{i}" for i in range(n)],
+        "caption": list(captions),
+        "class_index": list(range(n)),
+        "class_name": list(clf.class_names),
+        "wordnet_id": [None] * n,
+    }
+    groups: list[list[int]] = []
+    if hierarchy and n == hier.IMAGENET_CLASSES:
+        template = templates if "{}" in templates else PROTOTYPE_TEMPLATE
+        hyps = hier.hypernyms()
+        texts = [hier.hypernym_texts(h, template) for h in hyps]
+        text_vectors = np.vstack([text_vectors, _mean_embeddings(text_encoder, texts)])
+        groups = [list(h.classes) for h in hyps]
+        cols["image"] += [f"classes:{h.wnid}" for h in hyps]
+        cols["caption"] += [t[0] for t in texts]
+        cols["class_index"] += [None] * len(hyps)
+        cols["class_name"] += [h.lemmas[0] for h in hyps]
+        cols["wordnet_id"] += [h.wnid for h in hyps]
+    count = len(cols["image"])
     pairs = pa.table(
         {
-            "anchor": pa.array(np.arange(n), pa.int64()),
-            "image": pa.array([f"class:{i}" for i in range(n)]),
-            "caption": pa.array(captions),
-            "class_index": pa.array(np.arange(n), pa.int64()),
-            "class_name": pa.array(list(clf.class_names)),
+            "anchor": pa.array(np.arange(count), pa.int64()),
+            "image": pa.array(cols["image"]),
+            "caption": pa.array(cols["caption"]),
+            "class_index": pa.array(cols["class_index"], pa.int64()),
+            "class_name": pa.array(cols["class_name"]),
+            "wordnet_id": pa.array(cols["wordnet_id"], pa.string()),
         }
     )
+    return BlockData(
+        "prototypes" if groups else "prototype",
+        image_vectors,
+        text_vectors.astype(np.float32),
+        pairs,
+        image_similarity="softmax",
+        powers=PROTOTYPE_POWERS,
+        groups=groups or None,
+        group_weight=hier.GROUP_WEIGHT,
+        group_pool=hier.GROUP_POOL,
+    )
+
+
+def build_prototype_anchors(
+    out: str | Path,
+    image_encoder: ImageEncoder,
+    text_encoder: TextEncoder,
+    templates: str = PROTOTYPE_TEMPLATE,
+    overwrite: bool = False,
+    hierarchy: bool = True,
+    recipe: int | None = None,
+) -> AnchorSet:
+    """Prototype anchors; ``hierarchy`` adds WordNet hypernym anchors (ImageNet-1k heads).
+    ``recipe`` marks a default set (see ``encoder.DEFAULT_RECIPE``)."""
+    check_destination(out, overwrite)
+    block = prototype_block(image_encoder, text_encoder, templates, hierarchy)
+    n_classes = len(block.image_vectors)
+    source = {"classifier": image_encoder.name, "classes": n_classes, "templates": templates}
+    source["hypernyms"] = len(block.groups or [])
+    if recipe is not None:
+        source["recipe"] = recipe
     return write_anchor_set(
         out,
         anchor_kind="prototype",
         image_encoder=image_encoder.spec,
         text_encoder=text_encoder.spec,
-        image_vectors=image_vectors,
-        text_vectors=text_vectors,
-        pairs=pairs,
-        image_similarity="softmax",
-        text_similarity="cosine",
-        source={"classifier": image_encoder.name, "classes": n, "templates": templates},
+        blocks=[block],
+        source=source,
         overwrite=overwrite,
-        powers=PROTOTYPE_POWERS,
     )
 
 
@@ -197,9 +267,18 @@ def build_data_anchors(
     workers: int | None = None,
     progress: ProgressFn | None = None,
     overwrite: bool = False,
+    prototypes: bool | None = None,
 ) -> tuple[AnchorSet, list[tuple[str, str]]]:
     """Encode a captioned source into an anchor set; returns it and the images that could
-    not be decoded (their pairs are left out)."""
+    not be decoded (their pairs are left out). ``prototypes`` (default: when the image
+    encoder has a classifier head) adds the prototype anchors as a second block."""
+    if prototypes is None:
+        prototypes = image_encoder.classifier() is not None
+    elif prototypes and image_encoder.classifier() is None:
+        raise ModelError(
+            f"image encoder {image_encoder.name} has no classification head, so it has no "
+            "prototype anchors to add; build without --prototypes"
+        )
     from vlmsearch.imaging.decode import DecodeTask, iter_decoded
 
     check_destination(out, overwrite)
@@ -239,14 +318,16 @@ def build_data_anchors(
             "caption": pa.array(texts),
         }
     )
+    blocks = [BlockData("data", image_vectors, text_vectors, pairs, powers=DATA_POWERS)]
+    if prototypes:
+        blocks.append(prototype_block(image_encoder, text_encoder))
+        blocks[-1].weight = PROTOTYPE_BLOCK_WEIGHT
     aset = write_anchor_set(
         out,
-        anchor_kind="data",
+        anchor_kind="data+prototype" if prototypes else "data",
         image_encoder=image_encoder.spec,
         text_encoder=text_encoder.spec,
-        image_vectors=image_vectors,
-        text_vectors=text_vectors,
-        pairs=pairs,
+        blocks=blocks,
         source={**desc, "pairs_read": len(paths), "images_failed": len(failed)},
         overwrite=overwrite,
     )

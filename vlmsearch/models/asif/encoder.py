@@ -42,11 +42,20 @@ DEFAULT_TEXT_ENCODER = "minilm"
 DEFAULT_ANCHORS = "default"
 
 
+# The offline default's anchors, by recipe: 1 = the 1000 ImageNet classes' prototypes;
+# 2 = those plus WordNet hypernym anchors (issue 20; RESULTS.md "Everyday words"). A
+# collection records its recipe, so one built by recipe 1 keeps its anchors.
+DEFAULT_RECIPE = 2
+
+
 def default_anchors_path(
-    image: str = DEFAULT_IMAGE_ENCODER, text: str = DEFAULT_TEXT_ENCODER
+    image: str = DEFAULT_IMAGE_ENCODER,
+    text: str = DEFAULT_TEXT_ENCODER,
+    recipe: int = DEFAULT_RECIPE,
 ) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{image}+{text}")
-    return cache_dir() / "anchors" / f"prototype-{safe}"
+    stem = "prototype" if recipe == 1 else f"prototype-r{recipe}"
+    return cache_dir() / "anchors" / f"{stem}-{safe}"
 
 
 def offline_extra_available() -> bool:
@@ -62,14 +71,17 @@ def offline_extra_available() -> bool:
 
 
 def ensure_default_anchors(
-    image_encoder: ImageEncoder, text_encoder: TextEncoder, path: Path | None = None
+    image_encoder: ImageEncoder,
+    text_encoder: TextEncoder,
+    path: Path | None = None,
+    recipe: int = DEFAULT_RECIPE,
 ) -> AnchorSet:
-    """Open the cached prototype anchor set for these encoders, building it when absent
-    or when it was built from other weights."""
+    """Open the cached default anchor set of ``recipe`` for these encoders, building it
+    when absent, built from other weights, or by another recipe."""
     from vlmsearch.models.asif.build import PROTOTYPE_POWERS, build_prototype_anchors
     from vlmsearch.models.unimodal import UnimodalEncoder
 
-    path = path or default_anchors_path(image_encoder.name, text_encoder.name)
+    path = path or default_anchors_path(image_encoder.name, text_encoder.name, recipe)
     if is_anchor_set(path):
         aset = AnchorSet.open(path)
         m = aset.manifest
@@ -78,9 +90,13 @@ def ensure_default_anchors(
         ) and UnimodalEncoder.identity(m["text_encoder"]) == UnimodalEncoder.identity(
             text_encoder.spec
         )
-        if same and m.get("powers") == PROTOTYPE_POWERS:  # built by this recipe
+        # recipe-1 sets were written before recipes were recorded: format 1, no hypernyms
+        have = aset.recipe or (1 if m.get("powers") == PROTOTYPE_POWERS else None)
+        if same and have == recipe:
             return aset
-    return build_prototype_anchors(path, image_encoder, text_encoder, overwrite=True)
+    return build_prototype_anchors(
+        path, image_encoder, text_encoder, overwrite=True, hierarchy=recipe >= 2, recipe=recipe
+    )
 
 
 @register
@@ -107,17 +123,15 @@ class AsifEncoder(Encoder):
                     f"the anchor set {anchors.path} was built with {side} encoder "
                     f"{want.get('name')}, not {enc.name}; rebuild the anchors or use that encoder"
                 )
-        rec = anchors.powers
-        p_image = rec["image"] if p_image is None else p_image
-        p_text = rec["text"] if p_text is None else p_text
-        if k < 1 or p_image <= 0 or p_text <= 0:
-            raise ModelError(f"ASIF needs k >= 1 and p > 0 (got k={k}, p={p_image:g}/{p_text:g})")
+        p_image, p_text = resolve_powers(anchors, p_image, p_text)
+        if k < 1 or any(p is not None and p <= 0 for p in (p_image, p_text)):
+            raise ModelError(f"ASIF needs k >= 1 and p > 0 (got k={k}, p={p_image}/{p_text})")
         self.anchors = anchors
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.k = min(int(k), anchors.count)
-        self.p_image = float(p_image)
-        self.p_text = float(p_text)
+        self.p_image = p_image
+        self.p_text = p_text
         self._spec = self._make_spec()
 
     # -- construction -------------------------------------------------------------------------
@@ -173,7 +187,8 @@ class AsifEncoder(Encoder):
         if not is_anchor_set(path) and a.get("default"):
             img = unimodal_from_spec("image", spec["image_encoder"], device=device)
             txt = unimodal_from_spec("text", spec["text_encoder"], device=device)
-            anchors = ensure_default_anchors(img, txt, path)  # type: ignore[arg-type]
+            recipe = int(a.get("recipe", 1))  # collections from before recipes: recipe 1
+            anchors = ensure_default_anchors(img, txt, path, recipe)  # type: ignore[arg-type]
         else:
             anchors = AnchorSet.open(path)
             img = unimodal_from_spec("image", spec["image_encoder"], device=device)
@@ -200,14 +215,20 @@ class AsifEncoder(Encoder):
 
     def _make_spec(self) -> dict[str, Any]:
         a = self.anchors
+        recipe = (
+            a.recipe if a.recipe is not None else (1 if a.manifest["format_version"] == 1 else None)
+        )
         anchors = {
             "path": str(a.path),
             "fingerprint": a.fingerprint,
             "anchor_kind": a.anchor_kind,
             "count": a.count,
-            "default": a.path
-            == default_anchors_path(self.image_encoder.name, self.text_encoder.name),
+            "default": recipe is not None
+            and a.path
+            == default_anchors_path(self.image_encoder.name, self.text_encoder.name, recipe),
         }
+        if anchors["default"]:
+            anchors["recipe"] = recipe
         ident = {
             "image": self.image_encoder.identity(self.image_encoder.spec),
             "text": self.text_encoder.identity(self.text_encoder.spec),
@@ -238,9 +259,12 @@ class AsifEncoder(Encoder):
 
     @property
     def _p_label(self) -> str:
+        def fmt(p: float | None) -> str:
+            return "per block" if p is None else f"{p:g}"
+
         if self.p_image == self.p_text:
-            return f"{self.p_image:g}"
-        return f"{self.p_image:g} image/{self.p_text:g} text"
+            return fmt(self.p_image)
+        return f"{fmt(self.p_image)} image/{fmt(self.p_text)} text"
 
     # -- interface ----------------------------------------------------------------------------
     @property
@@ -256,7 +280,7 @@ class AsifEncoder(Encoder):
 
     def image_features(self, pixels: torch.Tensor) -> np.ndarray:
         """The image encoder's own features (raw for a softmax/classifier anchor side)."""
-        raw = self.anchors.similarity("image") == "softmax"
+        raw = self.anchors.raw_image_features
         return self.image_encoder.encode_pixels(pixels, normalize=not raw)
 
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
@@ -269,7 +293,7 @@ class AsifEncoder(Encoder):
 
     @property
     def student_features_normalized(self) -> bool:
-        return self.anchors.similarity("image") != "softmax"
+        return not self.anchors.raw_image_features
 
     def student_features(self, pixels: torch.Tensor) -> np.ndarray:
         return self.image_features(pixels)
@@ -321,9 +345,8 @@ class AsifEncoder(Encoder):
         anchors = AnchorSet.open(a["path"])
         if tower is None or anchors.fingerprint != a["fingerprint"]:
             return None  # the full encoder reports a changed anchor set
-        p_image = spec.get("p_image", spec.get("p"))
-        p_image = anchors.powers["image"] if p_image is None else p_image
-        return AsifImageQueries(anchors, tower, int(spec["k"]), float(p_image), texts)
+        p_image, _ = resolve_powers(anchors, spec.get("p_image", spec.get("p")), None)
+        return AsifImageQueries(anchors, tower, int(spec["k"]), p_image, texts)
 
     @classmethod
     def text_query_encoder(cls, spec: dict[str, Any]) -> TextEmbedder | None:
@@ -336,9 +359,19 @@ class AsifEncoder(Encoder):
         anchors = AnchorSet.open(a["path"])
         if anchors.fingerprint != a["fingerprint"]:
             return None  # the full encoder reports the mismatch
-        p_text = spec.get("p_text", spec.get("p"))
-        p_text = anchors.powers["text"] if p_text is None else p_text
-        return AsifTextQueries(anchors, tower, int(spec["k"]), float(p_text))
+        _, p_text = resolve_powers(anchors, None, spec.get("p_text", spec.get("p")))
+        return AsifTextQueries(anchors, tower, int(spec["k"]), p_text)
+
+
+def resolve_powers(
+    anchors: AnchorSet, p_image: float | None, p_text: float | None
+) -> tuple[float | None, float | None]:
+    """The powers to use: an override, else the anchor set's recommendation. A set whose
+    blocks recommend different powers keeps None: each block uses its own."""
+    rec = anchors.powers if anchors.uniform_powers else {"image": None, "text": None}
+    p_image = rec["image"] if p_image is None else float(p_image)
+    p_text = rec["text"] if p_text is None else float(p_text)
+    return p_image, p_text
 
 
 def _check_fingerprint(path: Path, have: str, want: str) -> None:
@@ -355,7 +388,7 @@ class AsifImageQueries:
     representations; texts through ``texts`` (an :class:`AsifTextQueries`)."""
 
     def __init__(
-        self, anchors: AnchorSet, tower: Any, k: int, p_image: float, texts: Any = None
+        self, anchors: AnchorSet, tower: Any, k: int, p_image: float | None, texts: Any = None
     ) -> None:
         self.anchors, self.tower, self.k, self.p_image, self.texts = (
             anchors,
@@ -373,7 +406,7 @@ class AsifImageQueries:
         from vlmsearch.models.onnx.image_tower import l2_normalize
 
         feats = self.tower.features(list(images))
-        if self.anchors.similarity("image") != "softmax":  # as AsifEncoder.image_features
+        if not self.anchors.raw_image_features:  # as AsifEncoder.image_features
             feats = l2_normalize(feats)
         return self.anchors.relative("image", feats, self.k, self.p_image)
 
@@ -387,7 +420,9 @@ class AsifTextQueries:
     """The text side of an ASIF encoder without torch: an exported text tower, then the
     anchors' relative representations (numpy and FAISS)."""
 
-    def __init__(self, anchors: AnchorSet, tower: OnnxTextTower, k: int, p_text: float) -> None:
+    def __init__(
+        self, anchors: AnchorSet, tower: OnnxTextTower, k: int, p_text: float | None
+    ) -> None:
         self.anchors, self.tower, self.k, self.p_text = anchors, tower, k, p_text
 
     @property

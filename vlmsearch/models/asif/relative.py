@@ -77,3 +77,18 @@ def relative_representations(
         return np.zeros((0, n_anchors), np.float32)
     scores, ids = faiss_store.search(index, q, k)
     return relative_from_topk(scores, ids, n_anchors, p, similarity)
+
+
+def relative_from_dense(sims: np.ndarray, k: int, p: float) -> np.ndarray:
+    """Relative representations from every anchor's similarity (n, N): keep each row's
+    top-k, clamp at 0, raise to ``p``, L2-normalise."""
+    s = np.clip(np.asarray(sims, np.float64), 0.0, None)
+    n = s.shape[1]
+    k = max(1, min(int(k), n))
+    if k < n:
+        drop = np.argpartition(-s, k - 1, axis=1)[:, k:]
+        np.put_along_axis(s, drop, 0.0, axis=1)
+    s = s**p
+    norm = np.linalg.norm(s, axis=1, keepdims=True)
+    s = np.divide(s, norm, out=np.zeros_like(s), where=norm > 0)
+    return s.astype(np.float32)
