@@ -32,7 +32,7 @@ from vlmsearch.rerank.base import RerankQuery
 from vlmsearch.rerank.view import ReaderView
 from vlmsearch.results import Hit as Hit
 from vlmsearch.results import Prediction, ProgressFn
-from vlmsearch.search import duplicates, fused, ocr_lines, vector_search, video_hits
+from vlmsearch.search import calibration, duplicates, fused, ocr_lines, vector_search, video_hits
 from vlmsearch.search.classify import classify_files as classify_files
 from vlmsearch.search.classify import classify_stored
 from vlmsearch.search.evaluate import classify_eval, index_eval, retrieval
@@ -43,7 +43,7 @@ from vlmsearch.search.query import positive_text, query_vector, search_terms
 from vlmsearch.search.query_encoders import QueryEncoders, encoder_for_model
 from vlmsearch.storage.column_vectors import TextVectors
 from vlmsearch.storage.extra_writes import ExtraWriter, check_writable_columns
-from vlmsearch.storage.layout import Layout
+from vlmsearch.storage.layout import Layout, set_manifest_key
 from vlmsearch.storage.locate import locate_collection as locate_collection
 from vlmsearch.storage.locate import resolve_collection_path
 from vlmsearch.storage.reader import CollectionReader
@@ -315,6 +315,8 @@ class Collection:
             hits = self.search_fused(vector, text_column, text_weight, first_k, where, params)
         else:
             hits = self.search_vector(vector, k=first_k, where=where, params=params)
+            if reranker is None and all(t.kind == "text" and t.weight > 0 for t in terms):
+                hits = calibration.calibrate_hits(hits, calibration.active(self.manifest))
         if threshold is not None:
             hits = duplicates.dedupe_hits(hits, self.reader.vectors.get, threshold)
         if collapse:
@@ -485,7 +487,7 @@ class Collection:
 
     # -- evaluation (vlmsearch eval) -----------------------------------------------------------
     def eval_retrieval(
-        self, captions: str | Path, progress: ProgressFn | None = None
+        self, captions: str | Path, progress: ProgressFn | None = None, calibrate: bool = False
     ) -> EvalReport:
         """Text->image and image->text R@1/5/10 and median rank on a captions file.
 
@@ -494,8 +496,16 @@ class Collection:
                 root, or absolute) and ``caption`` columns; several captions per image
                 are allowed; paths not indexed are counted in the report's notes.
             progress: told as captions are embedded and ranked.
+            calibrate: also fit a score calibration on these pairs and store it in the
+                collection: text searches then score by it (see ``search.calibration``).
         """
-        return retrieval.evaluate_retrieval(self.reader, self._encoders.text, captions, progress)
+        report = retrieval.evaluate_retrieval(
+            self.reader, self._encoders.text, captions, progress, calibrate
+        )
+        if calibrate:
+            set_manifest_key(self.layout, "calibration", report.metrics["calibration"])
+            self.reader.manifest = {**self.manifest, "calibration": report.metrics["calibration"]}
+        return report
 
     def eval_classify(
         self,

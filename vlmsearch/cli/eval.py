@@ -44,6 +44,15 @@ def retrieval(
     device: DeviceOpt = "auto",
     json_: JsonOpt = False,
     html: HtmlOpt = None,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate",
+            help="Also fit a score calibration on these pairs and store it in the "
+            "collection: text searches then score 0-1 as the chance of a match, and "
+            "--min-score means that (the raw similarity stays in --json as raw_score).",
+        ),
+    ] = False,
 ) -> None:
     """Text->image and image->text R@1/5/10 and median rank on captioned images."""
     from vlmsearch.search.evaluate.retrieval import read_captions
@@ -52,7 +61,7 @@ def retrieval(
     read_captions(captions)  # a bad file fails before the collection is opened
     coll = open_collection(collection, device, "evaluating")
     check_outside_root(html, "--html", coll.root)
-    report = _run(json_, lambda progress: coll.eval_retrieval(captions, progress))
+    report = _run(json_, lambda progress: coll.eval_retrieval(captions, progress, calibrate))
     _finish(report, coll, html, json_)
 
 
@@ -139,6 +148,12 @@ def _finish(report: Any, coll: Any, html: Path | None, json_: bool) -> None:
     output.mapping({k: _cell(v) for k, v in report.metrics.items()}, f"eval {report.kind}")
     for note in report.notes:
         output.note(note)
+    cal = report.metrics.get("calibration")
+    if cal:
+        output.note(
+            f"calibration stored: score = 1 / (1 + exp(-({cal['a']:.4g} * raw + {cal['b']:.4g})))"
+            " for text searches of this collection"
+        )
 
 
 def _cell(value: Any) -> Any:

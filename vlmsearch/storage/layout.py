@@ -191,3 +191,12 @@ def find_collection(start: str | Path | None = None) -> Path | None:
         if (cand / MANIFEST).is_file():
             return cand
     return None
+
+
+def set_manifest_key(layout: Layout, key: str, value: Any, wait_s: float = 60.0) -> None:
+    """Commit one top-level manifest setting (e.g. a score calibration) under the writer
+    lock; nothing else changes, so no file is retired."""
+    with layout.lock(wait_s):
+        manifest = layout.read_manifest()
+        manifest[key] = value
+        layout.write_manifest(manifest, manifest)

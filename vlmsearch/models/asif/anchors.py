@@ -229,6 +229,11 @@ class AnchorSet:
         return self.blocks[0].powers
 
     @property
+    def calibration(self) -> dict[str, Any] | None:
+        """A score calibration measured for this set (with the k and powers it holds for)."""
+        return self.manifest.get("calibration")
+
+    @property
     def uniform_powers(self) -> bool:
         return all(b.powers == self.blocks[0].powers for b in self.blocks)
 
@@ -327,6 +332,7 @@ def write_anchor_set(
     overwrite: bool = False,
     powers: dict[str, float] | None = None,
     blocks: list[BlockData] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> AnchorSet:
     """Store an anchor set: ``blocks``, or one block from the vectors and ``pairs``."""
     out = Path(out).expanduser().absolute()
@@ -351,17 +357,21 @@ def write_anchor_set(
         entries, tables, offset = [], [], 0
         for b in blocks:
             entries.append(_write_block(tmp, b, h, len(blocks) == 1))
-            t = b.pairs
-            t = t.append_column("block", pa.array([b.name] * len(t)))
-            t = t.set_column(
-                t.column_names.index("anchor"), "anchor",
-                pa.array(np.arange(offset, offset + len(t)), pa.int64()),
-            )  # fmt: skip
+            t = b.pairs.append_column("block", pa.array([b.name] * len(b.pairs)))
+            numbers = pa.array(np.arange(offset, offset + len(t)), pa.int64())
+            if "anchor" in t.column_names:  # numbered across blocks
+                t = t.set_column(t.column_names.index("anchor"), "anchor", numbers)
+            else:
+                t = t.add_column(0, "anchor", numbers)
             tables.append(t)
             offset += len(t)
         pairs_all = pa.concat_tables(tables, promote_options="default")
         pq.write_table(pairs_all, tmp / "pairs.parquet")
-        images = [x for x in pairs_all["image"].to_pylist() if x and not x.startswith("class:")]
+        images = [
+            x
+            for x in (pairs_all["image"].to_pylist() if "image" in pairs_all.schema.names else [])
+            if x and not x.startswith(("class:", "classes:"))
+        ]
         manifest = {
             "type": MANIFEST_TYPE,
             "format_version": ANCHORS_FORMAT,
@@ -372,6 +382,7 @@ def write_anchor_set(
             "text_encoder": text_encoder,
             "blocks": entries,
             "source": source or {},
+            "calibration": calibration,
             "fingerprint": h.hexdigest(),
             "created_at": now_iso(),
             "vlmsearch_version": __version__,

@@ -44,6 +44,20 @@ DATA_POWERS = {"image": 4.0, "text": 4.0}  # relative.DEFAULT_P, measured for da
 # photos, data+prototype R@10 0.95-0.97 for weights 0.5-1 against 0.77-0.82 for data
 # alone; 1.0 (equal) ships, since data anchors describe the user's own domain.
 PROTOTYPE_BLOCK_WEIGHT = 1.0
+# Platt calibration of the default recipe-2 scores (EfficientNet-Lite0 + MiniLM, k=800,
+# p 2/16), fitted on held-out pairs: the even-numbered queries of four query sets on the
+# ImageNet sample (everyday words, hand captions, class names, WordNet glosses); checked
+# on the odd-numbered ones (benchmarks/bench_calibration.py, RESULTS.md "Calibrated scores").
+DEFAULT_CALIBRATION = {
+    "method": "platt",
+    "a": 25.471,
+    "b": -6.1,
+    "k": 800,
+    "p_image": 2.0,
+    "p_text": 16.0,
+    "fitted_on": "benchmarks/bench_calibration.py (ImageNet sample, held-out query halves)",
+}
+DEFAULT_PAIR = ("efficientnet-lite0", "minilm")
 
 IMAGE_COLUMNS = (
     "image", "path", "file", "filepath", "image_path", "filename", "file_name", "image_file",
@@ -159,6 +173,7 @@ def build_prototype_anchors(
     source["hypernyms"] = len(block.groups or [])
     if recipe is not None:
         source["recipe"] = recipe
+    calibrated = recipe == 2 and (image_encoder.name, text_encoder.name) == DEFAULT_PAIR
     return write_anchor_set(
         out,
         anchor_kind="prototype",
@@ -167,6 +182,7 @@ def build_prototype_anchors(
         blocks=[block],
         source=source,
         overwrite=overwrite,
+        calibration=DEFAULT_CALIBRATION if calibrated else None,
     )
 
 

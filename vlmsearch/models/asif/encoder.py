@@ -242,7 +242,7 @@ class AsifEncoder(Encoder):
             f"asif({self.image_encoder.name} + {self.text_encoder.name}, "
             f"{a.anchor_kind} anchors x{a.count}, k={self.k}, p={self._p_label})"
         )
-        return {
+        spec = {
             "kind": self.kind,
             "name": name,
             "dim": a.count,
@@ -256,6 +256,14 @@ class AsifEncoder(Encoder):
             "sha256": digest,
             "preprocess": self.image_encoder.spec.get("preprocess", {}),
         }
+        cal = a.calibration
+        if cal and (cal.get("k"), cal.get("p_image"), cal.get("p_text")) == (
+            self.k,
+            self.p_image,
+            self.p_text,
+        ):  # measured for exactly these settings
+            spec["calibration"] = {x: cal[x] for x in ("method", "a", "b", "fitted_on")}
+        return spec
 
     @property
     def _p_label(self) -> str:

@@ -15,6 +15,7 @@ from vlmsearch import names
 from vlmsearch.errors import QueryError
 from vlmsearch.models.encoders.base import TextEmbedder
 from vlmsearch.results import ProgressFn
+from vlmsearch.search.evaluate.calibrate_fit import fit_calibration
 from vlmsearch.search.evaluate.report import EvalReport, Miss, rank_summary, ranks_of, worst
 from vlmsearch.storage.reader import CollectionReader
 from vlmsearch.storage.snapshot import on_one_commit
@@ -94,9 +95,11 @@ def evaluate_retrieval(
     text_encoder: Callable[[], TextEmbedder],
     captions_file: str | Path,
     progress: ProgressFn | None = None,
+    calibrate: bool = False,
 ) -> EvalReport:
     """R@1/5/10 and median rank both ways; the file is read and matched before
-    ``text_encoder()`` is built."""
+    ``text_encoder()`` is built. ``calibrate``: also fit a score calibration on the pairs
+    (``metrics["calibration"]``; the caller stores it)."""
     paths, captions = read_captions(captions_file)
     reader.require_vectors()
     found = match_paths(reader, paths)
@@ -130,6 +133,9 @@ def evaluate_retrieval(
         "text_to_image": t2i,
         "image_to_text": i2t,
     }
+    if calibrate:
+        encoder = reader.manifest.get("encoder") or {}
+        metrics["calibration"] = fit_calibration(table, vecs, answer, encoder, str(captions_file))
     misses = {"text to image": worst(t2i_misses), "image to text": worst(i2t_misses)}
     return EvalReport("retrieval", metrics, notes, misses)
 
