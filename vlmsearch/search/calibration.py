@@ -60,7 +60,7 @@ def apply(raw: np.ndarray | float, calibration: dict[str, Any]) -> np.ndarray:
     if calibration.get("method") != METHOD:
         raise ValueError(f"unknown calibration method {calibration.get('method')!r}")
     z = float(calibration["a"]) * np.asarray(raw, np.float64) + float(calibration["b"])
-    return 1.0 / (1.0 + np.exp(-z))
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, without overflow
 
 
 def calibrate_hits(hits: list[Hit], calibration: dict[str, Any] | None) -> list[Hit]:
@@ -89,7 +89,7 @@ def fit_platt(
     design = np.stack([x, np.ones_like(x)], axis=1)
     theta = np.zeros(2)
     for _ in range(100):
-        p = 1.0 / (1.0 + np.exp(-(design @ theta)))
+        p = 0.5 * (1.0 + np.tanh(0.5 * (design @ theta)))
         grad = design.T @ (w * (p - y)) + 1e-6 * theta
         hess = (design * (w * p * (1 - p))[:, None]).T @ design + 1e-6 * np.eye(2)
         step = np.linalg.solve(hess, grad)
