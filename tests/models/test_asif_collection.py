@@ -643,6 +643,13 @@ def test_offline_default_fallback(
     for query, name in expected.items():
         assert coll.search(query, k=1)[0].relpath == name, query
     assert coll._encoder is None  # ... without loading torch models
+    # calibrated scores (issue 20): the launch is a likely match, the cat is not a rocket
+    assert m["encoder"]["calibration"]["method"] == "platt"
+    rocket = coll.search("a rocket launch", k=7)
+    assert rocket[0].score > 0.5 > rocket[1].score
+    assert rocket[0].extra["raw_score"] < rocket[0].score  # the raw ASIF similarity, kept
+    res = run("info", root)
+    assert "calibrated" in " ".join(res.stdout.split())
 
 
 def test_no_offline_extra_gives_one_line_error(

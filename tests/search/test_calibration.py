@@ -117,3 +117,15 @@ def test_eval_calibrate_stores_a_calibration_that_text_search_uses(coll, tmp_pat
     # an image query is not a text query: its score stays the raw similarity
     image_hits = again.search(image=coll.root / paths[next(iter(paths))], k=2)
     assert all("raw_score" not in h.extra for h in image_hits)
+
+
+def test_info_says_what_a_score_is():
+    from vlmsearch.cli.info import _scores_line
+
+    enc = {"kind": "k", "sha256": "abc"}
+    assert _scores_line(enc, None).startswith("raw similarity")
+    shipped = {**enc, "calibration": {"method": "platt", "a": 2.0, "b": -1.0, "fitted_on": "x"}}
+    assert "shipped with the model" in _scores_line(shipped, None)
+    own = {"method": "platt", "a": 3.0, "b": -1.0, "encoder": calibration.encoder_key(enc)}
+    own["fitted_on"] = {"captions": "caps.csv"}
+    assert "fitted on caps.csv" in _scores_line(shipped, own)

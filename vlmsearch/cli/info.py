@@ -55,6 +55,7 @@ def _for_people(data: dict[str, Any]) -> dict[str, Any]:
         data["anchors"] = (enc.get("anchors") or {}).get("path")
     if enc.get("sha256"):
         data["model sha256"] = enc["sha256"]
+    data["scores"] = _scores_line(enc, data.pop("calibration", None))
     choice = data.pop("encoder_choice", None) or {}
     if choice.get("requested") != choice.get("used"):
         data["model choice"] = f"{choice.get('used')} instead of {choice.get('requested')}: " + str(
@@ -65,3 +66,18 @@ def _for_people(data: dict[str, Any]) -> dict[str, Any]:
     if tv:
         data["embedded text"] = ", ".join(f"{c} ({e['rows']} rows)" for c, e in tv.items())
     return data
+
+
+def _scores_line(encoder: dict[str, Any], own: dict[str, Any] | None) -> str:
+    """What a text search's score is: calibrated (and from where), or the raw similarity."""
+    from vlmsearch.search import calibration
+
+    cal = calibration.active({"encoder": encoder, "calibration": own})
+    if cal is None:
+        return "raw similarity (calibrate: vlmsearch eval retrieval --captions FILE --calibrate)"
+    where = (
+        f"fitted on {cal['fitted_on'].get('captions')}"
+        if isinstance(cal.get("fitted_on"), dict)
+        else "shipped with the model"
+    )
+    return f"calibrated, 0-1 chance of a match ({where}; a={cal['a']:.4g}, b={cal['b']:.4g})"

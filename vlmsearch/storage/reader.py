@@ -327,6 +327,7 @@ class CollectionReader:
             "vlmsearch_version": m.get("vlmsearch_version"),
             "encoder": m.get("encoder"),
             "encoder_choice": m.get("encoder_choice"),
+            "calibration": m.get("calibration"),  # one fitted on the user's captions
             "dim": m.get("dim"),
             "metric": m.get("metric"),
             "preprocessing": m.get("preprocessing"),
