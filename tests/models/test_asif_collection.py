@@ -765,3 +765,31 @@ def test_per_side_powers_from_the_anchor_set_and_overrides(tmp_path: Path) -> No
     assert len({e.spec["sha256"] for e in (enc, both, one)}) == 3  # powers are identity
     again = AsifEncoder.from_spec(one.spec, device="cpu")
     assert (again.p_image, again.p_text) == (2.0, 5.0)
+
+
+def test_eval_calibrate_on_an_asif_collection(asif_coll: AsifColl, tmp_path: Path) -> None:
+    """The calibration fit reads sparse (ASIF) vectors; the CLI stores it, and text
+    searches then report the calibrated score with the raw one beside it."""
+    from vlmsearch.search import calibration
+
+    caps = tmp_path / "caps.csv"
+    rels = [f.relative_to(asif_coll.root).as_posix() for f in asif_coll.files]
+    caps.write_text(
+        "path,caption\n" + "".join(f"{r},caption number {i}\n" for i, r in enumerate(rels))
+    )
+    before = Collection.open(asif_coll.path).search("caption number 3", k=4)
+    res = run(
+        "eval", "retrieval", "-c", asif_coll.path, "--captions", caps, "--calibrate", "--json"
+    )
+    ok(res)
+    cal = json.loads(res.stdout)["calibration"]
+    assert cal["fitted_on"]["queries"] == len(rels) and cal["held_out"] is not None
+    # 15 images: every other image of a caption is sampled as a non-match (14 per caption)
+    assert cal["fitted_on"]["pairs"] == len(rels) * len(rels)
+    after = Collection.open(asif_coll.path).search("caption number 3", k=4)
+    assert [h.id for h in after] == [h.id for h in before]
+    for h, b in zip(after, before, strict=True):
+        assert h.extra["raw_score"] == pytest.approx(b.score)
+        assert h.score == pytest.approx(float(calibration.apply(b.score, cal)))
+    res = run("info", asif_coll.path)
+    assert f"fitted on {caps}" in " ".join(res.stdout.split())
