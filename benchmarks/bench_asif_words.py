@@ -33,11 +33,22 @@ Sections, each for "before" and "after":
 7. ``--grid``: hypernym design grid (group pool 1/2, group weight 0.5/1, classes per
    hypernym up to 150/400, hypernym text: first lemma alone or with the gloss as
    shipped), sections 1-5 for each (the data section is then skipped).
+8. ``--linear-map`` (alone: sections 1-7 skipped): the data anchors of section 6, built
+   from the cached image features (``write_anchor_set`` with the same blocks as
+   ``build_data_anchors``), plus a closed-form ridge map from MiniLM caption embeddings
+   to unit EfficientNet features fitted on the 850 anchor pairs,
+   M = (X^T X + lambda I)^-1 X^T Y. A query caption t gets the image-side relative
+   representation of unit(t M) over the data block, mixed into its data-block text
+   representation: unit(r_text(t) + beta r_image(unit(t M))); with the prototype block
+   that part replaces the data block's, weighted and renormalised as
+   ``AnchorSet.relative`` does. Gallery representations are unchanged. beta 0 must
+   reproduce section 6's figures (asserted); grid beta x lambda, R@1/5/10 on the 150 test
+   captions.
 
 Image features are encoded once and cached under ``benchmarks/.cache``; the recipe-2
 image side is checked against ``AsifEncoder.encode_pixels`` on a few images.
 
-Run: ``python benchmarks/bench_asif_words.py [--grid] --out results.json``.
+Run: ``python benchmarks/bench_asif_words.py [--grid | --linear-map] --out results.json``.
 """
 
 from __future__ import annotations
@@ -81,6 +92,10 @@ GRID_POOL = (1.0, 2.0)
 GRID_WEIGHT = (0.5, 1.0)
 GRID_MAX_CLASSES = (150, 400)
 GRID_TEXTS = ("lemma", "lemma+gloss")  # lemma+gloss: hierarchy.hypernym_texts (shipped)
+LM_BETAS = (0.0, 0.25, 0.5, 1.0, 2.0)
+LM_LAMBDAS = (0.1, 1.0, 10.0)
+# section 6's figures (results-asif-words-2026-12-03.json) that beta 0 must reproduce
+LM_REFERENCE = REPO / "benchmarks" / "results-asif-words-2026-12-03.json"
 
 
 def log(*a: Any) -> None:
@@ -418,6 +433,138 @@ def data_section(bench: Bench, tmp: Path, proto_sets: dict[str, Any]) -> dict[st
     return out
 
 
+def linear_map_section(bench: Bench, tmp: Path) -> dict[str, Any]:
+    """--linear-map: section 6's data anchors (from the cached features) with a ridge map
+    from the text encoder's space to the image encoder's, mixed into the query side."""
+    import pyarrow as pa
+    import torch
+
+    from vlmsearch.models.asif.anchors import BlockData, write_anchor_set
+    from vlmsearch.models.asif.build import DATA_POWERS, PROTOTYPE_BLOCK_WEIGHT, prototype_block
+
+    # the pairs section 6 writes to its CSV, in its order
+    dev, test = np.arange(0, 300, 2), np.arange(1, 300, 2)
+    others = np.setdiff1d(np.arange(1000), bench.cap_idx)
+    rows = np.concatenate([bench.cap_idx[dev], others])
+    captions = [bench.captions[j] for j in dev] + [bench.glosses[i] for i in others]
+    paths = [str(bench.files[i]) for i in rows]
+    # build_data_anchors' image vectors: encode_pixels(normalize=True), i.e. torch's
+    # normalize of the raw features
+    image_vectors = torch.nn.functional.normalize(torch.from_numpy(bench.raw[rows]), dim=-1).numpy()
+    pairs = pa.table(
+        {
+            "anchor": pa.array(np.arange(len(rows)), pa.int64()),
+            "image": pa.array(paths),
+            "caption": pa.array(captions),
+        }
+    )
+    t0 = time.perf_counter()
+    sets = {}
+    for label, with_proto in (("data only", False), ("data+prototype", True)):
+        blocks = [BlockData("data", image_vectors, bench.memo(captions), pairs, powers=DATA_POWERS)]
+        if with_proto:
+            blocks.append(prototype_block(bench.img_enc, bench.txt_enc))
+            blocks[-1].weight = PROTOTYPE_BLOCK_WEIGHT
+        sets[label] = write_anchor_set(
+            tmp / f"lm-{label.replace('+', '-').replace(' ', '-')}",
+            anchor_kind="data+prototype" if with_proto else "data",
+            image_encoder=bench.img_enc.spec,
+            text_encoder=bench.txt_enc.spec,
+            blocks=blocks,
+        )
+    build_s = round(time.perf_counter() - t0, 1)
+
+    gal = bench.cap_idx[test]
+    queries = bench.memo([bench.captions[j] for j in test])
+    gal_rep = {label: a.relative("image", bench.raw[gal], K) for label, a in sets.items()}
+    baseline = {
+        label: a.relative("text", queries, K) @ gal_rep[label].T for label, a in sets.items()
+    }
+    blk = sets["data only"].blocks[0]
+    X = blk.vectors("text").astype(np.float64)
+    Y = blk.vectors("image").astype(np.float64)
+    r_text = blk.relative("text", queries, K, None)
+    r_proto = sets["data+prototype"].blocks[1].relative("text", queries, K, None)
+    w_data, w_proto = (b.weight for b in sets["data+prototype"].blocks)
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        n = np.linalg.norm(v, axis=1, keepdims=True)
+        return np.divide(v, n, out=np.zeros_like(v), where=n > 0)
+
+    def query_reps(r_img: np.ndarray, beta: float) -> dict[str, np.ndarray]:
+        # the data block's part mixed; then AnchorSet.relative's weighting and renormalising
+        mixed = unit(r_text + np.float32(beta) * r_img).astype(np.float32)
+        both = unit(np.hstack([w_data * mixed, w_proto * r_proto])).astype(np.float32)
+        return {"data only": mixed, "data+prototype": both}
+
+    # beta 0: the sets' own text representations, and section 6's figures
+    reference = json.loads(LM_REFERENCE.read_text(encoding="utf-8"))["data"]["results"]
+    ref_key = {
+        "data only": "data only",
+        "data+prototype": f"data+prototype (shipped, weight {PROTOTYPE_BLOCK_WEIGHT:g})",
+    }
+    zero = query_reps(np.zeros_like(r_text), 0.0)
+    checks: dict[str, Any] = {}
+    for label, a in sets.items():
+        own = a.relative("text", queries, K)
+        diff = float(np.abs(zero[label] - own).max())
+        got = recall(zero[label] @ gal_rep[label].T)
+        assert diff < 1e-6, (label, diff)
+        assert got == recall(baseline[label]), (label, got)
+        assert got == reference[ref_key[label]], (label, got, reference[ref_key[label]])
+        checks[label] = {
+            "beta0_text_rep_max_abs_diff": diff,
+            "beta0": got,
+            "section6_reference": reference[ref_key[label]],
+            "fingerprint": a.fingerprint,
+        }
+
+    t0 = time.perf_counter()
+    xtx, xty = X.T @ X, X.T @ Y
+    grid, fit = [], {}
+    for lam in LM_LAMBDAS:
+        m = np.linalg.solve(xtx + lam * np.eye(len(xtx)), xty)
+        f_hat = unit(queries.astype(np.float64) @ m).astype(np.float32)
+        r_img = blk.relative("image", f_hat, K, None)
+        # how well the map lands: cosine of unit(t M) with the query's own photo's
+        # features, its rank among the 150 gallery photos, and the anchors' fit
+        g_unit = unit(bench.raw[gal].astype(np.float64))
+        cos = f_hat @ g_unit.T
+        fit[f"{lam:g}"] = {
+            "test_cos_own_photo": float(np.diag(cos).mean()),
+            "test_map_only_recall": recall(cos),
+            "anchor_cos_own_image": float((unit(X @ m) * Y).sum(1).mean()),
+        }
+        for beta in LM_BETAS:
+            reps = query_reps(r_img, beta)
+            row: dict[str, Any] = {"beta": beta, "lambda": lam}
+            for label in sets:
+                row[label] = recall(reps[label] @ gal_rep[label].T)
+            grid.append(row)
+            if beta == 0.0:
+                for label in sets:
+                    assert row[label] == checks[label]["beta0"], (lam, label)
+    return {
+        "pairs": {"dev_hand_captions": len(dev), "glosses": len(others)},
+        "test_queries": len(test),
+        "gallery": len(gal),
+        "anchors": {label: a.count for label, a in sets.items()},
+        "block_weights": {"data": w_data, "prototypes": w_proto},
+        "powers": {"data": blk.powers, "prototypes": sets["data+prototype"].blocks[1].powers},
+        "map": {
+            "X": "data anchors' MiniLM caption vectors (unit), 850 x " + str(X.shape[1]),
+            "Y": "data anchors' EfficientNet-Lite0 image vectors (unit), 850 x " + str(Y.shape[1]),
+            "M": "(X^T X + lambda I)^-1 X^T Y",
+            "query": "unit(r_text(t) + beta * r_image(unit(t M))) over the data block",
+        },
+        "checks": checks,
+        "map_fit": fit,
+        "grid": grid,
+        "build_sets_s": build_s,
+        "grid_s": round(time.perf_counter() - t0, 1),
+    }
+
+
 def grid_section(bench: Bench, tmp: Path, shipped_fingerprint: str) -> list[dict[str, Any]]:
     from vlmsearch.models.asif import hierarchy as hier
     from vlmsearch.models.asif.anchors import write_anchor_set
@@ -478,8 +625,15 @@ def main() -> None:
     )
     ap.add_argument("--sample", type=Path, default=SAMPLE)
     ap.add_argument("--grid", action="store_true", help="the hypernym design grid (section 7)")
+    ap.add_argument(
+        "--linear-map",
+        action="store_true",
+        help="data anchors with a ridge text->image map mixed into queries (section 8 only)",
+    )
     ap.add_argument("--out", type=Path, help="write the results JSON here")
     args = ap.parse_args()
+    if args.grid and args.linear_map:
+        ap.error("--grid and --linear-map are separate runs")
     started = time.perf_counter()
     res: dict[str, Any] = {
         "benchmark": "bench_asif_words",
@@ -495,7 +649,7 @@ def main() -> None:
         "load_average_start": list(os.getloadavg()),
     }
     from vlmsearch.models.asif import hierarchy as hier
-    from vlmsearch.models.asif.build import PROTOTYPE_POWERS, build_prototype_anchors
+    from vlmsearch.models.asif.build import PROTOTYPE_POWERS
     from vlmsearch.models.asif.encoder import DEFAULT_RECIPE
 
     bench = Bench(args)
@@ -514,6 +668,53 @@ def main() -> None:
     }
     timings: dict[str, float] = {"image_features_s": round(bench.encode_s, 1)}
     tmp = Path(tempfile.mkdtemp(prefix="bench-asif-words-"))
+    if args.linear_map:
+        t0 = time.perf_counter()
+        res["linear_map"] = d = linear_map_section(bench, tmp)
+        timings["linear_map_s"] = round(time.perf_counter() - t0, 1)
+        print(
+            f"data anchors + ridge map: {d['test_queries']} test hand captions,"
+            f" gallery {d['gallery']} (beta 0 = section 6, checked)"
+        )
+        print(f"{'lambda':>6} {'beta':>5}   data only R@1/5/10    data+prototype R@1/5/10")
+        for r in d["grid"]:
+            a, b = r["data only"], r["data+prototype"]
+            print(
+                f"{r['lambda']:>6g} {r['beta']:>5g}   "
+                + " ".join(f"{a[k]:.3f}" for k in a)
+                + "   "
+                + " ".join(f"{b[k]:.3f}" for k in b)
+            )
+        for lam, f in d["map_fit"].items():
+            print(f"lambda {lam}: " + json.dumps(f))
+    else:
+        run_sections(args, bench, res, timings, tmp)
+    timings["total_s"] = round(time.perf_counter() - started, 1)
+    res["timings"] = timings
+    res["texts_encoded"] = bench.memo.encoded
+    res["load_average_end"] = list(os.getloadavg())
+    print(
+        f"\ntotal {timings['total_s']}s; load average start {res['load_average_start']}"
+        f" end {res['load_average_end']}"
+    )
+    if args.out:
+        args.out.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+        log(f"wrote {args.out}")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_sections(
+    args: argparse.Namespace,
+    bench: Bench,
+    res: dict[str, Any],
+    timings: dict[str, float],
+    tmp: Path,
+) -> None:
+    """Sections 1-5, then the data section (6) or the hypernym grid (7)."""
+    from vlmsearch.models.asif.build import build_prototype_anchors
+
     t0 = time.perf_counter()
     sets = {
         "before": build_prototype_anchors(
@@ -564,21 +765,6 @@ def main() -> None:
         print(f"\ndata anchors: {d['test_queries']} test hand captions, gallery {d['gallery']}")
         for label, r in {**d["results"], **d["prototype_block_weight"]}.items():
             print(f"  {label:<36} " + "  ".join(f"{k} {v:.3f}" for k, v in r.items()))
-
-    timings["total_s"] = round(time.perf_counter() - started, 1)
-    res["timings"] = timings
-    res["texts_encoded"] = bench.memo.encoded
-    res["load_average_end"] = list(os.getloadavg())
-    print(
-        f"\ntotal {timings['total_s']}s; load average start {res['load_average_start']}"
-        f" end {res['load_average_end']}"
-    )
-    if args.out:
-        args.out.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-        log(f"wrote {args.out}")
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
