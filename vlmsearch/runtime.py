@@ -21,6 +21,18 @@ def resolve_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def surely_cpu(device: str | None) -> bool:
+    """Whether ``device`` resolves to the CPU, decided without importing torch: "cpu", or
+    None/"auto" on a machine with no GPU device node (NVIDIA's, or ROCm's /dev/kfd) or
+    with ``CUDA_VISIBLE_DEVICES`` hiding them all. A GPU that torch might see counts as
+    not surely the CPU."""
+    if device and device != "auto":
+        return device == "cpu" or device.startswith("cpu:")
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return True
+    return not any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd"))
+
+
 def autocast(device: str, precision: str = "auto") -> contextlib.AbstractContextManager[Any]:
     """fp16/bf16 autocast on GPU; plain fp32 on CPU (autocast there is slower and drifts)."""
     import torch

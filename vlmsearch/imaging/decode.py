@@ -207,25 +207,33 @@ class ImageFileDataset:
         return len(self.tasks)
 
     def __getitem__(self, i: int) -> Decoded:
-        task = self.tasks[i]
-        try:
-            data = read_item(task.path)
-        except OSError as e:
-            msg = f"cannot read file: {e.strerror or e}"
-            return Decoded(task.index, None, error=msg, read_failed=True)
-        digest = content_hash(data)
-        if task.known_hash is not None and digest == task.known_hash:
-            return Decoded(task.index, None, content_hash=digest, unchanged=True)
-        try:
-            img, fmt, (width, height), meta = decode_image_meta(
-                data, self.max_pixels, self.draft, task.path
-            )
-            pixels = self.transform(img)
-        except ImageDecodeError as e:
-            return Decoded(task.index, None, content_hash=digest, error=str(e))
-        except Exception as e:  # a transform failure must not abort a run
-            return Decoded(task.index, None, content_hash=digest, error=f"preprocess failed: {e}")
-        return Decoded(task.index, pixels, width, height, fmt, digest, exif=meta or None)
+        return decode_task(self.tasks[i], self.transform, self.max_pixels, self.draft)
+
+
+def decode_task(
+    task: DecodeTask,
+    transform: Callable[[Any], Any],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft: tuple[int, int] | None = None,
+) -> Decoded:
+    """Read, hash, decode and transform one file; any failure is an error record. Shared by
+    the DataLoader workers and :mod:`vlmsearch.imaging.pool_decode`'s (torch-free) ones."""
+    try:
+        data = read_item(task.path)
+    except OSError as e:
+        msg = f"cannot read file: {e.strerror or e}"
+        return Decoded(task.index, None, error=msg, read_failed=True)
+    digest = content_hash(data)
+    if task.known_hash is not None and digest == task.known_hash:
+        return Decoded(task.index, None, content_hash=digest, unchanged=True)
+    try:
+        img, fmt, (width, height), meta = decode_image_meta(data, max_pixels, draft, task.path)
+        pixels = transform(img)
+    except ImageDecodeError as e:
+        return Decoded(task.index, None, content_hash=digest, error=str(e))
+    except Exception as e:  # a transform failure must not abort a run
+        return Decoded(task.index, None, content_hash=digest, error=f"preprocess failed: {e}")
+    return Decoded(task.index, pixels, width, height, fmt, digest, exif=meta or None)
 
 
 def _collate(items: list[Decoded]) -> tuple[list[Decoded], Any]:

@@ -21,6 +21,7 @@ from vlmsearch.ingest.columns import field_columns
 from vlmsearch.ingest.diff import Changes
 from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
 from vlmsearch.models.encoders.base import Encoder
+from vlmsearch.models.onnx.image_encoder import OnnxIndexEncoder
 from vlmsearch.storage.store import CollectionWriter
 from vlmsearch.storage.vectors import stack, to_storage
 
@@ -70,7 +71,7 @@ class _Checkpoint:
 def encode_changes(
     writer: CollectionWriter,
     changes: Changes,
-    encoder: Encoder,
+    encoder: Encoder | OnnxIndexEncoder,
     opts: IngestOptions,
     report: IngestReport,
     progress: ProgressFn | None,
@@ -164,10 +165,18 @@ def _row(fid: int, f: ScannedFile, rec: Any, now: dt.datetime) -> dict[str, Any]
 
 
 def _decoder(
-    tasks: list[DecodeTask], encoder: Encoder, opts: IngestOptions, workers: int
+    tasks: list[DecodeTask], encoder: Encoder | OnnxIndexEncoder, opts: IngestOptions, workers: int
 ) -> tuple[Iterable[tuple[list[Any], Any]], str]:
     """The batches to encode and the decoder's name: nvJPEG on the encoder's GPU when
-    possible (see ``IngestOptions.gpu_decode``), else Pillow in worker processes."""
+    possible (see ``IngestOptions.gpu_decode``), else Pillow in worker processes (torch's
+    DataLoader, or a plain process pool with numpy preprocessing for the ONNX tower)."""
+    if isinstance(encoder, OnnxIndexEncoder):
+        from vlmsearch.imaging.pool_decode import iter_decoded_arrays
+
+        pp = encoder.preprocess
+        draft = (pp.crop, pp.crop) if opts.fast_decode else None
+        arrays = iter_decoded_arrays(tasks, pp, opts.batch_size, workers, opts.max_pixels, draft)
+        return arrays, "pillow-draft" if draft else "pillow"
     from vlmsearch.imaging import gpu_decode
 
     device = str(getattr(encoder, "device", "cpu"))

@@ -141,7 +141,7 @@ def _encoder_source(
         spec = existing
         encoder_class(spec.get("kind", DEFAULT_KIND)).check_spec(spec)
         # built only if a file must be encoded or a query export is missing
-        return LazyEncoder(spec, lambda: encoder_from_spec(spec, device=device)), []
+        return LazyEncoder(spec, lambda: encoder_from_spec(spec, device=device), device), []
     if existing is not None and existing.get("kind") == "asif" and kind in (None, "asif"):
         # ASIF options on an ASIF collection change only what they name
         model, encoder_options = asif_defaults_from(existing, model, encoder_options)

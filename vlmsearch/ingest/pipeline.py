@@ -23,6 +23,7 @@ from vlmsearch.ingest.diff import find_changes
 from vlmsearch.ingest.encode import encode_changes
 from vlmsearch.ingest.exif_backfill import backfill_exif
 from vlmsearch.ingest.finish import finish_index
+from vlmsearch.ingest.image_engine import index_encoder
 from vlmsearch.ingest.manifest import check_index_option, open_writer
 from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
 from vlmsearch.ingest.ray_encode import discard_staging, encode_changes_ray, require_ray
@@ -99,8 +100,11 @@ def _run(
         if changes.gone or changes.touched:
             writer.commit(data_changed=bool(changes.gone))
         return dirty
-    encoder = source.get()  # only now: a run with nothing to encode never builds it
     if opts.ray is not None:
+        encoder = source.get()  # only now: a run with nothing to encode never builds it
         return dirty | encode_changes_ray(writer, changes, encoder, opts, report, progress)
-    writer.manifest["ingest"] = {"executor": {"kind": "local"}}
-    return dirty | encode_changes(writer, changes, encoder, opts, report, progress)
+    # the ONNX image tower on a CPU where it is faster (no torch), else the torch encoder
+    local = index_encoder(source, opts)
+    engine = getattr(local, "engine", "torch")
+    writer.manifest["ingest"] = {"executor": {"kind": "local", "engine": engine}}
+    return dirty | encode_changes(writer, changes, local, opts, report, progress)

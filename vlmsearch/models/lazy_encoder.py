@@ -19,16 +19,19 @@ from vlmsearch.models.encoders.base import Encoder
 class LazyEncoder:
     """``spec`` now, the :class:`Encoder` on first :meth:`get` (timed in ``load_seconds``)."""
 
-    def __init__(self, spec: dict[str, Any], load: Callable[[], Encoder]) -> None:
+    def __init__(
+        self, spec: dict[str, Any], load: Callable[[], Encoder], device: str | None = None
+    ) -> None:
         self.spec = dict(spec)
         self._load = load
+        self.device = device  # what ``load`` is asked for (None: auto)
         self._encoder: Encoder | None = None
         self.load_seconds = 0.0
 
     @classmethod
     def ready(cls, encoder: Encoder) -> LazyEncoder:
         """Wrap an encoder that is already loaded."""
-        lazy = cls(encoder.spec, lambda: encoder)
+        lazy = cls(encoder.spec, lambda: encoder, encoder_device(encoder))
         lazy._encoder = encoder
         return lazy
 
@@ -53,3 +56,11 @@ class LazyEncoder:
 
 def as_lazy(encoder: Encoder | LazyEncoder) -> LazyEncoder:
     return encoder if isinstance(encoder, LazyEncoder) else LazyEncoder.ready(encoder)
+
+
+def encoder_device(encoder: Any) -> str:
+    """The device a built encoder runs on (an ASIF encoder's is its image encoder's)."""
+    device = getattr(encoder, "device", None)
+    if device is None:
+        device = getattr(getattr(encoder, "image_encoder", None), "device", None)
+    return str(device) if device is not None else "cpu"

@@ -411,9 +411,13 @@ class AsifImageQueries:
         return self.anchors.count
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        return self.from_features(self.tower.features(list(images)))
+
+    def from_features(self, feats: np.ndarray) -> np.ndarray:
+        """The tower's raw features as the encoder's relative representations (what
+        index-time encoding through the export uses too)."""
         from vlmsearch.models.onnx.image_tower import l2_normalize
 
-        feats = self.tower.features(list(images))
         if not self.anchors.raw_image_features:  # as AsifEncoder.image_features
             feats = l2_normalize(feats)
         return self.anchors.relative("image", feats, self.k, self.p_image)

@@ -72,8 +72,11 @@ def read_meta(folder: Path) -> dict[str, Any]:
 
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:
-    """Write meta.json sorted and indented, so the same export gives the same bytes."""
-    (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    """Write meta.json sorted and indented, so the same export gives the same bytes;
+    through a temporary file renamed into place, so a reader never sees half of one."""
+    tmp = folder / f".{META}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, folder / META)
 
 
 def checked_meta(folder: Path, fmt: int, key: str) -> dict[str, Any] | None:
@@ -174,10 +177,11 @@ def export_notice(
     return None
 
 
-def load_session(model: Path) -> Future[Any]:
+def load_session(model: Path, threads: int | None = None) -> Future[Any]:
     """Start creating an onnxruntime CPU session for ``model`` in a background thread, so
     it loads while the caller opens the collection; ``.result()`` waits for it and
-    re-raises in the caller's thread whatever creating it raised."""
+    re-raises in the caller's thread whatever creating it raised. ``threads``: its
+    intra-op threads (default: onnxruntime's, one per physical core)."""
     session: Future[Any] = Future()
 
     def load() -> None:
@@ -186,6 +190,9 @@ def load_session(model: Path) -> Future[Any]:
 
             so = ort.SessionOptions()
             so.log_severity_level = 3  # errors only: its optimiser warns about benign things
+            if threads is not None:
+                so.intra_op_num_threads = threads
+                so.inter_op_num_threads = 1
             session.set_result(
                 ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
             )

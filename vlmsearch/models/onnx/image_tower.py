@@ -13,6 +13,12 @@ gives features with cosine >= :data:`MIN_COSINE` to the torch encoder's on the s
 decoded images. ``VLMSEARCH_IMAGE_ONNX=0`` turns exports and their use off (default:
 whatever ``VLMSEARCH_TEXT_ONNX`` says).
 
+Indexing on a CPU can encode through the export too (:mod:`vlmsearch.ingest.image_engine`),
+but only where it is faster: when an export is made (or, for an older export, the first
+time the torch encoder is loaded next to it) :func:`measure_engines` times torch and
+onnxruntime on the same fixed batch and ``meta.json``'s ``engine`` records both rates and
+the winner. Nobody chooses by hand.
+
 Folder layout (``<cache>/image-onnx/<key>/``): ``model.onnx``, ``meta.json``. Written into
 a temporary sibling and renamed into place. The cache mechanics shared with
 :mod:`vlmsearch.models.onnx.text_tower` are in :mod:`vlmsearch.models.onnx.cache`.
@@ -27,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from vlmsearch.imaging.bounded_resize import is_extreme, resize_centre_crop
 from vlmsearch.models.onnx import cache, text_tower
 from vlmsearch.models.onnx.cache import ExportError as ExportError  # public here too
 from vlmsearch.models.onnx.cache import l2_normalize as l2_normalize  # public here too
@@ -35,6 +42,9 @@ EXPORT_FORMAT = 1
 MIN_COSINE = 0.9999
 BATCH = 32
 ENV_SWITCH = "VLMSEARCH_IMAGE_ONNX"
+ENGINE_BATCH = 8  # images in the fixed batch both engines are timed on
+ENGINE_REPEATS = 3  # timed runs each (after one warm-up); the fastest counts
+ENGINE_THREADS = 2  # threads each engine gets for the timing
 
 
 def enabled() -> bool:
@@ -74,15 +84,19 @@ class Preprocess:
 
         im = image if image.mode == "RGB" else image.convert("RGB")
         w, h = im.size
+        resample = (
+            Image.Resampling.BICUBIC
+            if self.interpolation == "bicubic"
+            else Image.Resampling.BILINEAR
+        )
+        if self.crop <= self.resize and is_extreme(w, h):
+            # a 1 x 200000 strip: only the kept square is resampled, as the torch
+            # transform's BoundedTransform does (vlmsearch.imaging.bounded_resize)
+            return self.normalize(resize_centre_crop(im, self.resize, self.crop, resample))
         short, long = (w, h) if w <= h else (h, w)
         if short != self.resize:
             new_short, new_long = self.resize, int(self.resize * long / short)
             size = (new_short, new_long) if w <= h else (new_long, new_short)
-            resample = (
-                Image.Resampling.BICUBIC
-                if self.interpolation == "bicubic"
-                else Image.Resampling.BILINEAR
-            )
             im = im.resize(size, resample)
             w, h = size
         c = self.crop
@@ -91,7 +105,10 @@ class Preprocess:
             canvas.paste(im, ((max(w, c) - w) // 2, (max(h, c) - h) // 2))
             im, (w, h) = canvas, canvas.size
         top, left = int(round((h - c) / 2.0)), int(round((w - c) / 2.0))
-        im = im.crop((left, top, left + c, top + c))
+        return self.normalize(im.crop((left, top, left + c, top + c)))
+
+    def normalize(self, im: Any) -> np.ndarray:
+        """A cropped RGB PIL image -> float32 (3, crop, crop), scaled and normalised."""
         x = np.asarray(im, np.float32) / np.float32(255.0)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1))
@@ -158,9 +175,108 @@ def write_export(dest: Path, spec: dict[str, Any], tower: ImageTowerExport) -> N
             }
             cache.write_meta(tmp, meta)
             meta["check"] = _check(OnnxImageTower(tmp), tower)
+            torch.backends.mha.set_fastpath_enabled(fastpath)  # torch timed as it encodes
+            engine = _measured(tower, tmp / "model.onnx")
+            if engine is not None:
+                meta["engine"] = engine
             cache.write_meta(tmp, meta)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def measure_engines(tower: ImageTowerExport, model: Path) -> dict[str, Any] | None:
+    """Images/s of torch (``tower.module``) and of onnxruntime (``model``) on one fixed
+    batch, :data:`ENGINE_THREADS` threads each, and the faster (``choice``); None for a
+    tower on a GPU, where indexing keeps torch anyway."""
+    import time
+
+    import torch
+
+    if str(getattr(tower.example, "device", "cpu")) != "cpu":
+        return None
+    size = tower.preprocess.crop
+    rng = np.random.default_rng(0)
+    px = rng.standard_normal((ENGINE_BATCH, 3, size, size)).astype(np.float32)
+
+    def best(run: Callable[[], Any]) -> float:
+        run()  # warm-up: allocations, lazy initialisation
+        times = []
+        for _ in range(ENGINE_REPEATS):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        return max(min(times), 1e-9)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(ENGINE_THREADS)
+    try:
+        x = torch.from_numpy(px)
+        with torch.inference_mode():
+            t_torch = best(lambda: tower.module(x))
+    finally:
+        torch.set_num_threads(threads)
+    session = cache.load_session(model, threads=ENGINE_THREADS).result()
+    t_ort = best(lambda: session.run(None, {"pixels": px}))
+    rates = {"torch": ENGINE_BATCH / t_torch, "onnxruntime": ENGINE_BATCH / t_ort}
+    return {
+        "choice": "onnxruntime" if rates["onnxruntime"] > rates["torch"] else "torch",
+        "images_per_s": {k: round(v, 2) for k, v in rates.items()},
+        "batch": ENGINE_BATCH,
+        "repeats": ENGINE_REPEATS,
+        "threads": ENGINE_THREADS,
+    }
+
+
+def _measured(tower: ImageTowerExport, model: Path) -> dict[str, Any] | None:
+    """:func:`measure_engines`, or None when timing fails: no record keeps torch."""
+    try:
+        return measure_engines(tower, model)
+    except Exception:
+        return None
+
+
+def engine_choice(spec: dict[str, Any]) -> str | None:
+    """The engine a valid export for ``spec`` recorded as faster ("torch" or
+    "onnxruntime"); None when there is no valid export or it has no record yet."""
+    folder = export_dir(spec)
+    if not _valid(folder, spec):
+        return None
+    try:
+        engine = cache.read_meta(folder).get("engine")
+    except (OSError, ValueError):
+        return None
+    return engine.get("choice") if isinstance(engine, dict) else None
+
+
+def record_engine(spec: dict[str, Any], build: Callable[[], ImageTowerExport | None]) -> bool:
+    """Time the engines for a valid export made before they were timed (``build`` gives
+    the torch tower, from an encoder already loaded) and add the record to its meta.json.
+    Returns whether a record was written; never raises (no record keeps torch)."""
+    folder = export_dir(spec)
+    if not _valid(folder, spec):
+        return False
+    try:
+        tower = build()
+        engine = _measured(tower, folder / "model.onnx") if tower is not None else None
+        if engine is None:
+            return False
+        meta = cache.read_meta(folder)
+        meta["engine"] = engine
+        cache.write_meta(folder, meta)
+    except Exception:
+        return False
+    return True
+
+
+def needs_engine(spec: dict[str, Any]) -> bool:
+    """A valid export for ``spec`` is cached but has no engine record yet."""
+    folder = export_dir(spec)
+    if not _valid(folder, spec):
+        return False
+    try:
+        return "engine" not in cache.read_meta(folder)
+    except (OSError, ValueError):
+        return False
 
 
 def check_images() -> list[Any]:
@@ -226,10 +342,21 @@ class OnnxImageTower:
 
     def features(self, images: Sequence[Any]) -> np.ndarray:
         """The exported graph's output (normalised or not, as ``self.normalized``)."""
-        out = []
-        for i in range(0, len(images), BATCH):
-            px = np.stack([self.preprocess(im) for im in images[i : i + BATCH]])
-            out.append(self.session.run(None, {"pixels": px})[0])
+        if not images:
+            return self.run(np.zeros((0, 3, self.preprocess.crop, self.preprocess.crop)))
+        return np.concatenate(
+            [
+                self.run(np.stack([self.preprocess(im) for im in images[i : i + BATCH]]))
+                for i in range(0, len(images), BATCH)
+            ]
+        )
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        """Features of (n, 3, S, S) pixels as :attr:`preprocess` makes them."""
+        out = [
+            self.session.run(None, {"pixels": np.asarray(pixels[i : i + BATCH], np.float32)})[0]
+            for i in range(0, len(pixels), BATCH)
+        ]
         if not out:
             return np.zeros((0, int(self.meta.get("dim", 0))), np.float32)
         return np.concatenate(out).astype(np.float32, copy=False)
@@ -247,7 +374,12 @@ class OnnxImageQueries:
         return self._dim
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
-        return l2_normalize(self.tower.features(list(images)))
+        return self.from_features(self.tower.features(list(images)))
+
+    def from_features(self, features: np.ndarray) -> np.ndarray:
+        """The tower's features as the encoder's vectors (what index-time encoding through
+        the export uses too)."""
+        return l2_normalize(features)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if self.texts is None:
