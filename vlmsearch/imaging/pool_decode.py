@@ -7,9 +7,10 @@ transform, an error record for any failure) in a process pool, batches yielded i
 order with the decodable images' arrays stacked. At most ``2 * workers`` batches are in
 flight, so memory stays bounded whatever the number of files.
 
-The workers come from a fork server that imports only this module: the main process may
-hold threads (onnxruntime's pools, DuckDB's) that a plain fork would copy mid-lock, and a
-spawned worker would re-import the caller's ``__main__`` (the whole CLI).
+The workers are forked where the platform can (as torch's DataLoader does): a spawned or
+fork-server worker re-runs the caller's ``__main__``, which breaks scripts that call the
+Python API without a ``__main__`` guard and costs the CLI's imports in every worker. The
+caller forks after the onnxruntime session has loaded, when its threads are idle.
 """
 
 from __future__ import annotations
@@ -50,10 +51,8 @@ def _init_worker() -> None:
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    ctx = multiprocessing.get_context("forkserver")
-    # only what the workers need (the default preloads __main__); ignored if another caller
-    # started this process's fork server already, which then just forks slower
-    ctx.set_forkserver_preload(["vlmsearch.imaging.pool_decode"])
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if fork else None)
     return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
 
 
