@@ -190,3 +190,17 @@ def test_asif_offline_default_image_queries_equal_torch(
     monkeypatch.setenv(image_tower.ENV_SWITCH, "0")
     heavy = Collection.open(root / ".vlmsearch", device="cpu")
     _same_hits(hits, heavy.search(image=str(query), k=6))
+
+
+def test_numpy_preprocessing_bounds_extreme_aspect_ratios(tiny_encoder) -> None:
+    """A 1 x 4000 strip is not resized whole (issue 21: the index workers preprocess with
+    numpy): only the kept square is resampled, as the torch transform's bounded wrapper."""
+    from vlmsearch.imaging.bounded_resize import bounded
+
+    pp = tiny_encoder.tensor_preprocess()
+    ours = image_tower.Preprocess(pp.size, pp.size, pp.mean, pp.std, pp.interpolation)
+    transform = bounded(tiny_encoder.image_transform())
+    rng = np.random.default_rng(3)
+    for w, h in ((4000, 3), (2, 900), (1000, 40)):
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
+        np.testing.assert_allclose(ours(im), transform(im).numpy(), atol=2e-5)
