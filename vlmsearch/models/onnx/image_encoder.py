@@ -40,10 +40,6 @@ class OnnxIndexEncoder:
         return int(self.queries.dim)
 
     @property
-    def display_name(self) -> str:
-        return str(self.spec.get("name", self.spec.get("kind", "encoder")))
-
-    @property
     def preprocess(self) -> Preprocess:
         """PIL image -> float32 (3, S, S); picklable, for the decoding workers."""
         return self.tower.preprocess
