@@ -213,3 +213,23 @@ def test_asif_default_onnx_equals_torch(tmp_path: Path) -> None:
     assert _engine(slow) == "torch"
     assert fast.manifest["vectors"] == "sparse"
     _assert_same(fast, slow)
+
+
+def test_only_a_cpu_run_uses_the_export(
+    exported: Collection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vlmsearch.ingest.image_engine import onnx_index_encoder
+    from vlmsearch.models.lazy_encoder import LazyEncoder
+    from vlmsearch.runtime import surely_cpu
+
+    _choose(exported, "onnxruntime")
+    spec = exported.manifest["encoder"]
+
+    def never() -> None:
+        raise AssertionError("the torch encoder must not be built")
+
+    assert onnx_index_encoder(LazyEncoder(spec, never, "cpu")) is not None
+    assert onnx_index_encoder(LazyEncoder(spec, never, "cuda:0")) is None
+    assert surely_cpu("cpu") and not surely_cpu("cuda")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert surely_cpu(None) and surely_cpu("auto")
