@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_asif import log, sample_files  # same folder: run as a script
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO.parent / "shared" / "data" / "imagenet-sample"
@@ -96,18 +97,6 @@ LM_BETAS = (0.0, 0.25, 0.5, 1.0, 2.0)
 LM_LAMBDAS = (0.1, 1.0, 10.0)
 # section 6's figures (results-asif-words-2026-12-03.json) that beta 0 must reproduce
 LM_REFERENCE = REPO / "benchmarks" / "results-asif-words-2026-12-03.json"
-
-
-def log(*a: Any) -> None:
-    print(*a, file=sys.stderr, flush=True)
-
-
-def sample_files(root: Path) -> tuple[list[Path], list[str]]:
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
-    wnids = [p.name.split("_")[0] for p in files]
-    if len(set(wnids)) != len(wnids):
-        raise SystemExit("expected one image per class")
-    return files, wnids
 
 
 def image_features(img_enc: Any, files: list[Path], tag: str = "") -> np.ndarray:

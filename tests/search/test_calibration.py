@@ -129,3 +129,14 @@ def test_info_says_what_a_score_is():
     own = {"method": "platt", "a": 3.0, "b": -1.0, "encoder": calibration.encoder_key(enc)}
     own["fitted_on"] = {"captions": "caps.csv"}
     assert "fitted on caps.csv" in _scores_line(shipped, own)
+
+
+def test_calibrate_refuses_too_few_captions(coll, tmp_path):
+    from vlmsearch.errors import QueryError
+
+    paths = _paths(coll)
+    f = tmp_path / "few.csv"
+    f.write_text("path,caption\n" + "".join(f"{p},id:{i}\n" for i, p in list(paths.items())[:3]))
+    with pytest.raises(QueryError, match="at least 10 captions"):
+        coll.eval_retrieval(f, calibrate=True)
+    assert "calibration" not in json.loads((coll.path / "manifest.json").read_text())

@@ -151,7 +151,8 @@ def _finish(report: Any, coll: Any, html: Path | None, json_: bool) -> None:
     cal = report.metrics.get("calibration")
     if cal:
         output.note(
-            f"calibration stored: score = 1 / (1 + exp(-({cal['a']:.4g} * raw + {cal['b']:.4g})))"
+            f"calibration stored: score = 1 / (1 + exp(-({cal['a']:.4g} * raw "
+            f"{'-' if cal['b'] < 0 else '+'} {abs(cal['b']):.4g})))"
             " for text searches of this collection"
         )
 

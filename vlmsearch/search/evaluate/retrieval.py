@@ -24,6 +24,7 @@ READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".jsonl": "js
 TEXT_BATCH = 256
 SCORE_CELLS = 1 << 25  # query x candidate scores held at once (128 MB of float32)
 SAMPLE = 5  # unmatched paths named
+MIN_CALIBRATION_CAPTIONS = 10  # fewer: half of them cannot check the fit
 
 
 def read_captions(path: str | Path) -> tuple[list[str], list[str]]:
@@ -118,6 +119,11 @@ def evaluate_retrieval(
         raise QueryError(
             f"none of the paths in --captions {captions_file} is an indexed image of "
             f"{reader.root} (e.g. {unmatched[0]}); give paths relative to it"
+        )
+    if calibrate and len(keep) < MIN_CALIBRATION_CAPTIONS:
+        raise QueryError(
+            f"--calibrate needs at least {MIN_CALIBRATION_CAPTIONS} captions of indexed "
+            f"images (found {len(keep)}): a fit on fewer is not checked on held-out captions"
         )
     texts = [captions[n] for n in keep]
     answer = np.asarray([found[n] for n in keep], np.int64)
