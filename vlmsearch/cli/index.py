@@ -110,6 +110,16 @@ def index(
             "manifest). Default: the collection's setting, off for a new one.",
         ),
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="The image tower's arithmetic on the CPU: fp32 (exact), bf16 (OpenVINO, "
+            "CPUs with bf16 instructions) or int8 (onnxruntime, dynamically quantised). "
+            "Reduced precision is faster and drifts slightly (docs/usage.md has the "
+            "figures); recorded in the manifest. Default: the collection's, fp32 for a "
+            "new one.",
+        ),
+    ] = None,
     gpu_decode: Annotated[
         bool | None,
         typer.Option(
@@ -208,6 +218,7 @@ def index(
         include_hidden=hidden,
         commit_every=commit_every,
         fast_decode=fast_decode,
+        precision=_precision(precision),
         gpu_decode=gpu_decode,
         image_column=image_column,
         image_base=str(image_base) if image_base else None,
@@ -372,3 +383,13 @@ def _bytes(text: str | None) -> int | None:
     if value <= 0:
         raise typer.BadParameter("--memory-budget must be positive")
     return int(value * scale)
+
+
+def _precision(value: str | None) -> str | None:
+    """``--precision``, checked before anything loads."""
+    if value is None:
+        return None
+    value = value.strip().lower()
+    if value not in ("fp32", "bf16", "int8"):
+        raise VlmsearchError(f"--precision must be fp32, bf16 or int8, not {value!r}")
+    return value

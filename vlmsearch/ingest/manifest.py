@@ -106,6 +106,22 @@ def settle_fast_decode(manifest: dict[str, Any], opts: IngestOptions) -> None:
         )
 
 
+def settle_precision(manifest: dict[str, Any], opts: IngestOptions) -> None:
+    """Resolve ``opts.precision`` against the collection: None keeps its setting (fp32
+    for one made before precisions existed); another one is refused without
+    ``--rebuild``, since vectors of two precisions would be mixed in one index."""
+    recorded = str(manifest.get("precision", "fp32"))
+    if opts.precision is None:
+        opts.precision = recorded
+    elif opts.precision != recorded:
+        raise CollectionError(
+            f"the collection's images were encoded with --precision {recorded}; pass "
+            f"--precision {recorded} (or leave it out) to add to it, or re-encode "
+            f"everything with --rebuild --precision {opts.precision}"
+        )
+    manifest["precision"] = opts.precision
+
+
 def repair_next_id(manifest: dict[str, Any], largest: int | None, source: str | None) -> list[str]:
     """Ids are handed out from ``next_id``; one not above every id in the metadata (a
     hand-edited or damaged manifest) would give new files existing ids and evict their
@@ -155,6 +171,7 @@ def open_writer(
         previous = layout.read_manifest()
     manifest["root"] = str(root)
     settle_fast_decode(manifest, opts)
+    settle_precision(manifest, opts)
     # a format-1 manifest: the writer holds its one table and its first commit writes it
     # as a segment (the migration; vectors and index are kept)
     writer = CollectionWriter(layout, manifest)

@@ -31,6 +31,10 @@ class IngestOptions:
     # JPEG draft-mode decoding (faster, embeddings drift slightly; recorded in the manifest).
     # None: keep the collection's setting (off for a new one).
     fast_decode: bool | None = None
+    # The image tower's arithmetic on the CPU: "fp32" (exact), or, only when asked for,
+    # "bf16" (OpenVINO) or "int8" (onnxruntime, dynamically quantised). None: keep the
+    # collection's setting (fp32 for a new one); recorded in the manifest's "precision".
+    precision: str | None = None
     # nvJPEG decoding and tensor preprocessing on the GPU. None: on when the encoder runs
     # on CUDA and its preprocessing can be mirrored; True insists, False uses Pillow.
     gpu_decode: bool | None = None

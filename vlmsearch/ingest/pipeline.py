@@ -23,7 +23,7 @@ from vlmsearch.ingest.diff import find_changes
 from vlmsearch.ingest.encode import encode_changes
 from vlmsearch.ingest.exif_backfill import backfill_exif
 from vlmsearch.ingest.finish import finish_index
-from vlmsearch.ingest.image_engine import index_encoder
+from vlmsearch.ingest.image_engine import check_precision, index_encoder
 from vlmsearch.ingest.manifest import check_index_option, open_writer
 from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
 from vlmsearch.ingest.ray_encode import discard_staging, encode_changes_ray, require_ray
@@ -62,6 +62,7 @@ def ingest(
         require_ray()  # a one-line error before any model loads or file is read
     if opts.video:
         require_av()
+    check_precision(opts.precision, source.device, opts)  # before a model loads
     check_index_option(layout, encoder, opts)
     layout.prepare()
     with layout.lock():
@@ -106,5 +107,6 @@ def _run(
     # the ONNX image tower on a CPU where it is faster (no torch), else the torch encoder
     local = index_encoder(source, opts)
     engine = getattr(local, "engine", "torch")
-    writer.manifest["ingest"] = {"executor": {"kind": "local", "engine": engine}}
+    executor = {"kind": "local", "engine": engine, "precision": opts.precision or "fp32"}
+    writer.manifest["ingest"] = {"executor": executor}
     return dirty | encode_changes(writer, changes, local, opts, report, progress)

@@ -343,13 +343,15 @@ class AsifEncoder(Encoder):
         return self.image_encoder.spec, self.image_encoder.onnx_image_export
 
     @classmethod
-    def image_query_encoder(cls, spec: dict[str, Any], texts: TextEmbedder | None) -> Any:
+    def image_query_encoder(
+        cls, spec: dict[str, Any], texts: TextEmbedder | None, **engine: str
+    ) -> Any:
         from vlmsearch.models.onnx import image_tower
 
         a = spec["anchors"]
         if cls.image_export_spec(spec) is None or not is_anchor_set(a["path"]):
             return None
-        tower = image_tower.open_tower(spec["image_encoder"])
+        tower = image_tower.open_tower(spec["image_encoder"], **engine)
         anchors = AnchorSet.open(a["path"])
         if tower is None or anchors.fingerprint != a["fingerprint"]:
             return None  # the full encoder reports a changed anchor set

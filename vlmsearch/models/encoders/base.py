@@ -152,9 +152,13 @@ class Encoder(ABC):
         return None
 
     @classmethod
-    def image_query_encoder(cls, spec: dict[str, Any], texts: TextEmbedder | None) -> Any:
+    def image_query_encoder(
+        cls, spec: dict[str, Any], texts: TextEmbedder | None, **engine: str
+    ) -> Any:
         """A torch-free query encoder (``dim``, ``encode_images`` and, through ``texts``,
-        ``encode_texts``) when the image tower was exported; None otherwise."""
+        ``encode_texts``) when the image tower was exported; None otherwise. ``engine``:
+        ``engine=`` and ``precision=`` for the export's runner (index runs choose them;
+        queries take the defaults, onnxruntime fp32)."""
         return None
 
     @staticmethod

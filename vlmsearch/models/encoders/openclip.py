@@ -247,10 +247,12 @@ class OpenClipEncoder(Encoder):
         return self.spec, self._image_tower
 
     @classmethod
-    def image_query_encoder(cls, spec: dict[str, Any], texts: TextEmbedder | None) -> Any:
+    def image_query_encoder(
+        cls, spec: dict[str, Any], texts: TextEmbedder | None, **engine: str
+    ) -> Any:
         from vlmsearch.models.onnx import image_tower
 
-        tower = image_tower.open_tower(spec)
+        tower = image_tower.open_tower(spec, **engine)
         return image_tower.OnnxImageQueries(tower, texts, int(spec["dim"])) if tower else None
 
     def _image_tower(self) -> ImageTowerExport | None:

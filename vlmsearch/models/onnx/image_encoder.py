@@ -27,13 +27,20 @@ class OnnxIndexEncoder:
     query encoder (``image_query_encoder``), whose ``tower`` and ``from_features`` are used."""
 
     device = "cpu"
-    engine = "onnxruntime"
 
     def __init__(self, spec: dict[str, Any], queries: Any, sparse_output: bool) -> None:
         self.spec = dict(spec)
         self.queries = queries
-        self.tower: OnnxImageTower = queries.tower
+        self.tower: OnnxImageTower = queries.tower  # on the engine the index run chose
         self.sparse_output = sparse_output
+
+    @property
+    def engine(self) -> str:
+        return self.tower.engine
+
+    @property
+    def precision(self) -> str:
+        return self.tower.precision
 
     @property
     def dim(self) -> int:

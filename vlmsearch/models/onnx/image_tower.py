@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from vlmsearch.imaging.bounded_resize import is_extreme, resize_centre_crop
-from vlmsearch.models.onnx import cache, text_tower
+from vlmsearch.models.onnx import cache, engines, quantize, text_tower
 from vlmsearch.models.onnx.cache import ExportError as ExportError  # public here too
 from vlmsearch.models.onnx.cache import l2_normalize as l2_normalize  # public here too
 
@@ -185,41 +185,63 @@ def write_export(dest: Path, spec: dict[str, Any], tower: ImageTowerExport) -> N
 
 
 def measure_engines(tower: ImageTowerExport, model: Path) -> dict[str, Any] | None:
-    """Images/s of torch (``tower.module``) and of onnxruntime (``model``) on one fixed
-    batch, :data:`ENGINE_THREADS` threads each, and the faster (``choice``); None for a
-    tower on a GPU, where indexing keeps torch anyway."""
-    import time
-
+    """Images/s of torch (``tower.module``), onnxruntime and OpenVINO (``model``, fp32) on
+    one fixed batch, :data:`ENGINE_THREADS` threads each, and the fastest (``choice``);
+    None for a tower on a GPU, where indexing keeps torch anyway."""
     import torch
 
     if str(getattr(tower.example, "device", "cpu")) != "cpu":
         return None
-    size = tower.preprocess.crop
-    rng = np.random.default_rng(0)
-    px = rng.standard_normal((ENGINE_BATCH, 3, size, size)).astype(np.float32)
-
-    def best(run: Callable[[], Any]) -> float:
-        run()  # warm-up: allocations, lazy initialisation
-        times = []
-        for _ in range(ENGINE_REPEATS):
-            t0 = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t0)
-        return max(min(times), 1e-9)
-
+    px = _engine_batch(tower.preprocess.crop)
     threads = torch.get_num_threads()
     torch.set_num_threads(ENGINE_THREADS)
     try:
         x = torch.from_numpy(px)
         with torch.inference_mode():
-            t_torch = best(lambda: tower.module(x))
+            rates = {"torch": ENGINE_BATCH / _best_seconds(lambda: tower.module(x))}
     finally:
         torch.set_num_threads(threads)
-    session = cache.load_session(model, threads=ENGINE_THREADS).result()
-    t_ort = best(lambda: session.run(None, {"pixels": px}))
-    rates = {"torch": ENGINE_BATCH / t_torch, "onnxruntime": ENGINE_BATCH / t_ort}
+    rates.update(_export_rates(model, px))
+    return _engine_record(rates)
+
+
+def _engine_batch(size: int) -> np.ndarray:
+    return (
+        np.random.default_rng(0).standard_normal((ENGINE_BATCH, 3, size, size)).astype(np.float32)
+    )
+
+
+def _best_seconds(run: Callable[[], Any]) -> float:
+    """The fastest of :data:`ENGINE_REPEATS` timed runs after one warm-up."""
+    import time
+
+    run()  # warm-up: allocations, lazy initialisation
+    times = []
+    for _ in range(ENGINE_REPEATS):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return max(min(times), 1e-9)
+
+
+def _export_rates(model: Path, px: np.ndarray) -> dict[str, float]:
+    """Images/s of the export on each engine that is installed (fp32); one that fails to
+    load or run is left out (it is then never chosen)."""
+    rates = {}
+    for engine in engines.ENGINES:
+        if engine == engines.OPENVINO and not engines.openvino_available():
+            continue
+        try:
+            runner = engines.load_runner(model, engine, "fp32", ENGINE_THREADS).result()
+            rates[engine] = ENGINE_BATCH / _best_seconds(lambda r=runner: r.run(px))
+        except Exception:
+            continue
+    return rates
+
+
+def _engine_record(rates: dict[str, float]) -> dict[str, Any]:
     return {
-        "choice": "onnxruntime" if rates["onnxruntime"] > rates["torch"] else "torch",
+        "choice": max(rates, key=lambda k: rates[k]),
         "images_per_s": {k: round(v, 2) for k, v in rates.items()},
         "batch": ENGINE_BATCH,
         "repeats": ENGINE_REPEATS,
@@ -236,16 +258,40 @@ def _measured(tower: ImageTowerExport, model: Path) -> dict[str, Any] | None:
 
 
 def engine_choice(spec: dict[str, Any]) -> str | None:
-    """The engine a valid export for ``spec`` recorded as faster ("torch" or
-    "onnxruntime"); None when there is no valid export or it has no record yet."""
+    """The engine a valid export for ``spec`` recorded as fastest ("torch",
+    "onnxruntime" or "openvino"); None when there is no valid export or it has no record
+    yet. A record from before OpenVINO was installed (or timed) gets OpenVINO's rate
+    added now -- without torch: the export's engines are timed again beside the recorded
+    torch rate."""
     folder = export_dir(spec)
     if not _valid(folder, spec):
         return None
     try:
-        engine = cache.read_meta(folder).get("engine")
+        meta = cache.read_meta(folder)
     except (OSError, ValueError):
         return None
-    return engine.get("choice") if isinstance(engine, dict) else None
+    engine = meta.get("engine")
+    if not isinstance(engine, dict):
+        return None
+    rates = engine.get("images_per_s") or {}
+    if engines.openvino_available() and engines.OPENVINO not in rates and "torch" in rates:
+        try:
+            px = _engine_batch(Preprocess(**meta["preprocess"]).crop)
+            fresh = _export_rates(folder / "model.onnx", px)
+            if engines.OPENVINO in fresh:
+                engine = _engine_record({"torch": float(rates["torch"]), **fresh})
+                meta["engine"] = engine
+                cache.write_meta(folder, meta)
+        except Exception:
+            pass  # the old record stands
+    choice = engine.get("choice")
+    if choice == engines.OPENVINO and not engines.openvino_available():
+        return (
+            engines.ONNXRUNTIME
+            if rates.get(engines.ONNXRUNTIME, 0) > rates.get("torch", 0)
+            else "torch"
+        )
+    return choice
 
 
 def record_engine(spec: dict[str, Any], build: Callable[[], ImageTowerExport | None]) -> bool:
@@ -313,31 +359,44 @@ def _valid(folder: Path, spec: dict[str, Any]) -> bool:
     return meta.get("bytes") == size  # a truncated copy is not used
 
 
-def open_tower(spec: dict[str, Any]) -> OnnxImageTower | None:
-    """The cached, checked export for ``spec``; None when there is none or it is off."""
+def open_tower(
+    spec: dict[str, Any], engine: str = engines.ONNXRUNTIME, precision: str = "fp32"
+) -> OnnxImageTower | None:
+    """The cached, checked export for ``spec`` on ``engine`` at ``precision`` (an int8
+    copy must have been made: :func:`ensure_precision`); None when there is none or
+    exports are off."""
     if not enabled() or not runtime_available() or not _valid(export_dir(spec), spec):
         return None
-    return OnnxImageTower(export_dir(spec))
+    if precision == "int8" and not quantize.int8_ready(export_dir(spec)):
+        return None
+    return OnnxImageTower(export_dir(spec), engine, precision)
 
 
 class OnnxImageTower:
-    """PIL images -> features with numpy preprocessing and onnxruntime; no torch. The
-    session loads in a background thread from construction on."""
+    """PIL images -> features with numpy preprocessing and an exported graph; no torch.
+    ``engine`` and ``precision`` (:mod:`vlmsearch.models.onnx.engines`) say what runs it;
+    queries use the default, onnxruntime fp32. The runner loads in a background thread
+    from construction on."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(
+        self, folder: Path, engine: str = engines.ONNXRUNTIME, precision: str = "fp32"
+    ) -> None:
         self.folder = Path(folder)
         self.meta: dict[str, Any] = cache.read_meta(self.folder)
         self.preprocess = Preprocess(**self.meta["preprocess"])
         self.normalized = bool(self.meta.get("normalized", True))
-        self._session = cache.load_session(self.folder / "model.onnx")
+        self.engine, self.precision = engine, precision
+        model = self.folder / (quantize.INT8_FILE if precision == "int8" else "model.onnx")
+        threads = engines.default_threads()
+        self._runner = engines.load_runner(model, engine, precision, threads)
 
     @property
-    def session(self) -> Any:
-        return self._session.result()
+    def runner(self) -> engines.Runner:
+        return self._runner.result()
 
     def load_error(self) -> str | None:
-        """Why the session could not be created (waits for it), or None."""
-        error = self._session.exception()
+        """Why the runner could not be created (waits for it), or None."""
+        error = self._runner.exception()
         return None if error is None else cache.first_line(error)
 
     def features(self, images: Sequence[Any]) -> np.ndarray:
@@ -354,12 +413,21 @@ class OnnxImageTower:
     def run(self, pixels: np.ndarray) -> np.ndarray:
         """Features of (n, 3, S, S) pixels as :attr:`preprocess` makes them."""
         out = [
-            self.session.run(None, {"pixels": np.asarray(pixels[i : i + BATCH], np.float32)})[0]
+            self.runner.run(np.asarray(pixels[i : i + BATCH], np.float32))
             for i in range(0, len(pixels), BATCH)
         ]
         if not out:
             return np.zeros((0, int(self.meta.get("dim", 0))), np.float32)
         return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def ensure_precision(spec: dict[str, Any], precision: str) -> None:
+    """Make the int8 copy of the export for ``spec`` when ``precision`` is int8 and there
+    is none (raises :class:`quantize.QuantizeError`); nothing to do for fp32 and bf16."""
+    folder = export_dir(spec)
+    if precision == "int8" and not quantize.int8_ready(folder):
+        pp = Preprocess(**cache.read_meta(folder)["preprocess"])
+        quantize.make_int8(folder, np.stack([pp(im) for im in check_images()]))
 
 
 class OnnxImageQueries:
