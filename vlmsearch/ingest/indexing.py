@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from vlmsearch.errors import CollectionError
+from vlmsearch.ingest.image_engine import check_precision
 from vlmsearch.ingest.manifest import readable_manifest
 from vlmsearch.ingest.options import IngestOptions, IngestReport, ProgressFn
 from vlmsearch.ingest.pipeline import ingest
 from vlmsearch.ingest.query_exports import prepare_query_exports
 from vlmsearch.ingest.ray_encode import require_ray
 from vlmsearch.ingest.source_options import check_video_interval
+from vlmsearch.models import spec_cache
 from vlmsearch.models.choice import asif_defaults_from, parse_model_option
 from vlmsearch.models.choice import choose_encoder as choose_encoder_for
 from vlmsearch.models.encoders import DEFAULT_KIND, encoder_class, encoder_from_spec
@@ -97,6 +99,7 @@ def index_folder(
     check_video_interval(readable_manifest(layout) if layout.exists() else None, opts)
     if opts.ray is not None:
         require_ray()  # before any model loads
+    check_precision(opts.precision, device, opts)  # before any model loads
     model, encoder_kind = parse_model_option(model, encoder_kind)
     if encoder is not None:
         source, notices = LazyEncoder.ready(encoder), []
@@ -146,6 +149,9 @@ def _encoder_source(
         # ASIF options on an ASIF collection change only what they name
         model, encoder_options = asif_defaults_from(existing, model, encoder_options)
         kind = "asif"
+    remembered = _remembered_source(model, kind, device, encoder_options)
+    if remembered is not None:
+        return remembered, []
     t_load = time.perf_counter()
     loaded, notices = choose_encoder(model, kind, device, encoder_options, opts)
     source = LazyEncoder.ready(loaded)
@@ -165,4 +171,34 @@ def choose_encoder(
     choice = choose_encoder_for(model, kind, device, encoder_options)
     if choice.record is not None:
         opts.encoder_choice = choice.record
+    elif model is not None:
+        name, kind = parse_model_option(model, kind)
+        spec_cache.remember(kind or DEFAULT_KIND, name or "", encoder_options, choice.encoder.spec)
     return choice.encoder, choice.notices
+
+
+def _remembered_source(
+    model: str | None, kind: str | None, device: str | None, encoder_options: dict[str, Any]
+) -> LazyEncoder | None:
+    """A new collection of an open_clip model built before, on a CPU, whose query exports
+    are cached and whose image export is the faster engine: its remembered spec, and the
+    model built only if something turns out to need it (issue 21: no torch start-up)."""
+    from vlmsearch.models.onnx import engines, image_tower, text_tower
+    from vlmsearch.runtime import surely_cpu
+
+    name, kind = parse_model_option(model, kind)
+    kind = kind or DEFAULT_KIND
+    if name is None or kind != "open_clip" or not surely_cpu(device):
+        return None
+    spec = spec_cache.recall(kind, name, encoder_options)
+    if spec is None:
+        return None
+    cls = encoder_class(kind)
+    text_spec, image_spec = cls.text_export_spec(spec), cls.image_export_spec(spec)
+    if image_spec is None or not image_tower.export_ready(image_spec):
+        return None
+    if text_spec is not None and not text_tower.export_ready(text_spec):
+        return None
+    if image_tower.engine_choice(image_spec) not in engines.ENGINES:
+        return None
+    return LazyEncoder(spec, lambda: encoder_from_spec(spec, device=device), device)

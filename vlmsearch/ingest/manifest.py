@@ -9,6 +9,7 @@ from typing import Any
 from vlmsearch.errors import CollectionError, ModelError
 from vlmsearch.imaging.scan import normalise_extensions, saved_extensions
 from vlmsearch.ingest.options import IngestOptions
+from vlmsearch.models.encoders import DEFAULT_KIND, encoder_class
 from vlmsearch.models.encoders.base import Encoder
 from vlmsearch.models.lazy_encoder import LazyEncoder, as_lazy
 from vlmsearch.storage import integrity, segments
@@ -17,17 +18,26 @@ from vlmsearch.storage.layout import FORMAT_VERSION, Layout, now_iso
 from vlmsearch.storage.store import CollectionWriter
 
 
-def new_manifest(root: Path, encoder: Encoder, opts: IngestOptions) -> dict[str, Any]:
+def new_manifest(root: Path, encoder: Encoder | LazyEncoder, opts: IngestOptions) -> dict[str, Any]:
+    """A new collection's manifest. A lazy encoder whose spec records its dimension is not
+    built for it (the ONNX index path may never need the model)."""
     spec = encoder.spec
+    if isinstance(encoder, LazyEncoder):
+        sparse = bool(encoder_class(spec.get("kind", DEFAULT_KIND)).sparse_output)
+        if not isinstance(spec.get("dim"), int) or sparse:
+            encoder = encoder.get()
+    dim = encoder.dim if isinstance(encoder, Encoder) else int(spec["dim"])
+    sparse = encoder.sparse_output if isinstance(encoder, Encoder) else False
     return {
         "format_version": FORMAT_VERSION,
         "created_at": now_iso(),
         "generation": 0,
         "root": str(root),
         "encoder": spec,
-        "dim": encoder.dim,
+        "dim": dim,
         "metric": "inner_product (cosine on L2-normalised vectors)",
-        "vectors": "sparse" if encoder.sparse_output else "dense",
+        "vectors": "sparse" if sparse else "dense",
+        "precision": opts.precision or "fp32",  # the image tower's (index --precision)
         "preprocessing": {
             "model": spec.get("preprocess", {}),
             "decode": {
@@ -165,7 +175,7 @@ def open_writer(
         if opts.extensions is None:
             opts.extensions = saved_extensions(manifest["scan"]["extensions"])
     if manifest is None:
-        manifest = new_manifest(root, source.get(), opts)
+        manifest = new_manifest(root, source, opts)
         previous = _start_numbering(layout, manifest)
     else:
         previous = layout.read_manifest()
