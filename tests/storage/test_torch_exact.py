@@ -4,6 +4,7 @@ machine without a GPU; the CUDA checks skip cleanly without one."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -196,3 +197,22 @@ def test_cuda_fp16_equals_faiss_exact_with_masks():
         found = ref_i != -1
         assert np.allclose(np.sort(got_s, 1), np.sort(ref_s, 1), atol=1e-5)  # float32 rescoring
         assert (got_s[~found] == ref_s[~found]).all()
+
+
+def test_torch_bench_script_runs_on_cpu(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("bench_search_torch_gpu", None)
+    import bench_search_torch_gpu as bench
+
+    out = tmp_path / "torch.json"
+    argv = ["--cpu", "--dtype", "float16", "--n", "3000", "--dim", "32", "--batches", "1,16"]
+    assert bench.main([*argv, "--reps", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert [(r["batch"], r["masked"]) for r in res["scan"]] == [
+        (1, False),
+        (1, True),
+        (16, False),
+        (16, True),
+    ]
+    assert res["recall"]["unmasked"]["recall_rescored"] == 1.0
+    assert res["recall"]["masked"]["recall_rescored"] == 1.0

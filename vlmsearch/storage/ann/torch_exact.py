@@ -188,6 +188,21 @@ def scan_topk(
     return best_s, best_i
 
 
+def row_mask(
+    allowed_ids: np.ndarray, ntotal: int, device: Any, ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A boolean (ntotal,) mask on ``device`` of the rows whose id (``ids``, a device
+    tensor; row numbers when None) is in ``allowed_ids``; ids outside the index are ignored."""
+    import torch
+
+    allowed = torch.from_numpy(np.ascontiguousarray(allowed_ids, np.int64)).to(device)
+    if ids is not None:
+        return torch.isin(ids, allowed)
+    mask = torch.zeros(ntotal, dtype=torch.bool, device=device)
+    mask[allowed[(allowed >= 0) & (allowed < ntotal)]] = True
+    return mask
+
+
 class TorchExactSearcher:
     """Exact inner-product search over a flat FAISS index's vectors held on a torch device.
 
@@ -215,14 +230,7 @@ class TorchExactSearcher:
 
     def row_mask(self, allowed_ids: np.ndarray) -> torch.Tensor:
         """A boolean (ntotal,) mask on the device: rows whose id is in ``allowed_ids``."""
-        import torch
-
-        allowed = torch.from_numpy(np.ascontiguousarray(allowed_ids, np.int64)).to(self.device)
-        if self._ids_dev is not None:
-            return torch.isin(self._ids_dev, allowed)
-        mask = torch.zeros(self.ntotal, dtype=torch.bool, device=self.device)
-        mask[allowed[(allowed >= 0) & (allowed < self.ntotal)]] = True
-        return mask
+        return row_mask(allowed_ids, self.ntotal, self.device, self._ids_dev)
 
     def search(
         self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
