@@ -7,7 +7,9 @@ merge (``scan_topk``) keeping k + RESCORE_MARGIN candidates. For batches of 1..4
 times a whole batch (queries to the device, scan, candidates back to the host) and
 reports the achieved read bandwidth N*d*2 bytes / time as a fraction of the spec sheet's
 (``bench_search_gpu.SPEC_BANDWIDTH``) and of a device-to-device copy measured here;
-without a mask and with a row mask allowing ``--allowed`` of the rows.
+without a mask and with a row mask allowing ``--allowed`` of the rows. Not timed: the
+float32 rescoring vlmsearch then does on the host (nq x (k + margin) rows of the index),
+as there is no host index at this size, and building the mask (``mask_build_ms``).
 
 Recall@k on ``--recall-queries`` queries, against a float32 reference over the same
 stored vectors (each chunk upcast to float32, float32 queries; so it measures the fp16

@@ -57,6 +57,7 @@ def test_scan_topk_matches_numpy(chunk):
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_searcher_on_cpu_equals_faiss_exact(nq, dtype, monkeypatch):
     monkeypatch.setattr(te, "SCORE_BUDGET_BYTES", 4096)  # many chunks
+    monkeypatch.setattr(te, "RESCORE_BYTES", 1)  # one query per rescoring step
     x = _data()
     index, ids = _index(x)
     q = _data(nq, seed=5)
@@ -155,6 +156,18 @@ def test_dispatch_runs_searcher_and_forgets_on_update(monkeypatch):
     assert te.searcher_for(index) is not first
     got = fs.search(index, x[:5], 3)
     assert np.array_equal(got[1], _faiss_exact(index, x[:5], 3)[1])
+
+
+def test_vectors_beyond_float16_stay_on_cpu(monkeypatch):
+    x = _data(1500) * 1e5  # not normalised: overflows float16
+    index, _ = _index(x)
+    monkeypatch.setattr(te, "cuda_available", lambda: True)
+    monkeypatch.setattr(te.gpu, "gpu_available", lambda: False)
+    monkeypatch.setattr(te, "MIN_ROWS", 1000)
+    monkeypatch.setattr(te, "DEVICE", "cpu")
+    assert te.wanted(index) and te.searcher_for(index) is None
+    got = fs.search(index, x[:4], 5)
+    assert np.array_equal(got[1], _faiss_exact(index, x[:4], 5)[1])
 
 
 @pytest.mark.skipif(te.gpu_hint(), reason="this machine shows an NVIDIA device")

@@ -35,9 +35,11 @@ from vlmsearch.storage.ann.introspect import base_of
 if TYPE_CHECKING:
     import torch
 
-# Below this many rows the CPU scan takes about a millisecond or two (100k x 512 floats
-# is 200 MB, read by BLAS from RAM), which the first copy to the GPU, the kernel launches
-# and the transfers back would not beat; small collections keep the CPU path.
+# Below this many rows a CPU scan reads at most 200 MB (100k x 512 floats), milliseconds
+# to a few tens of them, while the GPU path first imports torch, starts CUDA and copies
+# the index (seconds) and then pays launches and transfers on every search: many searches
+# before it pays back, and GPU memory held for each small collection. A judgement, not
+# yet measured on a GPU.
 MIN_ROWS = 100_000
 # The (nq x chunk) block of scores and its top-k scratch: chunks are sized to stay within
 # this, so a batch of 4096 queries scans 64k-row chunks and one query the whole database.
@@ -45,7 +47,7 @@ SCORE_BUDGET_BYTES = 512 << 20
 # Extra candidates kept for the float32 rescoring (see the module docstring).
 RESCORE_MARGIN = 32
 COPY_ROWS = 1 << 18  # rows per host-to-device copy while building (256k x 512 floats: 512 MB)
-RESCORE_QUERIES = 256  # queries per float32 rescoring step (bounds the gathered rows)
+RESCORE_BYTES = 64 << 20  # candidate rows gathered per float32 rescoring step
 DEVICE = "cuda"  # where wanted() searches run; tests point it at "cpu"
 MISSING_SCORE = np.float32(-np.finfo(np.float32).max)  # faiss's score for a missing hit (IP)
 
@@ -115,7 +117,7 @@ def searcher_for(index: Any) -> TorchExactSearcher | None:
         _cache.pop(key, None)  # free the old copy before making the new one
         try:
             searcher: TorchExactSearcher | None = TorchExactSearcher(index, device=DEVICE)
-        except RuntimeError:  # torch.OutOfMemoryError and CUDA errors
+        except (RuntimeError, ValueError):  # out of memory, CUDA errors, float16 overflow
             searcher = None
         if entry is None:
             weakref.finalize(index, _forget_key, key)
@@ -226,7 +228,10 @@ class TorchExactSearcher:
         self.xb = torch.empty((self.ntotal, self.d), dtype=self.dtype, device=self.device)
         xs = cpu_vectors(index)
         for lo in range(0, self.ntotal, COPY_ROWS):
-            self.xb[lo : lo + COPY_ROWS].copy_(torch.from_numpy(xs[lo : lo + COPY_ROWS]))
+            block = self.xb[lo : lo + COPY_ROWS]
+            block.copy_(torch.from_numpy(xs[lo : lo + COPY_ROWS]))
+            if not bool(torch.isfinite(block).all()):  # |x| > 65504 in float16
+                raise ValueError(f"the vectors do not fit {self.dtype}")
 
     def row_mask(self, allowed_ids: np.ndarray) -> torch.Tensor:
         """A boolean (ntotal,) mask on the device: rows whose id is in ``allowed_ids``."""
@@ -270,9 +275,10 @@ class TorchExactSearcher:
         the scan found nothing allowed."""
         xs = cpu_vectors(index)
         exact = np.empty(rows.shape, np.float32)
-        for lo in range(0, len(q32), RESCORE_QUERIES):
-            hi = lo + RESCORE_QUERIES
-            cand = xs[rows[lo:hi]]  # (b, c, d)
+        step = max(1, RESCORE_BYTES // max(1, rows.shape[1] * xs.shape[1] * 4))
+        for lo in range(0, len(q32), step):
+            hi = lo + step
+            cand = xs[rows[lo:hi]]  # (step, candidates, d)
             exact[lo:hi] = np.matmul(cand, q32[lo:hi, :, None])[:, :, 0]
         exact[~valid] = -np.inf
         return exact
