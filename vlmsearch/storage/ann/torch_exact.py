@@ -52,7 +52,7 @@ DEVICE = "cuda"  # where wanted() searches run; tests point it at "cpu"
 MISSING_SCORE = np.float32(-np.finfo(np.float32).max)  # faiss's score for a missing hit (IP)
 
 _cache: dict[tuple[int, str], tuple[weakref.ref[Any], TorchExactSearcher | None, int]] = {}
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: a finalizer may run while this thread holds it
 
 
 def gpu_hint() -> bool:
@@ -100,7 +100,8 @@ def search(
     index: Any, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """:meth:`TorchExactSearcher.search` on ``index``'s cached copy; None when the copy
-    cannot be made (out of device memory), so the caller searches on the CPU."""
+    cannot be made (out of device memory, values beyond float16), so the caller searches on
+    the CPU."""
     searcher = searcher_for(index)
     return None if searcher is None else searcher.search(queries, k, allowed_ids)
 
@@ -114,12 +115,14 @@ def searcher_for(index: Any) -> TorchExactSearcher | None:
         entry = _cache.get(key)
         if entry is not None and entry[0]() is index and entry[2] == index.ntotal:
             return entry[1]
-        _cache.pop(key, None)  # free the old copy before making the new one
+        first = entry is None or entry[0]() is not index
+        entry = None  # free the old copy before making the new one
+        _cache.pop(key, None)
         try:
             searcher: TorchExactSearcher | None = TorchExactSearcher(index, device=DEVICE)
         except (RuntimeError, ValueError):  # out of memory, CUDA errors, float16 overflow
             searcher = None
-        if entry is None:
+        if first:
             weakref.finalize(index, _forget_key, key)
         _cache[key] = (weakref.ref(index), searcher, int(index.ntotal))
         return searcher
