@@ -6,7 +6,8 @@ ids; IVF indexes store ids natively. Search parameters (nprobe, efSearch) and th
 id selector travel with each call, never as attributes of a shared index.
 
 Which index to build is :mod:`~vlmsearch.storage.ann.plan`'s job; its search parameters,
-:mod:`~vlmsearch.storage.ann.tune`'s; GPU copies, :mod:`~vlmsearch.storage.ann.gpu`'s.
+:mod:`~vlmsearch.storage.ann.tune`'s; GPU copies, :mod:`~vlmsearch.storage.ann.gpu`'s (faiss-gpu)
+and :mod:`~vlmsearch.storage.ann.torch_exact`'s (large flat indexes, torch on CUDA).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vlmsearch.errors import QueryError
-from vlmsearch.storage.ann import gpu
+from vlmsearch.storage.ann import gpu, torch_exact
 from vlmsearch.storage.ann.introspect import base_of, faiss_message, hnsw_of, ivf_of
 from vlmsearch.storage.ann.plan import FLAT_MAX, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, IndexPlan
 from vlmsearch.storage.atomic import atomic_write
@@ -96,6 +97,7 @@ def _train(base: Any, vectors: np.ndarray, use_gpu: bool | None) -> None:
 
 def add_vectors(index: Any, ids: np.ndarray, vectors: np.ndarray) -> None:
     if len(ids):
+        torch_exact.forget(index)
         index.add_with_ids(
             np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, np.int64)
         )
@@ -109,6 +111,7 @@ def remove_ids(index: Any, ids: np.ndarray) -> None:
     import faiss
 
     if len(ids):
+        torch_exact.forget(index)
         index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
 
 
@@ -122,6 +125,10 @@ def search(
     """Top-k search; ``allowed_ids`` restricts it (pre-filtering with an id selector).
 
     Returns (scores, ids) of shape (nq, k); missing results have id -1.
+
+    Where faiss has a GPU, unfiltered flat/IVF searches run on it; where it has none but
+    torch sees one, large flat indexes are searched there, filtered or not
+    (:func:`torch_exact.wanted`); everything else on the CPU.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if k <= 0:
@@ -129,12 +136,16 @@ def search(
     params = params or {}
     if hasattr(index, "search_with"):  # an on-disk index of several parts (ondisk.py)
         return index.search_with(queries, k, params, allowed_ids)
-    sel, _keep = (None, None) if allowed_ids is None else id_selector(allowed_ids)
-    base = base_of(index)
-    if sel is None and gpu.gpu_enabled(None) and k <= gpu.GPU_MAX_K:
+    if allowed_ids is None and gpu.gpu_enabled(None) and k <= gpu.GPU_MAX_K:
         searcher = gpu.gpu_copy(index)
         if searcher is not None:
             return searcher(queries, k, params)
+    if torch_exact.wanted(index):
+        found = torch_exact.search(index, queries, k, allowed_ids)
+        if found is not None:
+            return found
+    sel, _keep = (None, None) if allowed_ids is None else id_selector(allowed_ids)
+    base = base_of(index)
     sp = _search_params(base, params, sel, k)
     if len(queries) <= SINGLE_THREAD_MAX_NQ and (
         hnsw_of(base) is not None or ivf_of(base) is not None or index.ntotal <= FLAT_MAX
