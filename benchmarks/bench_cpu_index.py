@@ -7,15 +7,18 @@ compute), batch size and decoding workers:
 
 1. **Model-only ceilings**, exact fp32 on ready pixels, this CPU's threads: torch
    (``encode_pixels``), and the cached ONNX export on onnxruntime and on OpenVINO
-   (``INFERENCE_PRECISION_HINT=f32``). The best of them is "the best exact model-only
+   (``INFERENCE_PRECISION_HINT=f32``; throughput mode as vlmsearch runs it, and latency
+   mode, one request on all threads). The best of them is "the best exact model-only
    throughput on this CPU"; measured before and after the pairs.
 2. **Pairs**, alternating (vlmsearch first in odd pairs, clip-retrieval first in even
    ones), ``--pairs`` of them: each tool's images/s over the whole command (process
-   start, imports, model load, decode, encode, write), the peak RSS of its whole
-   process tree (decoding workers included; sampled every 50 ms from /proc), and the
-   CPU time other processes took meanwhile. vlmsearch makes a new collection each time, as
+   start, imports, model load, decode, encode, write), its peak memory sampled every 50
+   ms from /proc (the main process's RSS; the PSS of its whole process tree, decoding
+   workers included, so pages they share are counted once), and the CPU time other
+   processes took meanwhile. vlmsearch makes a new collection each time, as
    clip-retrieval makes a new output folder; the model's export and spec are cached by a
-   warm-up run first (the cost of that first-ever run is reported on its own).
+   warm-up run first, in an empty cache of the benchmark's own (that first-ever run's
+   cost, export and engine timing included, is reported on its own).
 3. ``--torch-too``: the same vlmsearch command with ``VLMSEARCH_IMAGE_ONNX=0`` (today's
    torch path), for its peak RSS and speed.
 4. The cosine of vlmsearch's stored vectors (and clip-retrieval's) to open_clip's own
@@ -64,39 +67,46 @@ def copied_folder(src: Path, limit: int | None, tmp: Path) -> Path:
     """The first ``limit`` JPEGs of ``src`` (sorted), copied: the scanner does not follow
     links out of the indexed folder."""
     out = tmp / "images"
-    out.mkdir()
+    out.mkdir(parents=True)
     names = sorted(p.name for p in src.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
     for name in names[:limit] if limit else names:
         shutil.copyfile(src / name, out / name)
     return out
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and its descendants (from /proc)."""
-    total, todo = 0, [pid]
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """(PSS of ``pid`` and its descendants, RSS of ``pid`` alone) in bytes, from /proc.
+    PSS splits pages shared between processes (forked decoding workers share the parent's
+    model pages) among them, so the sum is the tree's real footprint."""
+    total, todo, own = 0, [pid], 0
     while todo:
         p = todo.pop()
         try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                    elif line.startswith("Rss:") and p == pid:
+                        own = int(line.split()[1]) * 1024
             with open(f"/proc/{p}/task/{p}/children") as f:
                 todo += [int(c) for c in f.read().split()]
         except (OSError, ValueError):
             continue
-    return total
+    return total, own
 
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Run ``cmd``; wall time, other processes' CPU and the sampled peak RSS of its
     process tree."""
-    peak = [0]
+    peak = [0, 0]
     with Phase() as ph:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         done = threading.Event()
 
         def sample() -> None:
             while not done.wait(0.05):
-                peak[0] = max(peak[0], _tree_rss(proc.pid))
+                tree, own = _tree_memory(proc.pid)
+                peak[0], peak[1] = max(peak[0], tree), max(peak[1], own)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -108,7 +118,8 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
     return {
         "stdout": out.decode(),
         "phase": ph.to_json(),
-        "peak_rss_tree_mb": round(peak[0] / 2**20, 1),
+        "peak_pss_tree_mb": round(peak[0] / 2**20, 1),
+        "peak_rss_main_mb": round(peak[1] / 2**20, 1),
     }
 
 
@@ -195,7 +206,18 @@ def model_only(ckpt: Path, batch: int, batches: int) -> dict[str, Any]:
         runner = engines.load_runner(folder / "model.onnx", engine, "fp32").result()
         out[engine] = timed(lambda r=runner: r.run(px))
         del runner
-    rates = {k: out[k] for k in ("torch", *engines.ENGINES) if k in out}
+    if engines.openvino_available():  # one 2-thread request at a time, for comparison
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(
+            str(folder / "model.onnx"),
+            "CPU",
+            {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"},
+        )
+        request = compiled.create_infer_request()
+        out["openvino_latency_mode"] = timed(lambda: request.infer({0: px}))
+        del request, compiled
+    rates = {k: out[k] for k in ("torch", *engines.ENGINES, "openvino_latency_mode") if k in out}
     out["best"] = max(rates.values())
     out["best_engine"] = max(rates, key=lambda k: rates[k])
     return out
@@ -216,6 +238,8 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-cpu-index-"))
+    # a cache of its own, so the warm-up is a first-ever run (exports, timing, spec)
+    os.environ["XDG_CACHE_HOME"] = str(tmp / "xdg-cache")
     result: dict[str, Any] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "argv": sys.argv,
@@ -289,8 +313,11 @@ def summarise(r: dict[str, Any], n: int) -> dict[str, Any]:
         "vlmsearch_engine": r["pairs"][0]["vlmsearch"]["engine"],
         "best_exact_model_only_images_per_s": best,
         "vlmsearch_fraction_of_best_model_only": round(statistics.median(v) / best, 3),
-        "vlmsearch_peak_rss_tree_mb_median": statistics.median(
-            p["vlmsearch"]["peak_rss_tree_mb"] for p in r["pairs"]
+        "vlmsearch_peak_pss_tree_mb_median": statistics.median(
+            p["vlmsearch"]["peak_pss_tree_mb"] for p in r["pairs"]
+        ),
+        "vlmsearch_peak_rss_main_mb_median": statistics.median(
+            p["vlmsearch"]["peak_rss_main_mb"] for p in r["pairs"]
         ),
         "other_processes_cores_max": max(
             p[t]["phase"]["other_processes_cores"] for p in r["pairs"] for t in p
@@ -303,13 +330,14 @@ def summarise(r: dict[str, Any], n: int) -> dict[str, Any]:
         s["clip_retrieval_images_per_s_each"] = c
         s["ratio_per_pair"] = [round(x, 3) for x in ratios]
         s["ratio_median"] = round(statistics.median(ratios), 3)
-        s["clip_retrieval_peak_rss_tree_mb_median"] = statistics.median(
-            p["clip_retrieval"]["peak_rss_tree_mb"] for p in r["pairs"]
+        s["clip_retrieval_peak_pss_tree_mb_median"] = statistics.median(
+            p["clip_retrieval"]["peak_pss_tree_mb"] for p in r["pairs"]
         )
     if "vlmsearch_torch_path" in r:
         t = r["vlmsearch_torch_path"]
         s["torch_path_images_per_s"] = t["images_per_s_command"]
-        s["torch_path_peak_rss_tree_mb"] = t["peak_rss_tree_mb"]
+        s["torch_path_peak_pss_tree_mb"] = t["peak_pss_tree_mb"]
+        s["torch_path_peak_rss_main_mb"] = t["peak_rss_main_mb"]
     return s
 
 

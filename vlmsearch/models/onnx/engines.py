@@ -71,30 +71,51 @@ class OrtRunner:
 
 
 class OpenVinoRunner:
-    """An OpenVINO model compiled for the CPU. An infer request is not safe to share
-    between threads (the server encodes uploads in several), so each thread gets its own."""
+    """An OpenVINO model compiled for the CPU in throughput mode: several streams, each a
+    few cores running its own sub-batch with no barriers between them (on the 2-core
+    machine: 2 streams of 1 thread, 6% more images/s than one 2-thread request, and a
+    decoding worker that takes a core stalls one stream instead of both). A batch is cut
+    into at least one sub-batch per stream, run in waves of one request per stream; each
+    call makes its own requests, so threads (the server's) never share one."""
 
     engine = OPENVINO
+    SUB_BATCH = 32  # at most this many images per request
 
     def __init__(self, compiled: Any) -> None:
         self.compiled = compiled
-        self._local = threading.local()
+        try:
+            self.requests = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        except Exception:
+            self.requests = 1
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
-        out = request.infer({0: np.ascontiguousarray(pixels, np.float32)})
-        return np.array(out[0], np.float32)  # a copy: the request reuses its output buffer
+        pixels = np.ascontiguousarray(pixels, np.float32)
+        n = len(pixels)
+        step = max(1, min(self.SUB_BATCH, -(-n // self.requests)))
+        starts = list(range(0, n, step))
+        # no Python callbacks: one would need the GIL on OpenVINO's thread while this
+        # one waits (a deadlock seen under pytest); requests are started, then waited on
+        pool = [
+            self.compiled.create_infer_request() for _ in range(min(self.requests, len(starts)))
+        ]
+        out: list[np.ndarray] = []
+        for i in range(0, len(starts), len(pool)):
+            wave = list(zip(pool, starts[i : i + len(pool)], strict=False))
+            for request, start in wave:
+                request.start_async({0: pixels[start : start + step]})
+            for request, _ in wave:
+                request.wait()
+                out.append(np.array(request.get_output_tensor(0).data, np.float32))
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def openvino_config(precision: str, threads: int | None) -> dict[str, Any]:
-    """Compile settings: the precision stated outright, latency mode (one batch at a time,
-    as an index run feeds it), threads when given, and a compiled-blob cache beside the
-    exports so a later process does not recompile."""
+    """Compile settings: the precision stated outright, throughput mode (OpenVINO picks
+    the streams for the cores it is given), threads when given, and a compiled-blob cache
+    beside the exports so a later process does not recompile."""
     config: dict[str, Any] = {
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-        "PERFORMANCE_HINT": "LATENCY",
+        "PERFORMANCE_HINT": "THROUGHPUT",
         "CACHE_DIR": str(cache.cache_dir() / "openvino"),
     }
     if threads is not None:

@@ -26,6 +26,7 @@ a temporary sibling and renamed into place. The cache mechanics shared with
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,10 +109,23 @@ class Preprocess:
         return self.normalize(im.crop((left, top, left + c, top + c)))
 
     def normalize(self, im: Any) -> np.ndarray:
-        """A cropped RGB PIL image -> float32 (3, crop, crop), scaled and normalised."""
-        x = np.asarray(im, np.float32) / np.float32(255.0)
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        """A cropped RGB PIL image -> float32 (3, crop, crop), scaled and normalised.
+        Through a per-channel table of the 256 values, computed with the same float32
+        operations as ``(x / 255 - mean) / std`` (so the same bits), in a third of the
+        time: index runs preprocess every image this way."""
+        a = np.asarray(im, np.uint8)
+        lut = _normalize_table(tuple(self.mean), tuple(self.std))
+        x = np.empty((3, *a.shape[:2]), np.float32)
+        for ch in range(3):
+            np.take(lut[ch], a[..., ch], out=x[ch])
+        return x
+
+
+@functools.lru_cache(maxsize=8)
+def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    v = np.arange(256, dtype=np.float32) / np.float32(255.0)
+    table = (v[:, None] - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(table.astype(np.float32).T)  # (3, 256)
 
 
 @dataclass
@@ -225,18 +239,30 @@ def _best_seconds(run: Callable[[], Any]) -> float:
 
 
 def _export_rates(model: Path, px: np.ndarray) -> dict[str, float]:
-    """Images/s of the export on each engine that is installed (fp32); one that fails to
-    load or run is left out (it is then never chosen)."""
-    rates = {}
+    """Images/s of the export on each engine that is installed (fp32). onnxruntime ran
+    the export's check; another engine is timed only if its features on ``px`` have
+    cosine >= :data:`MIN_COSINE` to onnxruntime's. One that fails to load or run, or
+    differs, is left out (it is then never chosen)."""
+    rates: dict[str, float] = {}
+    reference: np.ndarray | None = None
     for engine in engines.ENGINES:
         if engine == engines.OPENVINO and not engines.openvino_available():
             continue
         try:
             runner = engines.load_runner(model, engine, "fp32", ENGINE_THREADS).result()
+            out = runner.run(px)
+            if reference is None:
+                reference = out
+            elif _min_cosine(reference, out) < MIN_COSINE:
+                continue
             rates[engine] = ENGINE_BATCH / _best_seconds(lambda r=runner: r.run(px))
         except Exception:
             continue
     return rates
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.min(np.sum(l2_normalize(a) * l2_normalize(b), axis=1)))
 
 
 def _engine_record(rates: dict[str, float]) -> dict[str, Any]:
