@@ -177,11 +177,14 @@ def export_notice(
     return None
 
 
-def load_session(model: Path, threads: int | None = None) -> Future[Any]:
+def load_session(model: Path, threads: int | None = None, spin: bool = True) -> Future[Any]:
     """Start creating an onnxruntime CPU session for ``model`` in a background thread, so
     it loads while the caller opens the collection; ``.result()`` waits for it and
     re-raises in the caller's thread whatever creating it raised. ``threads``: its
-    intra-op threads (default: onnxruntime's, one per physical core)."""
+    intra-op threads (default: onnxruntime's, one per physical core). ``spin=False``
+    stops its idle threads from busy-waiting, which an index run needs: the decoding
+    workers share the cores (a 1000-image ViT-B-32 run used 178 CPU-s in 92 s with
+    spinning threads, against about 120 CPU-s in 61 s on OpenVINO)."""
     session: Future[Any] = Future()
 
     def load() -> None:
@@ -193,6 +196,8 @@ def load_session(model: Path, threads: int | None = None) -> Future[Any]:
             if threads is not None:
                 so.intra_op_num_threads = threads
                 so.inter_op_num_threads = 1
+            if not spin:
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session.set_result(
                 ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
             )

@@ -134,7 +134,7 @@ def load_runner(
     if engine == ONNXRUNTIME:
         if precision == "bf16":
             raise ValueError("onnxruntime runs the image tower in fp32 or int8, not bf16")
-        return _chain(cache.load_session(model, threads=threads), OrtRunner)
+        return _chain(cache.load_session(model, threads=threads, spin=False), OrtRunner)
     runner: Future[Runner] = Future()
 
     def load() -> None:
