@@ -12,11 +12,11 @@ compute), batch size and decoding workers:
    throughput on this CPU"; measured before and after the pairs.
 2. **Pairs**, alternating (vlmsearch first in odd pairs, clip-retrieval first in even
    ones), ``--pairs`` of them: each tool's images/s over the whole command (process
-   start, imports, model load, decode, encode, write), its peak memory sampled every 50
-   ms from /proc (the main process's RSS; the PSS of its whole process tree, decoding
-   workers included, so pages they share are counted once), and the CPU time other
-   processes took meanwhile. vlmsearch makes a new collection each time, as
-   clip-retrieval makes a new output folder; the model's export and spec are cached by a
+   start, imports, model load, decode, encode, write), its peak memory from /proc (the
+   main process's VmHWM, read every second until it exits; the PSS of its whole process
+   tree, decoding workers included so that pages they share count once, sampled every
+   second), and the CPU time other processes took meanwhile. vlmsearch makes a new
+   collection each time, as clip-retrieval makes a new output folder; the model's export and spec are cached by a
    warm-up run first, in an empty cache of the benchmark's own (that first-ever run's
    cost, export and engine timing included, is reported on its own).
 3. ``--torch-too``: the same vlmsearch command with ``VLMSEARCH_IMAGE_ONNX=0`` (today's
@@ -74,25 +74,34 @@ def copied_folder(src: Path, limit: int | None, tmp: Path) -> Path:
     return out
 
 
-def _tree_memory(pid: int) -> tuple[int, int]:
-    """(PSS of ``pid`` and its descendants, RSS of ``pid`` alone) in bytes, from /proc.
-    PSS splits pages shared between processes (forked decoding workers share the parent's
-    model pages) among them, so the sum is the tree's real footprint."""
-    total, todo, own = 0, [pid], 0
+def _tree_pss(pid: int) -> int:
+    """PSS of ``pid`` and its descendants in bytes, from /proc. PSS splits pages shared
+    between processes (forked decoding workers share the parent's model pages) among
+    them, so the sum is the tree's real footprint. Reading smaps_rollup walks the page
+    tables, so it is sampled once a second (every 50 ms took most of a core)."""
+    total, todo = 0, [pid]
     while todo:
         p = todo.pop()
         try:
             with open(f"/proc/{p}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1]) * 1024
-                    elif line.startswith("Rss:") and p == pid:
-                        own = int(line.split()[1]) * 1024
+                total += sum(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("Pss:"))
             with open(f"/proc/{p}/task/{p}/children") as f:
                 todo += [int(c) for c in f.read().split()]
         except (OSError, ValueError):
             continue
-    return total, own
+    return total
+
+
+def _peak_rss(pid: int) -> int:
+    """The main process's own peak RSS so far (VmHWM, kept by the kernel)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
@@ -104,9 +113,9 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
         done = threading.Event()
 
         def sample() -> None:
-            while not done.wait(0.05):
-                tree, own = _tree_memory(proc.pid)
-                peak[0], peak[1] = max(peak[0], tree), max(peak[1], own)
+            while not done.wait(1.0):
+                peak[0] = max(peak[0], _tree_pss(proc.pid))
+                peak[1] = max(peak[1], _peak_rss(proc.pid))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
