@@ -16,9 +16,9 @@ compute), batch size and decoding workers:
    main process's VmHWM, read every second until it exits; the PSS of its whole process
    tree, decoding workers included so that pages they share count once, sampled every
    second), and the CPU time other processes took meanwhile. vlmsearch makes a new
-   collection each time, as clip-retrieval makes a new output folder; the model's export and spec are cached by a
-   warm-up run first, in an empty cache of the benchmark's own (that first-ever run's
-   cost, export and engine timing included, is reported on its own).
+   collection each time, as clip-retrieval makes a new output folder; the model's export
+   and spec are cached by a warm-up run first, in an empty cache of the benchmark's own
+   (that first-ever run's cost, export and engine timing included, is reported alone).
 3. ``--torch-too``: the same vlmsearch command with ``VLMSEARCH_IMAGE_ONNX=0`` (today's
    torch path), for its peak RSS and speed.
 4. The cosine of vlmsearch's stored vectors (and clip-retrieval's) to open_clip's own

@@ -50,13 +50,15 @@ CAPTIONS = HERE / "data" / "imagenet-sample-captions.csv"
 
 
 def cli(*args: str) -> dict[str, Any]:
+    """A vlmsearch command's JSON and timing; ``refused``: its one-line error instead."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with Phase() as ph:
         out = subprocess.run(
             [sys.executable, "-m", "vlmsearch", *args], env=env, capture_output=True, text=True
         )
     if out.returncode != 0:
-        raise SystemExit(f"vlmsearch {' '.join(args)} failed:\n{out.stderr[-2000:]}")
+        lines = out.stderr.strip().splitlines()
+        return {"refused": lines[-1] if lines else f"exit {out.returncode}"}
     return {"json": json.loads(out.stdout), "phase": ph.to_json()}
 
 
@@ -66,18 +68,30 @@ def tower_drift(spec: dict[str, Any], images: list[Path], batch: int) -> dict[st
 
     from vlmsearch.models.onnx import engines, image_tower
 
-    image_tower.ensure_precision(spec, "int8")
-    base = image_tower.OnnxImageTower(image_tower.export_dir(spec))
+    from vlmsearch.models.onnx import quantize
+
+    folder = image_tower.export_dir(spec)
+    base = image_tower.OnnxImageTower(folder)
     pixels = np.stack(
         [base.preprocess(ImageOps.exif_transpose(Image.open(p)).convert("RGB")) for p in images]
     )
-    out: dict[str, Any] = {"images": len(images), "int8_check": None}
+    out: dict[str, Any] = {"images": len(images)}
+    try:
+        image_tower.ensure_precision(spec, "int8")
+        int8_model = None
+    except quantize.QuantizeError as e:  # refused by vlmsearch: measured on a copy here
+        out["int8_refused"] = str(e)
+        int8_model = quantized_copy(folder)
     feats: dict[str, np.ndarray] = {}
     for precision in PRECISIONS:
         engine = engines.OPENVINO if precision == "bf16" else engines.ONNXRUNTIME
         if precision == "bf16" and not engines.cpu_has_bf16():
             continue
-        tower = image_tower.OnnxImageTower(image_tower.export_dir(spec), engine, precision)
+        if precision == "int8" and int8_model is not None:
+            tower = image_tower.OnnxImageTower(folder)
+            tower._runner = engines.load_runner(int8_model, engines.ONNXRUNTIME, "fp32")
+        else:
+            tower = image_tower.OnnxImageTower(folder, engine, precision)
         tower.run(pixels[:batch])  # warm-up
         t0 = time.perf_counter()
         feats[precision] = np.concatenate(
@@ -92,9 +106,24 @@ def tower_drift(spec: dict[str, Any], images: list[Path], batch: int) -> dict[st
             "min_cosine": round(float(cos.min()), 6),
             "mean_cosine": round(float(cos.mean()), 6),
         }
-    meta = json.loads((image_tower.export_dir(spec) / "meta.json").read_text())
+    meta = json.loads((folder / "meta.json").read_text())
     out["int8_check"] = meta.get("int8")
     return out
+
+
+def quantized_copy(folder: Path) -> Path:
+    """The int8 model vlmsearch refused for this tower, made again in a scratch folder."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dest = Path(tempfile.mkdtemp(prefix="int8-")) / "model-int8.onnx"
+    logging.disable(logging.WARNING)
+    try:
+        quantize_dynamic(str(folder / "model.onnx"), str(dest), weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
+    return dest
 
 
 def stored_cosines(a: Path, b: Path) -> dict[str, float]:
@@ -147,6 +176,10 @@ def main() -> None:
             coll = tmp / f"coll-{precision}"
             idx = cli("index", str(photos), "-c", str(coll), "--model", "asif", "--device",
                       "cpu", "--precision", precision, "--json")  # fmt: skip
+            if "refused" in idx:
+                retrieval[precision] = {"refused": idx["refused"]}
+                print(precision, idx["refused"], flush=True)
+                continue
             ev = cli("eval", "retrieval", "-c", str(coll), "--captions", str(captions), "--json")
             manifest = json.loads((coll / "manifest.json").read_text())
             retrieval[precision] = {

@@ -62,6 +62,9 @@ def _for_people(data: dict[str, Any]) -> dict[str, Any]:
             choice.get("reason")
         )
     data.pop("preprocessing", None)
+    ran = data.pop("encoded_by", None) or {}
+    if ran.get("engine"):
+        data["precision"] = f"{data.get('precision')} (last run: {ran['engine']})"
     tv = data.pop("text_vectors", None) or {}
     if tv:
         data["embedded text"] = ", ".join(f"{c} ({e['rows']} rows)" for c, e in tv.items())

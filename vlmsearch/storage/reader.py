@@ -330,6 +330,9 @@ class CollectionReader:
             "calibration": m.get("calibration"),  # one fitted on the user's captions
             "dim": m.get("dim"),
             "metric": m.get("metric"),
+            # the image tower's arithmetic (index --precision; fp32 before it existed)
+            "precision": m.get("precision", "fp32"),
+            "encoded_by": (m.get("ingest") or {}).get("executor"),
             "preprocessing": m.get("preprocessing"),
             "counts": m.get("counts"),
             "index": {
