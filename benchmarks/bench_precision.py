@@ -66,9 +66,7 @@ def tower_drift(spec: dict[str, Any], images: list[Path], batch: int) -> dict[st
     """Features of ``images`` at each precision against fp32; images/s on ready pixels."""
     from PIL import Image, ImageOps
 
-    from vlmsearch.models.onnx import engines, image_tower
-
-    from vlmsearch.models.onnx import quantize
+    from vlmsearch.models.onnx import engines, image_tower, quantize
 
     folder = image_tower.export_dir(spec)
     base = image_tower.OnnxImageTower(folder)

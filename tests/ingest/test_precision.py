@@ -179,3 +179,21 @@ def test_new_collection_of_a_known_model_is_not_built(
     assert c.manifest["encoder"] == exact.manifest["encoder"]
     assert c.manifest["dim"] == exact.manifest["dim"]
     assert _min_cosine(c, exact) >= 1 - 1e-4
+
+
+def test_int8_that_drifts_is_refused_quietly(
+    exact: Collection,
+    photos: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """EfficientNet-Lite0's int8 copy drifts to cosine 0.56; here any drift is too much."""
+    monkeypatch.setattr(quantize, "MIN_COSINE", 1.0)
+    with pytest.raises(ModelError, match="drifts too far from fp32.*fp32 or bf16"):
+        _index(photos, tmp_path / "int8", "int8", model=TINY)
+    folder = image_tower.export_dir(exact.manifest["encoder"])
+    assert not quantize.int8_ready(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "model.onnx"]
+    assert "WARNING" not in capfd.readouterr().err  # the quantiser's log stays quiet
+    assert Collection.open(exact.path).manifest["precision"] == "fp32"

@@ -51,6 +51,9 @@ def make_int8(folder: Path, check: Any) -> dict[str, Any]:
     tmp = folder / f".{INT8_FILE}.{os.getpid()}.tmp"
     try:
         try:
+            # its shape inference logs a warning per tensor it cannot type (hundreds for
+            # EfficientNet's padding) on the root logger
+            logging.disable(logging.WARNING)
             quantize_dynamic(str(folder / "model.onnx"), str(tmp), weight_type=QuantType.QInt8)
         except Exception as e:
             raise QuantizeError(f"int8 quantisation failed: {cache.first_line(e)}") from e
