@@ -153,7 +153,7 @@ def test_old_export_is_timed_on_the_next_torch_run(
     c = _index(photos, tmp_path / "again", model=TINY)
     assert _engine(c) == "torch"
     engine = json.loads(path.read_text())["engine"]
-    assert engine["choice"] in ("torch", "onnxruntime")
+    assert engine["choice"] in ("torch", "onnxruntime", "openvino")
 
 
 CHILD = """

@@ -22,12 +22,15 @@ def new_manifest(root: Path, encoder: Encoder | LazyEncoder, opts: IngestOptions
     """A new collection's manifest. A lazy encoder whose spec records its dimension is not
     built for it (the ONNX index path may never need the model)."""
     spec = encoder.spec
-    if isinstance(encoder, LazyEncoder):
+    built: Any = encoder.loaded if isinstance(encoder, LazyEncoder) else encoder
+    if built is None:  # a lazy encoder not built yet: its spec, unless that is not enough
         sparse = bool(encoder_class(spec.get("kind", DEFAULT_KIND)).sparse_output)
         if not isinstance(spec.get("dim"), int) or sparse:
-            encoder = encoder.get()
-    dim = encoder.dim if isinstance(encoder, Encoder) else int(spec["dim"])
-    sparse = encoder.sparse_output if isinstance(encoder, Encoder) else False
+            built = encoder.get()  # type: ignore[union-attr]
+    if built is not None:  # loaded: possibly of a kind the registry does not know
+        dim, sparse = int(built.dim), bool(built.sparse_output)
+    else:
+        dim = int(spec["dim"])
     return {
         "format_version": FORMAT_VERSION,
         "created_at": now_iso(),
