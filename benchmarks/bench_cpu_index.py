@@ -56,6 +56,7 @@ from bench_embed import (  # noqa: E402
     ARCH,
     CLIP_VENV,
     Phase,
+    clip_retrieval_command,
     clip_retrieval_cosines,
     machine,
     random_checkpoint,
@@ -163,17 +164,7 @@ def run_clip_retrieval(
     folder: Path, ckpt: Path, out: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
     """clip-retrieval's ``inference`` as bench_embed.py runs it, measured as above."""
-    exe = Path(args.clip_venv) / "bin" / "clip-retrieval"
-    if not exe.exists():
-        raise SystemExit(f"{exe} not found: run benchmarks/clip_retrieval_env.sh first")
-    cmd = [
-        str(exe), "inference", "--input_dataset", str(folder), "--output_folder", str(out),
-        "--clip_model", f"open_clip:{ARCH}/{ckpt}", "--batch_size", str(args.batch_size),
-        "--num_prepro_workers", str(args.workers), "--enable_text", "False",
-        "--enable_metadata", "False",
-    ]  # fmt: skip
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("PYTHONPATH", None)
+    cmd, env = clip_retrieval_command(folder, ckpt, out, args)
     r = run_measured(cmd, env)
     r.pop("stdout")
     n = sum(

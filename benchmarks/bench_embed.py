@@ -154,9 +154,11 @@ def run_vlmsearch(
     }
 
 
-def run_clip_retrieval(
+def clip_retrieval_command(
     folder: Path, ckpt: Path, out: Path, args: argparse.Namespace
-) -> dict[str, Any]:
+) -> tuple[list[str], dict[str, str]]:
+    """clip-retrieval's ``inference`` command line and environment (CPU only) for the
+    folder, checkpoint, batch size and workers; bench_cpu_index.py runs the same."""
     exe = Path(args.clip_venv) / "bin" / "clip-retrieval"
     if not exe.exists():
         raise SystemExit(
@@ -173,6 +175,13 @@ def run_clip_retrieval(
     ]  # fmt: skip
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     env.pop("PYTHONPATH", None)
+    return cmd, env
+
+
+def run_clip_retrieval(
+    folder: Path, ckpt: Path, out: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    cmd, env = clip_retrieval_command(folder, ckpt, out, args)
     with Phase() as ph:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
